@@ -1,0 +1,73 @@
+// swift-tools-version:6.0
+//
+// definite-agent: a durable local forwarding agent for Definite's Stream API.
+//
+// Targets, in the order a record meets them:
+//   definite-agent (executable)  → thin entry point, hands argv to the CLI
+//   DefiniteAgent (library)      → configuration, intake, spool, delivery, operations
+//   CSQLite / CCurl / CZlib      → the C libraries, reached through small shims
+import PackageDescription
+
+let package = Package(
+    name: "definite-agent",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "definite-agent", targets: ["definite-agent"]),
+        .library(name: "DefiniteAgent", targets: ["DefiniteAgent"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // MARK: C libraries
+        .systemLibrary(
+            name: "CSQLite",
+            pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]
+        ),
+        .target(
+            name: "CCurl",
+            linkerSettings: [.linkedLibrary("curl")]
+        ),
+        .target(
+            name: "CZlib",
+            linkerSettings: [.linkedLibrary("z")]
+        ),
+
+        // MARK: The agent
+        .target(
+            name: "DefiniteAgent",
+            dependencies: [
+                "CSQLite",
+                "CCurl",
+                "CZlib",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
+        .executableTarget(
+            name: "definite-agent",
+            dependencies: ["DefiniteAgent"]
+        ),
+
+        // MARK: Tests
+        .testTarget(
+            name: "DefiniteAgentTests",
+            dependencies: ["DefiniteAgent"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

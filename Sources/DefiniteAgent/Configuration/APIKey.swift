@@ -1,0 +1,58 @@
+import Foundation
+
+/// The Stream API key. Its `description` is redacted, so it cannot leak through logs or string interpolation.
+public struct APIKey: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
+    /// The secret itself; read it only to build the `Authorization` header.
+    public let secret: String
+    /// Where it came from, safe to show (a path or variable name, never the value).
+    public let source: String
+
+    public var description: String { "<redacted, from \(source)>" }
+    public var debugDescription: String { description }
+}
+
+/// Finds the API key: `[api] key_file`, else `$DEFINITE_API_KEY`, else the systemd credential
+/// `$CREDENTIALS_DIRECTORY/api-key`.
+public enum APIKeySource {
+    /// The key, or `nil` when none of the sources has one. A configured `key_file` that cannot be read is an
+    /// error rather than a fallback, so a typo in the path is noticed.
+    public static func load(
+        config: AgentConfiguration.API,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(ConfigurationError) -> APIKey? {
+        if let path = config.keyFile {
+            return try read(path: path, key: "api.key_file")
+        }
+        if let value = environment["DEFINITE_API_KEY"], !value.trimmingWhitespace().isEmpty {
+            return APIKey(secret: value.trimmingWhitespace(), source: "$DEFINITE_API_KEY")
+        }
+        if let directory = environment["CREDENTIALS_DIRECTORY"] {
+            let path = directory + "/api-key"
+            if FileManager.default.fileExists(atPath: path) {
+                return try read(path: path, key: nil)
+            }
+        }
+        return nil
+    }
+
+    /// Whether the key file at `path` can be read by group or others (a warning at start).
+    public static func isExposed(path: String) -> Bool {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return false }
+        return info.st_mode & 0o077 != 0
+    }
+
+    private static func read(path: String, key: String?) throws(ConfigurationError) -> APIKey {
+        let contents: String
+        do {
+            contents = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationError(.unusablePath, key: key, "cannot read the API key file \(path): \(ConfigurationLoader.describe(error))")
+        }
+        let secret = contents.trimmingWhitespace()
+        guard !secret.isEmpty else {
+            throw ConfigurationError(.missingKey, key: key, "the API key file \(path) is empty")
+        }
+        return APIKey(secret: secret, source: path)
+    }
+}

@@ -1,0 +1,120 @@
+/// The agent's whole configuration, as read from `agent.toml` (see `etc/definite-agent/agent.toml`).
+///
+/// Every value has an embedded default, so an empty file is a valid configuration.
+/// ``ConfigurationLoader`` builds one from TOML and rejects unknown keys and bad values;
+/// the API key itself is never part of this value (see ``APIKeySource``).
+public struct AgentConfiguration: Sendable, Equatable {
+    /// `[api]`: where and how to reach the Stream API.
+    public struct API: Sendable, Equatable {
+        public var url = "https://api.definite.app/v2/stream"
+        /// A file holding the API key. When unset, `$DEFINITE_API_KEY`, then `$CREDENTIALS_DIRECTORY/api-key`.
+        public var keyFile: String?
+        public var timeout = HumanDuration.seconds(30)
+    }
+
+    /// How hard a commit tries to reach stable storage before the agent acknowledges a write.
+    public enum Durability: String, Sendable, Equatable, CaseIterable {
+        /// `synchronous=FULL`: the WAL is fsynced before every acknowledgement. Survives power loss.
+        case full
+        /// `synchronous=NORMAL`: committed to the WAL (survives `kill -9`), fsynced at checkpoints only.
+        case normal
+    }
+
+    /// `[spool]`: the durable queue on local disk.
+    public struct Spool: Sendable, Equatable {
+        public var path = "/var/lib/definite-agent/spool.db"
+        /// Records held (pending plus dead letters) may not exceed this; further writes get status 507.
+        public var maxBytes = ByteSize.gibibytes(1)
+        public var durability = Durability.full
+    }
+
+    /// `[intake]`: the Unix stream socket local programs write to.
+    public struct Intake: Sendable, Equatable {
+        public var socket = "/run/definite-agent/agent.sock"
+        public var socketMode: UInt32 = 0o660
+        /// The table that plain records (lines without a `config` object) go to.
+        public var defaultTable: String?
+        public var maxLineBytes = ByteSize.mebibytes(16)
+    }
+
+    /// Ingestion mode of a target table, as the Stream API defines it.
+    public enum Mode: String, Sendable, Hashable, CaseIterable {
+        case append
+        case merge
+    }
+
+    /// `[[table]]`: defaults for requests that name a table without a mode.
+    public struct TableDefaults: Sendable, Equatable {
+        public var name: String
+        public var mode: Mode
+        public var primaryKey: String?
+    }
+
+    /// Body compression for requests to the API.
+    public enum Compression: String, Sendable, Equatable, CaseIterable {
+        case gzip
+        case none
+    }
+
+    /// Body format for requests to the API.
+    public enum BodyFormat: String, Sendable, Equatable, CaseIterable {
+        /// `{"data":[…],"config":{…}}`, the fully documented form.
+        case json
+        /// One record per line; config in query parameters.
+        case ndjson
+    }
+
+    /// `[batch]`: how the flusher cuts requests.
+    public struct Batch: Sendable, Equatable {
+        public var maxRows = 50_000
+        /// Request body size before compression.
+        public var maxBytes = ByteSize.mebibytes(8)
+        public var linger = HumanDuration.seconds(1)
+        public var compression = Compression.gzip
+        public var gzipLevel = 6
+        public var format = BodyFormat.json
+        /// Batches in flight at once per append target (merge targets always have one).
+        public var concurrency = 2
+    }
+
+    /// `[retry]`: backoff for failures that may succeed later.
+    public struct Retry: Sendable, Equatable {
+        public var initial = HumanDuration(milliseconds: 500)
+        public var max = HumanDuration.seconds(60)
+        /// Rows older than this stop being retried and are dead-lettered as "expired".
+        public var maxAge = HumanDuration.seconds(7 * 86_400)
+    }
+
+    /// `[log]`: what the daemon writes to stderr.
+    public struct Log: Sendable, Equatable {
+        public var level = "info"
+    }
+
+    public var api = API()
+    public var spool = Spool()
+    public var intake = Intake()
+    public var tables: [TableDefaults] = []
+    public var batch = Batch()
+    public var retry = Retry()
+    public var log = Log()
+
+    public init() {}
+
+    /// The defaults configured for `table`, if any.
+    public func tableDefaults(for table: String) -> TableDefaults? {
+        tables.first { $0.name == table }
+    }
+}
+
+/// The Stream API's documented limits, in one place.
+///
+/// "MB" in the reference is read as decimal megabytes, the stricter reading, so that what the agent
+/// accepts is always accepted by the API.
+public enum StreamAPILimits {
+    public static let maxBodyBytes = 10_000_000
+    public static let maxRowsPerRequest = 50_000
+    /// The compact JSON encoding of any top-level field value of a row.
+    public static let maxFieldBytes = 1_000_000
+    /// A scalar has depth 0; an object or array 1 + the deepest child. A row is an object, so depth ≥ 1.
+    public static let maxDepth = 10
+}

@@ -1,0 +1,182 @@
+import DequeModule
+import Logging
+import NIOCore
+import NIOExtras
+
+/// Serves one intake connection: parses lines, hands each read burst to the spool writer as one batch,
+/// and answers in line order once the batch is durable.
+///
+/// Ordering: replies go out in the order lines arrived, whether they were refused at once or waited for
+/// a commit. Back-pressure: while `maxOutstandingBatches` batches await their commit, or while the
+/// socket will not take our replies, the connection is not read, so memory per connection stays bounded
+/// however fast or slow the client is.
+final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// How many committed-but-unanswered bursts a connection may have before it stops being read.
+    static let maxOutstandingBatches = 4
+
+    private enum Entry {
+        case accepted(ack: String?, line: Int, records: Int)
+        case refused(ack: String?, line: Int, IntakeRejection)
+    }
+
+    private final class Burst {
+        let entries: [Entry]
+        var outcome: Result<Void, IntakeRejection>?
+        init(entries: [Entry], outcome: Result<Void, IntakeRejection>?) {
+            self.entries = entries
+            self.outcome = outcome
+        }
+    }
+
+    private let writer: SpoolWriter
+    private let logger: Logger
+    private let maxLineBytes: Int
+    private var parser: IntakeLineParser
+    private var lineNumber = 0
+    private var batch = IntakeBatch()
+    private var entries: [Entry] = []
+    private var outstanding = Deque<Burst>()
+    private var readHeld = false
+    private var closing = false
+
+    init(configuration: AgentConfiguration, writer: SpoolWriter, logger: Logger) {
+        self.writer = writer
+        self.logger = logger
+        self.maxLineBytes = configuration.intake.maxLineBytes.bytes
+        self.parser = IntakeLineParser(configuration: configuration)
+    }
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let line = unwrapInboundIn(data)
+        lineNumber += 1
+        guard !closing else { return }
+        let parsed = line.withUnsafeReadableBytes { parser.parse(line: $0, into: &batch) }
+        switch parsed.result {
+        case .success(let accepted):
+            if writer.capacity.reserve(accepted.bytes) {
+                entries.append(.accepted(ack: parsed.ack, line: lineNumber, records: accepted.records))
+            } else {
+                let index = accepted.targetIndex
+                batch.records[index].removeLast(accepted.bytes)
+                batch.counts[index] -= accepted.records
+                entries.append(.refused(ack: parsed.ack, line: lineNumber, IntakeRejection(
+                    status: 507, code: .spoolFull,
+                    message: "the spool is full ([spool] max_bytes = \(ByteSize(bytes: writer.capacity.limit))); nothing from this request was stored, retry later")))
+            }
+        case .failure(let rejection):
+            entries.append(.refused(ack: parsed.ack, line: lineNumber, rejection))
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        submitBurst(context: context)
+        context.fireChannelReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is ByteToMessageDecoderError.PayloadTooLargeError {
+            lineNumber += 1
+            entries.append(.refused(ack: nil, line: lineNumber, IntakeRejection(
+                status: 413, code: .lineTooLong,
+                message: "line \(lineNumber) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")))
+        } else if error is NIOExtrasErrors.LeftOverBytesError {
+            lineNumber += 1
+            entries.append(.refused(ack: nil, line: lineNumber, .badRequest(.invalidJSON, "the connection ended inside line \(lineNumber): every request must end with a newline")))
+        } else {
+            logger.debug("intake connection error", metadata: ["error": "\(error)"])
+        }
+        submitBurst(context: context)
+        beginClosing(context: context)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case is ChannelShouldQuiesceEvent, ChannelEvent.inputClosed:
+            // Shutdown, or the client finished sending: answer what was read, then close.
+            submitBurst(context: context)
+            beginClosing(context: context)
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        resumeReadingIfPossible(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Outbound
+
+    func read(context: ChannelHandlerContext) {
+        if closing { return }
+        if outstanding.count >= Self.maxOutstandingBatches || !context.channel.isWritable {
+            readHeld = true
+            return
+        }
+        context.read()
+    }
+
+    // MARK: Batches and replies
+
+    private func submitBurst(context: ChannelHandlerContext) {
+        guard !entries.isEmpty else { return }
+        let burst: Burst
+        if batch.isEmpty {
+            burst = Burst(entries: entries, outcome: .success(()))
+        } else {
+            burst = Burst(entries: entries, outcome: nil)
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            writer.submit(batch, promise: promise)
+            promise.futureResult.assumeIsolated().whenComplete { [self] result in
+                burst.outcome = result.mapError { $0 as? IntakeRejection ?? IntakeRejection(status: 500, code: .storageFailed, message: "\($0)") }
+                sendReplies(context: context)
+            }
+        }
+        outstanding.append(burst)
+        entries.removeAll(keepingCapacity: true)
+        batch = IntakeBatch()
+        if burst.outcome != nil { sendReplies(context: context) }
+    }
+
+    private func sendReplies(context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 0)
+        while let head = outstanding.first, let outcome = head.outcome {
+            outstanding.removeFirst()
+            for entry in head.entries {
+                switch (entry, outcome) {
+                case (.accepted(let ack, let line, let records), .success):
+                    IntakeReply.write(ack: ack, line: line, result: .success(records), to: &buffer)
+                case (.accepted(let ack, let line, _), .failure(let rejection)):
+                    IntakeReply.write(ack: ack, line: line, result: .failure(rejection), to: &buffer)
+                case (.refused(let ack, let line, let rejection), _):
+                    IntakeReply.write(ack: ack, line: line, result: .failure(rejection), to: &buffer)
+                }
+            }
+        }
+        if buffer.readableBytes > 0 {
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        }
+        if closing, outstanding.isEmpty {
+            context.close(promise: nil)
+        } else {
+            resumeReadingIfPossible(context: context)
+        }
+    }
+
+    private func beginClosing(context: ChannelHandlerContext) {
+        closing = true
+        if outstanding.isEmpty { context.close(promise: nil) }
+    }
+
+    private func resumeReadingIfPossible(context: ChannelHandlerContext) {
+        guard readHeld, !closing, outstanding.count < Self.maxOutstandingBatches, context.channel.isWritable else { return }
+        readHeld = false
+        context.read()
+    }
+}

@@ -1,0 +1,351 @@
+/// The outcome of one intake line: how many records it added, or why it was refused, and its ack id.
+public struct ParsedLine: Sendable {
+    /// The line's `"ack"` value, when it had one (even when the line was refused, if it was read before
+    /// the error).
+    public var ack: String?
+    public var result: Result<Accepted, IntakeRejection>
+
+    /// Where an accepted line's records went in the batch.
+    public struct Accepted: Sendable, Equatable {
+        public var targetIndex: Int
+        public var records: Int
+        public var bytes: Int
+    }
+}
+
+/// Parses intake lines into an ``IntakeBatch``, validating them as the Stream API would.
+///
+/// A line is either a Stream API request body (a top-level object with a `config` object; `data` holds
+/// one row or an array of rows) or a single record for `[intake] default_table`. In both forms a top-level
+/// `"ack"` member asks for an acknowledgement and is removed before the record is stored.
+///
+/// Each line is all-or-nothing: on any error the batch is left exactly as it was.
+/// One parser serves one connection: it caches the last `config` it resolved, since a writer usually
+/// repeats the same one on every line.
+public struct IntakeLineParser {
+    private let configuration: AgentConfiguration
+    /// The target of plain records, resolved once.
+    private let defaultTarget: Result<SpoolTarget, IntakeRejection>
+    private var cachedConfigBytes: [UInt8] = []
+    private var cachedTarget: Result<SpoolTarget, IntakeRejection>?
+    /// Top-level member spans of the line being parsed, reused between lines.
+    private var members: [MemberSpan] = []
+
+    private struct MemberSpan {
+        var start: Int
+        var end: Int
+        var whitespace: Int
+    }
+
+    public init(configuration: AgentConfiguration) {
+        self.configuration = configuration
+        if let table = configuration.intake.defaultTable {
+            defaultTarget = Result { () throws(IntakeRejection) in
+                try Self.target(table: table, mode: nil, primaryKey: nil, tags: "", configuration: configuration)
+            }
+        } else {
+            defaultTarget = .failure(.invalidConfig(
+                "the line has no \"config\" object and [intake] default_table is not set; send {\"data\":…,\"config\":{\"table\":\"ns.table\"}}"))
+        }
+    }
+
+    /// Parses one line (without its newline) and appends its records to `batch` when it is valid.
+    public mutating func parse(line: UnsafeRawBufferPointer, into batch: inout IntakeBatch) -> ParsedLine {
+        var ack: String?
+        var appended: (index: Int, length: Int)?
+        do {
+            let accepted = try parse(line, into: &batch, ack: &ack, appended: &appended)
+            return ParsedLine(ack: ack, result: .success(accepted))
+        } catch {
+            if let appended { batch.records[appended.index].removeSubrange(appended.length...) }
+            return ParsedLine(ack: ack, result: .failure(error))
+        }
+    }
+
+    public mutating func parse(line: [UInt8], into batch: inout IntakeBatch) -> ParsedLine {
+        line.withUnsafeBytes { parse(line: $0, into: &batch) }
+    }
+
+    private mutating func parse(
+        _ line: UnsafeRawBufferPointer, into batch: inout IntakeBatch, ack: inout String?,
+        appended: inout (index: Int, length: Int)?
+    ) throws(IntakeRejection) -> ParsedLine.Accepted {
+        var s = JSONScanner(line)
+        var rowsTarget: SpoolTarget?
+        var rowsAccepted: ParsedLine.Accepted?
+        var deferredData: Range<Int>?
+        var plainKeyPresent = false
+        let plainKey = (try? defaultTarget.get())?.primaryKey ?? ""
+        members.removeAll(keepingCapacity: true)
+
+        do {
+            s.skipWhitespace()
+            guard s.peek() == UInt8(ascii: "{") else {
+                if s.isAtEnd { throw IntakeRejection.badRequest(.invalidJSON, "empty line: expected a JSON object") }
+                try s.skipValue(depth: 1, maxDepth: 64)
+                throw IntakeRejection.badRequest(.invalidRow, "each line must be a JSON object")
+            }
+            try s.beginObject()
+            while let name = try s.nextMember() {
+                let memberStart = name.start - 1
+                let whitespaceBefore = s.whitespace
+                let valueStart = s.position
+                if s.string(name, equals: "ack") {
+                    guard s.peek() == UInt8(ascii: "\"") else {
+                        throw IntakeRejection.badRequest(.invalidJSON, "\"ack\" must be a string")
+                    }
+                    ack = s.decode(try s.scanString())
+                    continue
+                }
+                if s.string(name, equals: "config"), s.peek() == UInt8(ascii: "{"), rowsTarget == nil {
+                    try s.skipValue(depth: 1, maxDepth: 32)
+                    rowsTarget = try resolveConfig(UnsafeRawBufferPointer(rebasing: line[valueStart..<s.position]))
+                    continue
+                }
+                if s.string(name, equals: "data") {
+                    if let target = rowsTarget, rowsAccepted == nil {
+                        // The config came first (the usual order): validate and append the rows in this pass.
+                        let index = batch.index(for: target)
+                        appended = (index, batch.records[index].count)
+                        rowsAccepted = try appendRows(&s, target: target, index: index, into: &batch)
+                        continue
+                    }
+                    // Whether this is a request's data or a record's field is known only at the end.
+                    try s.skipValue(depth: 0, maxDepth: 64)
+                    deferredData = valueStart..<s.position
+                } else {
+                    if !plainKey.isEmpty, s.string(name, equals: plainKey), s.peek() != UInt8(ascii: "n") {
+                        plainKeyPresent = true
+                    }
+                    try s.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
+                }
+                let whitespaceInside = s.whitespace - whitespaceBefore
+                members.append(MemberSpan(start: memberStart, end: s.position, whitespace: whitespaceInside))
+                try Self.checkFieldSize(name: name, scanner: s, valueBytes: s.position - valueStart - whitespaceInside, row: nil)
+            }
+            s.skipWhitespace()
+            guard s.isAtEnd else { throw s.unexpected("end of line after the JSON object") }
+
+            if let target = rowsTarget {
+                if let rowsAccepted { return rowsAccepted }
+                guard let deferredData else {
+                    throw IntakeRejection.badRequest(.invalidRow, "the request has a config but no \"data\" (an object or an array of objects)")
+                }
+                var rows = JSONScanner(line)
+                rows.position = deferredData.lowerBound
+                let index = batch.index(for: target)
+                appended = (index, batch.records[index].count)
+                return try appendRows(&rows, target: target, index: index, into: &batch)
+            }
+            if let deferredData {
+                // A plain record with a field named "data": hold it to the record rules.
+                var field = JSONScanner(line)
+                field.position = deferredData.lowerBound
+                try field.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
+            }
+        } catch let error as JSONScanError {
+            throw Self.rejection(for: error, row: nil)
+        } catch let error as IntakeRejection {
+            throw error
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+
+        let target = try defaultTarget.get()
+        if target.mode == .merge, !plainKeyPresent { throw Self.missingKey(target.primaryKey, row: nil) }
+        let index = batch.index(for: target)
+        let before = batch.records[index].count
+        appended = (index, before)
+        batch.records[index].append(UInt8(ascii: "{"))
+        for (i, member) in members.enumerated() {
+            if i > 0 { batch.records[index].append(UInt8(ascii: ",")) }
+            JSONCompactor.append(line, member.start..<member.end, whitespace: member.whitespace, to: &batch.records[index])
+        }
+        batch.records[index].append(UInt8(ascii: "}"))
+        batch.records[index].append(UInt8(ascii: "\n"))
+        batch.counts[index] += 1
+        return .init(targetIndex: index, records: 1, bytes: batch.records[index].count - before)
+    }
+
+    // MARK: Request bodies
+
+    /// Validates `data` (one row object or an array of them) at the scanner's position and appends every
+    /// row to `batch.records[index]`. On error the caller truncates what was appended.
+    private func appendRows(
+        _ s: inout JSONScanner, target: SpoolTarget, index: Int, into batch: inout IntakeBatch
+    ) throws(IntakeRejection) -> ParsedLine.Accepted {
+        let before = batch.records[index].count
+        var rows = 0
+        do {
+            s.skipWhitespace()
+            switch s.peek() {
+            case UInt8(ascii: "{"):
+                try appendRow(&s, row: nil, target: target, to: &batch.records[index])
+                rows = 1
+            case UInt8(ascii: "["):
+                s.position += 1
+                s.skipWhitespace()
+                if s.peek() == UInt8(ascii: "]") {
+                    throw IntakeRejection.badRequest(.invalidRow, "\"data\" holds no rows")
+                }
+                while true {
+                    guard rows < StreamAPILimits.maxRowsPerRequest else {
+                        throw IntakeRejection.tooLarge(
+                            .tooManyRows, "the request has more than \(StreamAPILimits.maxRowsPerRequest) rows (the Stream API's limit per request)")
+                    }
+                    try appendRow(&s, row: rows, target: target, to: &batch.records[index])
+                    rows += 1
+                    s.skipWhitespace()
+                    guard let byte = s.peek() else { throw s.unexpected("',' or ']'") }
+                    s.position += 1
+                    if byte == UInt8(ascii: "]") { break }
+                    guard byte == UInt8(ascii: ",") else {
+                        s.position -= 1
+                        throw s.unexpected("',' or ']'")
+                    }
+                }
+            default:
+                throw IntakeRejection.badRequest(.invalidRow, "\"data\" must be an object or an array of objects")
+            }
+        } catch let error as JSONScanError {
+            throw Self.rejection(for: error, row: nil)
+        } catch let error as IntakeRejection {
+            throw error
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+        batch.counts[index] += rows
+        return .init(targetIndex: index, records: rows, bytes: batch.records[index].count - before)
+    }
+
+    /// Validates one row (an object) and appends it compacted, with its newline.
+    private func appendRow(_ s: inout JSONScanner, row: Int?, target: SpoolTarget, to output: inout [UInt8]) throws(IntakeRejection) {
+        let label = row ?? 0
+        do {
+            s.skipWhitespace()
+            guard s.peek() == UInt8(ascii: "{") else {
+                throw IntakeRejection.badRequest(.invalidRow, "data[\(label)] is not an object")
+            }
+            let start = s.position
+            let whitespaceBefore = s.whitespace
+            var keyPresent = target.mode != .merge
+            try s.beginObject()
+            while let name = try s.nextMember() {
+                if !keyPresent, s.string(name, equals: target.primaryKey), s.peek() != UInt8(ascii: "n") {
+                    keyPresent = true
+                }
+                let valueStart = s.position
+                let whitespaceAtValue = s.whitespace
+                try s.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
+                try Self.checkFieldSize(name: name, scanner: s, valueBytes: s.position - valueStart - (s.whitespace - whitespaceAtValue), row: label)
+            }
+            guard keyPresent else { throw Self.missingKey(target.primaryKey, row: label) }
+            JSONCompactor.append(s.bytes, start..<s.position, whitespace: s.whitespace - whitespaceBefore, to: &output)
+            output.append(UInt8(ascii: "\n"))
+        } catch let error as JSONScanError {
+            throw Self.rejection(for: error, row: label)
+        } catch let error as IntakeRejection {
+            throw error
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+    }
+
+    // MARK: Targets
+
+    private mutating func resolveConfig(_ bytes: UnsafeRawBufferPointer) throws(IntakeRejection) -> SpoolTarget {
+        if let cached = cachedTarget, cachedConfigBytes.elementsEqual(bytes) { return try cached.get() }
+        let result: Result<SpoolTarget, IntakeRejection>
+        do {
+            result = .success(try Self.resolve(config: try JSONValue.parse(bytes), configuration: configuration))
+        } catch let error as IntakeRejection {
+            result = .failure(error)
+        } catch let error as JSONScanError {
+            result = .failure(Self.rejection(for: error, row: nil))
+        } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+        cachedConfigBytes = Array(bytes)
+        cachedTarget = result
+        return try result.get()
+    }
+
+    static func resolve(config: JSONValue, configuration: AgentConfiguration) throws(IntakeRejection) -> SpoolTarget {
+        guard case .string(let table)? = config["table"] else {
+            throw IntakeRejection.invalidConfig("config.table is required: a string such as \"bronze.events\"")
+        }
+        var mode: AgentConfiguration.Mode?
+        switch config["mode"] {
+        case nil, .null?: break
+        case .string(let text)?:
+            guard let parsed = AgentConfiguration.Mode(rawValue: text) else {
+                throw IntakeRejection.invalidConfig("config.mode \"\(text)\" is not \"append\" or \"merge\"")
+            }
+            mode = parsed
+        default:
+            throw IntakeRejection.invalidConfig("config.mode must be \"append\" or \"merge\"")
+        }
+        var primaryKey: String?
+        switch config["primary_key"] {
+        case nil, .null?: break
+        case .array(let columns)?:
+            guard columns.count == 1, case .string(let column) = columns[0], !column.isEmpty else {
+                throw IntakeRejection.invalidConfig("config.primary_key must list exactly one column (composite keys are not supported)")
+            }
+            primaryKey = column
+        default:
+            throw IntakeRejection.invalidConfig("config.primary_key must be a list of exactly one column name, e.g. [\"id\"]")
+        }
+        var tags = ""
+        switch config["tags"] {
+        case nil, .null?: break
+        case .object(let members)?:
+            if !members.isEmpty { tags = JSONCompactor.render(.object(members)) }
+        default:
+            throw IntakeRejection.invalidConfig("config.tags must be an object")
+        }
+        return try target(table: table, mode: mode, primaryKey: primaryKey, tags: tags, configuration: configuration)
+    }
+
+    /// Combines what a request says with the `[[table]]` defaults for its table.
+    static func target(
+        table: String, mode: AgentConfiguration.Mode?, primaryKey: String?, tags: String, configuration: AgentConfiguration
+    ) throws(IntakeRejection) -> SpoolTarget {
+        if let problem = TableName.problem(with: table) {
+            throw IntakeRejection.badRequest(.invalidTable, problem)
+        }
+        let defaults = configuration.tableDefaults(for: table)
+        let mode = mode ?? defaults?.mode ?? .append
+        var key = primaryKey
+        if mode == .merge, key == nil, defaults?.mode == .merge { key = defaults?.primaryKey }
+        if mode == .merge, key == nil {
+            throw IntakeRejection.invalidConfig("mode \"merge\" requires primary_key with exactly one column (table \(table))")
+        }
+        return SpoolTarget(table: table, mode: mode, primaryKey: key ?? "", tags: tags)
+    }
+
+    // MARK: Errors
+
+    private static func checkFieldSize(name: JSONScanner.StringSpan, scanner: JSONScanner, valueBytes: Int, row: Int?) throws(IntakeRejection) {
+        guard valueBytes > StreamAPILimits.maxFieldBytes else { return }
+        throw IntakeRejection.tooLarge(
+            .fieldTooLarge,
+            "\(prefix(row))field \"\(scanner.decode(name))\" is \(valueBytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field")
+    }
+
+    private static func missingKey(_ key: String, row: Int?) -> IntakeRejection {
+        .badRequest(.missingPrimaryKey, "\(prefix(row))primary key \"\(key)\" is missing or null; merge needs it in every row")
+    }
+
+    private static func prefix(_ row: Int?) -> String { row.map { "data[\($0)]: " } ?? "" }
+
+    static func rejection(for error: JSONScanError, row: Int?) -> IntakeRejection {
+        let prefix = prefix(row)
+        switch error.kind {
+        case .syntax: return .badRequest(.invalidJSON, "\(prefix)invalid JSON at byte \(error.offset): \(error.reason)")
+        case .invalidUTF8: return .badRequest(.invalidUTF8, "\(prefix)\(error.reason) at byte \(error.offset)")
+        case .tooDeep:
+            return .badRequest(.tooDeep, "\(prefix)nesting deeper than \(StreamAPILimits.maxDepth) levels at byte \(error.offset) (the Stream API's limit)")
+        }
+    }
+}

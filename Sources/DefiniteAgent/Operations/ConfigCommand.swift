@@ -1,0 +1,121 @@
+import ArgumentParser
+import Foundation
+
+/// `definite-agent config …`
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config",
+        abstract: "Work with the configuration file.",
+        subcommands: [ConfigCheckCommand.self])
+}
+
+/// `definite-agent config check`: validates the file and prints the effective configuration.
+struct ConfigCheckCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Validate the configuration and print the effective settings (the API key is redacted).",
+        discussion: "Exits 0 when the configuration is usable and 78 (EX_CONFIG) when it is not.")
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() async throws {
+        let (configuration, source) = try global.loadConfiguration()
+        let key: String
+        do {
+            key = try APIKeySource.load(config: configuration.api).map { "\($0)" }
+                ?? "<not set: set [api] key_file, $DEFINITE_API_KEY or the systemd credential api-key>"
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(ConfigurationError.exitCode)
+        }
+        for problem in PathCheck.problems(in: configuration) {
+            printError("error: \(problem)")
+            throw ExitCode(ConfigurationError.exitCode)
+        }
+        print("# effective configuration, from \(source)")
+        print(EffectiveConfiguration.render(configuration, apiKey: key))
+    }
+}
+
+/// Renders a configuration as TOML with every key, defaults included.
+enum EffectiveConfiguration {
+    static func render(_ c: AgentConfiguration, apiKey: String) -> String {
+        func q(_ s: String) -> String { JSONCompactor.quote(s) }
+        var lines = [
+            "[api]",
+            "url = \(q(c.api.url))",
+            c.api.keyFile.map { "key_file = \(q($0))" } ?? "# key_file not set",
+            "# key = \(apiKey)",
+            "timeout = \(q(c.api.timeout.description))",
+            "",
+            "[spool]",
+            "path = \(q(c.spool.path))",
+            "max_bytes = \(q(c.spool.maxBytes.description))",
+            "durability = \(q(c.spool.durability.rawValue))",
+            "",
+            "[intake]",
+            "socket = \(q(c.intake.socket))",
+            "socket_mode = \(q("0" + String(c.intake.socketMode, radix: 8)))",
+            c.intake.defaultTable.map { "default_table = \(q($0))" } ?? "# default_table not set",
+            "max_line_bytes = \(q(c.intake.maxLineBytes.description))",
+            "",
+        ]
+        for table in c.tables {
+            lines += ["[[table]]", "name = \(q(table.name))", "mode = \(q(table.mode.rawValue))"]
+            if let key = table.primaryKey { lines.append("primary_key = [\(q(key))]") }
+            lines.append("")
+        }
+        lines += [
+            "[batch]",
+            "max_rows = \(c.batch.maxRows)",
+            "max_bytes = \(q(c.batch.maxBytes.description))",
+            "linger = \(q(c.batch.linger.description))",
+            "compression = \(q(c.batch.compression.rawValue))",
+            "gzip_level = \(c.batch.gzipLevel)",
+            "format = \(q(c.batch.format.rawValue))",
+            "concurrency = \(c.batch.concurrency)",
+            "",
+            "[retry]",
+            "initial = \(q(c.retry.initial.description))",
+            "max = \(q(c.retry.max.description))",
+            "max_age = \(q(c.retry.maxAge.description))",
+            "",
+            "[log]",
+            "level = \(q(c.log.level))",
+        ]
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Paths the daemon must be able to create or write, checked before it starts.
+enum PathCheck {
+    static func problems(in configuration: AgentConfiguration) -> [ConfigurationError] {
+        var problems: [ConfigurationError] = []
+        if let problem = problem(creatingFileAt: configuration.spool.path) {
+            problems.append(ConfigurationError(.unusablePath, key: "spool.path", problem))
+        }
+        if let problem = problem(creatingFileAt: configuration.intake.socket) {
+            problems.append(ConfigurationError(.unusablePath, key: "intake.socket", problem))
+        }
+        return problems
+    }
+
+    /// Why a file at `path` could not be created or written, or `nil` if it could.
+    static func problem(creatingFileAt path: String) -> String? {
+        if FileManager.default.fileExists(atPath: path) {
+            return access(path, W_OK) == 0 ? nil : "\(path) exists but is not writable by this user"
+        }
+        var directory = (path as NSString).deletingLastPathComponent
+        if directory.isEmpty { directory = "." }
+        while !FileManager.default.fileExists(atPath: directory) {
+            let parent = (directory as NSString).deletingLastPathComponent
+            if parent == directory || parent.isEmpty { break }
+            directory = parent
+        }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            return "\(directory) is not a directory, so \(path) cannot be created"
+        }
+        return access(directory, W_OK | X_OK) == 0 ? nil : "cannot create \(path): \(directory) is not writable by this user"
+    }
+}

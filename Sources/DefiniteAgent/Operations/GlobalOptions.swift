@@ -1,0 +1,50 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+/// Options every command takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The configuration file.", valueName: "path"))
+    var config: String?
+
+    /// Loads the configuration. Without `--config`, a missing default file means the embedded defaults;
+    /// a file named explicitly must exist.
+    func loadConfiguration() throws -> (AgentConfiguration, source: String) {
+        do throws(ConfigurationError) {
+            if let config { return (try ConfigurationLoader.load(path: config), config) }
+            if FileManager.default.fileExists(atPath: ConfigurationLoader.defaultPath) {
+                return (try ConfigurationLoader.load(path: ConfigurationLoader.defaultPath), ConfigurationLoader.defaultPath)
+            }
+            return (AgentConfiguration(), "embedded defaults (\(ConfigurationLoader.defaultPath) does not exist)")
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(ConfigurationError.exitCode)
+        }
+    }
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// Runs `body`, turning the agent's own errors into a message on stderr and their exit code.
+func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as ConfigurationError {
+        printError("error: \(error)")
+        throw ExitCode(ConfigurationError.exitCode)
+    } catch let error as SpoolError {
+        printError("error: \(error)")
+        throw ExitCode(SpoolError.exitCode)
+    } catch let error as SocketPath.Error {
+        printError("error: \(error)")
+        throw ExitCode(71)  // EX_OSERR
+    }
+}
+
+extension Logger.Level {
+    init(name: String) {
+        self = Logger.Level(rawValue: name) ?? .info
+    }
+}

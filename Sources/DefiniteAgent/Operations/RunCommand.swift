@@ -1,0 +1,36 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+/// `definite-agent run`: the daemon, in the foreground.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the agent in the foreground (logs go to stderr, one line per event).")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error or critical. Overrides [log] level.", valueName: "level"))
+    var logLevel: String?
+
+    func validate() throws {
+        if let logLevel, !LogLevelName.allNames.contains(logLevel) {
+            throw ValidationError("--log-level must be one of \(LogLevelName.allNames.joined(separator: ", "))")
+        }
+    }
+
+    func run() async throws {
+        let (configuration, source) = try global.loadConfiguration()
+        let level = Logger.Level(name: logLevel ?? configuration.log.level)
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "definite-agent")
+        logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "config": "\(source)"])
+        try await reportingErrors {
+            try await AgentDaemon(configuration: configuration, logger: logger).run()
+        }
+    }
+}

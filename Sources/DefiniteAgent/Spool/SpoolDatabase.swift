@@ -1,0 +1,162 @@
+import CSQLite
+import Foundation
+
+/// Opens the spool file: checks that it is ours, applies migrations, and sets the pragmas the
+/// durability setting promises.
+///
+/// - Important: Nothing here ever overwrites or truncates a file that is not a definite-agent spool, or
+///   one written by a newer version: both are errors that say what to do.
+enum SpoolDatabase {
+    /// Opens (creating if needed) the spool for writing.
+    ///
+    /// - `durability == .full`: `synchronous=FULL`, so each commit fsyncs the WAL before returning; a
+    ///   commit that returned survives power loss.
+    /// - `durability == .normal`: `synchronous=NORMAL`; a commit survives `kill -9` (it is in the WAL),
+    ///   but the last commits may be lost on power loss.
+    static func openForWriting(path: String, durability: AgentConfiguration.Durability) throws(SpoolError) -> SQLiteConnection {
+        try checkNotForeign(path: path)
+        let db: SQLiteConnection
+        do {
+            try createParentDirectory(of: path)
+            db = try SQLiteConnection(path: path, mode: .readWrite)
+            try db.execute("PRAGMA busy_timeout = 10000")
+            let journal = try db.prepared("PRAGMA journal_mode = WAL")
+            guard try journal.step(), journal.string(0) == "wal" else {
+                throw SpoolError(.cannotOpen, path: path, "cannot switch the database to WAL mode; is the directory on a filesystem without shared memory support?")
+            }
+            journal.reset()
+            try db.execute("PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
+            // Checkpoint every ~16 MiB of WAL, and shrink the WAL file back after a checkpoint.
+            try db.execute("PRAGMA wal_autocheckpoint = 4096; PRAGMA journal_size_limit = 67108864")
+            try migrate(db, path: path)
+        } catch let error as SpoolError {
+            throw error
+        } catch let error as SQLiteError {
+            throw classify(error, path: path)
+        } catch {
+            throw SpoolError(.cannotOpen, path: path, "\(error)")
+        }
+        return db
+    }
+
+    /// Opens an existing spool read-only, for the CLI. Works while the daemon writes.
+    static func openForReading(path: String) throws(SpoolError) -> SQLiteConnection {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw SpoolError(.missing, path: path, "no spool file here; the daemon creates it at its first start (check [spool] path and --config)")
+        }
+        try checkNotForeign(path: path)
+        do {
+            let db = try SQLiteConnection(path: path, mode: .readOnly)
+            try db.execute("PRAGMA busy_timeout = 10000")
+            try checkIdentity(db, path: path, allowEmpty: false)
+            return db
+        } catch let error as SpoolError {
+            throw error
+        } catch let error as SQLiteError {
+            throw classify(error, path: path)
+        } catch {
+            throw SpoolError(.cannotOpen, path: path, "\(error)")
+        }
+    }
+
+    /// Opens an existing spool for maintenance writes from the CLI (the daemon may be running; SQLite's
+    /// locking makes the two take turns).
+    static func openForMaintenance(path: String) throws(SpoolError) -> SQLiteConnection {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw SpoolError(.missing, path: path, "no spool file here; check [spool] path and --config")
+        }
+        try checkNotForeign(path: path)
+        do {
+            let db = try SQLiteConnection(path: path, mode: .readWrite)
+            try db.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL")
+            try checkIdentity(db, path: path, allowEmpty: false)
+            return db
+        } catch let error as SpoolError {
+            throw error
+        } catch let error as SQLiteError {
+            throw classify(error, path: path)
+        } catch {
+            throw SpoolError(.cannotOpen, path: path, "\(error)")
+        }
+    }
+
+    // MARK: Checks
+
+    /// A file that exists but does not start with SQLite's header is refused before SQLite touches it.
+    private static func checkNotForeign(path: String) throws(SpoolError) {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return }
+        defer { try? handle.close() }
+        let header = (try? handle.read(upToCount: 16)) ?? Data()
+        guard !header.isEmpty else { return }
+        guard header.elementsEqual(Array("SQLite format 3\u{0}".utf8)) else {
+            throw SpoolError(.notASpool, path: path,
+                             "this file is not a SQLite database, so not a definite-agent spool; it was left untouched. Move it away or set [spool] path to another file")
+        }
+    }
+
+    private static func checkIdentity(_ db: SQLiteConnection, path: String, allowEmpty: Bool) throws(SpoolError) {
+        do {
+            let applicationID = Int32(truncatingIfNeeded: try db.scalar("PRAGMA application_id"))
+            let version = Int(try db.scalar("PRAGMA user_version"))
+            let tables = try db.scalar("SELECT count(*) FROM sqlite_schema")
+            if applicationID == 0, version == 0, tables == 0, allowEmpty { return }
+            guard applicationID == SpoolSchema.applicationID else {
+                throw SpoolError(.notASpool, path: path,
+                                 "this SQLite database is not a definite-agent spool (application_id \(applicationID)); it was left untouched. Set [spool] path to another file")
+            }
+            guard version <= SpoolSchema.currentVersion else {
+                throw SpoolError(.newerSchema, path: path,
+                                 "the spool has schema version \(version), written by a newer definite-agent (this one knows up to \(SpoolSchema.currentVersion)); it was left untouched. Run the newer version, or drain it there first")
+            }
+        } catch let error as SpoolError {
+            throw error
+        } catch let error as SQLiteError {
+            throw classify(error, path: path)
+        } catch {
+            throw SpoolError(.cannotOpen, path: path, "\(error)")
+        }
+    }
+
+    private static func migrate(_ db: SQLiteConnection, path: String) throws {
+        try checkIdentity(db, path: path, allowEmpty: true)
+        var version = Int(try db.scalar("PRAGMA user_version"))
+        while version < SpoolSchema.currentVersion {
+            try db.execute("BEGIN IMMEDIATE")
+            do {
+                try db.execute(SpoolSchema.migrations[version])
+                try db.execute("PRAGMA application_id = \(SpoolSchema.applicationID); PRAGMA user_version = \(version + 1)")
+                try db.execute("COMMIT")
+            } catch {
+                try? db.execute("ROLLBACK")
+                throw error
+            }
+            version += 1
+        }
+    }
+
+    private static func createParentDirectory(of path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        guard !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+        } catch {
+            throw SpoolError(.cannotOpen, path: path, "cannot create the spool directory \(directory): \(ConfigurationLoader.describe(error))")
+        }
+    }
+
+    static func classify(_ error: SQLiteError, path: String) -> SpoolError {
+        if error.isNotADatabase {
+            return SpoolError(.notASpool, path: path, "the file is not a usable SQLite database (\(error.message)); it was left untouched. Move it away or set [spool] path to another file")
+        }
+        if error.code == SQLITE_CORRUPT {
+            return SpoolError(.corrupt, path: path, "the spool is corrupt (\(error.message)); it was left untouched. Keep a copy, then run `sqlite3 \(path) .recover` or move it away")
+        }
+        if error.isReadOnly {
+            return SpoolError(.cannotOpen, path: path, "cannot open the spool for writing (\(error.message)); check that the directory and file are writable by this user")
+        }
+        if error.isDiskFull {
+            return SpoolError(.storage, path: path, "the disk is full (\(error.message))")
+        }
+        return SpoolError(.cannotOpen, path: path, error.description)
+    }
+}

@@ -1,0 +1,64 @@
+/// The spool's on-disk layout, versioned with `PRAGMA user_version`.
+///
+/// The spool is an append-only log per target, not a row per record: each group commit appends, for each
+/// target it touched, one `segments` row holding that commit's records for the target as newline-separated
+/// compact JSON, with their count and the sequence number of the first. Sequence numbers increase per
+/// target without gaps, so a record is addressed as (target, seq), and a batch as a seq range that stays
+/// the same across retries. `targets.delivered_seq` is the delivery position: every record with a lower
+/// seq has left the queue (delivered or dead-lettered).
+enum SpoolSchema {
+    /// Identifies a definite-agent spool (`PRAGMA application_id`), ASCII "DFAG".
+    static let applicationID: Int32 = 0x4446_4147
+    static let currentVersion = 1
+
+    /// Migrations from version `index` to `index + 1`, applied in one transaction each.
+    static let migrations: [String] = [
+        // 0 → 1
+        """
+        CREATE TABLE targets (
+            id              INTEGER PRIMARY KEY,
+            table_name      TEXT    NOT NULL,
+            mode            TEXT    NOT NULL CHECK (mode IN ('append', 'merge')),
+            primary_key     TEXT    NOT NULL DEFAULT '',
+            tags            TEXT    NOT NULL DEFAULT '',
+            next_seq        INTEGER NOT NULL DEFAULT 0,
+            delivered_seq   INTEGER NOT NULL DEFAULT 0,
+            pending_bytes   INTEGER NOT NULL DEFAULT 0,
+            created_at      REAL    NOT NULL,
+            last_success_at REAL,
+            last_error      TEXT,
+            state           TEXT,
+            state_until     REAL,
+            UNIQUE (table_name, mode, primary_key, tags)
+        );
+        CREATE TABLE segments (
+            id           INTEGER PRIMARY KEY,
+            target_id    INTEGER NOT NULL REFERENCES targets (id),
+            first_seq    INTEGER NOT NULL,
+            record_count INTEGER NOT NULL,
+            byte_count   INTEGER NOT NULL,
+            appended_at  REAL    NOT NULL,
+            records      BLOB    NOT NULL
+        );
+        CREATE UNIQUE INDEX segments_by_target ON segments (target_id, first_seq);
+        CREATE TABLE dead_letters (
+            id              INTEGER PRIMARY KEY,
+            target_id       INTEGER NOT NULL REFERENCES targets (id),
+            first_seq       INTEGER,
+            record_count    INTEGER NOT NULL,
+            byte_count      INTEGER NOT NULL,
+            records         BLOB    NOT NULL,
+            reason          TEXT    NOT NULL,
+            http_status     INTEGER,
+            errors          TEXT,
+            warnings        TEXT,
+            request_id      TEXT,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            partial         INTEGER NOT NULL DEFAULT 0,
+            first_failed_at REAL    NOT NULL,
+            last_failed_at  REAL    NOT NULL
+        );
+        CREATE INDEX dead_letters_by_target ON dead_letters (target_id);
+        """,
+    ]
+}

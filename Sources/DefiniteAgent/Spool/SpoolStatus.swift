@@ -1,0 +1,57 @@
+import Foundation
+
+/// What the spool holds, read straight from the file (the daemon need not run).
+public struct SpoolStatus: Sendable, Equatable {
+    /// One target's queue.
+    public struct Target: Sendable, Equatable {
+        public var table: String
+        public var mode: String
+        public var primaryKey: String
+        public var tags: String
+        public var pending: Int
+        public var pendingBytes: Int
+        /// Seconds since the oldest undelivered record was spooled; `nil` when nothing is pending.
+        public var oldestAgeSeconds: Double?
+        public var deadLetters: Int
+        public var lastError: String?
+        public var state: String?
+        public var lastSuccessAt: Double?
+    }
+
+    public var targets: [Target]
+    public var pending: Int { targets.reduce(0) { $0 + $1.pending } }
+    public var pendingBytes: Int { targets.reduce(0) { $0 + $1.pendingBytes } }
+    public var deadLetters: Int { targets.reduce(0) { $0 + $1.deadLetters } }
+
+    /// Reads the spool at `path` read-only; safe while the daemon writes.
+    public static func read(path: String, now: Date = Date()) throws(SpoolError) -> SpoolStatus {
+        let db = try SpoolDatabase.openForReading(path: path)
+        do {
+            try db.execute("BEGIN")
+            defer { try? db.execute("COMMIT") }
+            let select = try db.prepared("""
+                SELECT t.table_name, t.mode, t.primary_key, t.tags, t.next_seq - t.delivered_seq, t.pending_bytes,
+                       (SELECT min(appended_at) FROM segments s WHERE s.target_id = t.id),
+                       (SELECT coalesce(sum(record_count), 0) FROM dead_letters d WHERE d.target_id = t.id),
+                       t.last_error, t.state, t.last_success_at
+                FROM targets t ORDER BY t.table_name, t.mode, t.primary_key, t.tags
+                """)
+            var targets: [Target] = []
+            while try select.step() {
+                let pending = select.int(4)
+                targets.append(Target(
+                    table: select.string(0) ?? "", mode: select.string(1) ?? "", primaryKey: select.string(2) ?? "",
+                    tags: select.string(3) ?? "", pending: pending, pendingBytes: select.int(5),
+                    oldestAgeSeconds: pending > 0 && !select.isNull(6) ? max(0, now.timeIntervalSince1970 - select.double(6)) : nil,
+                    deadLetters: select.int(7), lastError: select.string(8), state: select.string(9),
+                    lastSuccessAt: select.isNull(10) ? nil : select.double(10)))
+            }
+            select.reset()
+            return SpoolStatus(targets: targets)
+        } catch let error as SQLiteError {
+            throw SpoolDatabase.classify(error, path: path)
+        } catch {
+            throw SpoolError(.cannotOpen, path: path, "\(error)")
+        }
+    }
+}

@@ -1,0 +1,283 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The one owner of the spool's write connection: a dedicated thread that commits everything queued
+/// since its last commit in one transaction (group commit).
+///
+/// Requests arriving together from one or many connections share one transaction and so one fsync;
+/// throughput is bounded by parsing, not by fsyncs. A batch's promise completes only after its
+/// transaction committed (and, under `durability = "full"`, after the WAL was fsynced), which is when
+/// intake acknowledges it. On a storage error the whole transaction rolls back and every batch in it
+/// fails; nothing partial is ever acknowledged.
+///
+/// - Note: Thread confinement: `connection` and the statement cache are touched only by the writer thread
+///   once ``start()`` returned; the queue is guarded by `condition`. That is why the type is
+///   `@unchecked Sendable`.
+public final class SpoolWriter: @unchecked Sendable {
+    /// What one commit did, for logs and metrics.
+    public struct CommitStatistics: Sendable {
+        public var batches: Int
+        public var records: Int
+        public var bytes: Int
+    }
+
+    private enum Job {
+        case append(IntakeBatch, EventLoopPromise<Void>)
+        /// Work that must run on the write connection (delivery bookkeeping, maintenance).
+        case transaction(@Sendable (SQLiteConnection) throws -> Void, @Sendable (Result<Void, any Error>) -> Void)
+    }
+
+    private let connection: SQLiteConnection
+    private let path: String
+    private let logger: Logger
+    public let capacity: SpoolCapacity
+    private let condition = NSCondition()
+    private var queue: [Job] = []
+    private var stopping = false
+    private var stopped = false
+    private var thread: Thread?
+    private var targetIDs: [SpoolTarget: Int64] = [:]
+    /// Monotonic time of the writer's last sign of life (a commit, or an idle wake-up), for the watchdog.
+    private let heartbeat = NIOLockedValueBox<ContinuousClock.Instant>(ContinuousClock.now)
+    private var lastFailureLog: ContinuousClock.Instant?
+
+    /// Opens the spool at `path` and prepares the writer; call ``start()`` to begin committing.
+    public init(path: String, durability: AgentConfiguration.Durability, maxBytes: Int, logger: Logger) throws(SpoolError) {
+        self.connection = try SpoolDatabase.openForWriting(path: path, durability: durability)
+        self.path = path
+        self.logger = logger
+        do {
+            let stored = try Self.storedBytes(connection)
+            self.capacity = SpoolCapacity(limit: maxBytes, used: stored)
+            try loadTargets()
+        } catch let error as SQLiteError {
+            throw SpoolDatabase.classify(error, path: path)
+        } catch {
+            throw SpoolError(.cannotOpen, path: path, "\(error)")
+        }
+    }
+
+    /// Starts the writer thread.
+    public func start() {
+        let thread = Thread { [self] in run() }
+        thread.name = "spool-writer"
+        thread.qualityOfService = .userInitiated
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Queues a batch; `promise` succeeds once it is durable, or fails with an ``IntakeRejection``.
+    /// The batch's bytes must already be reserved in ``capacity``.
+    public func submit(_ batch: IntakeBatch, promise: EventLoopPromise<Void>) {
+        condition.lock()
+        guard !stopping else {
+            condition.unlock()
+            capacity.release(batch.totalBytes)
+            promise.fail(IntakeRejection(status: 503, code: .shuttingDown, message: "the agent is shutting down; retry shortly"))
+            return
+        }
+        queue.append(.append(batch, promise))
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Runs `body` in its own transaction on the write connection, after what is queued before it.
+    func perform(_ body: @escaping @Sendable (SQLiteConnection) throws -> Void, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        condition.lock()
+        guard !stopping else {
+            condition.unlock()
+            completion(.failure(SpoolError(.storage, path: path, "the spool writer has stopped")))
+            return
+        }
+        queue.append(.transaction(body, completion))
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// How long since the writer last showed progress or idled normally.
+    public var timeSinceHeartbeat: Duration { ContinuousClock.now - heartbeat.withLockedValue { $0 } }
+
+    /// Commits everything queued, stops the thread, checkpoints the WAL and closes the file.
+    public func shutdown() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while !stopped { condition.wait() }
+        condition.unlock()
+        do {
+            try connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        } catch {
+            logger.warning("could not checkpoint the spool at shutdown; the WAL is replayed at the next start", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: The writer thread
+
+    private func run() {
+        while true {
+            condition.lock()
+            while queue.isEmpty && !stopping {
+                _ = condition.wait(until: Date(timeIntervalSinceNow: 1))
+                heartbeat.withLockedValue { $0 = ContinuousClock.now }
+            }
+            if queue.isEmpty && stopping {
+                stopped = true
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            let jobs = queue
+            queue.removeAll(keepingCapacity: true)
+            condition.unlock()
+
+            var appends: [(IntakeBatch, EventLoopPromise<Void>)] = []
+            for job in jobs {
+                switch job {
+                case .append(let batch, let promise):
+                    appends.append((batch, promise))
+                case .transaction(let body, let completion):
+                    if !appends.isEmpty {
+                        commit(appends)
+                        appends.removeAll()
+                    }
+                    completion(runTransaction(body))
+                }
+            }
+            if !appends.isEmpty { commit(appends) }
+            heartbeat.withLockedValue { $0 = ContinuousClock.now }
+        }
+    }
+
+    private func runTransaction(_ body: (SQLiteConnection) throws -> Void) -> Result<Void, any Error> {
+        do {
+            try connection.execute("BEGIN IMMEDIATE")
+            do {
+                try body(connection)
+                try connection.execute("COMMIT")
+            } catch {
+                try? connection.execute("ROLLBACK")
+                throw error
+            }
+            return .success(())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Appends every batch's records, per target, in one transaction, then completes the promises.
+    private func commit(_ batches: [(IntakeBatch, EventLoopPromise<Void>)]) {
+        let result = runTransaction { db in
+            // Gather each target's records in arrival order: one segment per target per commit.
+            var order: [SpoolTarget] = []
+            var grouped: [SpoolTarget: (bytes: [UInt8], count: Int)] = [:]
+            for (batch, _) in batches {
+                for (index, target) in batch.targets.enumerated() where batch.counts[index] > 0 {
+                    if grouped[target] == nil {
+                        order.append(target)
+                        grouped[target] = (batch.records[index], batch.counts[index])
+                    } else {
+                        grouped[target]!.bytes.append(contentsOf: batch.records[index])
+                        grouped[target]!.count += batch.counts[index]
+                    }
+                }
+            }
+            let now = Date().timeIntervalSince1970
+            for target in order {
+                let (bytes, count) = grouped[target]!
+                try self.append(bytes, count: count, to: target, at: now, db: db)
+            }
+        }
+        switch result {
+        case .success:
+            for (_, promise) in batches { promise.succeed(()) }
+        case .failure(let error):
+            // Targets created in the failed transaction were rolled back too.
+            targetIDs.removeAll()
+            try? loadTargets()
+            let rejection = rejection(for: error)
+            for (batch, promise) in batches {
+                capacity.release(batch.totalBytes)
+                promise.fail(rejection)
+            }
+        }
+    }
+
+    private func append(_ bytes: [UInt8], count: Int, to target: SpoolTarget, at now: Double, db: SQLiteConnection) throws {
+        let id = try targetID(for: target, at: now, db: db)
+        let advance = try db.prepared(
+            "UPDATE targets SET next_seq = next_seq + ?1, pending_bytes = pending_bytes + ?2 WHERE id = ?3 RETURNING next_seq - ?1")
+        advance.bind(1, count)
+        advance.bind(2, bytes.count)
+        advance.bind(3, id)
+        guard try advance.step() else { throw SpoolError(.storage, path: path, "target \(target) vanished from the spool") }
+        let firstSeq = advance.int64(0)
+        advance.reset()
+
+        let insert = try db.prepared(
+            "INSERT INTO segments (target_id, first_seq, record_count, byte_count, appended_at, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        insert.bind(1, id)
+        insert.bind(2, firstSeq)
+        insert.bind(3, count)
+        insert.bind(4, bytes.count)
+        insert.bind(5, now)
+        try bytes.withUnsafeBytes { raw in
+            insert.bindBlobNoCopy(6, raw)
+            try insert.step()
+            insert.reset()
+        }
+    }
+
+    private func targetID(for target: SpoolTarget, at now: Double, db: SQLiteConnection) throws -> Int64 {
+        if let id = targetIDs[target] { return id }
+        let insert = try db.prepared(
+            "INSERT INTO targets (table_name, mode, primary_key, tags, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING")
+        insert.bind(1, target.table)
+        insert.bind(2, target.mode.rawValue)
+        insert.bind(3, target.primaryKey)
+        insert.bind(4, target.tags)
+        insert.bind(5, now)
+        try insert.step()
+        insert.reset()
+        let select = try db.prepared("SELECT id FROM targets WHERE table_name = ?1 AND mode = ?2 AND primary_key = ?3 AND tags = ?4")
+        select.bind(1, target.table)
+        select.bind(2, target.mode.rawValue)
+        select.bind(3, target.primaryKey)
+        select.bind(4, target.tags)
+        guard try select.step() else { throw SpoolError(.storage, path: path, "could not create target \(target)") }
+        let id = select.int64(0)
+        select.reset()
+        targetIDs[target] = id
+        return id
+    }
+
+    private func loadTargets() throws {
+        let select = try connection.prepared("SELECT id, table_name, mode, primary_key, tags FROM targets")
+        defer { select.reset() }
+        while try select.step() {
+            guard let mode = AgentConfiguration.Mode(rawValue: select.string(2) ?? "") else { continue }
+            let target = SpoolTarget(table: select.string(1) ?? "", mode: mode, primaryKey: select.string(3) ?? "", tags: select.string(4) ?? "")
+            targetIDs[target] = select.int64(0)
+        }
+    }
+
+    static func storedBytes(_ db: SQLiteConnection) throws(SQLiteError) -> Int {
+        Int(try db.scalar("SELECT coalesce(sum(pending_bytes), 0) FROM targets"))
+            + Int(try db.scalar("SELECT coalesce(sum(byte_count), 0) FROM dead_letters"))
+    }
+
+    private func rejection(for error: any Error) -> IntakeRejection {
+        let now = ContinuousClock.now
+        let shouldLog = lastFailureLog.map { now - $0 > .seconds(10) } ?? true
+        if shouldLog {
+            lastFailureLog = now
+            logger.error("spool commit failed; the writers get an error and nothing of that commit was stored",
+                         metadata: ["error": "\(error)", "spool": "\(path)"])
+        }
+        if let sqlite = error as? SQLiteError, sqlite.isDiskFull {
+            return IntakeRejection(status: 507, code: .spoolFull, message: "the disk holding the spool is full; nothing from this request was stored")
+        }
+        return IntakeRejection(status: 500, code: .storageFailed, message: "the spool could not store this request (\(error)); nothing from it was stored")
+    }
+}

@@ -1,0 +1,3 @@
+import DefiniteAgent
+
+await DefiniteAgentCommand.runFromCommandLine()
