@@ -14,6 +14,7 @@ let package = Package(
     products: [
         .executable(name: "definite-agent", targets: ["definite-agent"]),
         .library(name: "DefiniteAgent", targets: ["DefiniteAgent"]),
+        .executable(name: "definite-agent-bench", targets: ["definite-agent-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -61,6 +62,16 @@ let package = Package(
         .executableTarget(
             name: "definite-agent",
             dependencies: ["DefiniteAgent"]
+        ),
+
+        // MARK: Benchmarks
+        .executableTarget(
+            name: "definite-agent-bench",
+            dependencies: [
+                "CSQLite",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/definite-agent-bench"
         ),
 
         // MARK: Tests

@@ -1,0 +1,143 @@
+import Testing
+
+@testable import DefiniteAgent
+
+@Suite("Configuration loading")
+struct ConfigurationLoaderTests {
+    @Test func emptyFileGivesDocumentedDefaults() throws {
+        let config = try ConfigurationLoader.parse("")
+        #expect(config.api.url == "https://api.definite.app/v2/stream")
+        #expect(config.api.timeout == .seconds(30))
+        #expect(config.spool.path == "/var/lib/definite-agent/spool.db")
+        #expect(config.spool.maxBytes == .gibibytes(1))
+        #expect(config.spool.durability == .full)
+        #expect(config.intake.socket == "/run/definite-agent/agent.sock")
+        #expect(config.intake.socketMode == 0o660)
+        #expect(config.intake.defaultTable == nil)
+        #expect(config.intake.maxLineBytes == .mebibytes(16))
+        #expect(config.batch.maxRows == 50_000)
+        #expect(config.batch.maxBytes == .mebibytes(8))
+        #expect(config.batch.linger == .seconds(1))
+        #expect(config.batch.compression == .gzip)
+        #expect(config.retry.initial == HumanDuration(milliseconds: 500))
+        #expect(config.retry.max == .seconds(60))
+        #expect(config.retry.maxAge == .seconds(7 * 86_400))
+    }
+
+    @Test func readsEveryKey() throws {
+        let config = try ConfigurationLoader.parse("""
+            [api]
+            url = "http://127.0.0.1:8765/v2/stream"
+            key_file = "/etc/definite-agent/api-key"
+            timeout = "5s"
+            [spool]
+            path = "/tmp/x/spool.db"
+            max_bytes = "2GiB"
+            durability = "normal"
+            [intake]
+            socket = "/tmp/x/agent.sock"
+            socket_mode = "0600"
+            default_table = "bronze.events"
+            max_line_bytes = "1MiB"
+            [[table]]
+            name = "bronze.users"
+            mode = "merge"
+            primary_key = ["id"]
+            [[table]]
+            name = "bronze.events"
+            [batch]
+            max_rows = 1000
+            max_bytes = "4MiB"
+            linger = "250ms"
+            compression = "none"
+            gzip_level = 9
+            format = "ndjson"
+            concurrency = 4
+            [retry]
+            initial = "1s"
+            max = "2m"
+            max_age = "1d"
+            [log]
+            level = "debug"
+            """)
+        #expect(config.api.keyFile == "/etc/definite-agent/api-key")
+        #expect(config.spool.durability == .normal)
+        #expect(config.intake.socketMode == 0o600)
+        #expect(config.tables == [
+            .init(name: "bronze.users", mode: .merge, primaryKey: "id"),
+            .init(name: "bronze.events", mode: .append, primaryKey: nil),
+        ])
+        #expect(config.batch.format == .ndjson)
+        #expect(config.batch.gzipLevel == 9)
+        #expect(config.retry.max == .seconds(120))
+        #expect(config.log.level == "debug")
+    }
+
+    @Test func shippedExampleIsValid() throws {
+        let path = #filePath.components(separatedBy: "/Tests/")[0] + "/etc/definite-agent/agent.toml"
+        _ = try ConfigurationLoader.load(path: path)
+    }
+
+    private func loadError(_ text: String) -> ConfigurationError? {
+        do {
+            _ = try ConfigurationLoader.parse(text, file: "agent.toml")
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test func unknownKeyIsNamedWithItsLine() throws {
+        let error = try #require(loadError("[spool]\npath = \"/tmp/s.db\"\npth = \"x\"\n"))
+        #expect(error.code == .unknownKey)
+        #expect(error.key == "spool.pth")
+        #expect(error.line == 3)
+        #expect(error.description.hasPrefix("agent.toml:3: spool.pth: unknown key"))
+    }
+
+    @Test func unknownSectionIsAnError() throws {
+        let error = try #require(loadError("[spooll]\npath = \"x\"\n"))
+        #expect(error.code == .unknownKey)
+        #expect(error.key == "spooll")
+        #expect(error.line == 1)
+    }
+
+    @Test func syntaxErrorGivesTheLine() throws {
+        let error = try #require(loadError("[api]\nurl = \"unterminated\n"))
+        #expect(error.code == .syntax)
+        #expect(error.line == 2)
+    }
+
+    @Test(arguments: [
+        ("[api]\ntimeout = \"30\"", "api.timeout", ConfigurationError.Code.invalidValue),
+        ("[api]\ntimeout = 30", "api.timeout", .wrongType),
+        ("[api]\nurl = \"ftp://x\"", "api.url", .invalidValue),
+        ("[spool]\nmax_bytes = \"lots\"", "spool.max_bytes", .invalidValue),
+        ("[spool]\ndurability = \"paranoid\"", "spool.durability", .invalidValue),
+        ("[intake]\nsocket_mode = \"rw\"", "intake.socket_mode", .invalidValue),
+        ("[intake]\ndefault_table = \"events\"", "intake.default_table", .invalidValue),
+        ("[intake]\nsocket = \"/\(String(repeating: "s", count: 120))\"", "intake.socket", .invalidValue),
+        ("[[table]]\nname = \"bronze.u\"\nmode = \"merge\"", "table.mode", .invalidValue),
+        ("[[table]]\nname = \"bronze.u\"\nmode = \"merge\"\nprimary_key = [\"a\", \"b\"]", "table.primary_key", .invalidValue),
+        ("[[table]]\nname = \"bronze.u\"\nprimary_key = [\"a\"]", "table.primary_key", .invalidValue),
+        ("[[table]]\nmode = \"append\"", "table.name", .invalidValue),
+        ("[batch]\nmax_rows = 50001", "batch.max_rows", .invalidValue),
+        ("[batch]\nmax_bytes = \"11MB\"", "batch.max_bytes", .invalidValue),
+        ("[batch]\ngzip_level = 0", "batch.gzip_level", .invalidValue),
+        ("[batch]\ncompression = \"zstd\"", "batch.compression", .invalidValue),
+        ("[retry]\ninitial = \"10s\"\nmax = \"1s\"", "retry.max", .invalidValue),
+        ("[log]\nlevel = \"loud\"", "log.level", .invalidValue),
+    ])
+    func badValuesNameTheirKey(text: String, key: String, code: ConfigurationError.Code) throws {
+        let error = try #require(loadError(text))
+        #expect(error.key == key)
+        #expect(error.code == code)
+        #expect(ConfigurationError.exitCode == 78)
+    }
+
+    @Test func lineOfABadValueIsReported() throws {
+        let error = try #require(loadError("# comment\n[batch]\nlinger = \"soon\"\n"))
+        #expect(error.line == 3)
+        #expect(error.message.contains("\"soon\" is not a duration"))
+    }
+}

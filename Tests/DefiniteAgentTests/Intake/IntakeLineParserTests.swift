@@ -1,0 +1,230 @@
+import Testing
+
+@testable import DefiniteAgent
+
+@Suite("Intake line validation")
+struct IntakeLineParserTests {
+    static func configuration(defaultTable: String? = "bronze.events") -> AgentConfiguration {
+        var config = AgentConfiguration()
+        config.intake.defaultTable = defaultTable
+        config.tables = [.init(name: "bronze.users", mode: .merge, primaryKey: "id")]
+        return config
+    }
+
+    struct Outcome {
+        var parsed: ParsedLine
+        var batch: IntakeBatch
+        var rejection: IntakeRejection? {
+            if case .failure(let rejection) = parsed.result { return rejection }
+            return nil
+        }
+        var stored: String { batch.records.map { String(decoding: $0, as: UTF8.self) }.joined() }
+    }
+
+    func parse(_ line: String, config: AgentConfiguration = configuration()) -> Outcome {
+        parse(Array(line.utf8), config: config)
+    }
+
+    func parse(_ line: [UInt8], config: AgentConfiguration = configuration()) -> Outcome {
+        var parser = IntakeLineParser(configuration: config)
+        var batch = IntakeBatch()
+        let parsed = parser.parse(line: line, into: &batch)
+        return Outcome(parsed: parsed, batch: batch)
+    }
+
+    // MARK: Plain records
+
+    @Test func plainRecordGoesToTheDefaultTableWithoutItsAck() throws {
+        let outcome = parse(#"{"a":1,"ack":"c1-7","b":"x"}"#)
+        #expect(outcome.parsed.ack == "c1-7")
+        #expect(outcome.rejection == nil)
+        #expect(outcome.batch.targets == [SpoolTarget(table: "bronze.events", mode: .append)])
+        #expect(outcome.stored == "{\"a\":1,\"b\":\"x\"}\n")
+    }
+
+    @Test func recordsAreStoredCompact() {
+        let outcome = parse("{ \"a\" : [1, 2 ,{\"s\": \"keep  spaces\\\" }\"}] ,\"b\":true }")
+        #expect(outcome.stored == "{\"a\":[1,2,{\"s\":\"keep  spaces\\\" }\"}],\"b\":true}\n")
+    }
+
+    @Test func plainRecordWithoutDefaultTableIs422() throws {
+        let rejection = try #require(parse(#"{"a":1}"#, config: Self.configuration(defaultTable: nil)).rejection)
+        #expect(rejection.status == 422)
+        #expect(rejection.message.contains("default_table"))
+    }
+
+    // MARK: Request bodies
+
+    @Test func requestBodyWithRowsAndTags() throws {
+        let outcome = parse(#"{"ack":"r1","config":{"table":"LAKE.bronze.t","tags":{"src":"app"}},"data":[{"x":1},{"x":2}]}"#)
+        #expect(outcome.rejection == nil)
+        #expect(outcome.batch.targets == [SpoolTarget(table: "LAKE.bronze.t", mode: .append, tags: #"{"src":"app"}"#)])
+        #expect(outcome.batch.counts == [2])
+        #expect(outcome.stored == "{\"x\":1}\n{\"x\":2}\n")
+    }
+
+    @Test func dataBeforeConfigAndSingleObjectData() {
+        let outcome = parse(#"{"data":{"id":5,"v":"a"},"config":{"table":"bronze.users"}}"#)
+        #expect(outcome.rejection == nil)
+        #expect(outcome.batch.targets == [SpoolTarget(table: "bronze.users", mode: .merge, primaryKey: "id")])
+        #expect(outcome.stored == "{\"id\":5,\"v\":\"a\"}\n")
+    }
+
+    @Test func plainRecordMayHaveAFieldNamedData() {
+        let outcome = parse(#"{"data":[1,2],"other":3}"#)
+        #expect(outcome.rejection == nil)
+        #expect(outcome.stored == "{\"data\":[1,2],\"other\":3}\n")
+    }
+
+    @Test(arguments: [
+        (#"{"config":{"table":"bronze.t"}}"#, 400),
+        (#"{"config":{"table":"bronze.t"},"data":[]}"#, 400),
+        (#"{"config":{"table":"bronze.t"},"data":[1]}"#, 400),
+        (#"{"config":{"table":"bronze.t"},"data":"x"}"#, 400),
+        (#"{"config":{},"data":{"a":1}}"#, 422),
+        (#"{"config":{"table":5},"data":{"a":1}}"#, 422),
+        (#"{"config":{"table":"events"},"data":{"a":1}}"#, 400),
+        (#"{"config":{"table":"a.b.c.d"},"data":{"a":1}}"#, 400),
+        (#"{"config":{"table":"bronze.9t"},"data":{"a":1}}"#, 400),
+        (#"{"config":{"table":"bronze.t","mode":"upsert"},"data":{"a":1}}"#, 422),
+        (#"{"config":{"table":"bronze.t","mode":"merge"},"data":{"a":1}}"#, 422),
+        (#"{"config":{"table":"bronze.t","mode":"merge","primary_key":[]},"data":{"a":1}}"#, 422),
+        (#"{"config":{"table":"bronze.t","mode":"merge","primary_key":["a","b"]},"data":{"a":1}}"#, 422),
+        (#"{"config":{"table":"bronze.t","mode":"merge","primary_key":"a"},"data":{"a":1}}"#, 422),
+        (#"{"config":{"table":"bronze.t","tags":[1]},"data":{"a":1}}"#, 422),
+        (#"{"config":{"table":"bronze.t","mode":"merge","primary_key":["a"]},"data":{"b":1}}"#, 400),
+        (#"{"config":{"table":"bronze.t","mode":"merge","primary_key":["a"]},"data":[{"a":1},{"a":null}]}"#, 400),
+        (#"{"config":{"table":"bronze.users"},"data":{"name":"x"}}"#, 400),
+    ])
+    func requestRulesGiveTheDocumentedStatus(line: String, status: Int) throws {
+        let outcome = parse(line)
+        let rejection = try #require(outcome.rejection, "accepted: \(line)")
+        #expect(rejection.status == status, "\(rejection)")
+        #expect(outcome.batch.isEmpty)
+    }
+
+    @Test func mergeRowMissingItsKeyNamesTheRow() throws {
+        let rejection = try #require(parse(#"{"config":{"table":"bronze.users"},"data":[{"id":1},{"id":2},{"name":"x"}]}"#).rejection)
+        #expect(rejection.code == .missingPrimaryKey)
+        #expect(rejection.message.hasPrefix("data[2]:"))
+    }
+
+    @Test func plainRecordForMergeDefaultTableNeedsItsKey() throws {
+        var config = Self.configuration(defaultTable: "bronze.users")
+        config.tables = [.init(name: "bronze.users", mode: .merge, primaryKey: "id")]
+        #expect(parse(#"{"id":"u1","n":1}"#, config: config).rejection == nil)
+        #expect(parse(#"{"n":1}"#, config: config).rejection?.code == .missingPrimaryKey)
+        #expect(parse(#"{"id":null}"#, config: config).rejection?.code == .missingPrimaryKey)
+    }
+
+    // MARK: Limits
+
+    private func nested(_ depth: Int) -> String {
+        // An object of the given depth (a scalar has depth 0, each enclosing object adds 1).
+        String(repeating: "{\"a\":", count: depth) + "1" + String(repeating: "}", count: depth)
+    }
+
+    @Test func depthTenIsAcceptedAndElevenRefused() throws {
+        let ten = "{\"x\":\(nested(9))}"
+        let eleven = "{\"x\":\(nested(10))}"
+        #expect(parse(ten).rejection == nil)
+        let rejection = try #require(parse(eleven).rejection)
+        #expect(rejection.status == 400)
+        #expect(rejection.code == .tooDeep)
+        // The same rule holds for rows inside a request body (the envelope does not count).
+        #expect(parse(#"{"config":{"table":"bronze.t"},"data":[\#(ten)]}"#).rejection == nil)
+        #expect(parse(#"{"config":{"table":"bronze.t"},"data":[\#(eleven)]}"#).rejection?.code == .tooDeep)
+    }
+
+    @Test func tenThousandLevelsAreRefusedWithoutCrashing() {
+        let deep = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
+        #expect(parse("{\"a\":\(deep)}").rejection?.code == .tooDeep)
+        #expect(parse(#"{"config":{"table":"bronze.t"},"data":\#(deep)}"#).rejection != nil)
+    }
+
+    @Test func fieldSizeLimitIsOneMegabyte() throws {
+        let fits = String(repeating: "x", count: StreamAPILimits.maxFieldBytes - 2)
+        let over = String(repeating: "x", count: StreamAPILimits.maxFieldBytes - 1)
+        #expect(parse("{\"f\":\"\(fits)\"}").rejection == nil)
+        let rejection = try #require(parse("{\"f\":\"\(over)\"}").rejection)
+        #expect(rejection.status == 413)
+        #expect(rejection.code == .fieldTooLarge)
+        #expect(rejection.message.contains("\"f\""))
+        #expect(parse(#"{"config":{"table":"bronze.t"},"data":[{"a":1},{"f":"\#(over)"}]}"#).rejection?.message.hasPrefix("data[1]:") == true)
+    }
+
+    @Test func rowLimitIsFiftyThousand() throws {
+        let row = #"{"a":1}"#
+        let fits = #"{"config":{"table":"bronze.t"},"data":["# + Array(repeating: row, count: 50_000).joined(separator: ",") + "]}"
+        let over = #"{"config":{"table":"bronze.t"},"data":["# + Array(repeating: row, count: 50_001).joined(separator: ",") + "]}"
+        #expect(parse(fits).batch.counts == [50_000])
+        let rejection = try #require(parse(over).rejection)
+        #expect(rejection.status == 413)
+        #expect(rejection.code == .tooManyRows)
+    }
+
+    // MARK: JSON and UTF-8
+
+    @Test(arguments: [
+        "{bad", "{\"a\":1,}", "{\"a\":01}", "{\"a\":1.}", "{\"a\":tru}", "{\"a\":\"\\x\"}", "{\"a\":1} x",
+        "{\"a\":\"tab\there\"}", "{\"a\":-}", "{'a':1}", "{\"a\" 1}", "",
+    ])
+    func invalidJSONIs400(line: String) throws {
+        let rejection = try #require(parse(line).rejection, "accepted: \(line)")
+        #expect(rejection.status == 400)
+    }
+
+    @Test(arguments: [
+        [0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0xFF, 0x22, 0x7D] as [UInt8],  // 0xFF
+        [0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0xC0, 0xAF, 0x22, 0x7D],  // overlong '/'
+        [0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0xED, 0xA0, 0x80, 0x22, 0x7D],  // UTF-8 surrogate
+        [0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0xE2, 0x82, 0x22, 0x7D],  // truncated sequence
+        [0x7B, 0x22, 0x61, 0x22, 0x3A, 0x22, 0x00, 0x22, 0x7D],  // raw NUL
+        Array(#"{"a":"\ud800"}"#.utf8),  // unpaired surrogate escape
+    ])
+    func invalidUTF8Is400(line: [UInt8]) throws {
+        let rejection = try #require(parse(line).rejection)
+        #expect(rejection.status == 400)
+    }
+
+    @Test func validUnicodeAndBigNumbersAreKeptVerbatim() {
+        let line = #"{"s":"héllo ✓ 𝄞 \ud834\udd1e \u0000","big":123456789012345678901234567890,"e":1.5e400,"neg":-0.0}"#
+        let outcome = parse(line)
+        #expect(outcome.rejection == nil)
+        #expect(outcome.stored == line + "\n")
+    }
+
+    @Test func errorAfterTheAckStillCarriesIt() {
+        let outcome = parse(#"{"ack":"a9","config":{"table":"bronze.t"},"data":[{"x":}]}"#)
+        #expect(outcome.parsed.ack == "a9")
+        #expect(outcome.rejection?.status == 400)
+    }
+
+    @Test func aFailedLineLeavesTheBatchAsItWas() {
+        var parser = IntakeLineParser(configuration: Self.configuration())
+        var batch = IntakeBatch()
+        _ = parser.parse(line: Array(#"{"a":1}"#.utf8), into: &batch)
+        _ = parser.parse(line: Array(#"{"config":{"table":"bronze.events"},"data":[{"a":2},{"a":3},{"bad":]}"#.utf8), into: &batch)
+        _ = parser.parse(line: Array(#"{"a":4}"#.utf8), into: &batch)
+        #expect(batch.counts == [2])
+        #expect(String(decoding: batch.records[0], as: UTF8.self) == "{\"a\":1}\n{\"a\":4}\n")
+    }
+
+    @Test func repliesFollowTheProtocol() {
+        var buffer = ByteBufferAllocatorForTests.make()
+        IntakeReply.write(ack: "x\"1", line: 3, result: .success(2), to: &buffer)
+        IntakeReply.write(ack: nil, line: 4, result: .failure(.badRequest(.invalidJSON, "bad")), to: &buffer)
+        IntakeReply.write(ack: nil, line: 5, result: .success(1), to: &buffer)
+        #expect(buffer.readString(length: buffer.readableBytes) == """
+            {"ack":"x\\"1","ok":true,"accepted":2}
+            {"ok":false,"line":4,"status":400,"code":"invalid_json","error":"bad"}
+
+            """)
+    }
+}
+
+import NIOCore
+
+enum ByteBufferAllocatorForTests {
+    static func make() -> ByteBuffer { ByteBufferAllocator().buffer(capacity: 256) }
+}
