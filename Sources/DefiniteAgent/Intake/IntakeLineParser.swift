@@ -88,7 +88,8 @@ public struct IntakeLineParser {
             try s.beginObject()
             while let name = try s.nextMember() {
                 let memberStart = name.start - 1
-                let whitespaceBefore = s.whitespace
+                let whitespaceBefore = s.whitespaceAtMemberName
+                let whitespaceAtValue = s.whitespace
                 let valueStart = s.position
                 if s.string(name, equals: "ack") {
                     guard s.peek() == UInt8(ascii: "\"") else {
@@ -119,9 +120,8 @@ public struct IntakeLineParser {
                     }
                     try s.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
                 }
-                let whitespaceInside = s.whitespace - whitespaceBefore
-                members.append(MemberSpan(start: memberStart, end: s.position, whitespace: whitespaceInside))
-                try Self.checkFieldSize(name: name, scanner: s, valueBytes: s.position - valueStart - whitespaceInside, row: nil)
+                members.append(MemberSpan(start: memberStart, end: s.position, whitespace: s.whitespace - whitespaceBefore))
+                try Self.checkFieldSize(name: name, scanner: s, valueBytes: s.position - valueStart - (s.whitespace - whitespaceAtValue), row: nil)
             }
             s.skipWhitespace()
             guard s.isAtEnd else { throw s.unexpected("end of line after the JSON object") }

@@ -26,6 +26,9 @@ struct JSONScanner {
     var position = 0
     /// Insignificant whitespace bytes skipped so far.
     var whitespace = 0
+    /// ``whitespace`` as it was right after the name of the member ``nextMember()`` last returned, so a
+    /// caller can tell the compact size of the whole member (name through value).
+    private(set) var whitespaceAtMemberName = 0
 
     init(_ bytes: UnsafeRawBufferPointer) {
         self.bytes = bytes
@@ -323,6 +326,7 @@ struct JSONScanner {
         }
         guard peek() == UInt8(ascii: "\"") else { throw unexpected("a member name in quotes") }
         let name = try scanString()
+        whitespaceAtMemberName = whitespace
         skipWhitespace()
         guard peek() == UInt8(ascii: ":") else { throw unexpected("':'") }
         position += 1

@@ -18,6 +18,20 @@ public struct AgentDaemon {
         self.logger = logger
     }
 
+    /// The API key, with a warning when it is missing or its file is readable by others.
+    func loadKey() throws(ConfigurationError) -> APIKey? {
+        let key = try APIKeySource.load(config: configuration.api)
+        if let key {
+            if APIKeySource.isExposed(path: key.source) {
+                logger.warning("the API key file is readable by group or others; chmod 600 it", metadata: ["path": "\(key.source)"])
+            }
+            logger.info("API key loaded", metadata: ["source": "\(key.source)"])
+        } else {
+            logger.warning("no API key: records are accepted and spooled, but not delivered until one is configured ([api] key_file, $DEFINITE_API_KEY or the api-key credential)")
+        }
+        return key
+    }
+
     public func run() async throws {
         let writer = try SpoolWriter(
             path: configuration.spool.path, durability: configuration.spool.durability,
@@ -26,11 +40,15 @@ public struct AgentDaemon {
             "path": "\(configuration.spool.path)", "durability": "\(configuration.spool.durability.rawValue)",
             "held_bytes": "\(writer.capacity.usedBytes)",
         ])
+        let key = APIKeyBox(try loadKey())
+        let delivery = try DeliveryService(configuration: configuration, writer: writer, key: key, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let intake = IntakeServer(configuration: configuration, writer: writer, group: group, logger: logger)
+        // Started in this order and stopped in reverse: intake stops first, then delivery, then the spool.
         let services = ServiceGroup(configuration: .init(
             services: [
                 .init(service: SpoolWriterService(writer: writer)),
+                .init(service: delivery),
                 .init(service: intake),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -59,6 +59,28 @@ enum SpoolSchema {
             last_failed_at  REAL    NOT NULL
         );
         CREATE INDEX dead_letters_by_target ON dead_letters (target_id);
+        -- A batch is fixed (its seq range and id) before its first attempt, so every retry, even after a
+        -- restart, sends the same rows under the same id.
+        CREATE TABLE batches (
+            id              TEXT    PRIMARY KEY,
+            target_id       INTEGER NOT NULL REFERENCES targets (id),
+            first_seq       INTEGER NOT NULL,
+            end_seq         INTEGER NOT NULL,
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            created_at      REAL    NOT NULL,
+            last_attempt_at REAL,
+            last_status     INTEGER,
+            last_error      TEXT
+        );
+        CREATE INDEX batches_by_target ON batches (target_id, first_seq);
+        -- Seq ranges that left the queue ahead of delivered_seq (batches finishing out of order, rows of a
+        -- split batch). Folded into delivered_seq as soon as they become contiguous with it.
+        CREATE TABLE delivered_ranges (
+            target_id INTEGER NOT NULL REFERENCES targets (id),
+            first_seq INTEGER NOT NULL,
+            end_seq   INTEGER NOT NULL,
+            PRIMARY KEY (target_id, first_seq)
+        ) WITHOUT ROWID;
         """,
     ]
 }

@@ -1,0 +1,58 @@
+import CZlib
+
+/// gzip (RFC 1952) compression of a request body with zlib.
+enum Gzip {
+    struct Error: Swift.Error, CustomStringConvertible {
+        var code: Int32
+        var description: String { "zlib error \(code)" }
+    }
+
+    /// Compresses `input` at `level` (1–9) into a gzip member.
+    static func compress(_ input: [UInt8], level: Int) throws(Error) -> [UInt8] {
+        var stream = z_stream()
+        let initialized = czlib_deflate_init_gzip(&stream, Int32(level))
+        guard initialized == Z_OK else { throw Error(code: initialized) }
+        defer { deflateEnd(&stream) }
+        var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, uLong(input.count))) + 32)
+        let result = input.withUnsafeBytes { inRaw in
+            output.withUnsafeMutableBytes { outRaw -> Int32 in
+                stream.next_in = UnsafeMutablePointer(mutating: inRaw.baseAddress?.assumingMemoryBound(to: Bytef.self))
+                stream.avail_in = uInt(inRaw.count)
+                stream.next_out = outRaw.baseAddress?.assumingMemoryBound(to: Bytef.self)
+                stream.avail_out = uInt(outRaw.count)
+                return deflate(&stream, Z_FINISH)
+            }
+        }
+        guard result == Z_STREAM_END else { throw Error(code: result) }
+        output.removeSubrange(Int(stream.total_out)...)
+        return output
+    }
+
+    /// Decompresses a gzip member (used by tests and the HTTP intake).
+    static func decompress(_ input: [UInt8], limit: Int = .max) throws -> [UInt8] {
+        var stream = z_stream()
+        let initialized = czlib_inflate_init_auto(&stream)
+        guard initialized == Z_OK else { throw Error(code: initialized) }
+        defer { inflateEnd(&stream) }
+        var output: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        var status: Int32 = Z_OK
+        try input.withUnsafeBytes { (inRaw: UnsafeRawBufferPointer) throws in
+            stream.next_in = UnsafeMutablePointer(mutating: inRaw.baseAddress?.assumingMemoryBound(to: Bytef.self))
+            stream.avail_in = uInt(inRaw.count)
+            repeat {
+                let produced = chunk.withUnsafeMutableBytes { outRaw -> Int in
+                    stream.next_out = outRaw.baseAddress?.assumingMemoryBound(to: Bytef.self)
+                    stream.avail_out = uInt(outRaw.count)
+                    status = inflate(&stream, Z_NO_FLUSH)
+                    return outRaw.count - Int(stream.avail_out)
+                }
+                guard status == Z_OK || status == Z_STREAM_END else { throw Error(code: status) }
+                output.append(contentsOf: chunk[0..<produced])
+                guard output.count <= limit else { throw Error(code: Z_BUF_ERROR) }
+                if produced == 0 && stream.avail_in == 0 && status != Z_STREAM_END { throw Error(code: Z_DATA_ERROR) }
+            } while status != Z_STREAM_END
+        }
+        return output
+    }
+}

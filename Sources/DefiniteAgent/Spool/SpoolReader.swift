@@ -1,0 +1,128 @@
+import Foundation
+
+/// Delivery's read connection to the spool. Readers never block the writer (WAL), and see only
+/// committed records. Not thread-safe: one per delivery worker.
+final class SpoolReader {
+    private let db: SQLiteConnection
+
+    /// What delivery needs to know of one target.
+    struct TargetRow: Sendable {
+        var id: Int64
+        var target: SpoolTarget
+        var nextSeq: Int64
+        var deliveredSeq: Int64
+    }
+
+    /// A batch registered before its first attempt and not finished yet.
+    struct BatchRow: Sendable {
+        var id: String
+        var targetID: Int64
+        var firstSeq: Int64
+        var endSeq: Int64
+        var attempts: Int
+    }
+
+    init(path: String) throws(SpoolError) {
+        db = try SpoolDatabase.openForReading(path: path)
+    }
+
+    func targets() throws(SQLiteError) -> [TargetRow] {
+        let select = try db.prepared("SELECT id, table_name, mode, primary_key, tags, next_seq, delivered_seq FROM targets")
+        defer { select.reset() }
+        var rows: [TargetRow] = []
+        while try select.step() {
+            guard let mode = AgentConfiguration.Mode(rawValue: select.string(2) ?? "") else { continue }
+            rows.append(TargetRow(
+                id: select.int64(0),
+                target: SpoolTarget(table: select.string(1) ?? "", mode: mode, primaryKey: select.string(3) ?? "", tags: select.string(4) ?? ""),
+                nextSeq: select.int64(5), deliveredSeq: select.int64(6)))
+        }
+        return rows
+    }
+
+    func openBatches() throws(SQLiteError) -> [BatchRow] {
+        let select = try db.prepared("SELECT id, target_id, first_seq, end_seq, attempts FROM batches ORDER BY target_id, first_seq")
+        defer { select.reset() }
+        var rows: [BatchRow] = []
+        while try select.step() {
+            rows.append(BatchRow(id: select.string(0) ?? "", targetID: select.int64(1), firstSeq: select.int64(2),
+                                 endSeq: select.int64(3), attempts: select.int(4)))
+        }
+        return rows
+    }
+
+    /// The highest seq any open batch or delivered range of `targetID` reaches (where new batches start).
+    func assignedEnd(targetID: Int64) throws(SQLiteError) -> Int64 {
+        let select = try db.prepared("""
+            SELECT max(coalesce((SELECT max(end_seq) FROM batches WHERE target_id = ?1), 0),
+                       coalesce((SELECT max(end_seq) FROM delivered_ranges WHERE target_id = ?1), 0))
+            """)
+        defer { select.reset() }
+        select.bind(1, targetID)
+        return try select.step() ? select.int64(0) : 0
+    }
+
+    /// When the record at `seq` was spooled (the append time of its segment), if it is still there.
+    func appendedAt(targetID: Int64, seq: Int64) throws(SQLiteError) -> Double? {
+        let select = try db.prepared("""
+            SELECT appended_at FROM segments WHERE target_id = ?1 AND first_seq <= ?2 AND first_seq + record_count > ?2
+            """)
+        defer { select.reset() }
+        select.bind(1, targetID)
+        select.bind(2, seq)
+        return try select.step() ? select.double(0) : nil
+    }
+
+    /// Reads records of `targetID` from `from` (inclusive) to at most `end` (exclusive), stopping before
+    /// `maxRows` records or `maxBytes` stored bytes would be passed (at least one record is read).
+    /// Seqs inside delivered ranges are skipped. Returns the records and the seq after the last one read.
+    func read(targetID: Int64, from: Int64, end: Int64, maxRows: Int, maxBytes: Int) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
+        var skip: [Range<Int64>] = []
+        let ranges = try db.prepared("SELECT first_seq, end_seq FROM delivered_ranges WHERE target_id = ?1 AND end_seq > ?2 AND first_seq < ?3 ORDER BY first_seq")
+        ranges.bind(1, targetID)
+        ranges.bind(2, from)
+        ranges.bind(3, end)
+        while try ranges.step() { skip.append(ranges.int64(0)..<ranges.int64(1)) }
+        ranges.reset()
+
+        var records = SpooledRecords()
+        var next = from
+        let select = try db.prepared("""
+            SELECT first_seq, record_count, records FROM segments
+            WHERE target_id = ?1 AND first_seq + record_count > ?2 AND first_seq < ?3 ORDER BY first_seq
+            """)
+        defer { select.reset() }
+        select.bind(1, targetID)
+        select.bind(2, from)
+        select.bind(3, end)
+        scan: while try select.step() {
+            var seq = select.int64(0)
+            let blob = select.blob(2)
+            var start = 0
+            var index = 0
+            while index < blob.count {
+                guard blob[index] == UInt8(ascii: "\n") else {
+                    index += 1
+                    continue
+                }
+                defer {
+                    seq += 1
+                    index += 1
+                    start = index
+                }
+                guard seq >= next else { continue }
+                guard seq < end else { break scan }
+                if skip.contains(where: { $0.contains(seq) }) {
+                    next = seq + 1
+                    continue
+                }
+                if !records.isEmpty, records.count >= maxRows || records.bytes.count + (index - start) + 1 > maxBytes {
+                    break scan
+                }
+                records.append(seq: seq, UnsafeRawBufferPointer(rebasing: blob[start..<index]))
+                next = seq + 1
+            }
+        }
+        return (records, next)
+    }
+}

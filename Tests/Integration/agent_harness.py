@@ -1,0 +1,155 @@
+"""Starts the real definite-agent binary on temporary paths and talks to it over its real socket."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def agent_binary() -> str:
+    path = os.environ.get("DEFINITE_AGENT_BIN", str(ROOT / ".build" / "debug" / "definite-agent"))
+    if not os.path.exists(path):
+        raise RuntimeError(f"{path} not found: build first (swift build) or set DEFINITE_AGENT_BIN")
+    return path
+
+
+class Agent:
+    """One daemon on a temporary directory: config, spool and socket all live there."""
+
+    def __init__(self, directory: Path, extra_config: str = "", default_table: str | None = "bronze.events",
+                 durability: str = "full", env: dict | None = None):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket_path = str(self.directory / "agent.sock")
+        self.spool_path = str(self.directory / "spool.db")
+        self.config_path = str(self.directory / "agent.toml")
+        default = f'default_table = "{default_table}"' if default_table else ""
+        Path(self.config_path).write_text(f"""
+[spool]
+path = "{self.spool_path}"
+durability = "{durability}"
+[intake]
+socket = "{self.socket_path}"
+{default}
+{extra_config}
+""")
+        self.env = dict(os.environ, **(env or {}))
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.directory / "agent.log"
+
+    # -- lifecycle
+
+    def start(self, timeout: float = 15.0) -> "Agent":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([agent_binary(), "run", "--config", self.config_path],
+                                        stdout=log, stderr=log, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.process.returncode}: {self.log()}")
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(self.socket_path)
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("agent did not start listening: " + self.log())
+
+    def kill9(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            return self.process.wait(timeout=timeout)
+        return self.process.returncode if self.process else 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    # -- talking to it
+
+    def connect(self) -> "Connection":
+        return Connection(self.socket_path)
+
+    def cli(self, *args: str, input: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([agent_binary(), *args, "--config", self.config_path], input=input,
+                              capture_output=True, env=dict(self.env, **(env or {})), timeout=120)
+
+    def status(self) -> dict:
+        result = self.cli("status", "--json")
+        assert result.returncode == 0, result.stderr.decode()
+        return json.loads(result.stdout)
+
+    # -- reading the spool directly
+
+    def spooled_records(self, table: str | None = None) -> list[dict]:
+        """Every pending record, per target in sequence order."""
+        db = sqlite3.connect(f"file:{self.spool_path}?mode=ro", uri=True)
+        try:
+            query = ("SELECT s.records FROM segments s JOIN targets t ON t.id = s.target_id "
+                     + ("WHERE t.table_name = ? " if table else "")
+                     + "ORDER BY s.target_id, s.first_seq")
+            rows = db.execute(query, (table,) if table else ()).fetchall()
+        finally:
+            db.close()
+        records = []
+        for (blob,) in rows:
+            records.extend(json.loads(line) for line in bytes(blob).split(b"\n") if line)
+        return records
+
+
+class Connection:
+    """A client connection speaking the line protocol."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.sock.settimeout(30)
+        self.buffer = b""
+
+    def send(self, line: bytes | str) -> None:
+        if isinstance(line, str):
+            line = line.encode()
+        self.sock.sendall(line if line.endswith(b"\n") else line + b"\n")
+
+    def reply(self) -> dict | None:
+        while b"\n" not in self.buffer:
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:  # closed by the agent with our input unread
+                return None
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, line: bytes | str) -> dict | None:
+        self.send(line)
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
