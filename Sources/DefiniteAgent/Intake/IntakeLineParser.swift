@@ -129,7 +129,7 @@ public struct IntakeLineParser {
             if let target = rowsTarget {
                 if let rowsAccepted { return rowsAccepted }
                 guard let deferredData else {
-                    throw IntakeRejection.badRequest(.invalidRow, "the request has a config but no \"data\" (an object or an array of objects)")
+                    throw IntakeRejection.invalidConfig("the request has a config but no \"data\" (an object or an array of objects)")
                 }
                 var rows = JSONScanner(line)
                 rows.position = deferredData.lowerBound

@@ -42,6 +42,11 @@ struct IntakeLineParserTests {
         #expect(outcome.stored == "{\"a\":1,\"b\":\"x\"}\n")
     }
 
+    @Test func whitespaceAroundColonsIsDropped() {
+        #expect(parse(#"{"a": 1, "b" :"x y" ,"ack": "z"}"#).stored == "{\"a\":1,\"b\":\"x y\"}\n")
+        #expect(parse(#"{"config": {"table": "bronze.t"}, "data": [{"a": 1}, {"b" : [1, 2]}]}"#).stored == "{\"a\":1}\n{\"b\":[1,2]}\n")
+    }
+
     @Test func recordsAreStoredCompact() {
         let outcome = parse("{ \"a\" : [1, 2 ,{\"s\": \"keep  spaces\\\" }\"}] ,\"b\":true }")
         #expect(outcome.stored == "{\"a\":[1,2,{\"s\":\"keep  spaces\\\" }\"}],\"b\":true}\n")
@@ -77,7 +82,7 @@ struct IntakeLineParserTests {
     }
 
     @Test(arguments: [
-        (#"{"config":{"table":"bronze.t"}}"#, 400),
+        (#"{"config":{"table":"bronze.t"}}"#, 422),
         (#"{"config":{"table":"bronze.t"},"data":[]}"#, 400),
         (#"{"config":{"table":"bronze.t"},"data":[1]}"#, 400),
         (#"{"config":{"table":"bronze.t"},"data":"x"}"#, 400),
