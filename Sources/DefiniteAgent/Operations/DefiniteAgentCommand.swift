@@ -10,7 +10,7 @@ public struct DefiniteAgentCommand: AsyncParsableCommand {
             SQLite spool at once, acknowledges them, and forwards them to the Stream API.
             """,
         version: AgentVersion.current,
-        subcommands: [RunCommand.self, SendCommand.self, StatusCommand.self, ConfigCommand.self]
+        subcommands: [RunCommand.self, SendCommand.self, StatusCommand.self, DeadLetterCommand.self, QueueCommand.self, ConfigCommand.self]
     )
 
     public init() {}

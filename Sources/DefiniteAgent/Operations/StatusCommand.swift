@@ -35,7 +35,9 @@ struct StatusCommand: AsyncParsableCommand {
                 "\"pending_bytes\":\(t.pendingBytes)",
                 "\"oldest_age_s\":\(number(t.oldestAgeSeconds))",
                 "\"dead_letters\":\(t.deadLetters)",
-                "\"state\":\(t.state.map(JSONCompactor.quote) ?? (t.pending > 0 ? "\"pending\"" : "\"idle\""))",
+                "\"state\":\(JSONCompactor.quote(Self.state(t)))",
+                "\"state_until\":\(t.stateUntil.map { "\"\(Self.timestamp($0))\"" } ?? "null")",
+                "\"last_success\":\(t.lastSuccessAt.map { "\"\(Self.timestamp($0))\"" } ?? "null")",
                 "\"last_error\":\(t.lastError.map(JSONCompactor.quote) ?? "null")",
             ]
             return "{" + fields.joined(separator: ",") + "}"
@@ -43,17 +45,29 @@ struct StatusCommand: AsyncParsableCommand {
         return "{\"pending\":\(status.pending),\"pending_bytes\":\(status.pendingBytes),\"dead_letters\":\(status.deadLetters),\"tables\":[\(tables.joined(separator: ","))]}"
     }
 
+    /// "delivering", "idle", "backing off", "held: table not found" or "auth failing".
+    static func state(_ t: SpoolStatus.Target) -> String {
+        if let state = t.state, t.pending > 0 { return state }
+        return t.pending > 0 ? "delivering" : "idle"
+    }
+
+    static func timestamp(_ seconds: Double) -> String {
+        DeadLetterCommand.timestamp(Date(timeIntervalSince1970: seconds))
+    }
+
     static func table(_ status: SpoolStatus, spool: String) -> String {
         let out = "spool \(spool): \(status.pending) pending (\(ByteSize(bytes: status.pendingBytes))), \(status.deadLetters) dead letters\n"
         guard !status.targets.isEmpty else { return out + "no targets yet" }
-        let header = ["TABLE", "MODE", "PENDING", "BYTES", "OLDEST", "DEAD", "LAST ERROR"]
+        let header = ["TABLE", "MODE", "PENDING", "BYTES", "OLDEST", "DEAD", "STATE", "LAST SUCCESS", "LAST ERROR"]
         let rows = status.targets.map { t -> [String] in
             var mode = t.mode
             if !t.primaryKey.isEmpty { mode += "(\(t.primaryKey))" }
             var table = t.table
             if !t.tags.isEmpty { table += " \(t.tags)" }
             return [table, mode, "\(t.pending)", ByteSize(bytes: t.pendingBytes).description,
-                    t.oldestAgeSeconds.map { String(format: "%.1fs", $0) } ?? "-", "\(t.deadLetters)", t.lastError ?? "-"]
+                    t.oldestAgeSeconds.map { String(format: "%.1fs", $0) } ?? "-", "\(t.deadLetters)",
+                    state(t) + (t.stateUntil.map { " until \(timestamp($0))" } ?? ""),
+                    t.lastSuccessAt.map(timestamp) ?? "-", t.lastError ?? "-"]
         }
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
         let render: ([String]) -> String = { cells in

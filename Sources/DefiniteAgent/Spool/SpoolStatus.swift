@@ -16,6 +16,7 @@ public struct SpoolStatus: Sendable, Equatable {
         public var lastError: String?
         public var state: String?
         public var lastSuccessAt: Double?
+        public var stateUntil: Double?
     }
 
     public var targets: [Target]
@@ -36,7 +37,7 @@ public struct SpoolStatus: Sendable, Equatable {
                        t.pending_bytes,
                        (SELECT min(appended_at) FROM segments s WHERE s.target_id = t.id),
                        (SELECT coalesce(sum(record_count), 0) FROM dead_letters d WHERE d.target_id = t.id),
-                       t.last_error, t.state, t.last_success_at
+                       t.last_error, t.state, t.last_success_at, t.state_until
                 FROM targets t ORDER BY t.table_name, t.mode, t.primary_key, t.tags
                 """)
             var targets: [Target] = []
@@ -47,7 +48,8 @@ public struct SpoolStatus: Sendable, Equatable {
                     tags: select.string(3) ?? "", pending: pending, pendingBytes: select.int(5),
                     oldestAgeSeconds: pending > 0 && !select.isNull(6) ? max(0, now.timeIntervalSince1970 - select.double(6)) : nil,
                     deadLetters: select.int(7), lastError: select.string(8), state: select.string(9),
-                    lastSuccessAt: select.isNull(10) ? nil : select.double(10)))
+                    lastSuccessAt: select.isNull(10) ? nil : select.double(10),
+                    stateUntil: select.isNull(11) ? nil : select.double(11)))
             }
             select.reset()
             return SpoolStatus(targets: targets)

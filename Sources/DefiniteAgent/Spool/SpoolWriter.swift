@@ -42,6 +42,7 @@ public final class SpoolWriter: @unchecked Sendable {
     /// Monotonic time of the writer's last sign of life (a commit, or an idle wake-up), for the watchdog.
     private let heartbeat = NIOLockedValueBox<ContinuousClock.Instant>(ContinuousClock.now)
     private var lastFailureLog: ContinuousClock.Instant?
+    private var lastResynchronization = ContinuousClock.now
 
     /// Opens the spool at `path` and prepares the writer; call ``start()`` to begin committing.
     public init(path: String, durability: AgentConfiguration.Durability, maxBytes: Int, logger: Logger) throws(SpoolError) {
@@ -74,7 +75,7 @@ public final class SpoolWriter: @unchecked Sendable {
         condition.lock()
         guard !stopping else {
             condition.unlock()
-            capacity.release(batch.totalBytes)
+            capacity.cancelReservation(batch.totalBytes)
             promise.fail(IntakeRejection(status: 503, code: .shuttingDown, message: "the agent is shutting down; retry shortly"))
             return
         }
@@ -119,8 +120,7 @@ public final class SpoolWriter: @unchecked Sendable {
         while true {
             condition.lock()
             while queue.isEmpty && !stopping {
-                _ = condition.wait(until: Date(timeIntervalSinceNow: 1))
-                heartbeat.withLockedValue { $0 = ContinuousClock.now }
+                if !condition.wait(until: Date(timeIntervalSinceNow: 1)) { break }
             }
             if queue.isEmpty && stopping {
                 stopped = true
@@ -146,7 +146,12 @@ public final class SpoolWriter: @unchecked Sendable {
                 }
             }
             if !appends.isEmpty { commit(appends) }
-            heartbeat.withLockedValue { $0 = ContinuousClock.now }
+            let now = ContinuousClock.now
+            heartbeat.withLockedValue { $0 = now }
+            if now - lastResynchronization > .seconds(5) {
+                lastResynchronization = now
+                if let stored = try? Self.storedBytes(connection) { capacity.resynchronize(stored: stored) }
+            }
         }
     }
 
@@ -191,14 +196,17 @@ public final class SpoolWriter: @unchecked Sendable {
         }
         switch result {
         case .success:
-            for (_, promise) in batches { promise.succeed(()) }
+            for (batch, promise) in batches {
+                capacity.commitReservation(batch.totalBytes)
+                promise.succeed(())
+            }
         case .failure(let error):
             // Targets created in the failed transaction were rolled back too.
             targetIDs.removeAll()
             try? loadTargets()
             let rejection = rejection(for: error)
             for (batch, promise) in batches {
-                capacity.release(batch.totalBytes)
+                capacity.cancelReservation(batch.totalBytes)
                 promise.fail(rejection)
             }
         }

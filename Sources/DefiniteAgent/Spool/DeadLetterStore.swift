@@ -1,0 +1,193 @@
+import Foundation
+
+/// The dead-letter queue, for the operator's `dlq` commands. Each call is one transaction on its own
+/// connection, so it is safe while the daemon runs (SQLite makes the two writers take turns).
+public struct DeadLetterStore {
+    /// One dead-letter entry: a row, or a whole batch the API partially rejected.
+    public struct Entry: Sendable, Equatable {
+        public var id: Int64
+        public var table: String
+        public var mode: String
+        public var primaryKey: String
+        public var firstSeq: Int64
+        public var rows: Int
+        public var bytes: Int
+        public var reason: String
+        public var status: Int?
+        public var errors: String
+        public var warnings: String
+        public var requestID: String?
+        public var attempts: Int
+        public var partial: Bool
+        public var firstFailedAt: Date
+        public var lastFailedAt: Date
+        /// The rows, newline-separated compact JSON (only filled by ``show(id:)`` and ``export(table:)``).
+        public var records: [UInt8] = []
+    }
+
+    /// Which entries a command acts on.
+    public enum Selection: Sendable {
+        case ids([Int64])
+        case table(String)
+        case all
+        case olderThan(TimeInterval)
+
+        var sql: (clause: String, bind: (SQLiteStatement) -> Void) {
+            switch self {
+            case .ids(let ids):
+                let list = ids.map(String.init).joined(separator: ",")
+                return ("d.id IN (\(list.isEmpty ? "NULL" : list))", { _ in })
+            case .table(let table):
+                return ("t.table_name = ?1", { $0.bind(1, table) })
+            case .all:
+                return ("1", { _ in })
+            case .olderThan(let age):
+                let cutoff = Date().timeIntervalSince1970 - age
+                return ("d.last_failed_at < ?1", { $0.bind(1, cutoff) })
+            }
+        }
+    }
+
+    let path: String
+
+    public init(path: String) {
+        self.path = path
+    }
+
+    private static let columns = """
+        d.id, t.table_name, t.mode, t.primary_key, d.first_seq, d.record_count, d.byte_count, d.reason, d.http_status,
+        coalesce(d.errors, '[]'), coalesce(d.warnings, '[]'), d.request_id, d.attempts, d.partial, d.first_failed_at, d.last_failed_at
+        """
+
+    private static func entry(_ row: SQLiteStatement, withRecords: Bool) -> Entry {
+        Entry(
+            id: row.int64(0), table: row.string(1) ?? "", mode: row.string(2) ?? "", primaryKey: row.string(3) ?? "",
+            firstSeq: row.int64(4), rows: row.int(5), bytes: row.int(6), reason: row.string(7) ?? "",
+            status: row.isNull(8) ? nil : row.int(8), errors: row.string(9) ?? "[]", warnings: row.string(10) ?? "[]",
+            requestID: row.string(11), attempts: row.int(12), partial: row.int(13) != 0,
+            firstFailedAt: Date(timeIntervalSince1970: row.double(14)), lastFailedAt: Date(timeIntervalSince1970: row.double(15)),
+            records: withRecords ? Array(row.blob(16)) : [])
+    }
+
+    private func withDatabase<T>(write: Bool, _ body: (SQLiteConnection) throws -> T) throws(SpoolError) -> T {
+        do {
+            let db = write ? try SpoolDatabase.openForMaintenance(path: path) : try SpoolDatabase.openForReading(path: path)
+            try db.execute(write ? "BEGIN IMMEDIATE" : "BEGIN")
+            do {
+                let result = try body(db)
+                try db.execute("COMMIT")
+                return result
+            } catch {
+                try? db.execute("ROLLBACK")
+                throw error
+            }
+        } catch let error as SpoolError {
+            throw error
+        } catch let error as SQLiteError {
+            throw SpoolDatabase.classify(error, path: path)
+        } catch {
+            throw SpoolError(.storage, path: path, "\(error)")
+        }
+    }
+
+    /// Entries, oldest first, optionally for one table.
+    public func list(table: String? = nil) throws(SpoolError) -> [Entry] {
+        try withDatabase(write: false) { db in
+            let select = try db.prepared("""
+                SELECT \(Self.columns) FROM dead_letters d JOIN targets t ON t.id = d.target_id
+                WHERE ?1 IS NULL OR t.table_name = ?1 ORDER BY d.id
+                """)
+            defer { select.reset() }
+            select.bind(1, table)
+            var entries: [Entry] = []
+            while try select.step() { entries.append(Self.entry(select, withRecords: false)) }
+            return entries
+        }
+    }
+
+    /// One entry with its rows, or `nil`.
+    public func show(id: Int64) throws(SpoolError) -> Entry? {
+        try withDatabase(write: false) { db in
+            let select = try db.prepared("SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE d.id = ?1")
+            defer { select.reset() }
+            select.bind(1, id)
+            return try select.step() ? Self.entry(select, withRecords: true) : nil
+        }
+    }
+
+    /// Calls `body` with each entry's rows, in order, for export.
+    public func export(table: String?, _ body: (Entry) -> Void) throws(SpoolError) {
+        try withDatabase(write: false) { db in
+            let select = try db.prepared("""
+                SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id
+                WHERE ?1 IS NULL OR t.table_name = ?1 ORDER BY d.id
+                """)
+            defer { select.reset() }
+            select.bind(1, table)
+            while try select.step() { body(Self.entry(select, withRecords: true)) }
+        }
+    }
+
+    /// Puts the selected entries' rows back at the end of their target's queue, in their original order,
+    /// and removes the entries — all in one transaction. Returns (entries, rows) replayed.
+    public func replay(_ selection: Selection) throws(SpoolError) -> (entries: Int, rows: Int) {
+        try withDatabase(write: true) { db in
+            let (clause, bind) = selection.sql
+            let select = try db.prepared("""
+                SELECT d.id, d.target_id, d.record_count, d.byte_count, d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id
+                WHERE \(clause) ORDER BY d.target_id, d.first_seq, d.id
+                """)
+            bind(select)
+            var picked: [(id: Int64, target: Int64, count: Int, bytes: Int, records: [UInt8])] = []
+            while try select.step() {
+                picked.append((select.int64(0), select.int64(1), select.int(2), select.int(3), Array(select.blob(4))))
+            }
+            select.reset()
+            let advance = try db.prepared(
+                "UPDATE targets SET next_seq = next_seq + ?1, pending_bytes = pending_bytes + ?2 WHERE id = ?3 RETURNING next_seq - ?1")
+            let insert = try db.prepared(
+                "INSERT INTO segments (target_id, first_seq, record_count, byte_count, appended_at, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            let delete = try db.prepared("DELETE FROM dead_letters WHERE id = ?1")
+            let now = Date().timeIntervalSince1970
+            for entry in picked {
+                advance.bind(1, entry.count)
+                advance.bind(2, entry.bytes)
+                advance.bind(3, entry.target)
+                guard try advance.step() else { continue }
+                let firstSeq = advance.int64(0)
+                advance.reset()
+                insert.bind(1, entry.target)
+                insert.bind(2, firstSeq)
+                insert.bind(3, entry.count)
+                insert.bind(4, entry.bytes)
+                insert.bind(5, now)
+                try entry.records.withUnsafeBytes { raw in
+                    insert.bindBlobNoCopy(6, raw)
+                    try insert.step()
+                    insert.reset()
+                }
+                delete.bind(1, entry.id)
+                try delete.step()
+                delete.reset()
+            }
+            return (picked.count, picked.reduce(0) { $0 + $1.count })
+        }
+    }
+
+    /// Deletes the selected entries for good. Returns (entries, rows) purged.
+    public func purge(_ selection: Selection) throws(SpoolError) -> (entries: Int, rows: Int) {
+        try withDatabase(write: true) { db in
+            let (clause, bind) = selection.sql
+            let count = try db.prepared("SELECT count(*), coalesce(sum(d.record_count), 0) FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause)")
+            bind(count)
+            _ = try count.step()
+            let result = (count.int(0), count.int(1))
+            count.reset()
+            let delete = try db.prepared("DELETE FROM dead_letters WHERE id IN (SELECT d.id FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause))")
+            bind(delete)
+            try delete.step()
+            delete.reset()
+            return result
+        }
+    }
+}
