@@ -270,3 +270,24 @@ def test_sigterm_answers_what_was_read_and_exits_cleanly(agent):
     stored = agent.spooled_records()
     assert len(stored) >= acked
     assert [r["i"] for r in stored] == list(range(len(stored)))
+
+
+def test_other_processes_opening_the_spool_always_see_the_latest_commit(agent):
+    """Regression: the daemon must never drop its own SQLite locks (a raw close() of the database file
+    does), or another process closing its connection takes the spool for idle, checkpoints and removes
+    the WAL under the daemon, and later commits become invisible to every other reader."""
+    import sqlite3
+
+    sent = 0
+    with agent.connect() as conn:
+        for round_ in range(30):
+            for i in range(100):
+                conn.send(json.dumps({"round": round_, "i": i}))
+            assert conn.request(json.dumps({"round": round_, "last": True, "ack": str(round_)}))["ok"]
+            sent += 101
+            # A separate connection, opened and closed each time, as `sqlite3` or a backup tool would.
+            db = sqlite3.connect(agent.spool_path)
+            seen = db.execute("SELECT sum(next_seq) FROM targets").fetchone()[0]
+            db.close()
+            assert seen == sent, f"round {round_}: another process sees {seen} records, {sent} were acknowledged"
+    assert agent.status()["pending"] == sent

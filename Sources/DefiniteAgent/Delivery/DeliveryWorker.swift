@@ -91,6 +91,14 @@ final class DeliveryWorker {
     // MARK: One batch
 
     private func deliver(_ job: DeliveryScheduler.Job, batch: SpoolReader.BatchRow, records: SpooledRecords) -> DeliveryScheduler.Outcome {
+        let outcome = attempt(job, batch: batch, records: records)
+        logger.debug("batch attempt ended", metadata: [
+            "table": "\(job.target.table)", "batch": "\(batch.id)", "seqs": "\(batch.firstSeq)..<\(batch.endSeq)",
+            "rows": "\(records.count)", "outcome": "\(outcome)"])
+        return outcome
+    }
+
+    private func attempt(_ job: DeliveryScheduler.Job, batch: SpoolReader.BatchRow, records: SpooledRecords) -> DeliveryScheduler.Outcome {
         let finishing = (id: batch.id, range: batch.firstSeq..<batch.endSeq)
         do {
             if records.isEmpty {

@@ -44,7 +44,6 @@ enum SpoolDatabase {
         guard FileManager.default.fileExists(atPath: path) else {
             throw SpoolError(.missing, path: path, "no spool file here; the daemon creates it at its first start (check [spool] path and --config)")
         }
-        try checkNotForeign(path: path)
         do {
             let db = try SQLiteConnection(path: path, mode: .readOnly)
             try db.execute("PRAGMA busy_timeout = 10000")
@@ -65,7 +64,6 @@ enum SpoolDatabase {
         guard FileManager.default.fileExists(atPath: path) else {
             throw SpoolError(.missing, path: path, "no spool file here; check [spool] path and --config")
         }
-        try checkNotForeign(path: path)
         do {
             let db = try SQLiteConnection(path: path, mode: .readWrite)
             try db.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL")
@@ -83,6 +81,12 @@ enum SpoolDatabase {
     // MARK: Checks
 
     /// A file that exists but does not start with SQLite's header is refused before SQLite touches it.
+    ///
+    /// - Important: Only the first opener in a process may do this. Closing any descriptor of the database
+    ///   file releases every POSIX lock the process holds on it, including those of open SQLite
+    ///   connections; another process could then take the database for idle, checkpoint and remove the
+    ///   WAL under us. Later opens (the delivery readers, the CLI's) rely on SQLite's own `SQLITE_NOTADB`
+    ///   and on the `application_id` check instead.
     private static func checkNotForeign(path: String) throws(SpoolError) {
         guard let handle = FileHandle(forReadingAtPath: path) else { return }
         defer { try? handle.close() }
