@@ -168,6 +168,9 @@ final class DeliveryWorker {
         var key: APIKey
     }
 
+    /// The last compressed body's buffer, reused so each batch does not allocate and fault in a new one.
+    private var compressed: [UInt8] = []
+
     /// Sends `indexes` of the batch and acts on the answer. Parts the API refuses row by row are split in
     /// halves until each refused row stands alone and is dead-lettered; the rest are delivered.
     private func resolve(_ indexes: [Int], context: Context) -> Resolution {
@@ -176,7 +179,8 @@ final class DeliveryWorker {
         do {
             body = try RequestBody.make(
                 records: context.records, indexes: indexes, target: job.target, batchID: context.batch.id, host: host,
-                format: configuration.batch.format, compression: configuration.batch.compression, gzipLevel: configuration.batch.gzipLevel)
+                format: configuration.batch.format, compression: configuration.batch.compression, gzipLevel: configuration.batch.gzipLevel,
+                reusing: &compressed)
         } catch {
             return .retry(status: nil, error: "cannot compress the request: \(error)", retryAfter: nil)
         }

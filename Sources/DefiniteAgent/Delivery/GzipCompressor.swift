@@ -7,6 +7,31 @@ enum Gzip {
         var description: String { "zlib error \(code)" }
     }
 
+    /// Compresses the concatenation of `parts` into one gzip member in `output` (replacing its contents,
+    /// reusing its capacity), without ever joining the parts in memory.
+    static func compress(parts: [UnsafeRawBufferPointer], level: Int, into output: inout [UInt8]) throws(Error) {
+        var stream = z_stream()
+        let initialized = czlib_deflate_init_gzip(&stream, Int32(level))
+        guard initialized == Z_OK else { throw Error(code: initialized) }
+        defer { deflateEnd(&stream) }
+        let total = parts.reduce(0) { $0 + $1.count }
+        let bound = Int(deflateBound(&stream, uLong(total))) + 32
+        if output.count < bound { output = [UInt8](repeating: 0, count: bound) }
+        var status: Int32 = Z_OK
+        output.withUnsafeMutableBytes { outRaw in
+            stream.next_out = outRaw.baseAddress?.assumingMemoryBound(to: Bytef.self)
+            stream.avail_out = uInt(outRaw.count)
+            for (index, part) in parts.enumerated() {
+                stream.next_in = UnsafeMutablePointer(mutating: part.baseAddress?.assumingMemoryBound(to: Bytef.self))
+                stream.avail_in = uInt(part.count)
+                status = deflate(&stream, index == parts.count - 1 ? Z_FINISH : Z_NO_FLUSH)
+                if status != Z_OK && status != Z_STREAM_END { return }
+            }
+        }
+        guard status == Z_STREAM_END else { throw Error(code: status) }
+        output.removeSubrange(Int(stream.total_out)...)
+    }
+
     /// Compresses `input` at `level` (1–9) into a gzip member.
     static func compress(_ input: [UInt8], level: Int) throws(Error) -> [UInt8] {
         var stream = z_stream()

@@ -24,30 +24,25 @@ struct RequestBody {
     }
 
     /// The body for `indexes` of `records` (in that order).
+    ///
+    /// When every record is sent in spool order (the usual case) the records' buffer is used as it is:
+    /// gzip reads the envelope and the records as separate parts, so the uncompressed body is never built.
     static func make(
         records: SpooledRecords, indexes: [Int], target: SpoolTarget, batchID: String, host: String,
-        format: AgentConfiguration.BodyFormat, compression: AgentConfiguration.Compression, gzipLevel: Int
+        format: AgentConfiguration.BodyFormat, compression: AgentConfiguration.Compression, gzipLevel: Int,
+        reusing output: inout [UInt8]
     ) throws -> RequestBody {
-        var body: [UInt8] = []
+        var prefix: [UInt8] = []
+        var suffix: [UInt8] = []
         var query = ""
         let contentType: String
         switch format {
         case .json:
             contentType = "application/json"
-            body.reserveCapacity(indexes.reduce(64) { $0 + records.ranges[$1].count + 1 })
-            body.append(contentsOf: Array("{\"data\":[".utf8))
-            for (n, i) in indexes.enumerated() {
-                if n > 0 { body.append(UInt8(ascii: ",")) }
-                body.append(contentsOf: records.record(i))
-            }
-            body.append(contentsOf: Array("],\"config\":\(configJSON(target: target, batchID: batchID, host: host))}".utf8))
+            prefix = Array("{\"data\":[".utf8)
+            suffix = Array("],\"config\":\(configJSON(target: target, batchID: batchID, host: host))}".utf8)
         case .ndjson:
             contentType = "application/x-ndjson"
-            body.reserveCapacity(indexes.reduce(0) { $0 + records.ranges[$1].count + 1 })
-            for i in indexes {
-                body.append(contentsOf: records.record(i))
-                body.append(UInt8(ascii: "\n"))
-            }
             var items = [URLQueryItem(name: "table", value: target.table), URLQueryItem(name: "mode", value: target.mode.rawValue)]
             if target.mode == .merge { items.append(URLQueryItem(name: "primary_key", value: target.primaryKey)) }
             items.append(URLQueryItem(name: "tags", value: tags(target: target, batchID: batchID, host: host)))
@@ -55,9 +50,25 @@ struct RequestBody {
             components.queryItems = items
             query = components.percentEncodedQuery?.replacingOccurrences(of: "+", with: "%2B") ?? ""
         }
+        let selected = indexes.count == records.count && indexes.elementsEqual(0..<records.count)
+            ? records : records.subset(indexes)
+        // JSON: the records with their commas, less the last one. NDJSON: one record per line.
+        let recordBytes = format == .json ? selected.bytes : selected.newlineSeparated
+        let recordCount = format == .json ? max(0, recordBytes.count - 1) : recordBytes.count
         if compression == .gzip {
-            return RequestBody(bytes: try Gzip.compress(body, level: gzipLevel), contentType: contentType, query: query, compressed: true)
+            try prefix.withUnsafeBytes { head in
+                try suffix.withUnsafeBytes { tail in
+                    try recordBytes.withUnsafeBytes { body in
+                        try Gzip.compress(parts: [head, UnsafeRawBufferPointer(rebasing: body[0..<recordCount]), tail], level: gzipLevel, into: &output)
+                    }
+                }
+            }
+            return RequestBody(bytes: output, contentType: contentType, query: query, compressed: true)
         }
+        var body = prefix
+        body.reserveCapacity(prefix.count + recordCount + suffix.count)
+        body.append(contentsOf: recordBytes[0..<recordCount])
+        body.append(contentsOf: suffix)
         return RequestBody(bytes: body, contentType: contentType, query: query, compressed: false)
     }
 

@@ -54,7 +54,8 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 printError("error: no dead letter with id \(id) (see dlq list)")
                 throw ExitCode(1)
             }
-            print("""
+            // One output path for header and rows, so they cannot be reordered by stdout buffering.
+            let header = """
                 id:          \(e.id)
                 table:       \(e.table) (\(e.mode)\(e.primaryKey.isEmpty ? "" : " on \(e.primaryKey)"))
                 reason:      \(e.reason)
@@ -67,8 +68,9 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 errors:      \(e.errors)
                 warnings:    \(e.warnings)
                 rows follow:
-                """)
-            FileHandle.standardOutput.write(Data(e.records))
+
+                """
+            FileHandle.standardOutput.write(Data(header.utf8) + Data(e.records))
         }
     }
 

@@ -97,7 +97,7 @@ struct DeliveryLedger: Sendable {
             insert.bind(12, failure.partial ? 1 : 0)
             insert.bind(13, failure.firstFailedAt.timeIntervalSince1970)
             insert.bind(14, Date().timeIntervalSince1970)
-            try records.bytes.withUnsafeBytes { raw in
+            try records.newlineSeparated.withUnsafeBytes { raw in
                 insert.bindBlobNoCopy(5, raw)
                 try insert.step()
                 insert.reset()

@@ -1,8 +1,10 @@
 /// Records read back from a target's log: their bytes in one buffer, and each record's seq and span.
 ///
 /// One contiguous buffer rather than an array per record keeps a 50,000-row batch to two allocations.
+/// Records are separated by commas, so all but the last byte of ``bytes`` is exactly the inside of a
+/// JSON request's `data` array: the common request is sent without building its body.
 public struct SpooledRecords: Sendable {
-    /// Records, each followed by `\n`, as stored.
+    /// Records, each followed by `,`.
     public var bytes: [UInt8] = []
     public var seqs: [Int64] = []
     /// `ranges[i]` is record `i` in `bytes`, without its newline.
@@ -17,11 +19,18 @@ public struct SpooledRecords: Sendable {
         let start = bytes.count
         bytes.append(contentsOf: record)
         ranges.append(start..<bytes.count)
-        bytes.append(UInt8(ascii: "\n"))
+        bytes.append(UInt8(ascii: ","))
         seqs.append(seq)
     }
 
-    /// The stored size of record `i`, newline included (what it counts for in `pending_bytes`).
+    /// The records as the spool stores them: each followed by `\n` (for NDJSON and dead letters).
+    var newlineSeparated: [UInt8] {
+        var copy = bytes
+        for range in ranges { copy[range.upperBound] = UInt8(ascii: "\n") }
+        return copy
+    }
+
+    /// The stored size of record `i`, separator included (what it counts for in `pending_bytes`).
     func storedSize(_ i: Int) -> Int { ranges[i].count + 1 }
 
     func record(_ i: Int) -> ArraySlice<UInt8> { bytes[ranges[i]] }
