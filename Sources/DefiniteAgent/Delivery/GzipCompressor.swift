@@ -14,22 +14,31 @@ enum Gzip {
         let initialized = czlib_deflate_init_gzip(&stream, Int32(level))
         guard initialized == Z_OK else { throw Error(code: initialized) }
         defer { deflateEnd(&stream) }
+        // Start at a quarter of the input (JSON compresses far better than that) and grow if needed,
+        // rather than reserving deflateBound, which is larger than the input itself.
         let total = parts.reduce(0) { $0 + $1.count }
-        let bound = Int(deflateBound(&stream, uLong(total))) + 32
-        if output.count < bound { output = [UInt8](repeating: 0, count: bound) }
-        var status: Int32 = Z_OK
-        output.withUnsafeMutableBytes { outRaw in
-            stream.next_out = outRaw.baseAddress?.assumingMemoryBound(to: Bytef.self)
-            stream.avail_out = uInt(outRaw.count)
-            for (index, part) in parts.enumerated() {
-                stream.next_in = UnsafeMutablePointer(mutating: part.baseAddress?.assumingMemoryBound(to: Bytef.self))
-                stream.avail_in = uInt(part.count)
-                status = deflate(&stream, index == parts.count - 1 ? Z_FINISH : Z_NO_FLUSH)
-                if status != Z_OK && status != Z_STREAM_END { return }
+        if output.count < max(1 << 16, total / 4) { output = [UInt8](repeating: 0, count: max(1 << 16, total / 4)) }
+        var produced = 0
+        for (index, part) in parts.enumerated() {
+            let flush = index == parts.count - 1 ? Z_FINISH : Z_NO_FLUSH
+            stream.next_in = UnsafeMutablePointer(mutating: part.baseAddress?.assumingMemoryBound(to: Bytef.self))
+            stream.avail_in = uInt(part.count)
+            while true {
+                if produced == output.count { output.append(contentsOf: repeatElement(0, count: output.count)) }
+                let status = output.withUnsafeMutableBytes { outRaw -> Int32 in
+                    stream.next_out = outRaw.baseAddress!.assumingMemoryBound(to: Bytef.self) + produced
+                    stream.avail_out = uInt(outRaw.count - produced)
+                    let status = deflate(&stream, flush)
+                    produced = outRaw.count - Int(stream.avail_out)
+                    return status
+                }
+                if status == Z_STREAM_END { break }
+                guard status == Z_OK || status == Z_BUF_ERROR else { throw Error(code: status) }
+                // Done with this part once zlib took all of it and still had room to write.
+                if stream.avail_in == 0 && stream.avail_out > 0 && flush == Z_NO_FLUSH { break }
             }
         }
-        guard status == Z_STREAM_END else { throw Error(code: status) }
-        output.removeSubrange(Int(stream.total_out)...)
+        output.removeSubrange(produced...)
     }
 
     /// Compresses `input` at `level` (1–9) into a gzip member.

@@ -33,6 +33,7 @@ public struct AgentDaemon {
     }
 
     public func run() async throws {
+        MemoryTuning.apply()
         let writer = try SpoolWriter(
             path: configuration.spool.path, durability: configuration.spool.durability,
             maxBytes: configuration.spool.maxBytes.bytes, logger: logger)
@@ -50,6 +51,7 @@ public struct AgentDaemon {
                 .init(service: SpoolWriterService(writer: writer)),
                 .init(service: delivery),
                 .init(service: intake),
+                .init(service: SignalService(configuration: configuration, key: key, scheduler: delivery.scheduler, logger: logger)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))

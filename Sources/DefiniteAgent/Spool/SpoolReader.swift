@@ -86,6 +86,8 @@ final class SpoolReader {
         ranges.reset()
 
         var records = SpooledRecords()
+        // Size the buffer once for a full batch rather than doubling into twice its size.
+        if maxBytes < 64 << 20 { records.bytes.reserveCapacity(maxBytes + 4096) }
         var next = from
         let select = try db.prepared("""
             SELECT first_seq, record_count, records FROM segments

@@ -1,0 +1,14 @@
+#include "CAgentSupport.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+int cagent_tune_malloc(int mmap_threshold, int arena_max) {
+    return mallopt(M_MMAP_THRESHOLD, mmap_threshold) && mallopt(M_ARENA_MAX, arena_max);
+}
+#else
+int cagent_tune_malloc(int mmap_threshold, int arena_max) {
+    (void)mmap_threshold;
+    (void)arena_max;
+    return 0;
+}
+#endif

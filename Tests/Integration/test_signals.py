@@ -1,0 +1,109 @@
+"""Operator signals on the real daemon: SIGHUP reloads the API key, SIGUSR1 delivers now."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
+
+from agent_harness import Agent  # noqa: E402
+from harness import Emulator  # noqa: E402
+
+
+def wait_until(predicate, timeout=30.0, message=""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: {message}")
+
+
+def send(agent, rows, table="bronze.sig"):
+    with agent.connect() as conn:
+        reply = conn.request(json.dumps({"config": {"table": table}, "data": rows, "ack": "a"}))
+        assert reply["ok"], reply
+
+
+def count(emu, table="sig"):
+    try:
+        return emu.scalar(f"SELECT count(*) FROM lake.bronze.{table}")
+    except Exception:
+        return 0
+
+
+def test_sighup_puts_a_new_api_key_in_use_without_losing_a_record(tmp_path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text("old-key\n")
+    key_file.chmod(0o600)
+    with Emulator(api_keys=("new-key",)) as emu:
+        agent = Agent(tmp_path / "agent", extra_config=f"""
+[api]
+url = "{emu.stream_url}"
+key_file = "{key_file}"
+[batch]
+linger = "50ms"
+[retry]
+initial = "50ms"
+max = "200ms"
+""").start()
+        try:
+            send(agent, [{"i": i} for i in range(100)])
+            wait_until(lambda: agent.status()["tables"][0]["state"] == "auth failing", 15, "the refused key is shown")
+            assert count(emu) == 0
+            key_file.write_text("new-key\n")
+            agent.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: agent.status()["pending"] == 0, 15, "delivered with the new key")
+            assert count(emu) == 100
+            assert agent.process.poll() is None
+            log = agent.log()
+            assert "API key reloaded" in log
+            assert "new-key" not in log and "old-key" not in log
+        finally:
+            agent.kill9()
+
+
+def test_sighup_with_an_unreadable_key_file_keeps_the_key_in_use(tmp_path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text("the-key\n")
+    key_file.chmod(0o600)
+    with Emulator(api_keys=("the-key",)) as emu:
+        agent = Agent(tmp_path / "agent", extra_config=f"""
+[api]
+url = "{emu.stream_url}"
+key_file = "{key_file}"
+[batch]
+linger = "50ms"
+""").start()
+        try:
+            key_file.unlink()
+            agent.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: "keeping the one in use" in agent.log(), 10, "the failed reload is logged")
+            send(agent, [{"i": 1}])
+            wait_until(lambda: count(emu) == 1, 15, "still delivering with the old key")
+        finally:
+            agent.kill9()
+
+
+def test_sigusr1_delivers_now_ignoring_linger(tmp_path):
+    with Emulator() as emu:
+        agent = Agent(tmp_path / "agent", env={"DEFINITE_API_KEY": emu.api_key}, extra_config=f"""
+[api]
+url = "{emu.stream_url}"
+[batch]
+linger = "1h"
+""").start()
+        try:
+            send(agent, [{"i": i} for i in range(10)])
+            time.sleep(1.0)
+            assert count(emu) == 0, "linger 1h: nothing goes yet"
+            agent.process.send_signal(signal.SIGUSR1)
+            wait_until(lambda: count(emu) == 10, 10, "SIGUSR1 flushes")
+            assert agent.status()["pending"] == 0
+        finally:
+            agent.kill9()
