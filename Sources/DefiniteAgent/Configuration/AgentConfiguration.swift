@@ -35,6 +35,10 @@ public struct AgentConfiguration: Sendable, Equatable {
         /// The table that plain records (lines without a `config` object) go to.
         public var defaultTable: String?
         public var maxLineBytes = ByteSize.mebibytes(16)
+        /// When set, only peers with one of these uids (or one of `allowGIDs`) may write; checked with
+        /// `SO_PEERCRED` when they connect. Both empty: anyone who can open the socket may write.
+        public var allowUIDs: [UInt32] = []
+        public var allowGIDs: [UInt32] = []
     }
 
     /// Ingestion mode of a target table, as the Stream API defines it.
@@ -85,6 +89,13 @@ public struct AgentConfiguration: Sendable, Equatable {
         public var maxAge = HumanDuration.seconds(7 * 86_400)
     }
 
+    /// `[service]`: how the daemon runs.
+    public struct ServiceSettings: Sendable, Equatable {
+        /// On SIGTERM, how long a request in flight to the API may take before the daemon exits anyway
+        /// (the batch stays in the spool and is sent at the next start).
+        public var drainTimeout = HumanDuration.seconds(10)
+    }
+
     /// `[log]`: what the daemon writes to stderr.
     public struct Log: Sendable, Equatable {
         public var level = "info"
@@ -96,6 +107,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var tables: [TableDefaults] = []
     public var batch = Batch()
     public var retry = Retry()
+    public var service = ServiceSettings()
     public var log = Log()
 
     public init() {}

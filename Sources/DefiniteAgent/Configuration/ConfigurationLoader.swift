@@ -44,7 +44,7 @@ public enum ConfigurationLoader {
 
     // MARK: Reading
 
-    private static let sections: Set<String> = ["api", "spool", "intake", "table", "batch", "retry", "log"]
+    private static let sections: Set<String> = ["api", "spool", "intake", "table", "batch", "retry", "service", "log"]
 
     private static func read(_ root: TOMLTable, into config: inout AgentConfiguration, locator: LineLocator) throws(ConfigurationError) {
         for key in root.keys where !sections.contains(key) {
@@ -69,6 +69,8 @@ public enum ConfigurationLoader {
             config.intake.socketMode = try intake.fileMode("socket_mode") ?? config.intake.socketMode
             config.intake.defaultTable = try intake.string("default_table") ?? config.intake.defaultTable
             config.intake.maxLineBytes = try intake.size("max_line_bytes") ?? config.intake.maxLineBytes
+            config.intake.allowUIDs = try intake.ids("allow_uids") ?? config.intake.allowUIDs
+            config.intake.allowGIDs = try intake.ids("allow_gids") ?? config.intake.allowGIDs
             try intake.finish()
         }
         if let tables = root["table"] {
@@ -115,6 +117,10 @@ public enum ConfigurationLoader {
             config.retry.max = try retry.duration("max") ?? config.retry.max
             config.retry.maxAge = try retry.duration("max_age") ?? config.retry.maxAge
             try retry.finish()
+        }
+        if var service = try Section(root, "service", locator) {
+            config.service.drainTimeout = try service.duration("drain_timeout") ?? config.service.drainTimeout
+            try service.finish()
         }
         if var log = try Section(root, "log", locator) {
             config.log.level = try log.choice("level", among: LogLevelName.allNames) ?? config.log.level
@@ -172,6 +178,7 @@ public enum ConfigurationLoader {
             throw fail("retry", "max", "must be at least retry.initial (\(config.retry.initial))")
         }
         guard config.retry.maxAge.milliseconds > 0 else { throw fail("retry", "max_age", "must be greater than 0") }
+        guard config.service.drainTimeout.milliseconds >= 0 else { throw fail("service", "drain_timeout", "must not be negative") }
     }
 
     static func describe(_ error: any Error) -> String {
@@ -250,6 +257,17 @@ private struct Section {
             strings.append(string)
         }
         return strings
+    }
+
+    mutating func ids(_ key: String) throws(ConfigurationError) -> [UInt32]? {
+        guard let value = value(key) else { return nil }
+        guard let array = value.array else { throw wrongType(key, "a list of numeric ids, e.g. [0, 1000]") }
+        var ids: [UInt32] = []
+        for element in array {
+            guard let id = element.int, let narrow = UInt32(exactly: id) else { throw wrongType(key, "a list of numeric ids, e.g. [0, 1000]") }
+            ids.append(narrow)
+        }
+        return ids
     }
 
     mutating func duration(_ key: String) throws(ConfigurationError) -> HumanDuration? {

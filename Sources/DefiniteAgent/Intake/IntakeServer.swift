@@ -30,13 +30,16 @@ public final class IntakeServer: Service, Sendable {
 
     public func run() async throws {
         let path = configuration.intake.socket
-        try SocketPath.prepare(path)
+        // A socket passed by systemd (socket activation) is used as it is; else we bind our own.
+        let passed = ListenFDs.take().first { $0.name == "intake" || $0.name == "unknown" || $0.name.hasSuffix(".socket") }
+        if passed == nil { try SocketPath.prepare(path) }
         let quiesce = ServerQuiescingHelper(group: group)
         let configuration = self.configuration
         let writer = self.writer
         let logger = self.logger
         let maxLineBytes = configuration.intake.maxLineBytes.bytes
-        let channel = try await ServerBootstrap(group: group)
+        let (allowUIDs, allowGIDs) = (configuration.intake.allowUIDs, configuration.intake.allowGIDs)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -48,20 +51,32 @@ public final class IntakeServer: Service, Sendable {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262_144))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if !allowUIDs.isEmpty || !allowGIDs.isEmpty {
+                        try channel.pipeline.syncOperations.addHandler(
+                            PeerCredentialsHandler(allowUIDs: allowUIDs, allowGIDs: allowGIDs, logger: logger))
+                    }
                     try channel.pipeline.syncOperations.addHandlers(
                         ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: maxLineBytes),
                         IntakeConnectionHandler(configuration: configuration, writer: writer, logger: logger)
                     )
                 }
             }
-            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false)
-            .get()
-        guard chmod(path, mode_t(configuration.intake.socketMode)) == 0 else {
-            let reason = String(cString: strerror(errno))
-            try? await channel.close()
-            throw SocketPath.Error(path: path, message: "cannot set its mode to \(String(configuration.intake.socketMode, radix: 8)): \(reason)")
+        let channel: any Channel
+        if let passed {
+            guard ListenFDs.isListeningUnixStream(passed.fd) else {
+                throw SocketPath.Error(path: path, message: "the socket systemd passed (fd \(passed.fd), \(passed.name)) is not a listening Unix stream socket")
+            }
+            channel = try await bootstrap.withBoundSocket(passed.fd).get()
+            logger.info("intake listening on the socket passed by systemd", metadata: ["fd": "\(passed.fd)", "name": "\(passed.name)"])
+        } else {
+            channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
+            guard chmod(path, mode_t(configuration.intake.socketMode)) == 0 else {
+                let reason = String(cString: strerror(errno))
+                try? await channel.close()
+                throw SocketPath.Error(path: path, message: "cannot set its mode to \(String(configuration.intake.socketMode, radix: 8)): \(reason)")
+            }
+            logger.info("intake listening", metadata: ["socket": "\(path)"])
         }
-        logger.info("intake listening", metadata: ["socket": "\(path)"])
         listening()
 
         try await withGracefulShutdownHandler {
@@ -74,7 +89,8 @@ public final class IntakeServer: Service, Sendable {
         let drained = group.next().makePromise(of: Void.self)
         quiesce.initiateShutdown(promise: drained)
         try await drained.futureResult.get()
-        unlink(path)
+        // A socket systemd passed stays: it keeps accepting (and queueing) while we restart.
+        if passed == nil { unlink(path) }
         logger.info("intake stopped")
     }
 }

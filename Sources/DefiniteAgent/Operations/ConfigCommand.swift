@@ -58,6 +58,8 @@ enum EffectiveConfiguration {
             "socket_mode = \(q("0" + String(c.intake.socketMode, radix: 8)))",
             c.intake.defaultTable.map { "default_table = \(q($0))" } ?? "# default_table not set",
             "max_line_bytes = \(q(c.intake.maxLineBytes.description))",
+            "allow_uids = [\(c.intake.allowUIDs.map(String.init).joined(separator: ", "))]",
+            "allow_gids = [\(c.intake.allowGIDs.map(String.init).joined(separator: ", "))]",
             "",
         ]
         for table in c.tables {
@@ -79,6 +81,9 @@ enum EffectiveConfiguration {
             "initial = \(q(c.retry.initial.description))",
             "max = \(q(c.retry.max.description))",
             "max_age = \(q(c.retry.maxAge.description))",
+            "",
+            "[service]",
+            "drain_timeout = \(q(c.service.drainTimeout.description))",
             "",
             "[log]",
             "level = \(q(c.log.level))",

@@ -42,16 +42,26 @@ public struct AgentDaemon {
             "held_bytes": "\(writer.capacity.usedBytes)",
         ])
         let key = APIKeyBox(try loadKey())
-        let delivery = try DeliveryService(configuration: configuration, writer: writer, key: key, logger: logger)
+        let delivery = try DeliveryService(configuration: configuration, writer: writer, key: key, logger: logger,
+                                           drainTimeout: configuration.service.drainTimeout.duration)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let intake = IntakeServer(configuration: configuration, writer: writer, group: group, logger: logger)
-        // Started in this order and stopped in reverse: intake stops first, then delivery, then the spool.
+        let (ready, readyContinuation) = AsyncStream<Void>.makeStream()
+        let intake = IntakeServer(configuration: configuration, writer: writer, group: group, logger: logger) {
+            readyContinuation.yield()
+            readyContinuation.finish()
+        }
+        let notifier = SystemdNotifier()
+        // Started in this order and stopped in reverse: systemd hears STOPPING=1 first, then intake stops
+        // (answering what it read), then delivery, then the spool closes.
         let services = ServiceGroup(configuration: .init(
             services: [
                 .init(service: SpoolWriterService(writer: writer)),
                 .init(service: delivery),
                 .init(service: intake),
-                .init(service: SignalService(configuration: configuration, key: key, scheduler: delivery.scheduler, logger: logger)),
+                .init(service: SignalService(configuration: configuration, key: key, scheduler: delivery.scheduler,
+                                             notifier: notifier, logger: logger)),
+                .init(service: NotifyService(notifier: notifier, ready: ready, writer: writer, scheduler: delivery.scheduler,
+                                             configuration: configuration, logger: logger)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))

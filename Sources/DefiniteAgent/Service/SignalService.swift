@@ -11,6 +11,7 @@ struct SignalService: Service {
     let configuration: AgentConfiguration
     let key: APIKeyBox
     let scheduler: DeliveryScheduler
+    let notifier: SystemdNotifier
     let logger: Logger
 
     func run() async throws {
@@ -18,7 +19,10 @@ struct SignalService: Service {
         await withGracefulShutdownHandler {
             for await signal in signals.cancelOnGracefulShutdown() {
                 switch signal {
-                case .sighup: reloadKey()
+                case .sighup:
+                    notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
+                    reloadKey()
+                    notifier.notify("READY=1")
                 case .sigusr1:
                     logger.info("SIGUSR1: delivering everything pending now")
                     scheduler.flushNow()

@@ -1,0 +1,93 @@
+import Foundation
+
+/// Speaks systemd's notification protocol (`sd_notify(3)`) without libsystemd: one datagram per message
+/// to the `AF_UNIX` socket named by `$NOTIFY_SOCKET` (a path, or an abstract name starting with `@`).
+///
+/// Without `$NOTIFY_SOCKET` (not run by systemd) every call does nothing.
+public struct SystemdNotifier: Sendable {
+    private let address: [UInt8]?
+    /// `$WATCHDOG_USEC` when it is meant for this process (`$WATCHDOG_PID` unset or ours).
+    public let watchdogInterval: Duration?
+
+    public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+        if let path = environment["NOTIFY_SOCKET"], !path.isEmpty, path.utf8.count < 108 {
+            var bytes = Array(path.utf8)
+            if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }  // abstract namespace
+            address = bytes
+        } else {
+            address = nil
+        }
+        let pid = environment["WATCHDOG_PID"].flatMap { Int32($0) }
+        if let usec = environment["WATCHDOG_USEC"].flatMap(UInt64.init), usec > 0, pid == nil || pid == getpid() {
+            watchdogInterval = .microseconds(Int64(usec))
+        } else {
+            watchdogInterval = nil
+        }
+    }
+
+    public var isEnabled: Bool { address != nil }
+
+    /// Sends `state` (newline-separated `KEY=VALUE` assignments). Returns whether it was sent.
+    @discardableResult
+    public func notify(_ state: String) -> Bool {
+        guard let address else { return false }
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var target = sockaddr_un()
+        target.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &target.sun_path) { $0.copyBytes(from: address) }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + address.count)
+        let payload = Array(state.utf8)
+        let sent = withUnsafePointer(to: &target) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), generic, length) }
+            }
+        }
+        return sent == payload.count
+    }
+
+    /// `MONOTONIC_USEC=` for `RELOADING=1`: CLOCK_MONOTONIC in microseconds.
+    public static func monotonicMicroseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+    }
+}
+
+/// Sockets passed by systemd socket activation (`sd_listen_fds(3)`): `$LISTEN_PID`, `$LISTEN_FDS` and
+/// `$LISTEN_FDNAMES`, descriptors starting at 3.
+public enum ListenFDs {
+    public static let firstDescriptor: Int32 = 3
+
+    /// The passed descriptors with their names, when they are meant for this process. The variables are
+    /// removed so that child processes do not take them for theirs.
+    public static func take(environment: [String: String] = ProcessInfo.processInfo.environment) -> [(fd: Int32, name: String)] {
+        guard let pid = environment["LISTEN_PID"].flatMap(Int32.init), pid == getpid(),
+              let count = environment["LISTEN_FDS"].flatMap(Int32.init), count > 0
+        else { return [] }
+        let names = (environment["LISTEN_FDNAMES"] ?? "").split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        for variable in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] { unsetenv(variable) }
+        return (0..<count).map { index in
+            let fd = firstDescriptor + index
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            return (fd, Int(index) < names.count ? names[Int(index)] : "unknown")
+        }
+    }
+
+    /// Whether `fd` is a listening Unix stream socket.
+    public static func isListeningUnixStream(_ fd: Int32) -> Bool {
+        var type: Int32 = 0
+        var listening: Int32 = 0
+        var family = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0, type == Int32(SOCK_STREAM.rawValue) else { return false }
+        length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0, listening == 1 else { return false }
+        var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &family) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &addressLength) }
+        }
+        return ok == 0 && family.ss_family == sa_family_t(AF_UNIX)
+    }
+}
