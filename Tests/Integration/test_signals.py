@@ -107,3 +107,36 @@ linger = "1h"
             assert agent.status()["pending"] == 0
         finally:
             agent.kill9()
+
+
+def test_sighup_reloads_the_configuration_live_and_rejects_an_invalid_one(tmp_path):
+    with Emulator() as emu:
+        base = f"""
+[api]
+url = "{emu.stream_url}"
+[batch]
+linger = "1h"
+"""
+        agent = Agent(tmp_path / "agent", env={"DEFINITE_API_KEY": emu.api_key}, extra_config=base).start()
+        try:
+            config = Path(agent.config_path).read_text()
+            # An invalid file: rejected, the old configuration keeps running.
+            Path(agent.config_path).write_text(config.replace('linger = "1h"', 'linger = "soon"'))
+            agent.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: "the new configuration is invalid" in agent.log(), 10, "the invalid file is reported")
+            assert "batch.linger" in agent.log()
+            send(agent, [{"i": 1}])
+            time.sleep(1.0)
+            assert count(emu) == 0 and agent.process.poll() is None
+            # A valid file: the new linger applies live; a socket change waits for a restart.
+            Path(agent.config_path).write_text(
+                config.replace('linger = "1h"', 'linger = "50ms"').replace("agent.sock", "moved.sock"))
+            agent.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: "configuration reloaded" in agent.log(), 10, "the reload is logged")
+            assert "intake.socket" in agent.log() and "only after a restart" in agent.log()
+            send(agent, [{"i": 2}])
+            wait_until(lambda: count(emu) == 2, 10, "delivered under the new linger")
+            with agent.connect() as conn:  # still on the old socket
+                assert conn.request('{"config":{"table":"bronze.sig"},"data":{"i":3},"ack":"z"}')["ok"]
+        finally:
+            agent.kill9()

@@ -55,7 +55,7 @@ final class DeliveryScheduler: @unchecked Sendable {
 
     private let condition = NSCondition()
     private let reader: SpoolReader
-    private let batch: AgentConfiguration.Batch
+    private let settings: LiveConfiguration
     private let logger: Logger
     private var targets: [Int64: TargetState] = [:]
     private var order: [Int64] = []
@@ -69,9 +69,9 @@ final class DeliveryScheduler: @unchecked Sendable {
 
     static let refreshInterval = Duration.milliseconds(50)
 
-    init(spoolPath: String, batch: AgentConfiguration.Batch, logger: Logger) throws(SpoolError) {
+    init(spoolPath: String, settings: LiveConfiguration, logger: Logger) throws(SpoolError) {
         self.reader = try SpoolReader(path: spoolPath)
-        self.batch = batch
+        self.settings = settings
         self.logger = logger
         do {
             try load()
@@ -226,6 +226,7 @@ final class DeliveryScheduler: @unchecked Sendable {
             authPausedUntil = nil
         }
         guard !order.isEmpty else { return nil }
+        let batch = settings.current.batch
         for step in 0..<order.count {
             let state = targets[order[(cursor + step) % order.count]]!
             let limit = state.target.mode == .merge ? 1 : batch.concurrency

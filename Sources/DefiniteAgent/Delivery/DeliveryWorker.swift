@@ -22,20 +22,24 @@ final class DeliveryWorker {
     private let reader: SpoolReader
     private let ledger: DeliveryLedger
     private let client: HTTPClient
-    private let configuration: AgentConfiguration
+    private let settings: LiveConfiguration
+    /// The settings of the job at hand: a snapshot taken when the job starts.
+    private var configuration: AgentConfiguration
     private let key: APIKeyBox
     private let logger: Logger
-    private let policy: RetryPolicy
+    private var policy: RetryPolicy
     private let host: String
     private let capacity: SpoolCapacity
     private var lastLogged: [Int64: ContinuousClock.Instant] = [:]
 
-    init(scheduler: DeliveryScheduler, writer: SpoolWriter, configuration: AgentConfiguration, key: APIKeyBox, logger: Logger) throws(SpoolError) {
+    init(scheduler: DeliveryScheduler, writer: SpoolWriter, settings: LiveConfiguration, key: APIKeyBox, logger: Logger) throws(SpoolError) {
+        let configuration = settings.current
+        self.settings = settings
         self.scheduler = scheduler
         self.reader = try SpoolReader(path: configuration.spool.path)
         self.ledger = DeliveryLedger(writer: writer)
         self.capacity = writer.capacity
-        self.client = HTTPClient(timeout: configuration.api.timeout)
+        self.client = HTTPClient()
         self.configuration = configuration
         self.key = key
         self.logger = logger
@@ -45,6 +49,8 @@ final class DeliveryWorker {
 
     func run() {
         while let job = scheduler.next() {
+            configuration = settings.current
+            policy = RetryPolicy(configuration.retry)
             switch job.kind {
             case .fresh(let from, let end):
                 cutAndDeliver(job, from: from, end: end)
@@ -189,7 +195,7 @@ final class DeliveryWorker {
         let url = body.query.isEmpty ? configuration.api.url : configuration.api.url + (configuration.api.url.contains("?") ? "&" : "?") + body.query
         let response: HTTPResponse
         do {
-            response = try client.post(url: url, headers: headers, body: body.bytes)
+            response = try client.post(url: url, headers: headers, body: body.bytes, timeout: configuration.api.timeout)
         } catch {
             return .retry(status: nil, error: "\(error)", retryAfter: nil)
         }

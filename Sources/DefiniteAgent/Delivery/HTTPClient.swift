@@ -38,23 +38,21 @@ struct HTTPTransportError: Error, CustomStringConvertible, Sendable {
 final class HTTPClient {
     private let handle: UnsafeMutableRawPointer
     private var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
-    let timeout: HumanDuration
     let userAgent: String
 
     private static let globalInit: Void = { curl_global_init(Int(CURL_GLOBAL_ALL)) }()
 
-    init(timeout: HumanDuration) {
+    init() {
         _ = Self.globalInit
         guard let handle = curl_easy_init() else { fatalError("curl_easy_init failed: out of memory") }
         self.handle = handle
-        self.timeout = timeout
         self.userAgent = "definite-agent/\(AgentVersion.current)"
     }
 
     deinit { curl_easy_cleanup(handle) }
 
     /// POSTs `body` to `url` and returns the answer, or throws a transport error.
-    func post(url: String, headers: [String], body: [UInt8]) throws(HTTPTransportError) -> HTTPResponse {
+    func post(url: String, headers: [String], body: [UInt8], timeout: HumanDuration) throws(HTTPTransportError) -> HTTPResponse {
         curl_easy_reset(handle)
         var list: UnsafeMutablePointer<curl_slist>?
         for header in headers { list = curl_slist_append(list, header) }

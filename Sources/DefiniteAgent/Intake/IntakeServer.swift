@@ -10,7 +10,7 @@ import ServiceLifecycle
 /// On graceful shutdown it stops accepting, lets every connection answer what it already read (acks or
 /// errors), then returns, so the spool writer behind it can commit the last batches and close.
 public final class IntakeServer: Service, Sendable {
-    private let configuration: AgentConfiguration
+    private let settings: LiveConfiguration
     private let writer: SpoolWriter
     private let group: any EventLoopGroup
     private let logger: Logger
@@ -18,10 +18,10 @@ public final class IntakeServer: Service, Sendable {
 
     /// - Parameter listening: called once the socket accepts connections (used for readiness).
     public init(
-        configuration: AgentConfiguration, writer: SpoolWriter, group: any EventLoopGroup, logger: Logger,
+        settings: LiveConfiguration, writer: SpoolWriter, group: any EventLoopGroup, logger: Logger,
         listening: @escaping @Sendable () -> Void = {}
     ) {
-        self.configuration = configuration
+        self.settings = settings
         self.writer = writer
         self.group = group
         self.logger = logger
@@ -29,16 +29,15 @@ public final class IntakeServer: Service, Sendable {
     }
 
     public func run() async throws {
+        let configuration = settings.current
+        let settings = self.settings
         let path = configuration.intake.socket
         // A socket passed by systemd (socket activation) is used as it is; else we bind our own.
         let passed = ListenFDs.take().first { $0.name == "intake" || $0.name == "unknown" || $0.name.hasSuffix(".socket") }
         if passed == nil { try SocketPath.prepare(path) }
         let quiesce = ServerQuiescingHelper(group: group)
-        let configuration = self.configuration
         let writer = self.writer
         let logger = self.logger
-        let maxLineBytes = configuration.intake.maxLineBytes.bytes
-        let (allowUIDs, allowGIDs) = (configuration.intake.allowUIDs, configuration.intake.allowGIDs)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelInitializer { channel in
@@ -50,7 +49,11 @@ public final class IntakeServer: Service, Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262_144))
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                // Each connection takes the settings in force when it opens (a reload affects new ones).
+                let configuration = settings.current
+                let maxLineBytes = configuration.intake.maxLineBytes.bytes
+                let (allowUIDs, allowGIDs) = (configuration.intake.allowUIDs, configuration.intake.allowGIDs)
+                return channel.eventLoop.makeCompletedFuture {
                     if !allowUIDs.isEmpty || !allowGIDs.isEmpty {
                         try channel.pipeline.syncOperations.addHandler(
                             PeerCredentialsHandler(allowUIDs: allowUIDs, allowGIDs: allowGIDs, logger: logger))

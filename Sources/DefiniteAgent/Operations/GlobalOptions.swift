@@ -7,6 +7,12 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The configuration file.", valueName: "path"))
     var config: String?
 
+    /// The file the configuration is read from, or `nil` when the embedded defaults are in use.
+    var configurationPath: String? {
+        if let config { return config }
+        return FileManager.default.fileExists(atPath: ConfigurationLoader.defaultPath) ? ConfigurationLoader.defaultPath : nil
+    }
+
     /// Loads the configuration. Without `--config`, a missing default file means the embedded defaults;
     /// a file named explicitly must exist.
     func loadConfiguration() throws -> (AgentConfiguration, source: String) {

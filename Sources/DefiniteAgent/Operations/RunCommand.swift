@@ -30,7 +30,7 @@ struct RunCommand: AsyncParsableCommand {
         let logger = Logger(label: "definite-agent")
         logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "config": "\(source)"])
         try await reportingErrors {
-            try await AgentDaemon(configuration: configuration, logger: logger).run()
+            try await AgentDaemon(configuration: configuration, configurationPath: global.configurationPath, logger: logger).run()
         }
     }
 }

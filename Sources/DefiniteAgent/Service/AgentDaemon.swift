@@ -3,18 +3,22 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 
-/// The daemon: the spool writer and the intake server, run as services with graceful shutdown on
-/// SIGTERM and SIGINT.
+/// The daemon: the spool writer, delivery, the intake server, operator signals and systemd
+/// notifications, run as services with graceful shutdown on SIGTERM and SIGINT.
 ///
-/// Start-up order is spool first (open, check, migrate), then the socket: a writer can never be
-/// acknowledged by a daemon whose spool is not open. Shutdown is the reverse: intake stops and answers
-/// what it read, then the writer commits the last batches and closes the spool cleanly.
+/// Start-up order is spool first (open, check, migrate), then delivery, then the socket: a writer can
+/// never be acknowledged by a daemon whose spool is not open, and systemd hears READY=1 only once the
+/// socket listens. Shutdown is the reverse: STOPPING=1, then intake stops and answers what it read, then
+/// delivery gets `[service] drain_timeout` for a request in flight, then the spool closes cleanly.
 public struct AgentDaemon {
     public let configuration: AgentConfiguration
+    /// The file the configuration came from, read again on SIGHUP; `nil` for the embedded defaults.
+    public let configurationPath: String?
     public let logger: Logger
 
-    public init(configuration: AgentConfiguration, logger: Logger) {
+    public init(configuration: AgentConfiguration, configurationPath: String?, logger: Logger) {
         self.configuration = configuration
+        self.configurationPath = configurationPath
         self.logger = logger
     }
 
@@ -34,6 +38,7 @@ public struct AgentDaemon {
 
     public func run() async throws {
         MemoryTuning.apply()
+        let settings = LiveConfiguration(configuration)
         let writer = try SpoolWriter(
             path: configuration.spool.path, durability: configuration.spool.durability,
             maxBytes: configuration.spool.maxBytes.bytes, logger: logger)
@@ -42,15 +47,19 @@ public struct AgentDaemon {
             "held_bytes": "\(writer.capacity.usedBytes)",
         ])
         let key = APIKeyBox(try loadKey())
-        let delivery = try DeliveryService(configuration: configuration, writer: writer, key: key, logger: logger,
-                                           drainTimeout: configuration.service.drainTimeout.duration)
+        let delivery = try DeliveryService(settings: settings, writer: writer, key: key, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let (ready, readyContinuation) = AsyncStream<Void>.makeStream()
-        let intake = IntakeServer(configuration: configuration, writer: writer, group: group, logger: logger) {
+        let intake = IntakeServer(settings: settings, writer: writer, group: group, logger: logger) {
             readyContinuation.yield()
             readyContinuation.finish()
         }
         let notifier = SystemdNotifier()
+        let signals = SignalService(
+            configurationPath: configurationPath, settings: settings, key: key, scheduler: delivery.scheduler,
+            notifier: notifier, logger: logger)
+        let notifications = NotifyService(
+            notifier: notifier, ready: ready, writer: writer, scheduler: delivery.scheduler, configuration: configuration, logger: logger)
         // Started in this order and stopped in reverse: systemd hears STOPPING=1 first, then intake stops
         // (answering what it read), then delivery, then the spool closes.
         let services = ServiceGroup(configuration: .init(
@@ -58,10 +67,8 @@ public struct AgentDaemon {
                 .init(service: SpoolWriterService(writer: writer)),
                 .init(service: delivery),
                 .init(service: intake),
-                .init(service: SignalService(configuration: configuration, key: key, scheduler: delivery.scheduler,
-                                             notifier: notifier, logger: logger)),
-                .init(service: NotifyService(notifier: notifier, ready: ready, writer: writer, scheduler: delivery.scheduler,
-                                             configuration: configuration, logger: logger)),
+                .init(service: signals),
+                .init(service: notifications),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))

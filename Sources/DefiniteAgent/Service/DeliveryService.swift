@@ -14,12 +14,14 @@ final class DeliveryService: Service, Sendable {
     private let logger: Logger
     private let drainTimeout: Duration
 
-    init(configuration: AgentConfiguration, writer: SpoolWriter, key: APIKeyBox, logger: Logger, drainTimeout: Duration = .seconds(10)) throws(SpoolError) {
-        scheduler = try DeliveryScheduler(spoolPath: configuration.spool.path, batch: configuration.batch, logger: logger)
+    init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, logger: Logger) throws(SpoolError) {
+        let configuration = settings.current
+        scheduler = try DeliveryScheduler(spoolPath: configuration.spool.path, settings: settings, logger: logger)
         var workers: [UncheckedBox<DeliveryWorker>] = []
         for _ in 0..<max(1, configuration.batch.concurrency) {
-            workers.append(UncheckedBox(try DeliveryWorker(scheduler: scheduler, writer: writer, configuration: configuration, key: key, logger: logger)))
+            workers.append(UncheckedBox(try DeliveryWorker(scheduler: scheduler, writer: writer, settings: settings, key: key, logger: logger)))
         }
+        let drainTimeout = configuration.service.drainTimeout.duration
         self.workers = workers
         self.logger = logger
         self.drainTimeout = drainTimeout

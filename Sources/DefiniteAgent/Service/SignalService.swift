@@ -4,11 +4,15 @@ import UnixSignals
 
 /// Operator signals other than the shutdown ones (SIGTERM and SIGINT belong to the service group):
 ///
-/// - SIGHUP: read the API key again (a new key takes effect without a restart). A key that cannot be
-///   read keeps the old one in use and says why.
+/// - SIGHUP: read the configuration file and the API key again. Batch, retry, table, API and intake
+///   settings take effect at once (intake settings for new connections); settings only a restart can
+///   change (spool, socket path and mode, concurrency, drain bound, log level) keep their old values and
+///   are logged as such. An invalid file is rejected with a log line and the old configuration keeps
+///   running. systemd hears `RELOADING=1` and then `READY=1`.
 /// - SIGUSR1: deliver everything pending now, ignoring `[batch] linger` and any backoff.
 struct SignalService: Service {
-    let configuration: AgentConfiguration
+    let configurationPath: String?
+    let settings: LiveConfiguration
     let key: APIKeyBox
     let scheduler: DeliveryScheduler
     let notifier: SystemdNotifier
@@ -16,35 +20,50 @@ struct SignalService: Service {
 
     func run() async throws {
         let signals = await UnixSignalsSequence(trapping: .sighup, .sigusr1)
-        await withGracefulShutdownHandler {
-            for await signal in signals.cancelOnGracefulShutdown() {
-                switch signal {
-                case .sighup:
-                    notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
-                    reloadKey()
-                    notifier.notify("READY=1")
-                case .sigusr1:
-                    logger.info("SIGUSR1: delivering everything pending now")
-                    scheduler.flushNow()
-                default: break
-                }
+        for await signal in signals.cancelOnGracefulShutdown() {
+            switch signal {
+            case .sighup:
+                notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
+                reload()
+                notifier.notify("READY=1")
+            case .sigusr1:
+                logger.info("SIGUSR1: delivering everything pending now")
+                scheduler.flushNow()
+            default:
+                break
             }
-        } onGracefulShutdown: {}
+        }
     }
 
-    func reloadKey() {
+    func reload() {
+        var configuration = settings.current
+        if let configurationPath {
+            do {
+                configuration = try ConfigurationLoader.load(path: configurationPath)
+            } catch {
+                logger.error("SIGHUP: the new configuration is invalid; the old one keeps running", metadata: ["error": "\(error)"])
+                return
+            }
+            let outcome = settings.reload(configuration)
+            if !outcome.needRestart.isEmpty {
+                logger.warning("SIGHUP: these settings changed but take effect only after a restart; their old values stay in force",
+                               metadata: ["keys": "\(outcome.needRestart.joined(separator: ", "))"])
+            }
+            logger.info("SIGHUP: configuration reloaded",
+                        metadata: ["applied": "\(outcome.applied.isEmpty ? "nothing changed" : outcome.applied.joined(separator: ", "))"])
+        }
         do {
-            let fresh = try APIKeySource.load(config: configuration.api)
+            let fresh = try APIKeySource.load(config: settings.current.api)
             key.withLockedValue { $0 = fresh }
             if let fresh {
                 logger.info("SIGHUP: API key reloaded", metadata: ["source": "\(fresh.source)"])
-                // Whatever waits on a refused key may go now.
-                scheduler.flushNow()
             } else {
                 logger.warning("SIGHUP: no API key found; delivery stays paused")
             }
         } catch {
             logger.error("SIGHUP: cannot read the API key; keeping the one in use", metadata: ["error": "\(error)"])
         }
+        // Whatever waits on a refused key or an old setting may go now.
+        scheduler.flushNow()
     }
 }

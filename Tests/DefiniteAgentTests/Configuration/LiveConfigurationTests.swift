@@ -1,0 +1,30 @@
+import Testing
+
+@testable import DefiniteAgent
+
+@Suite("Configuration reload")
+struct LiveConfigurationTests {
+    @Test func liveSettingsApplyAndRestartOnlySettingsKeepTheirOldValues() {
+        var old = AgentConfiguration()
+        old.intake.socket = "/run/a.sock"
+        let live = LiveConfiguration(old)
+        var new = old
+        new.batch.linger = .seconds(5)
+        new.retry.max = .seconds(10)
+        new.tables = [.init(name: "bronze.u", mode: .merge, primaryKey: "id")]
+        new.intake.socket = "/run/b.sock"
+        new.spool.path = "/var/lib/other.db"
+        let outcome = live.reload(new)
+        #expect(outcome.applied == ["table", "batch", "retry"])
+        #expect(outcome.needRestart == ["spool.path", "intake.socket"])
+        #expect(live.current.batch.linger == .seconds(5))
+        #expect(live.current.tables.count == 1)
+        #expect(live.current.intake.socket == "/run/a.sock")
+        #expect(live.current.spool.path == old.spool.path)
+    }
+
+    @Test func reloadingTheSameConfigurationChangesNothing() {
+        let live = LiveConfiguration(AgentConfiguration())
+        #expect(live.reload(AgentConfiguration()) == .init(applied: [], needRestart: []))
+    }
+}
