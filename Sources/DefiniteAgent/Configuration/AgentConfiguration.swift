@@ -96,6 +96,12 @@ public struct AgentConfiguration: Sendable, Equatable {
         public var drainTimeout = HumanDuration.seconds(10)
     }
 
+    /// `[metrics]`: the opt-in Prometheus endpoint.
+    public struct MetricsSettings: Sendable, Equatable {
+        /// `"127.0.0.1:9464"` or a Unix socket path; unset: no endpoint, and no metrics are collected.
+        public var listen: String?
+    }
+
     /// `[log]`: what the daemon writes to stderr.
     public struct Log: Sendable, Equatable {
         public var level = "info"
@@ -108,6 +114,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var batch = Batch()
     public var retry = Retry()
     public var service = ServiceSettings()
+    public var metrics = MetricsSettings()
     public var log = Log()
 
     public init() {}

@@ -44,7 +44,7 @@ public enum ConfigurationLoader {
 
     // MARK: Reading
 
-    private static let sections: Set<String> = ["api", "spool", "intake", "table", "batch", "retry", "service", "log"]
+    private static let sections: Set<String> = ["api", "spool", "intake", "table", "batch", "retry", "service", "metrics", "log"]
 
     private static func read(_ root: TOMLTable, into config: inout AgentConfiguration, locator: LineLocator) throws(ConfigurationError) {
         for key in root.keys where !sections.contains(key) {
@@ -122,6 +122,10 @@ public enum ConfigurationLoader {
             config.service.drainTimeout = try service.duration("drain_timeout") ?? config.service.drainTimeout
             try service.finish()
         }
+        if var metrics = try Section(root, "metrics", locator) {
+            config.metrics.listen = try metrics.string("listen") ?? config.metrics.listen
+            try metrics.finish()
+        }
         if var log = try Section(root, "log", locator) {
             config.log.level = try log.choice("level", among: LogLevelName.allNames) ?? config.log.level
             try log.finish()
@@ -179,6 +183,11 @@ public enum ConfigurationLoader {
         }
         guard config.retry.maxAge.milliseconds > 0 else { throw fail("retry", "max_age", "must be greater than 0") }
         guard config.service.drainTimeout.milliseconds >= 0 else { throw fail("service", "drain_timeout", "must not be negative") }
+        if let listen = config.metrics.listen, !listen.hasPrefix("/") {
+            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port),
+                  !listen[..<colon].isEmpty
+            else { throw fail("metrics", "listen", "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path") }
+        }
     }
 
     static func describe(_ error: any Error) -> String {

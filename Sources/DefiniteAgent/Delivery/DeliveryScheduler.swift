@@ -18,6 +18,8 @@ final class DeliveryScheduler: @unchecked Sendable {
             case fresh(from: Int64, end: Int64)
             /// Send a registered batch again.
             case retry(SpoolReader.BatchRow)
+            /// Record in the spool that this target waits for an API key (nothing is cut or sent).
+            case noteMissingKey
         }
 
         var targetID: Int64
@@ -44,6 +46,7 @@ final class DeliveryScheduler: @unchecked Sendable {
         var backoffUntil: ContinuousClock.Instant?
         var pendingSince: ContinuousClock.Instant?
         var flushThrough: Int64 = 0
+        var missingKeyNoted = false
 
         init(id: Int64, target: SpoolTarget, nextSeq: Int64, assignedEnd: Int64) {
             self.id = id
@@ -69,9 +72,13 @@ final class DeliveryScheduler: @unchecked Sendable {
 
     static let refreshInterval = Duration.milliseconds(50)
 
-    init(spoolPath: String, settings: LiveConfiguration, logger: Logger) throws(SpoolError) {
+    /// Whether there is an API key to send with; without one nothing is cut or sent.
+    private let hasKey: @Sendable () -> Bool
+
+    init(spoolPath: String, settings: LiveConfiguration, logger: Logger, hasKey: @escaping @Sendable () -> Bool = { true }) throws(SpoolError) {
         self.reader = try SpoolReader(path: spoolPath)
         self.settings = settings
+        self.hasKey = hasKey
         self.logger = logger
         do {
             try load()
@@ -221,6 +228,16 @@ final class DeliveryScheduler: @unchecked Sendable {
     }
 
     private func pick(now: ContinuousClock.Instant) -> Job? {
+        guard hasKey() else {
+            // Say once per target, in the spool, why its rows do not move.
+            for state in targets.values where !state.missingKeyNoted && state.inflight == 0 && state.nextSeq > state.assignedEnd {
+                state.missingKeyNoted = true
+                state.inflight += 1
+                return Job(targetID: state.id, target: state.target, kind: .noteMissingKey)
+            }
+            return nil
+        }
+        for state in targets.values { state.missingKeyNoted = false }
         if let until = authPausedUntil {
             guard now >= until else { return nil }
             authPausedUntil = nil

@@ -54,6 +54,14 @@ final class DeliveryWorker {
             switch job.kind {
             case .fresh(let from, let end):
                 cutAndDeliver(job, from: from, end: end)
+            case .noteMissingKey:
+                do {
+                    try ledger.setState(targetID: job.targetID, state: "auth failing", until: nil, lastError: "no API key configured")
+                } catch {
+                    logger.error("cannot record the delivery state", metadata: ["error": "\(error)"])
+                }
+                logOnce(0, "no API key: delivery is paused, intake continues (set [api] key_file, $DEFINITE_API_KEY or the api-key credential)")
+                scheduler.finished(targetID: job.targetID, outcome: .done)
             case .retry(let batch):
                 do {
                     let (records, _) = try reader.read(targetID: job.targetID, from: batch.firstSeq, end: batch.endSeq, maxRows: .max, maxBytes: .max)
@@ -141,6 +149,7 @@ final class DeliveryWorker {
                 capacity.release(records.bytes.count - sent)
                 return .done
             case .retry(let status, let error, let retryAfter):
+                AgentMetrics.retries.increment()
                 let delay = retryAfter.map { Duration.milliseconds(Int64($0 * 1000)) } ?? policy.delay(attempt: attempts - 1)
                 let until = Date().addingTimeInterval(Double(delay.components.seconds))
                 try ledger.recordAttempt(batchID: batch.id, targetID: job.targetID, status: status, error: error,
@@ -194,9 +203,15 @@ final class DeliveryWorker {
         if body.compressed { headers.append("Content-Encoding: gzip") }
         let url = body.query.isEmpty ? configuration.api.url : configuration.api.url + (configuration.api.url.contains("?") ? "&" : "?") + body.query
         let response: HTTPResponse
+        let started = ContinuousClock.now
+        AgentMetrics.bytesUncompressed.increment(by: Int64(indexes.reduce(0) { $0 + context.records.storedSize($1) }))
+        AgentMetrics.bytesSent.increment(by: Int64(body.bytes.count))
         do {
             response = try client.post(url: url, headers: headers, body: body.bytes, timeout: configuration.api.timeout)
+            AgentMetrics.deliveryLatency.recordInterval(since: started)
+            AgentMetrics.httpRequests(String(response.status)).increment()
         } catch {
+            AgentMetrics.httpRequests("transport_error").increment()
             return .retry(status: nil, error: "\(error)", retryAfter: nil)
         }
         let answer = StreamAPIResponse(body: response.body)
@@ -207,6 +222,7 @@ final class DeliveryWorker {
                     reason: reason, status: response.status, errors: answer.errors, warnings: answer.warnings,
                     requestID: answer.requestID, attempts: context.batch.attempts + 1, partial: partial, firstFailedAt: Date()),
                     finishing: nil)
+                AgentMetrics.recordsDeadLettered.increment(by: Int64(indexes.count))
                 logger.warning("rows dead-lettered", metadata: ["table": "\(job.target.table)", "rows": "\(indexes.count)",
                                                                 "status": "\(response.status)", "reason": "\(reason)"])
                 return .resolved
@@ -228,6 +244,7 @@ final class DeliveryWorker {
                     let bytes = indexes.reduce(0) { $0 + context.records.storedSize($1) }
                     try ledger.delivered(targetID: job.targetID, seqs: indexes.map { context.records.seqs[$0] }, bytes: bytes, finishing: nil)
                     capacity.release(bytes)
+                    AgentMetrics.recordsDelivered.increment(by: Int64(indexes.count))
                     return .resolved
                 } catch {
                     return .retry(status: response.status, error: "delivered, but cannot record it: \(error)", retryAfter: nil)

@@ -26,9 +26,11 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private final class Burst {
         let entries: [Entry]
         var outcome: Result<Void, IntakeRejection>?
-        init(entries: [Entry], outcome: Result<Void, IntakeRejection>?) {
+        let started: ContinuousClock.Instant
+        init(entries: [Entry], outcome: Result<Void, IntakeRejection>?, started: ContinuousClock.Instant) {
             self.entries = entries
             self.outcome = outcome
+            self.started = started
         }
     }
 
@@ -42,6 +44,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var outstanding = Deque<Burst>()
     private var readHeld = false
     private var closing = false
+    private var burstStarted: ContinuousClock.Instant?
 
     init(configuration: AgentConfiguration, writer: SpoolWriter, logger: Logger) {
         self.writer = writer
@@ -55,6 +58,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let line = unwrapInboundIn(data)
         lineNumber += 1
+        if burstStarted == nil { burstStarted = .now }
         guard !closing else { return }
         let parsed = line.withUnsafeReadableBytes { parser.parse(line: $0, into: &batch) }
         switch parsed.result {
@@ -126,11 +130,14 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func submitBurst(context: ChannelHandlerContext) {
         guard !entries.isEmpty else { return }
+        let started = burstStarted ?? .now
+        burstStarted = nil
+        AgentMetrics.linesReceived.increment(by: Int64(entries.count))
         let burst: Burst
         if batch.isEmpty {
-            burst = Burst(entries: entries, outcome: .success(()))
+            burst = Burst(entries: entries, outcome: .success(()), started: started)
         } else {
-            burst = Burst(entries: entries, outcome: nil)
+            burst = Burst(entries: entries, outcome: nil, started: started)
             let promise = context.eventLoop.makePromise(of: Void.self)
             writer.submit(batch, promise: promise)
             promise.futureResult.assumeIsolated().whenComplete { [self] result in
@@ -148,6 +155,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         var buffer = context.channel.allocator.buffer(capacity: 0)
         while let head = outstanding.first, let outcome = head.outcome {
             outstanding.removeFirst()
+            Self.count(head.entries, outcome: outcome)
+            AgentMetrics.ackLatency.recordInterval(since: head.started)
             for entry in head.entries {
                 switch (entry, outcome) {
                 case (.accepted(let ack, let line, let records), .success):
@@ -167,6 +176,21 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         } else {
             resumeReadingIfPossible(context: context)
         }
+    }
+
+    /// Metrics for one answered burst: records spooled, refusals by reason.
+    private static func count(_ entries: [Entry], outcome: Result<Void, IntakeRejection>) {
+        var spooled = 0
+        var refused: [IntakeRejection.Code: Int] = [:]
+        for entry in entries {
+            switch (entry, outcome) {
+            case (.accepted(_, _, let records), .success): spooled += records
+            case (.accepted, .failure(let rejection)): refused[rejection.code, default: 0] += 1
+            case (.refused(_, _, let rejection), _): refused[rejection.code, default: 0] += 1
+            }
+        }
+        if spooled > 0 { AgentMetrics.recordsSpooled.increment(by: Int64(spooled)) }
+        for (code, count) in refused { AgentMetrics.rejected(code).increment(by: Int64(count)) }
     }
 
     private func beginClosing(context: ChannelHandlerContext) {

@@ -85,6 +85,9 @@ enum EffectiveConfiguration {
             "[service]",
             "drain_timeout = \(q(c.service.drainTimeout.description))",
             "",
+            "[metrics]",
+            c.metrics.listen.map { "listen = \(q($0))" } ?? "# listen not set: no metrics endpoint",
+            "",
             "[log]",
             "level = \(q(c.log.level))",
         ]

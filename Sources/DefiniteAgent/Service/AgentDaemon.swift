@@ -38,6 +38,7 @@ public struct AgentDaemon {
 
     public func run() async throws {
         MemoryTuning.apply()
+        let metricsRegistry = configuration.metrics.listen.map { _ in MetricsServer.bootstrap() }
         let settings = LiveConfiguration(configuration)
         let writer = try SpoolWriter(
             path: configuration.spool.path, durability: configuration.spool.durability,
@@ -60,6 +61,12 @@ public struct AgentDaemon {
             notifier: notifier, logger: logger)
         let notifications = NotifyService(
             notifier: notifier, ready: ready, writer: writer, scheduler: delivery.scheduler, configuration: configuration, logger: logger)
+        var extra: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let listen = configuration.metrics.listen, let metricsRegistry {
+            extra.append(.init(service: MetricsServer(
+                listen: listen, registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity,
+                group: group, logger: logger)))
+        }
         // Started in this order and stopped in reverse: systemd hears STOPPING=1 first, then intake stops
         // (answering what it read), then delivery, then the spool closes.
         let services = ServiceGroup(configuration: .init(
@@ -69,7 +76,7 @@ public struct AgentDaemon {
                 .init(service: intake),
                 .init(service: signals),
                 .init(service: notifications),
-            ],
+            ] + extra,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {

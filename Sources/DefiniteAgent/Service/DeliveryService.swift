@@ -16,7 +16,9 @@ final class DeliveryService: Service, Sendable {
 
     init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, logger: Logger) throws(SpoolError) {
         let configuration = settings.current
-        scheduler = try DeliveryScheduler(spoolPath: configuration.spool.path, settings: settings, logger: logger)
+        scheduler = try DeliveryScheduler(spoolPath: configuration.spool.path, settings: settings, logger: logger) {
+            key.withLockedValue { $0 != nil }
+        }
         var workers: [UncheckedBox<DeliveryWorker>] = []
         for _ in 0..<max(1, configuration.batch.concurrency) {
             workers.append(UncheckedBox(try DeliveryWorker(scheduler: scheduler, writer: writer, settings: settings, key: key, logger: logger)))
