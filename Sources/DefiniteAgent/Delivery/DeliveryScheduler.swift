@@ -117,7 +117,7 @@ final class DeliveryScheduler: @unchecked Sendable {
                 busyWorkers += 1
                 return job
             }
-            condition.wait(until: Date(timeIntervalSinceNow: 0.05))
+            _ = condition.wait(until: Date(timeIntervalSinceNow: 0.05))
         }
         return nil
     }

@@ -92,7 +92,7 @@ final class HTTPClient {
             }
         }
         guard code == CURLE_OK else {
-            let detail = String(cString: errorBuffer)
+            let detail = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
             let summary = String(cString: curl_easy_strerror(code))
             throw HTTPTransportError(code: Int32(code.rawValue), message: detail.isEmpty ? summary : "\(summary): \(detail)")
         }

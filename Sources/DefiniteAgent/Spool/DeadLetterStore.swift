@@ -70,7 +70,7 @@ public struct DeadLetterStore {
     }
 
     private func withDatabase<T>(write: Bool, _ body: (SQLiteConnection) throws -> T) throws(SpoolError) -> T {
-        do {
+        try SpoolDatabase.mapErrors(path: path, .storage) {
             let db = write ? try SpoolDatabase.openForMaintenance(path: path) : try SpoolDatabase.openForReading(path: path)
             try db.execute(write ? "BEGIN IMMEDIATE" : "BEGIN")
             do {
@@ -81,12 +81,6 @@ public struct DeadLetterStore {
                 try? db.execute("ROLLBACK")
                 throw error
             }
-        } catch let error as SpoolError {
-            throw error
-        } catch let error as SQLiteError {
-            throw SpoolDatabase.classify(error, path: path)
-        } catch {
-            throw SpoolError(.storage, path: path, "\(error)")
         }
     }
 

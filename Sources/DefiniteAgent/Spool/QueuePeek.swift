@@ -15,7 +15,7 @@ public enum QueuePeek {
     }
 
     public static func read(path: String, table: String?, limit: Int) throws(SpoolError) -> [Row] {
-        do {
+        try SpoolDatabase.mapErrors(path: path, .storage) {
             let db = try SpoolDatabase.openForReading(path: path)
             try db.execute("BEGIN")
             defer { try? db.execute("COMMIT") }
@@ -59,12 +59,6 @@ public enum QueuePeek {
                 segments.reset()
             }
             return rows
-        } catch let error as SpoolError {
-            throw error
-        } catch let error as SQLiteError {
-            throw SpoolDatabase.classify(error, path: path)
-        } catch {
-            throw SpoolError(.storage, path: path, "\(error)")
         }
     }
 }

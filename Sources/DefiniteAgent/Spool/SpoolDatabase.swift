@@ -15,10 +15,9 @@ enum SpoolDatabase {
     ///   but the last commits may be lost on power loss.
     static func openForWriting(path: String, durability: AgentConfiguration.Durability) throws(SpoolError) -> SQLiteConnection {
         try checkNotForeign(path: path)
-        let db: SQLiteConnection
-        do {
+        return try mapErrors(path: path, .cannotOpen) {
             try createParentDirectory(of: path)
-            db = try SQLiteConnection(path: path, mode: .readWrite)
+            let db = try SQLiteConnection(path: path, mode: .readWrite)
             try db.execute("PRAGMA busy_timeout = 10000")
             let journal = try db.prepared("PRAGMA journal_mode = WAL")
             guard try journal.step(), journal.string(0) == "wal" else {
@@ -29,14 +28,8 @@ enum SpoolDatabase {
             // Checkpoint every ~16 MiB of WAL, and shrink the WAL file back after a checkpoint.
             try db.execute("PRAGMA wal_autocheckpoint = 4096; PRAGMA journal_size_limit = 67108864")
             try migrate(db, path: path)
-        } catch let error as SpoolError {
-            throw error
-        } catch let error as SQLiteError {
-            throw classify(error, path: path)
-        } catch {
-            throw SpoolError(.cannotOpen, path: path, "\(error)")
+            return db
         }
-        return db
     }
 
     /// Opens an existing spool read-only, for the CLI. Works while the daemon writes.
@@ -44,17 +37,11 @@ enum SpoolDatabase {
         guard FileManager.default.fileExists(atPath: path) else {
             throw SpoolError(.missing, path: path, "no spool file here; the daemon creates it at its first start (check [spool] path and --config)")
         }
-        do {
+        return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readOnly)
             try db.execute("PRAGMA busy_timeout = 10000")
             try checkIdentity(db, path: path, allowEmpty: false)
             return db
-        } catch let error as SpoolError {
-            throw error
-        } catch let error as SQLiteError {
-            throw classify(error, path: path)
-        } catch {
-            throw SpoolError(.cannotOpen, path: path, "\(error)")
         }
     }
 
@@ -64,17 +51,11 @@ enum SpoolDatabase {
         guard FileManager.default.fileExists(atPath: path) else {
             throw SpoolError(.missing, path: path, "no spool file here; check [spool] path and --config")
         }
-        do {
+        return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readWrite)
             try db.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL")
             try checkIdentity(db, path: path, allowEmpty: false)
             return db
-        } catch let error as SpoolError {
-            throw error
-        } catch let error as SQLiteError {
-            throw classify(error, path: path)
-        } catch {
-            throw SpoolError(.cannotOpen, path: path, "\(error)")
         }
     }
 
@@ -99,7 +80,7 @@ enum SpoolDatabase {
     }
 
     private static func checkIdentity(_ db: SQLiteConnection, path: String, allowEmpty: Bool) throws(SpoolError) {
-        do {
+        try SpoolDatabase.mapErrors(path: path, .cannotOpen) {
             let applicationID = Int32(truncatingIfNeeded: try db.scalar("PRAGMA application_id"))
             let version = Int(try db.scalar("PRAGMA user_version"))
             let tables = try db.scalar("SELECT count(*) FROM sqlite_schema")
@@ -112,12 +93,6 @@ enum SpoolDatabase {
                 throw SpoolError(.newerSchema, path: path,
                                  "the spool has schema version \(version), written by a newer definite-agent (this one knows up to \(SpoolSchema.currentVersion)); it was left untouched. Run the newer version, or drain it there first")
             }
-        } catch let error as SpoolError {
-            throw error
-        } catch let error as SQLiteError {
-            throw classify(error, path: path)
-        } catch {
-            throw SpoolError(.cannotOpen, path: path, "\(error)")
         }
     }
 
@@ -145,6 +120,20 @@ enum SpoolDatabase {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
         } catch {
             throw SpoolError(.cannotOpen, path: path, "cannot create the spool directory \(directory): \(ConfigurationLoader.describe(error))")
+        }
+    }
+
+    /// Runs `body`, turning whatever it throws into a ``SpoolError`` about `path` (SQLite's errors are
+    /// classified; anything else becomes `fallback`).
+    static func mapErrors<T>(path: String, _ fallback: SpoolError.Code = .storage, _ body: () throws -> T) throws(SpoolError) -> T {
+        do {
+            return try body()
+        } catch let error as SpoolError {
+            throw error
+        } catch let error as SQLiteError {
+            throw classify(error, path: path)
+        } catch {
+            throw SpoolError(fallback, path: path, "\(error)")
         }
     }
 

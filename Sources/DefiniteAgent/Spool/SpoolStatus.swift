@@ -27,7 +27,7 @@ public struct SpoolStatus: Sendable, Equatable {
     /// Reads the spool at `path` read-only; safe while the daemon writes.
     public static func read(path: String, now: Date = Date()) throws(SpoolError) -> SpoolStatus {
         let db = try SpoolDatabase.openForReading(path: path)
-        do {
+        return try SpoolDatabase.mapErrors(path: path) {
             try db.execute("BEGIN")
             defer { try? db.execute("COMMIT") }
             let select = try db.prepared("""
@@ -53,10 +53,6 @@ public struct SpoolStatus: Sendable, Equatable {
             }
             select.reset()
             return SpoolStatus(targets: targets)
-        } catch let error as SQLiteError {
-            throw SpoolDatabase.classify(error, path: path)
-        } catch {
-            throw SpoolError(.cannotOpen, path: path, "\(error)")
         }
     }
 }
