@@ -39,7 +39,8 @@ enum SpoolDatabase {
         }
         return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readOnly)
-            try db.execute("PRAGMA busy_timeout = 10000")
+            // Readers stream through the log once; a small page cache keeps each connection's memory low.
+            try db.execute("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -512")
             try checkIdentity(db, path: path, allowEmpty: false)
             return db
         }

@@ -191,7 +191,7 @@ public final class SpoolWriter: @unchecked Sendable {
             let now = Date().timeIntervalSince1970
             for target in order {
                 let (bytes, count) = grouped[target]!
-                try self.append(bytes, count: count, to: target, at: now, db: db)
+                try self.appendInSegments(bytes, count: count, to: target, at: now, db: db)
             }
         }
         switch result {
@@ -212,7 +212,33 @@ public final class SpoolWriter: @unchecked Sendable {
         }
     }
 
-    private func append(_ bytes: [UInt8], count: Int, to target: SpoolTarget, at now: Double, db: SQLiteConnection) throws {
+    /// Largest segment written, so that reading one back (SQLite materialises a whole blob) stays cheap
+    /// in memory whatever the size of the commit. A commit's records may span several segments of one
+    /// target; they are still appended in order, in the same transaction.
+    static let maxSegmentBytes = 1 << 20
+
+    private func appendInSegments(_ bytes: [UInt8], count: Int, to target: SpoolTarget, at now: Double, db: SQLiteConnection) throws {
+        guard bytes.count > Self.maxSegmentBytes else {
+            try append(bytes[...], count: count, to: target, at: now, db: db)
+            return
+        }
+        var start = 0
+        var records = 0
+        var index = 0
+        while index < bytes.count {
+            if bytes[index] == UInt8(ascii: "\n") {
+                records += 1
+                if index + 1 - start >= Self.maxSegmentBytes || index + 1 == bytes.count {
+                    try append(bytes[start...index], count: records, to: target, at: now, db: db)
+                    start = index + 1
+                    records = 0
+                }
+            }
+            index += 1
+        }
+    }
+
+    private func append(_ bytes: ArraySlice<UInt8>, count: Int, to target: SpoolTarget, at now: Double, db: SQLiteConnection) throws {
         let id = try targetID(for: target, at: now, db: db)
         let advance = try db.prepared(
             "UPDATE targets SET next_seq = next_seq + ?1, pending_bytes = pending_bytes + ?2 WHERE id = ?3 RETURNING next_seq - ?1")

@@ -62,6 +62,39 @@ struct SpoolTests {
         }
     }
 
+    @Test func aLargeCommitIsSplitIntoBoundedSegmentsInOrder() async throws {
+        let path = directory + "/spool.db"
+        var config = AgentConfiguration()
+        config.intake.defaultTable = "bronze.events"
+        let writer = try SpoolWriter(path: path, durability: .normal, maxBytes: 1 << 30, logger: Logger(label: "test"))
+        writer.start()
+        let pad = String(repeating: "p", count: 1000)
+        let lines = (0..<3000).map { "{\"i\":\($0),\"pad\":\"\(pad)\"}" }
+        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
+        writer.submit(batch(lines, config: config), promise: promise)
+        try await promise.futureResult.get()
+        writer.shutdown()
+
+        let db = try SpoolDatabase.openForReading(path: path)
+        let rows = try db.prepared("SELECT first_seq, record_count, byte_count, records FROM segments ORDER BY first_seq")
+        var next = 0
+        var decoded: [String] = []
+        var segments = 0
+        while try rows.step() {
+            segments += 1
+            #expect(rows.int(0) == next)
+            #expect(rows.int(2) <= SpoolWriter.maxSegmentBytes + 1100)
+            let text = String(decoding: rows.blob(3), as: UTF8.self)
+            let records = text.split(separator: "\n").map(String.init)
+            #expect(records.count == rows.int(1))
+            decoded += records
+            next += rows.int(1)
+        }
+        rows.reset()
+        #expect(segments >= 3)
+        #expect(decoded == lines)
+    }
+
     @Test func aFileThatIsNotSQLiteIsRefusedAndLeftUntouched() throws {
         let path = directory + "/spool.db"
         let contents = Data("this is my diary, not a database\n".utf8)
