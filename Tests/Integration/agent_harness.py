@@ -28,6 +28,7 @@ class Agent:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket_path = str(self.directory / "agent.sock")
+        self.http_socket_path = str(self.directory / "http.sock")
         self.spool_path = str(self.directory / "spool.db")
         self.config_path = str(self.directory / "agent.toml")
         default = f'default_table = "{default_table}"' if default_table else ""
@@ -37,6 +38,7 @@ path = "{self.spool_path}"
 durability = "{durability}"
 [intake]
 socket = "{self.socket_path}"
+http_socket = "{self.http_socket_path}"
 {default}
 {extra_config}
 """)

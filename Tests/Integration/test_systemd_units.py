@@ -335,6 +335,7 @@ url = "http://localhost:9/v2/stream"
 path = "{work}/spool.db"
 [intake]
 socket = "{sock_path}"
+http_socket = "{work}/http.sock"
 default_table = "bronze.events"
 [batch]
 linger = "50ms"

@@ -39,6 +39,16 @@ public struct AgentConfiguration: Sendable, Equatable {
         /// `SO_PEERCRED` when they connect. Both empty: anyone who can open the socket may write.
         public var allowUIDs: [UInt32] = []
         public var allowGIDs: [UInt32] = []
+        /// The local Stream API (HTTP) on a Unix socket; empty: off.
+        public var httpSocket = "/run/definite-agent/http.sock"
+        /// The local Stream API on a TCP address too, e.g. "127.0.0.1:8787" (loopback only unless
+        /// `httpAllowRemote`).
+        public var httpListen: String?
+        public var httpAllowRemote = false
+        /// When set, HTTP requests must carry `Authorization: Bearer <token>`.
+        public var httpToken: String?
+        /// A Unix datagram socket taking one request per datagram, never answered; unset: off.
+        public var datagramSocket: String?
     }
 
     /// Ingestion mode of a target table, as the Stream API defines it.

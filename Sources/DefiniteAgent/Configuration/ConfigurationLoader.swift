@@ -71,6 +71,11 @@ public enum ConfigurationLoader {
             config.intake.maxLineBytes = try intake.size("max_line_bytes") ?? config.intake.maxLineBytes
             config.intake.allowUIDs = try intake.ids("allow_uids") ?? config.intake.allowUIDs
             config.intake.allowGIDs = try intake.ids("allow_gids") ?? config.intake.allowGIDs
+            config.intake.httpSocket = try intake.string("http_socket") ?? config.intake.httpSocket
+            config.intake.httpListen = try intake.string("http_listen") ?? config.intake.httpListen
+            config.intake.httpAllowRemote = try intake.bool("http_allow_remote") ?? config.intake.httpAllowRemote
+            config.intake.httpToken = try intake.string("http_token") ?? config.intake.httpToken
+            config.intake.datagramSocket = try intake.string("datagram_socket") ?? config.intake.datagramSocket
             try intake.finish()
         }
         if let tables = root["table"] {
@@ -155,6 +160,20 @@ public enum ConfigurationLoader {
         if let table = config.intake.defaultTable, let problem = TableName.problem(with: table) {
             throw fail("intake", "default_table", problem)
         }
+        if let path = config.intake.datagramSocket, path.isEmpty || path.utf8.count >= 108 {
+            throw fail("intake", "datagram_socket", "must be a socket path under 108 bytes")
+        }
+        if config.intake.httpSocket.utf8.count >= 108 {
+            throw fail("intake", "http_socket", "path is \(config.intake.httpSocket.utf8.count) bytes; Unix socket paths must be under 108")
+        }
+        if let listen = config.intake.httpListen {
+            guard let (host, _) = HostPort.parse(listen) else {
+                throw fail("intake", "http_listen", "\"\(listen)\" is not host:port, e.g. \"127.0.0.1:8787\"")
+            }
+            if !config.intake.httpAllowRemote, !HostPort.isLoopback(host) {
+                throw fail("intake", "http_listen", "\(host) is not a loopback address; the local Stream API has no TLS. Set http_allow_remote = true to accept it anyway")
+            }
+        }
         guard config.intake.maxLineBytes >= .kibibytes(1), config.intake.maxLineBytes <= .gibibytes(1) else {
             throw fail("intake", "max_line_bytes", "must be between 1KiB and 1GiB")
         }
@@ -184,9 +203,7 @@ public enum ConfigurationLoader {
         guard config.retry.maxAge.milliseconds > 0 else { throw fail("retry", "max_age", "must be greater than 0") }
         guard config.service.drainTimeout.milliseconds >= 0 else { throw fail("service", "drain_timeout", "must not be negative") }
         if let listen = config.metrics.listen, !listen.hasPrefix("/") {
-            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port),
-                  !listen[..<colon].isEmpty
-            else { throw fail("metrics", "listen", "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path") }
+            guard HostPort.parse(listen) != nil else { throw fail("metrics", "listen", "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path") }
         }
     }
 
@@ -197,6 +214,20 @@ public enum ConfigurationLoader {
         if let cocoa = error as? CocoaError, cocoa.code == .fileReadNoSuchFile { return "no such file" }
         if let cocoa = error as? CocoaError, cocoa.code == .fileReadNoPermission { return "permission denied" }
         return "\(error.localizedDescription)"
+    }
+}
+
+/// `host:port` addresses in the configuration.
+enum HostPort {
+    static func parse(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 }
 
@@ -266,6 +297,12 @@ private struct Section {
             strings.append(string)
         }
         return strings
+    }
+
+    mutating func bool(_ key: String) throws(ConfigurationError) -> Bool? {
+        guard let value = value(key) else { return nil }
+        guard let flag = value.bool else { throw wrongType(key, "true or false") }
+        return flag
     }
 
     mutating func ids(_ key: String) throws(ConfigurationError) -> [UInt32]? {

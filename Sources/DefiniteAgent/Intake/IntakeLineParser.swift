@@ -66,6 +66,90 @@ public struct IntakeLineParser {
         line.withUnsafeBytes { parse(line: $0, into: &batch) }
     }
 
+    /// Parses a Stream API JSON request body (`{"data":…,"config":{…}}`), which must carry its `config`:
+    /// over HTTP there is no default table.
+    public mutating func parse(body: UnsafeRawBufferPointer, into batch: inout IntakeBatch) -> ParsedLine {
+        var scanner = JSONScanner(body)
+        var hasConfig = false
+        do {
+            try scanner.beginObject()
+            while let name = try scanner.nextMember() {
+                if scanner.string(name, equals: "config") { hasConfig = true }
+                try scanner.skipValue(depth: 1, maxDepth: 64)
+            }
+        } catch {
+            return ParsedLine(ack: nil, result: .failure(Self.rejection(for: error, row: nil)))
+        }
+        guard hasConfig else {
+            return ParsedLine(ack: nil, result: .failure(.invalidConfig("config.table is required: the body must be {\"data\":…,\"config\":{\"table\":\"ns.table\"}}")))
+        }
+        return parse(line: body, into: &batch)
+    }
+
+    /// Parses an NDJSON body: one row per line, all for `target` (whose config came with the request's
+    /// query parameters). Empty lines are skipped. All rows or none.
+    public func parse(ndjson body: UnsafeRawBufferPointer, target: SpoolTarget, into batch: inout IntakeBatch) -> Result<ParsedLine.Accepted, IntakeRejection> {
+        let index = batch.index(for: target)
+        let before = batch.records[index].count
+        var rows = 0
+        var start = 0
+        var failure: IntakeRejection?
+        while start < body.count, failure == nil {
+            let end = body[start...].firstIndex(of: UInt8(ascii: "\n")) ?? body.count
+            var line = UnsafeRawBufferPointer(rebasing: body[start..<end])
+            if line.last == UInt8(ascii: "\r") { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
+            start = end + 1
+            guard line.contains(where: { $0 != 0x20 && $0 != 0x09 }) else { continue }
+            guard rows < StreamAPILimits.maxRowsPerRequest else {
+                failure = .tooLarge(.tooManyRows, "the request has more than \(StreamAPILimits.maxRowsPerRequest) rows (the Stream API's limit per request)")
+                break
+            }
+            var scanner = JSONScanner(line)
+            do throws(IntakeRejection) {
+                try appendRow(&scanner, row: rows, target: target, to: &batch.records[index])
+                scanner.skipWhitespace()
+                guard scanner.isAtEnd else { throw Self.rejection(for: scanner.unexpected("end of line after the row"), row: rows) }
+            } catch {
+                failure = error
+            }
+            rows += 1
+        }
+        if failure == nil, rows == 0 { failure = .badRequest(.invalidRow, "the NDJSON body holds no rows") }
+        if let failure {
+            batch.records[index].removeSubrange(before...)
+            return .failure(failure)
+        }
+        batch.counts[index] += rows
+        return .success(.init(targetIndex: index, records: rows, bytes: batch.records[index].count - before))
+    }
+
+    /// The target an NDJSON request's query parameters name (`table`, `mode`, `primary_key`, `tags`).
+    public func target(query: [String: String]) -> Result<SpoolTarget, IntakeRejection> {
+        Result { () throws(IntakeRejection) in
+            guard let table = query["table"], !table.isEmpty else {
+                throw IntakeRejection.invalidConfig("the table query parameter is required for an NDJSON body (?table=ns.table)")
+            }
+            var mode: AgentConfiguration.Mode?
+            if let text = query["mode"] {
+                guard let parsed = AgentConfiguration.Mode(rawValue: text) else {
+                    throw IntakeRejection.invalidConfig("mode \"\(text)\" is not \"append\" or \"merge\"")
+                }
+                mode = parsed
+            }
+            var tags = ""
+            if let text = query["tags"], !text.isEmpty {
+                let value = Array(text.utf8).withUnsafeBytes { try? JSONValue.parse($0) }
+                guard case .object(let members)? = value else { throw IntakeRejection.invalidConfig("the tags query parameter must be a JSON object") }
+                if !members.isEmpty { tags = JSONCompactor.render(.object(members)) }
+            }
+            let key = query["primary_key"].map { $0.split(separator: ",").map(String.init) }
+            if let key, key.count != 1 {
+                throw IntakeRejection.invalidConfig("primary_key must name exactly one column (composite keys are not supported)")
+            }
+            return try Self.target(table: table, mode: mode, primaryKey: key?.first, tags: tags, configuration: configuration)
+        }
+    }
+
     private mutating func parse(
         _ line: UnsafeRawBufferPointer, into batch: inout IntakeBatch, ack: inout String?,
         appended: inout (index: Int, length: Int)?

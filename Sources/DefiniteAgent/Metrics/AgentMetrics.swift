@@ -13,6 +13,10 @@ enum AgentMetrics {
     static func rejected(_ code: IntakeRejection.Code) -> Counter {
         Counter(label: "definite_agent_intake_rejected_total", dimensions: [("reason", code.rawValue)])
     }
+    /// Datagram intake, by outcome: `received`, `rejected` (invalid), `dropped` (valid but not stored).
+    static let datagramsReceived = Counter(label: "definite_agent_datagrams_total", dimensions: [("outcome", "received")])
+    static let datagramsRejected = Counter(label: "definite_agent_datagrams_total", dimensions: [("outcome", "rejected")])
+    static let datagramsDropped = Counter(label: "definite_agent_datagrams_total", dimensions: [("outcome", "dropped")])
     /// From the first line of a burst to its replies being written.
     static let ackLatency = Timer(label: "definite_agent_ack_latency_seconds", preferredDisplayUnit: .seconds)
 

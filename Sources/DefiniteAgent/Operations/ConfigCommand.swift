@@ -54,14 +54,21 @@ enum EffectiveConfiguration {
             "durability = \(q(c.spool.durability.rawValue))",
             "",
             "[intake]",
-            "socket = \(q(c.intake.socket))",
-            "socket_mode = \(q("0" + String(c.intake.socketMode, radix: 8)))",
-            c.intake.defaultTable.map { "default_table = \(q($0))" } ?? "# default_table not set",
-            "max_line_bytes = \(q(c.intake.maxLineBytes.description))",
-            "allow_uids = [\(c.intake.allowUIDs.map(String.init).joined(separator: ", "))]",
-            "allow_gids = [\(c.intake.allowGIDs.map(String.init).joined(separator: ", "))]",
-            "",
         ]
+        let ids: ([UInt32]) -> String = { "[" + $0.map { String($0) }.joined(separator: ", ") + "]" }
+        let optional: (String, String?) -> String = { key, value in value.map { "\(key) = \(q($0))" } ?? "# \(key) not set" }
+        lines.append("socket = \(q(c.intake.socket))")
+        lines.append("socket_mode = \(q("0" + String(c.intake.socketMode, radix: 8)))")
+        lines.append(optional("default_table", c.intake.defaultTable))
+        lines.append("max_line_bytes = \(q(c.intake.maxLineBytes.description))")
+        lines.append("allow_uids = \(ids(c.intake.allowUIDs))")
+        lines.append("allow_gids = \(ids(c.intake.allowGIDs))")
+        lines.append("http_socket = \(q(c.intake.httpSocket))")
+        lines.append(optional("http_listen", c.intake.httpListen))
+        lines.append("http_allow_remote = \(c.intake.httpAllowRemote)")
+        lines.append(c.intake.httpToken == nil ? "# http_token not set" : "# http_token = <redacted>")
+        lines.append(optional("datagram_socket", c.intake.datagramSocket))
+        lines.append("")
         for table in c.tables {
             lines += ["[[table]]", "name = \(q(table.name))", "mode = \(q(table.mode.rawValue))"]
             if let key = table.primaryKey { lines.append("primary_key = [\(q(key))]") }

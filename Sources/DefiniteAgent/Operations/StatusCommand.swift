@@ -42,7 +42,9 @@ struct StatusCommand: AsyncParsableCommand {
             ]
             return "{" + fields.joined(separator: ",") + "}"
         }
-        return "{\"pending\":\(status.pending),\"pending_bytes\":\(status.pendingBytes),\"dead_letters\":\(status.deadLetters),\"tables\":[\(tables.joined(separator: ","))]}"
+        let datagrams = "{\"received\":\(status.datagrams.received),\"rejected\":\(status.datagrams.rejected),\"dropped\":\(status.datagrams.dropped)}"
+        return "{\"pending\":\(status.pending),\"pending_bytes\":\(status.pendingBytes),\"dead_letters\":\(status.deadLetters),"
+            + "\"datagrams\":\(datagrams),\"tables\":[\(tables.joined(separator: ","))]}"
     }
 
     /// "delivering", "idle", "backing off", "held: table not found" or "auth failing".
@@ -56,7 +58,10 @@ struct StatusCommand: AsyncParsableCommand {
     }
 
     static func table(_ status: SpoolStatus, spool: String) -> String {
-        let out = "spool \(spool): \(status.pending) pending (\(ByteSize(bytes: status.pendingBytes))), \(status.deadLetters) dead letters\n"
+        var out = "spool \(spool): \(status.pending) pending (\(ByteSize(bytes: status.pendingBytes))), \(status.deadLetters) dead letters\n"
+        if status.datagrams.received > 0 {
+            out += "datagrams: \(status.datagrams.received) received, \(status.datagrams.rejected) rejected, \(status.datagrams.dropped) dropped\n"
+        }
         guard !status.targets.isEmpty else { return out + "no targets yet" }
         let header = ["TABLE", "MODE", "PENDING", "BYTES", "OLDEST", "DEAD", "STATE", "LAST SUCCESS", "LAST ERROR"]
         let rows = status.targets.map { t -> [String] in

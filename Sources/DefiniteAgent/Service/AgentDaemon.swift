@@ -62,6 +62,9 @@ public struct AgentDaemon {
         let notifications = NotifyService(
             notifier: notifier, ready: ready, writer: writer, scheduler: delivery.scheduler, configuration: configuration, logger: logger)
         var extra: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let path = configuration.intake.datagramSocket {
+            extra.append(.init(service: DatagramIntakeServer(path: path, settings: settings, writer: writer, group: group, logger: logger)))
+        }
         if let listen = configuration.metrics.listen, let metricsRegistry {
             extra.append(.init(service: MetricsServer(
                 listen: listen, registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity,
@@ -74,6 +77,7 @@ public struct AgentDaemon {
                 .init(service: SpoolWriterService(writer: writer)),
                 .init(service: delivery),
                 .init(service: intake),
+                .init(service: HTTPIntakeServer(settings: settings, writer: writer, group: group, logger: logger)),
                 .init(service: signals),
                 .init(service: notifications),
             ] + extra,

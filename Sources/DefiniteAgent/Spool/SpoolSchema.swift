@@ -81,6 +81,11 @@ enum SpoolSchema {
             end_seq   INTEGER NOT NULL,
             PRIMARY KEY (target_id, first_seq)
         ) WITHOUT ROWID;
+        -- Running totals the daemon keeps for `status` (datagram intake: received, rejected, dropped).
+        CREATE TABLE counters (
+            name  TEXT    PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID;
         """,
     ]
 }

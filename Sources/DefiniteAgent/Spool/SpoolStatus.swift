@@ -20,6 +20,12 @@ public struct SpoolStatus: Sendable, Equatable {
     }
 
     public var targets: [Target]
+    /// Datagram intake totals: received, rejected (invalid), dropped (valid but not stored).
+    public var datagrams: (received: Int, rejected: Int, dropped: Int) = (0, 0, 0)
+
+    public static func == (lhs: SpoolStatus, rhs: SpoolStatus) -> Bool {
+        lhs.targets == rhs.targets && lhs.datagrams == rhs.datagrams
+    }
     public var pending: Int { targets.reduce(0) { $0 + $1.pending } }
     public var pendingBytes: Int { targets.reduce(0) { $0 + $1.pendingBytes } }
     public var deadLetters: Int { targets.reduce(0) { $0 + $1.deadLetters } }
@@ -52,7 +58,18 @@ public struct SpoolStatus: Sendable, Equatable {
                     stateUntil: select.isNull(11) ? nil : select.double(11)))
             }
             select.reset()
-            return SpoolStatus(targets: targets)
+            var status = SpoolStatus(targets: targets)
+            let counters = try db.prepared("SELECT name, value FROM counters")
+            while try counters.step() {
+                switch counters.string(0) {
+                case "datagrams_received": status.datagrams.received = counters.int(1)
+                case "datagrams_rejected": status.datagrams.rejected = counters.int(1)
+                case "datagrams_dropped": status.datagrams.dropped = counters.int(1)
+                default: break
+                }
+            }
+            counters.reset()
+            return status
         }
     }
 }

@@ -1,0 +1,179 @@
+"""The local Stream API: POST /v2/stream over HTTP on a Unix socket and a loopback port, answered once
+the rows are durable, with the real API's request format, limits and status codes."""
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
+
+from agent_harness import Agent  # noqa: E402
+from harness import Emulator  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def rows(emu, table: str) -> int:
+    try:
+        return emu.scalar(f"SELECT count(*) FROM lake.bronze.{table}")
+    except RuntimeError:  # not created yet
+        return 0
+
+
+DOCUMENTED_FIELDS = {"success", "request_id", "stream_id", "table", "accepted", "successful_rows", "rejected_rows",
+                     "partitions", "snapshot_id", "warnings", "errors"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("http")
+    with Emulator() as emu:
+        port = free_port()
+        agent = Agent(tmp / "agent", env={"DEFINITE_API_KEY": emu.api_key}, extra_config=f"""
+http_listen = "127.0.0.1:{port}"
+[api]
+url = "{emu.stream_url}"
+[batch]
+linger = "50ms"
+""").start()
+        try:
+            yield agent, emu, f"http://127.0.0.1:{port}/v2/stream"
+        finally:
+            agent.kill9()
+
+
+def test_curl_over_the_unix_socket_lands_rows_that_reach_the_lake(setup, tmp_path):
+    agent, emu, _ = setup
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"data": [{"id": i, "s": "x"} for i in range(25)], "config": {"table": "bronze.http_curl"}}))
+    out = subprocess.run(["curl", "-s", "-i", "--unix-socket", agent.http_socket_path, "-H", "Content-Type: application/json",
+                          "--data-binary", f"@{body}", "http://localhost/v2/stream"], capture_output=True, timeout=30)
+    head, _, payload = out.stdout.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200")
+    assert "x-agent-spooled: true" in head.lower()
+    answer = json.loads(payload)
+    assert set(answer) == DOCUMENTED_FIELDS
+    assert answer["success"] is True and answer["successful_rows"] == 25 and answer["accepted"] == 25
+    assert answer["snapshot_id"] is None and any("spooled locally" in w for w in answer["warnings"])
+    wait_until(lambda: rows(emu, "http_curl") == 25)
+
+
+def test_requests_json_ndjson_and_gzip_over_the_loopback_port(setup):
+    agent, emu, url = setup
+    with requests.Session() as http:  # one keep-alive connection for all three
+        r = http.post(url, json={"data": {"id": 1}, "config": {"table": "bronze.http_py", "wait": True}})
+        assert r.status_code == 200 and r.headers["X-Agent-Spooled"] == "true"
+        assert any("config.wait" in w for w in r.json()["warnings"])
+        ndjson = "\n".join(json.dumps({"id": i}) for i in range(2, 12)) + "\n"
+        r = http.post(url + "?table=bronze.http_py&mode=merge&primary_key=id", data=ndjson,
+                      headers={"Content-Type": "application/x-ndjson"})
+        assert r.status_code == 200 and r.json()["successful_rows"] == 10
+        packed = gzip.compress(json.dumps({"data": [{"id": i} for i in range(12, 40)], "config": {"table": "bronze.http_py"}}).encode())
+        r = http.post(url, data=packed, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert r.status_code == 200 and r.json()["successful_rows"] == 28
+    wait_until(lambda: rows(emu, "http_py") == 39)
+
+
+INVALID = [
+    # (description, body bytes, headers, url suffix)
+    ("invalid JSON", b'{"data": [', {"Content-Type": "application/json"}, ""),
+    ("merge without primary_key", json.dumps({"data": {"id": 1}, "config": {"table": "bronze.t", "mode": "merge"}}).encode(), {"Content-Type": "application/json"}, ""),
+    ("composite primary key", json.dumps({"data": {"a": 1}, "config": {"table": "bronze.t", "mode": "merge", "primary_key": ["a", "b"]}}).encode(), {"Content-Type": "application/json"}, ""),
+    ("more than 50,000 rows", json.dumps({"data": [{"a": 1}] * 50_001, "config": {"table": "bronze.t"}}).encode(), {"Content-Type": "application/json"}, ""),
+    ("body over 10 MB", json.dumps({"data": [{"a": "x" * 900_000}] * 12, "config": {"table": "bronze.t"}}).encode(), {"Content-Type": "application/json"}, ""),
+    ("not gzip", b"plainly not gzip", {"Content-Type": "application/json", "Content-Encoding": "gzip"}, ""),
+    ("NDJSON with a bad line", b'{"a":1}\n{"a":\n', {"Content-Type": "application/x-ndjson"}, "?table=bronze.t"),
+]
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[c[0] for c in INVALID])
+def test_each_invalid_request_gets_the_same_status_as_from_the_stream_api(setup, case):
+    agent, emu, url = setup
+    _, body, headers, suffix = case
+    mine = requests.post(url + suffix, data=body, headers=headers, timeout=60)
+    theirs = requests.post(emu.stream_url + suffix, data=body, headers=dict(headers, Authorization=f"Bearer {emu.api_key}"), timeout=60)
+    assert mine.status_code == theirs.status_code, (mine.text[:300], theirs.text[:300])
+    assert mine.status_code in (400, 413, 422)
+    answer = mine.json()
+    assert set(answer) == DOCUMENTED_FIELDS and answer["success"] is False and answer["errors"]
+
+
+def test_a_50mb_body_is_refused_early_without_growing_the_daemon(setup):
+    agent, _, url = setup
+    before = agent.rss_kib()
+    sock = socket.create_connection(("127.0.0.1", int(url.split(":")[2].split("/")[0])))
+    sock.sendall(b"POST /v2/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * (1 << 20)
+    sent = 0
+    answer = b""
+    try:
+        for _ in range(50):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    sock.settimeout(10)
+    try:
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    except (ConnectionResetError, socket.timeout):
+        pass
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    grown = agent.rss_kib() - before
+    assert grown < 24 * 1024, f"RSS grew by {grown} KiB for a refused 50 MB body"
+
+
+def test_token_and_full_spool_answers(tmp_path):
+    agent = Agent(tmp_path / "agent", extra_config='http_token = "local-secret"').start()
+    try:
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", agent.http_socket_path,
+                              "-d", '{"data":{"a":1},"config":{"table":"bronze.t"}}', "http://localhost/v2/stream"], capture_output=True)
+        assert out.stdout == b"401"
+        ok = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", agent.http_socket_path,
+                             "-H", "Authorization: Bearer local-secret",
+                             "-d", '{"data":{"a":1},"config":{"table":"bronze.t"}}', "http://localhost/v2/stream"], capture_output=True)
+        assert ok.stdout == b"200"
+        assert "local-secret" not in agent.cli("config", "check").stdout.decode()
+    finally:
+        agent.kill9()
+    full = Agent(tmp_path / "full")
+    Path(full.config_path).write_text(Path(full.config_path).read_text().replace("[spool]", '[spool]\nmax_bytes = "1MiB"'))
+    full.start()
+    try:
+        big = tmp_path / "big.json"
+        big.write_text(json.dumps({"data": [{"pad": "z" * 1000}] * 300, "config": {"table": "bronze.t"}}))
+        codes = []
+        for _ in range(6):
+            out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "--unix-socket", full.http_socket_path,
+                                  "--data-binary", f"@{big}", "http://localhost/v2/stream"], capture_output=True)
+            codes.append(out.stdout.decode())
+        assert codes[0].startswith("HTTP/1.1 200")
+        assert codes[-1].startswith("HTTP/1.1 507") and "retry-after: 5" in codes[-1].lower()
+    finally:
+        full.kill9()
