@@ -291,3 +291,45 @@ def test_other_processes_opening_the_spool_always_see_the_latest_commit(agent):
             db.close()
             assert seen == sent, f"round {round_}: another process sees {seen} records, {sent} were acknowledged"
     assert agent.status()["pending"] == sent
+
+
+def test_a_client_that_never_reads_its_acks_is_not_read_further_and_memory_stays_bounded(agent):
+    before = agent.rss_kib()
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.connect(agent.socket_path)
+    stuck.setblocking(False)
+    line = (json.dumps({"pad": "q" * 180, "ack": "never-read-me"}) + "\n").encode()
+    chunk = line * 5000
+    sent = 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sent < 200 << 20:
+        try:
+            sent += stuck.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.05)
+    # The agent stopped reading once its replies could not be written: the client is blocked well
+    # before 200 MB, and the daemon did not buffer what it sent.
+    assert sent < 200 << 20
+    grown = agent.rss_kib() - before
+    assert grown < 48 * 1024, f"RSS grew by {grown} KiB"
+    with agent.connect() as other:
+        assert other.request('{"other":1,"ack":"o"}')["ok"]
+    stuck.close()
+
+
+def test_a_100mb_line_without_a_newline_is_refused_with_bounded_memory(agent):
+    before = agent.rss_kib()
+    conn = agent.connect()
+    chunk = b'{"x":"' + b"y" * (1 << 20)
+    try:
+        for _ in range(100):
+            conn.sock.sendall(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    reply = conn.reply()
+    assert reply is not None and reply["status"] == 413 and reply["code"] == "line_too_long"
+    conn.close()
+    grown = agent.rss_kib() - before
+    assert grown < 48 * 1024, f"RSS grew by {grown} KiB for a refused 100 MB line (limit 16 MiB)"
+    with agent.connect() as other:
+        assert other.request('{"other":1,"ack":"o"}')["ok"]
