@@ -127,12 +127,25 @@ struct ConfigurationLoaderTests {
         ("[batch]\ncompression = \"zstd\"", "batch.compression", .invalidValue),
         ("[retry]\ninitial = \"10s\"\nmax = \"1s\"", "retry.max", .invalidValue),
         ("[log]\nlevel = \"loud\"", "log.level", .invalidValue),
+        ("[intake]\nhttp_listen = \"0.0.0.0:8787\"", "intake.http_listen", .invalidValue),
+        ("[intake]\nhttp_listen = \"8787\"", "intake.http_listen", .invalidValue),
+        ("[intake]\nhttp_allow_remote = \"yes\"", "intake.http_allow_remote", .wrongType),
+        ("[metrics]\nlisten = \"nowhere\"", "metrics.listen", .invalidValue),
+        ("[service]\ndrain_timeout = \"soon\"", "service.drain_timeout", .invalidValue),
+        ("[intake]\nallow_uids = [\"root\"]", "intake.allow_uids", .wrongType),
     ])
     func badValuesNameTheirKey(text: String, key: String, code: ConfigurationError.Code) throws {
         let error = try #require(loadError(text))
         #expect(error.key == key)
         #expect(error.code == code)
         #expect(ConfigurationError.exitCode == 78)
+    }
+
+    @Test func httpListenIsLoopbackUnlessRemoteIsAllowed() throws {
+        #expect(try ConfigurationLoader.parse("[intake]\nhttp_listen = \"127.0.0.1:8787\"").intake.httpListen == "127.0.0.1:8787")
+        #expect(try ConfigurationLoader.parse("[intake]\nhttp_listen = \"[::1]:8787\"").intake.httpListen == "[::1]:8787")
+        let remote = try ConfigurationLoader.parse("[intake]\nhttp_listen = \"0.0.0.0:8787\"\nhttp_allow_remote = true")
+        #expect(remote.intake.httpAllowRemote)
     }
 
     @Test func lineOfABadValueIsReported() throws {
