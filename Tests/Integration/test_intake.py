@@ -333,3 +333,43 @@ def test_a_100mb_line_without_a_newline_is_refused_with_bounded_memory(agent):
     assert grown < 48 * 1024, f"RSS grew by {grown} KiB for a refused 100 MB line (limit 16 MiB)"
     with agent.connect() as other:
         assert other.request('{"other":1,"ack":"o"}')["ok"]
+
+
+def test_ten_thousand_idle_connections_do_not_stop_other_writers(agent):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 10_500:
+        import pytest
+        pytest.skip(f"this test process may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    before = agent.rss_kib()
+    idle = []
+    try:
+        for _ in range(10_000):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(agent.socket_path)
+            idle.append(s)
+        with agent.connect() as conn:
+            assert conn.request('{"busy":1,"ack":"b"}') == {"ack": "b", "ok": True, "accepted": 1}
+        grown = agent.rss_kib() - before
+        assert grown < 96 * 1024, f"10,000 idle connections cost {grown} KiB"
+    finally:
+        for s in idle:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_client_sending_one_byte_at_a_time_does_not_hold_up_others(agent):
+    slow = agent.connect()
+    line = b'{"slow":true,"ack":"s"}\n'
+    for byte in line[:-5]:
+        slow.sock.send(bytes([byte]))
+        time.sleep(0.02)
+        with agent.connect() as other:
+            assert other.request('{"fast":1,"ack":"f"}')["ok"]
+    for byte in line[-5:]:
+        slow.sock.send(bytes([byte]))
+        time.sleep(0.02)
+    assert slow.reply() == {"ack": "s", "ok": True, "accepted": 1}
+    slow.close()

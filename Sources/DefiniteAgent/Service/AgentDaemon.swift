@@ -38,6 +38,7 @@ public struct AgentDaemon {
 
     public func run() async throws {
         MemoryTuning.apply()
+        let openFiles = ResourceLimits.raiseOpenFiles()
         let metricsRegistry = configuration.metrics.listen.map { _ in MetricsServer.bootstrap() }
         let settings = LiveConfiguration(configuration)
         let writer = try SpoolWriter(
@@ -45,7 +46,7 @@ public struct AgentDaemon {
             maxBytes: configuration.spool.maxBytes.bytes, logger: logger)
         logger.info("spool open", metadata: [
             "path": "\(configuration.spool.path)", "durability": "\(configuration.spool.durability.rawValue)",
-            "held_bytes": "\(writer.capacity.usedBytes)",
+            "held_bytes": "\(writer.capacity.usedBytes)", "open_files_limit": "\(openFiles)",
         ])
         let key = APIKeyBox(try loadKey())
         let delivery = try DeliveryService(settings: settings, writer: writer, key: key, logger: logger)

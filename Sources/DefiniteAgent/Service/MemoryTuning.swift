@@ -1,5 +1,9 @@
 import CAgentSupport
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Keeps the daemon's resident memory bounded by what it holds now, not by what it once held.
 enum MemoryTuning {
     /// glibc raises its mmap threshold after every large free, so multi-megabyte batch buffers end up
@@ -7,5 +11,22 @@ enum MemoryTuning {
     /// returns them to the system when freed; fewer arenas keep the rest from multiplying per thread.
     static func apply() {
         _ = cagent_tune_malloc(1 << 20, 2)
+    }
+}
+
+/// Process limits the daemon sets for itself at start.
+enum ResourceLimits {
+    /// Raises the soft limit on open files to the hard limit: every writer's connection is a descriptor,
+    /// and a default soft limit of 1024 would refuse connections long before memory runs short.
+    /// Returns the limit in force.
+    @discardableResult
+    static func raiseOpenFiles() -> UInt64 {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        return UInt64(limit.rlim_cur)
     }
 }
