@@ -16,7 +16,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     typealias OutboundOut = ByteBuffer
 
     /// How many committed-but-unanswered bursts a connection may have before it stops being read.
-    static let maxOutstandingBatches = 4
+    static let maxOutstandingBatches = 2
 
     private enum Entry {
         case accepted(ack: String?, line: Int, records: Int)

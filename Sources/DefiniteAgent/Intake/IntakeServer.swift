@@ -46,8 +46,10 @@ public final class IntakeServer: Service, Sendable {
                 }
             }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 262_144))
+            // A read burst is at most 4 × 128 KiB, and a connection holds at most
+            // IntakeConnectionHandler.maxOutstandingBatches bursts: memory per writer stays bounded.
+            .childChannelOption(.maxMessagesPerRead, value: 4)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 131_072))
             .childChannelInitializer { channel in
                 // Each connection takes the settings in force when it opens (a reload affects new ones).
                 let configuration = settings.current

@@ -171,27 +171,16 @@ public final class SpoolWriter: @unchecked Sendable {
         }
     }
 
-    /// Appends every batch's records, per target, in one transaction, then completes the promises.
+    /// Appends every batch's records in one transaction, then completes the promises.
     private func commit(_ batches: [(IntakeBatch, EventLoopPromise<Void>)]) {
         let result = runTransaction { db in
-            // Gather each target's records in arrival order: one segment per target per commit.
-            var order: [SpoolTarget] = []
-            var grouped: [SpoolTarget: (bytes: [UInt8], count: Int)] = [:]
+            // Each batch's records go in as they are, target by target, in arrival order: no copy into a
+            // per-commit buffer (memory stays what the batches already hold), and seqs stay in order.
+            let now = Date().timeIntervalSince1970
             for (batch, _) in batches {
                 for (index, target) in batch.targets.enumerated() where batch.counts[index] > 0 {
-                    if grouped[target] == nil {
-                        order.append(target)
-                        grouped[target] = (batch.records[index], batch.counts[index])
-                    } else {
-                        grouped[target]!.bytes.append(contentsOf: batch.records[index])
-                        grouped[target]!.count += batch.counts[index]
-                    }
+                    try self.appendInSegments(batch.records[index], count: batch.counts[index], to: target, at: now, db: db)
                 }
-            }
-            let now = Date().timeIntervalSince1970
-            for target in order {
-                let (bytes, count) = grouped[target]!
-                try self.appendInSegments(bytes, count: count, to: target, at: now, db: db)
             }
         }
         switch result {
