@@ -24,18 +24,24 @@ class Agent:
     """One daemon on a temporary directory: config, spool and socket all live there."""
 
     def __init__(self, directory: Path, extra_config: str = "", default_table: str | None = "bronze.events",
-                 durability: str = "full", env: dict | None = None):
+                 durability: str = "full", env: dict | None = None, spool_path: str | None = None,
+                 spool_config: str = "", command_prefix: list[str] | None = None):
+        """`spool_path` puts the spool elsewhere (default: in `directory`); `spool_config` adds lines to the
+        `[spool]` table (e.g. `max_bytes = "1GiB"`); `command_prefix` runs the daemon through another
+        command (e.g. `setpriv --reuid=nobody ...`)."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket_path = str(self.directory / "agent.sock")
         self.http_socket_path = str(self.directory / "http.sock")
-        self.spool_path = str(self.directory / "spool.db")
+        self.spool_path = spool_path or str(self.directory / "spool.db")
+        self.command_prefix = list(command_prefix or [])
         self.config_path = str(self.directory / "agent.toml")
         default = f'default_table = "{default_table}"' if default_table else ""
         Path(self.config_path).write_text(f"""
 [spool]
 path = "{self.spool_path}"
 durability = "{durability}"
+{spool_config}
 [intake]
 socket = "{self.socket_path}"
 http_socket = "{self.http_socket_path}"
@@ -50,7 +56,7 @@ http_socket = "{self.http_socket_path}"
 
     def start(self, timeout: float = 15.0) -> "Agent":
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([agent_binary(), "run", "--config", self.config_path],
+        self.process = subprocess.Popen([*self.command_prefix, agent_binary(), "run", "--config", self.config_path],
                                         stdout=log, stderr=log, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

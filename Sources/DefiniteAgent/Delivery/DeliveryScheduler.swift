@@ -196,6 +196,12 @@ final class DeliveryScheduler: @unchecked Sendable {
         condition.unlock()
     }
 
+    var isStopping: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return stopping
+    }
+
     /// Whether every worker is idle (waiting for work).
     var isIdle: Bool {
         condition.lock()

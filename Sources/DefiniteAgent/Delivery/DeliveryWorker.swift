@@ -171,7 +171,7 @@ final class DeliveryWorker {
                 return .retry(next, after: delay)
             }
         } catch {
-            logger.error("delivery bookkeeping failed; the batch stays queued", metadata: ["error": "\(error)"])
+            logOnce(-2, "delivery bookkeeping failed; the batch stays queued", ["error": "\(error)"])
             return .retry(batch, after: .seconds(1))
         }
     }
@@ -240,15 +240,17 @@ final class DeliveryWorker {
         switch response.status {
         case 200..<300:
             if answer.rejectedRows == 0 {
-                do {
-                    let bytes = indexes.reduce(0) { $0 + context.records.storedSize($1) }
+                let bytes = indexes.reduce(0) { $0 + context.records.storedSize($1) }
+                // The API has these rows: record it, retrying the write alone (a full disk, a locked
+                // spool) rather than sending them again.
+                guard recordingPersistently({
                     try ledger.delivered(targetID: job.targetID, seqs: indexes.map { context.records.seqs[$0] }, bytes: bytes, finishing: nil)
-                    capacity.release(bytes)
-                    AgentMetrics.recordsDelivered.increment(by: Int64(indexes.count))
-                    return .resolved
-                } catch {
-                    return .retry(status: response.status, error: "delivered, but cannot record it: \(error)", retryAfter: nil)
+                }) else {
+                    return .retry(status: response.status, error: "delivered, but the agent stopped before it could record it", retryAfter: nil)
                 }
+                capacity.release(bytes)
+                AgentMetrics.recordsDelivered.increment(by: Int64(indexes.count))
+                return .resolved
             }
             if job.target.mode == .merge {
                 // Upserts are idempotent: resend halves to find the rejected rows.
@@ -268,6 +270,21 @@ final class DeliveryWorker {
             return .tableNotFound(error: error)
         default:
             return .retry(status: response.status, error: error, retryAfter: response.retryAfter())
+        }
+    }
+
+    /// Runs a spool write until it succeeds, pausing between attempts; `false` only if the daemon is
+    /// stopping first. For bookkeeping whose failure must not lead to sending rows again.
+    private func recordingPersistently(_ write: () throws -> Void) -> Bool {
+        while true {
+            do {
+                try write()
+                return true
+            } catch {
+                logOnce(-1, "cannot record a delivery in the spool; retrying the write (the rows are not sent again)", ["error": "\(error)"])
+                if scheduler.isStopping { return false }
+                Thread.sleep(forTimeInterval: 1)
+            }
         }
     }
 

@@ -19,6 +19,14 @@ enum SpoolDatabase {
             try createParentDirectory(of: path)
             let db = try SQLiteConnection(path: path, mode: .readWrite)
             try db.execute("PRAGMA busy_timeout = 10000")
+            // SQLite falls back to read-only when it cannot write (a read-only mount or directory, a file
+            // owned by someone else): refuse that at start rather than answer every write with an error.
+            guard sqlite3_db_readonly(db.handle, "main") == 0 else {
+                throw SpoolError(.cannotOpen, path: path,
+                                 "the spool can only be opened read-only (read-only filesystem, or the file or its directory is not writable by this user); make it writable or set [spool] path elsewhere")
+            }
+            // Identity first: nothing below (journal mode, migrations) may touch a file that is not ours.
+            try checkIdentity(db, path: path, allowEmpty: true)
             let journal = try db.prepared("PRAGMA journal_mode = WAL")
             guard try journal.step(), journal.string(0) == "wal" else {
                 throw SpoolError(.cannotOpen, path: path, "cannot switch the database to WAL mode; is the directory on a filesystem without shared memory support?")

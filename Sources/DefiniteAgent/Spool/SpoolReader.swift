@@ -76,7 +76,14 @@ final class SpoolReader {
     /// Reads records of `targetID` from `from` (inclusive) to at most `end` (exclusive), stopping before
     /// `maxRows` records or `maxBytes` stored bytes would be passed (at least one record is read).
     /// Seqs inside delivered ranges are skipped. Returns the records and the seq after the last one read.
-    func read(targetID: Int64, from: Int64, end: Int64, maxRows: Int, maxBytes: Int) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
+    func read(targetID: Int64, from requested: Int64, end: Int64, maxRows: Int, maxBytes: Int) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
+        // Everything below delivered_seq has left the queue, including parts of a batch delivered or
+        // dead-lettered on an earlier attempt and since folded into the position: never read it again.
+        let position = try db.prepared("SELECT delivered_seq FROM targets WHERE id = ?1")
+        position.bind(1, targetID)
+        let delivered = try position.step() ? position.int64(0) : 0
+        position.reset()
+        let from = max(requested, delivered)
         var skip: [Range<Int64>] = []
         let ranges = try db.prepared("SELECT first_seq, end_seq FROM delivered_ranges WHERE target_id = ?1 AND end_seq > ?2 AND first_seq < ?3 ORDER BY first_seq")
         ranges.bind(1, targetID)
