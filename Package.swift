@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "definite-agent", targets: ["definite-agent"]),
         .library(name: "DefiniteAgent", targets: ["DefiniteAgent"]),
         .executable(name: "definite-agent-bench", targets: ["definite-agent-bench"]),
+        .executable(name: "definite-agent-fuzz", targets: ["definite-agent-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -86,6 +87,13 @@ let package = Package(
         ),
 
         // MARK: Tests
+        // The intake fuzzer: libFuzzer with `Tests/Fuzz/run`, a corpus replayer otherwise.
+        .target(name: "CFuzzerDriver", path: "Tests/Fuzz/CFuzzerDriver"),
+        .executableTarget(
+            name: "definite-agent-fuzz",
+            dependencies: ["DefiniteAgent", "CFuzzerDriver"],
+            path: "Tests/Fuzz/IntakeFuzzer"
+        ),
         .testTarget(
             name: "DefiniteAgentTests",
             dependencies: [

@@ -5,7 +5,8 @@ else the test is skipped). `[spool] max_bytes` is 1 GiB, so a 507 can only come 
    acknowledged record is in the spool, `PRAGMA integrity_check` is ok, the daemon keeps running and answers
    every further write with 507, and the log reports the full disk once (rate-limited), not once per request.
 2. Then the API key is given (SIGHUP) with the emulator up: delivery must drain the spool without sending any
-   batch twice, free space, and intake must resume by itself (a new write gets ok).
+   batch twice, free space, and intake must resume by itself (a new write gets ok). This works because intake
+   stops at `[spool] disk_reserve` (auto: 5% of the filesystem), leaving delivery room to record its progress.
 """
 from __future__ import annotations
 
@@ -130,11 +131,6 @@ def test_full_disk_refuses_with_507_and_keeps_every_acknowledged_record(tmp_path
     assert integrity_check(agent.spool_path) == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent bug (open): on a full disk the delivery bookkeeping commit fails (SQLITE_FULL: the WAL cannot grow "
-    "and cannot be checkpointed), so nothing leaves the spool and intake never resumes. Since the fix in "
-    "DeliveryWorker the agent retries the bookkeeping write instead of re-sending delivered rows (no more "
-    "duplicates), but it needs a free-space reserve (507 below a statvfs headroom) to recover by itself"))
 def test_full_disk_recovers_once_delivery_frees_space(tmp_path, small_fs):
     fs, kind = small_fs
     emu = Emulator(quiet=True)

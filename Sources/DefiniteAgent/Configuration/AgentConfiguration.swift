@@ -26,6 +26,10 @@ public struct AgentConfiguration: Sendable, Equatable {
         /// Records held (pending plus dead letters) may not exceed this; further writes get status 507.
         public var maxBytes = ByteSize.gibibytes(1)
         public var durability = Durability.full
+        /// Free space kept on the spool's filesystem so delivery can always record its progress and
+        /// drain a full disk; intake gets 507 before it would use it. `nil` ("auto"): 5% of the
+        /// filesystem's size, at most 64 MiB.
+        public var diskReserve: ByteSize?
     }
 
     /// `[intake]`: the Unix stream socket local programs write to.

@@ -45,6 +45,15 @@ public struct ByteSize: Hashable, Comparable, Sendable, CustomStringConvertible 
         }
         return "\(bytes)"
     }
+
+    /// A rounded rendering for messages: `"412.5KiB"`, `"3.1GiB"`, `"900B"`.
+    public var approximate: String {
+        for (suffix, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] where bytes >= 1 << shift {
+            let tenths = (bytes * 10 + (1 << shift) / 2) >> shift
+            return tenths % 10 == 0 ? "\(tenths / 10)\(suffix)" : "\(tenths / 10).\(tenths % 10)\(suffix)"
+        }
+        return "\(bytes)B"
+    }
 }
 
 /// A span of time, written by humans as `"250ms"`, `"30s"`, `"5m"`, `"2h"` or `"7d"`.

@@ -62,6 +62,11 @@ public enum ConfigurationLoader {
             config.spool.path = try spool.string("path") ?? config.spool.path
             config.spool.maxBytes = try spool.size("max_bytes") ?? config.spool.maxBytes
             config.spool.durability = try spool.choice("durability") ?? config.spool.durability
+            switch try spool.sizeOrAutomatic("disk_reserve") {
+            case .automatic: config.spool.diskReserve = nil
+            case .size(let size): config.spool.diskReserve = size
+            case nil: break
+            }
             try spool.finish()
         }
         if var intake = try Section(root, "intake", locator) {
@@ -322,6 +327,14 @@ private struct Section {
             throw invalid(key, "\"\(text)\" is not a duration; write e.g. \"500ms\", \"30s\", \"5m\", \"2h\" or \"7d\"")
         }
         return duration
+    }
+
+    enum SizeSetting { case automatic, size(ByteSize) }
+
+    /// A size, or "auto"; `nil` when the key is absent.
+    mutating func sizeOrAutomatic(_ key: String) throws(ConfigurationError) -> SizeSetting? {
+        if let text = value(key)?.string, text == "auto" { return .automatic }
+        return try size(key).map { .size($0) }
     }
 
     mutating func size(_ key: String) throws(ConfigurationError) -> ByteSize? {

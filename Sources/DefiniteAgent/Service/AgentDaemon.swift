@@ -38,12 +38,13 @@ public struct AgentDaemon {
 
     public func run() async throws {
         MemoryTuning.apply()
+        FatalSignals.endOnExternalCrashSignals()
         let openFiles = ResourceLimits.raiseOpenFiles()
         let metricsRegistry = configuration.metrics.listen.map { _ in MetricsServer.bootstrap() }
         let settings = LiveConfiguration(configuration)
         let writer = try SpoolWriter(
             path: configuration.spool.path, durability: configuration.spool.durability,
-            maxBytes: configuration.spool.maxBytes.bytes, logger: logger)
+            maxBytes: configuration.spool.maxBytes.bytes, diskReserve: configuration.spool.diskReserve?.bytes, logger: logger)
         logger.info("spool open", metadata: [
             "path": "\(configuration.spool.path)", "durability": "\(configuration.spool.durability.rawValue)",
             "held_bytes": "\(writer.capacity.usedBytes)", "open_files_limit": "\(openFiles)",

@@ -30,3 +30,14 @@ enum ResourceLimits {
         return UInt64(limit.rlim_cur)
     }
 }
+
+/// How the daemon answers crash signals that another process sends.
+enum FatalSignals {
+    /// systemd ends a daemon whose watchdog expired with SIGABRT (`WatchdogSignal=`), and operators use
+    /// `kill -ABRT`/`-QUIT` to get a core. The Swift runtime's backtracer catches these signals and, for
+    /// one sent from outside, prints a backtrace and lets the process run on. After this call the
+    /// backtrace is still printed, and then the process dies as the signal asks.
+    static func endOnExternalCrashSignals() {
+        _ = cagent_install_fatal_signal_handlers()
+    }
+}

@@ -35,6 +35,7 @@ enum SpoolDatabase {
             try db.execute("PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
             // Checkpoint every ~16 MiB of WAL, and shrink the WAL file back after a checkpoint.
             try db.execute("PRAGMA wal_autocheckpoint = 4096; PRAGMA journal_size_limit = 67108864")
+            try db.execute(Self.deletePolicy)
             try migrate(db, path: path)
             return db
         }
@@ -63,10 +64,17 @@ enum SpoolDatabase {
         return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readWrite)
             try db.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL")
+            try db.execute(Self.deletePolicy)
             try checkIdentity(db, path: path, allowEmpty: false)
             return db
         }
     }
+
+    /// Debian builds SQLite with `secure_delete` on, which zeroes every freed page: delivering a batch
+    /// would write its rows a second time (into the WAL, then the file). `FAST` clears deleted content
+    /// only where that costs no extra I/O. Besides halving delivery's writes, this keeps the bookkeeping
+    /// of a delivery small enough to fit in the disk reserve when the disk is full.
+    static let deletePolicy = "PRAGMA secure_delete = FAST"
 
     // MARK: Checks
 

@@ -11,6 +11,7 @@ struct ConfigurationLoaderTests {
         #expect(config.spool.path == "/var/lib/definite-agent/spool.db")
         #expect(config.spool.maxBytes == .gibibytes(1))
         #expect(config.spool.durability == .full)
+        #expect(config.spool.diskReserve == nil)
         #expect(config.intake.socket == "/run/definite-agent/agent.sock")
         #expect(config.intake.socketMode == 0o660)
         #expect(config.intake.defaultTable == nil)
@@ -102,6 +103,11 @@ struct ConfigurationLoaderTests {
         #expect(error.line == 1)
     }
 
+    @Test func diskReserveIsASizeOrAuto() throws {
+        #expect(try ConfigurationLoader.parse("[spool]\ndisk_reserve = \"256MiB\"").spool.diskReserve == .mebibytes(256))
+        #expect(try ConfigurationLoader.parse("[spool]\ndisk_reserve = \"auto\"").spool.diskReserve == nil)
+    }
+
     @Test func syntaxErrorGivesTheLine() throws {
         let error = try #require(loadError("[api]\nurl = \"unterminated\n"))
         #expect(error.code == .syntax)
@@ -114,6 +120,7 @@ struct ConfigurationLoaderTests {
         ("[api]\nurl = \"ftp://x\"", "api.url", .invalidValue),
         ("[spool]\nmax_bytes = \"lots\"", "spool.max_bytes", .invalidValue),
         ("[spool]\ndurability = \"paranoid\"", "spool.durability", .invalidValue),
+        ("[spool]\ndisk_reserve = \"most\"", "spool.disk_reserve", .invalidValue),
         ("[intake]\nsocket_mode = \"rw\"", "intake.socket_mode", .invalidValue),
         ("[intake]\ndefault_table = \"events\"", "intake.default_table", .invalidValue),
         ("[intake]\nsocket = \"/\(String(repeating: "s", count: 120))\"", "intake.socket", .invalidValue),
