@@ -4,8 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/// libFuzzer's entry point for programs that keep their own `main` (LLVM 13+). Linked only when the
-/// fuzzer is built with `-sanitize=fuzzer` (see Tests/Fuzz/run); never called otherwise.
+/// libFuzzer's entry point for programs that keep their own `main` (libclang_rt.fuzzer_no_main, LLVM 13+).
+/// Linked only into the fuzzing build (Tests/Fuzz/run); never referenced otherwise.
 int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *data, size_t size));
 
 #endif
