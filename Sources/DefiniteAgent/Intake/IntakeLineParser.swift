@@ -52,12 +52,17 @@ public struct IntakeLineParser {
     /// Parses one line (without its newline) and appends its records to `batch` when it is valid.
     public mutating func parse(line: UnsafeRawBufferPointer, into batch: inout IntakeBatch) -> ParsedLine {
         var ack: String?
-        var appended: (index: Int, length: Int)?
+        var appended: (index: Int, length: Int, count: Int)?
         do {
             let accepted = try parse(line, into: &batch, ack: &ack, appended: &appended)
             return ParsedLine(ack: ack, result: .success(accepted))
         } catch {
-            if let appended { batch.records[appended.index].removeSubrange(appended.length...) }
+            // All or nothing: rows appended before a later member failed (`"ack": 5` after the data) go,
+            // and so does their count.
+            if let appended {
+                batch.records[appended.index].removeSubrange(appended.length...)
+                batch.counts[appended.index] = appended.count
+            }
             return ParsedLine(ack: ack, result: .failure(error))
         }
     }
@@ -152,7 +157,7 @@ public struct IntakeLineParser {
 
     private mutating func parse(
         _ line: UnsafeRawBufferPointer, into batch: inout IntakeBatch, ack: inout String?,
-        appended: inout (index: Int, length: Int)?
+        appended: inout (index: Int, length: Int, count: Int)?
     ) throws(IntakeRejection) -> ParsedLine.Accepted {
         var s = JSONScanner(line)
         var rowsTarget: SpoolTarget?
@@ -191,7 +196,7 @@ public struct IntakeLineParser {
                     if let target = rowsTarget, rowsAccepted == nil {
                         // The config came first (the usual order): validate and append the rows in this pass.
                         let index = batch.index(for: target)
-                        appended = (index, batch.records[index].count)
+                        appended = (index, batch.records[index].count, batch.counts[index])
                         rowsAccepted = try appendRows(&s, target: target, index: index, into: &batch)
                         continue
                     }
@@ -218,7 +223,7 @@ public struct IntakeLineParser {
                 var rows = JSONScanner(line)
                 rows.position = deferredData.lowerBound
                 let index = batch.index(for: target)
-                appended = (index, batch.records[index].count)
+                appended = (index, batch.records[index].count, batch.counts[index])
                 return try appendRows(&rows, target: target, index: index, into: &batch)
             }
             if let deferredData {
@@ -239,7 +244,7 @@ public struct IntakeLineParser {
         if target.mode == .merge, !plainKeyPresent { throw Self.missingKey(target.primaryKey, row: nil) }
         let index = batch.index(for: target)
         let before = batch.records[index].count
-        appended = (index, before)
+        appended = (index, before, batch.counts[index])
         batch.records[index].append(UInt8(ascii: "{"))
         for (i, member) in members.enumerated() {
             if i > 0 { batch.records[index].append(UInt8(ascii: ",")) }

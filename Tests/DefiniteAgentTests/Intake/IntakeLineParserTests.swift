@@ -215,6 +215,26 @@ struct IntakeLineParserTests {
         #expect(String(decoding: batch.records[0], as: UTF8.self) == "{\"a\":1}\n{\"a\":4}\n")
     }
 
+    /// Found by the fuzzer: rows appended before a later member failed kept their count, so the batch
+    /// claimed records it no longer held (and the spool would have numbered them).
+    @Test(arguments: [
+        #"{"config":{"table":"bronze.events"},"data":[{"a":2},{"a":3}],"ack":5}"#,
+        #"{"config":{"table":"bronze.events"},"data":{"a":2},"extra":tru}"#,
+        #"{"config":{"table":"bronze.events"},"data":{"a":2}} trailing"#,
+    ])
+    func aLineThatFailsAfterItsDataLeavesNoCount(line: String) {
+        var parser = IntakeLineParser(configuration: Self.configuration())
+        var batch = IntakeBatch()
+        _ = parser.parse(line: Array(#"{"a":1}"#.utf8), into: &batch)
+        let failed = parser.parse(line: Array(line.utf8), into: &batch)
+        guard case .failure = failed.result else {
+            Issue.record("accepted \(line)")
+            return
+        }
+        #expect(batch.counts == [1])
+        #expect(String(decoding: batch.records[0], as: UTF8.self) == "{\"a\":1}\n")
+    }
+
     @Test func repliesFollowTheProtocol() {
         var buffer = ByteBufferAllocatorForTests.make()
         IntakeReply.write(ack: "x\"1", line: 3, result: .success(2), to: &buffer)
