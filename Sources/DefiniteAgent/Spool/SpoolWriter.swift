@@ -43,16 +43,8 @@ public final class SpoolWriter: @unchecked Sendable {
     private let heartbeat = NIOLockedValueBox<ContinuousClock.Instant>(ContinuousClock.now)
     private var lastFailureLog: ContinuousClock.Instant?
     private var lastResynchronization = ContinuousClock.now
-    private let headroom: DiskHeadroom
-    /// WAL bytes intake may still stage before the disk reserve is reached, as last measured less what
-    /// was committed since.
-    private var stagingBudget = 0
-    private var pageSize = 4096
-    private var reserveBytes = 0
-    private var lastMeasurement: ContinuousClock.Instant?
-    private var lastCheckpointAttempt: ContinuousClock.Instant?
-    /// Intake is being refused because the disk is (nearly) full; logged when it starts and ends.
-    private var diskShort = false
+    /// Whether the disk still has room for intake beyond the reserve kept for delivery.
+    private var diskAdmission: DiskAdmission
 
     /// Opens the spool at `path` and prepares the writer; call ``start()`` to begin committing.
     ///
@@ -63,7 +55,7 @@ public final class SpoolWriter: @unchecked Sendable {
         self.connection = try SpoolDatabase.openForWriting(path: path, durability: durability)
         self.path = path
         self.logger = logger
-        self.headroom = DiskHeadroom(spoolPath: path, configuredReserve: diskReserve)
+        self.diskAdmission = DiskAdmission(spoolPath: path, configuredReserve: diskReserve)
         do {
             let stored = try Self.storedBytes(connection)
             self.capacity = SpoolCapacity(limit: maxBytes, used: stored)
@@ -158,11 +150,11 @@ public final class SpoolWriter: @unchecked Sendable {
                         appends.removeAll()
                     }
                     completion(runTransaction(body))
-                    relieveDiskPressure()
+                    diskAdmission.relievePressure(connection)
                 }
             }
             if !appends.isEmpty { commit(appends) }
-            relieveDiskPressure()
+            diskAdmission.relievePressure(connection)
             let now = ContinuousClock.now
             heartbeat.withLockedValue { $0 = now }
             if now - lastResynchronization > .seconds(5) {
@@ -220,99 +212,31 @@ public final class SpoolWriter: @unchecked Sendable {
         }
     }
 
-    /// The batches, in order, that fit before the disk reserve; the others are refused with 507.
-    ///
-    /// The disk is measured at most once a second while there is room, and at every commit that might
-    /// not fit. Before refusing, a checkpoint that truncates the WAL is tried: it hands the WAL's space
-    /// back to the filesystem and moves rows into pages that delivery freed.
+    /// The batches, in order, that fit before the disk reserve (``DiskAdmission``); the others are
+    /// refused with 507 here. The refusal is logged when it starts (at most every 10 s), and the end of it.
     private func admitWithinDiskHeadroom(_ batches: [(IntakeBatch, EventLoopPromise<Void>)]) -> [(IntakeBatch, EventLoopPromise<Void>)] {
-        let cost = DiskHeadroom.stagingCost(recordBytes: batches.reduce(0) { $0 + $1.0.totalBytes }, pageSize: pageSize)
-        let now = ContinuousClock.now
-        var measurement: DiskHeadroom.Measurement?
-        // Once refusing, intake resumes only with a margin (a quarter of the reserve), so that a full disk
-        // reads as full to every writer rather than letting small requests slip through one by one.
-        let margin = diskShort ? reserveBytes / 4 : 0
-        if cost + margin > stagingBudget || lastMeasurement.map({ now - $0 > .seconds(1) }) ?? true {
-            measurement = remeasure(at: now)
-            // The reserve is only real once the WAL is checkpointed: copying it into the main file needs the
-            // space its new pages take, and delivery must never face a WAL it cannot checkpoint.
-            if cost + margin > stagingBudget, let walBytes = measurement?.walBytes, walBytes > 0 {
-                checkpointToFreeDisk()
-                measurement = remeasure(at: now)
-            }
-        }
-        let budget = stagingBudget - margin
-        var admitted = batches.startIndex
-        var bytes = 0
-        while admitted < batches.endIndex,
-              DiskHeadroom.stagingCost(recordBytes: bytes + batches[admitted].0.totalBytes, pageSize: pageSize) <= budget {
-            bytes += batches[admitted].0.totalBytes
-            admitted += 1
-        }
-        if admitted > batches.startIndex {
-            stagingBudget -= DiskHeadroom.stagingCost(recordBytes: bytes, pageSize: pageSize)
-        }
-        if admitted == batches.endIndex {
-            if diskShort {
-                diskShort = false
+        let (admitted, refusal) = diskAdmission.admit(batches.map { $0.0.totalBytes }, connection: connection)
+        guard let refusal else {
+            if diskAdmission.resume() {
                 logger.notice("disk space for the spool is available again; intake resumed", metadata: ["spool": "\(path)"])
             }
             return batches
         }
-        let free = measurement.map { ByteSize(bytes: $0.filesystemFree).approximate } ?? "little"
-        let reserve = measurement.map { ByteSize(bytes: headroom.reserve(filesystemSize: $0.filesystemSize)).approximate } ?? "the reserve"
-        let shouldLog = !diskShort && (lastFailureLog.map { now - $0 > .seconds(10) } ?? true)
-        diskShort = true
-        if shouldLog {
+        let now = ContinuousClock.now
+        if refusal.starts, lastFailureLog.map({ now - $0 > .seconds(10) }) ?? true {
             lastFailureLog = now
             logger.error("the disk holding the spool is full: writers get 507 until delivery frees space in the spool", metadata: [
-                "spool": "\(path)", "filesystem_free": "\(free)", "reserve_for_delivery": "\(reserve)",
+                "spool": "\(path)", "filesystem_free": "\(refusal.filesystemFree)", "reserve_for_delivery": "\(refusal.reserve)",
             ])
         }
         let rejection = IntakeRejection(
             status: 507, code: .spoolFull,
-            message: "the disk holding the spool is full (\(free) free, \(reserve) kept for delivery); nothing from this request was stored")
+            message: "the disk holding the spool is full (\(refusal.filesystemFree) free, \(refusal.reserve) kept for delivery); nothing from this request was stored")
         for (batch, promise) in batches[admitted...] {
             capacity.cancelReservation(batch.totalBytes)
             promise.fail(rejection)
         }
         return Array(batches[..<admitted])
-    }
-
-    /// While intake is refused for want of disk, keeps the WAL small: delivery's bookkeeping has only
-    /// the reserve to write in, and the automatic checkpoint would wait for 16 MiB of WAL. Checkpoints
-    /// once the WAL holds a quarter of the reserve, or anything at all after 250 ms.
-    private func relieveDiskPressure() {
-        guard diskShort else { return }
-        let walBytes = DiskHeadroom.fileSize(path + "-wal")
-        guard walBytes > 0 else { return }
-        let due = lastCheckpointAttempt.map { ContinuousClock.now - $0 > .milliseconds(250) } ?? true
-        if due || walBytes >= max(16 * pageSize, reserveBytes / 4) { checkpointToFreeDisk() }
-    }
-
-    /// Checkpoints the WAL into the main file and truncates it, handing its space back to the filesystem.
-    /// A reader holding an old snapshot can make it partial; the next call finishes it.
-    private func checkpointToFreeDisk() {
-        lastCheckpointAttempt = ContinuousClock.now
-        // Readers hold their snapshots only briefly; do not let one stall the writer for long.
-        do {
-            try connection.execute("PRAGMA busy_timeout = 250; PRAGMA wal_checkpoint(TRUNCATE); PRAGMA busy_timeout = 10000")
-        } catch {
-            try? connection.execute("PRAGMA busy_timeout = 10000")
-            logger.debug("checkpoint to free disk space failed", metadata: ["error": "\(error)"])
-        }
-    }
-
-    private func remeasure(at now: ContinuousClock.Instant) -> DiskHeadroom.Measurement? {
-        lastMeasurement = now
-        guard let measurement = try? headroom.measure(connection) else {
-            stagingBudget = .max / 2  // cannot tell: let the commit itself find out
-            return nil
-        }
-        pageSize = measurement.pageSize
-        reserveBytes = headroom.reserve(filesystemSize: measurement.filesystemSize)
-        stagingBudget = headroom.admissibleStaging(measurement)
-        return measurement
     }
 
     /// Largest segment written, so that reading one back (SQLite materialises a whole blob) stays cheap
