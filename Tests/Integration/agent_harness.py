@@ -13,6 +13,77 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "",
+               tolerate_errors: bool = False):
+    """Polls `predicate` until it returns something truthy (which is returned); fails after `timeout` s.
+    With `tolerate_errors`, an exception from `predicate` (e.g. a CLI call racing a restart) counts as a
+    falsy value and is shown as the last value if time runs out."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as error:  # noqa: BLE001 - only when asked to
+            if not tolerate_errors:
+                raise
+            last = error
+        if last and not isinstance(last, Exception):
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate} (last value {last!r})")
+        time.sleep(interval)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value)  # strings and lists of strings: valid TOML
+
+
+def agent_config(url: str | None = None, *, api: dict | None = None, batch: dict | None = None,
+                 retry: dict | None = None, metrics: dict | None = None, tables: tuple = ()) -> str:
+    """TOML sections for Agent(extra_config=...): fast linger and retries unless overridden. (`[spool]` is
+    written by the harness: pass spool settings as Agent(spool_config=...).)"""
+    sections = {
+        "api": {**({"url": url} if url else {}), **(api or {})},
+        "batch": {"linger": "100ms", **(batch or {})},
+        "retry": {"initial": "50ms", "max": "500ms", **(retry or {})},
+    }
+    if metrics:
+        sections["metrics"] = metrics
+    text = ""
+    for name, values in sections.items():
+        if values:
+            text += f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+    for table in tables:
+        text += "[[table]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
+    return text
+
+
+def spooled_records(spool_path: str, table: str | None = None) -> list[dict]:
+    """Every pending record in the spool, read directly (read-only), per target in sequence order."""
+    db = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=30)
+    try:
+        query = ("SELECT s.records FROM segments s JOIN targets t ON t.id = s.target_id "
+                 + ("WHERE t.table_name = ? " if table else "") + "ORDER BY s.target_id, s.first_seq")
+        rows = db.execute(query, (table,) if table else ()).fetchall()
+    finally:
+        db.close()
+    records = []
+    for (blob,) in rows:
+        records.extend(json.loads(line) for line in bytes(blob).split(b"\n") if line)
+    return records
+
+
 def agent_binary() -> str:
     path = os.environ.get("DEFINITE_AGENT_BIN", str(ROOT / ".build" / "debug" / "definite-agent"))
     if not os.path.exists(path):
@@ -109,18 +180,7 @@ http_socket = "{self.http_socket_path}"
 
     def spooled_records(self, table: str | None = None) -> list[dict]:
         """Every pending record, per target in sequence order."""
-        db = sqlite3.connect(f"file:{self.spool_path}?mode=ro", uri=True)
-        try:
-            query = ("SELECT s.records FROM segments s JOIN targets t ON t.id = s.target_id "
-                     + ("WHERE t.table_name = ? " if table else "")
-                     + "ORDER BY s.target_id, s.first_seq")
-            rows = db.execute(query, (table,) if table else ()).fetchall()
-        finally:
-            db.close()
-        records = []
-        for (blob,) in rows:
-            records.extend(json.loads(line) for line in bytes(blob).split(b"\n") if line)
-        return records
+        return spooled_records(self.spool_path, table)
 
 
 class Connection:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import sqlite3
 import statistics
 import sys
@@ -23,51 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent_harness import Agent  # noqa: E402
+from agent_harness import Agent, agent_config, free_port, wait_until  # noqa: E402
 from harness import Emulator  # noqa: E402
 
 API_KEY = "test-key"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Helpers
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = ""):
-    """Polls `predicate` until it returns something truthy (which is returned); fails after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate} (last value {last!r})")
-        time.sleep(interval)
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value)  # strings and lists of strings: valid TOML
-
-
-def agent_config(url: str, *, api: dict | None = None, batch: dict | None = None, retry: dict | None = None,
-                 tables: tuple = ()) -> str:
-    """Whole TOML sections for Agent(extra_config=...): fast linger and retries unless overridden."""
-    sections = {
-        "api": {"url": url, **(api or {})},
-        "batch": {"linger": "100ms", **(batch or {})},
-        "retry": {"initial": "50ms", "max": "500ms", **(retry or {})},
-    }
-    text = ""
-    for name, values in sections.items():
-        text += f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
-    for table in tables:
-        text += "[[table]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
-    return text
 
 
 @pytest.fixture
@@ -199,12 +157,6 @@ def requests_for(emu: Emulator, table: str) -> list[dict]:
 
 def batch_of(request: dict) -> str | None:
     return (request.get("tags") or {}).get("agent_batch")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """The intake protocol, spool and CLI, through the real binary and its real socket."""
 import json
-import os
 import random
 import socket
 import threading

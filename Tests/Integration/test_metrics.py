@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
@@ -14,14 +11,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
 
-from agent_harness import Agent  # noqa: E402
+from agent_harness import Agent, free_port, wait_until  # noqa: E402
 from harness import Emulator  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse(text: str) -> dict[str, float]:
@@ -32,15 +23,6 @@ def parse(text: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     return samples
-
-
-def wait_until(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_metrics_match_what_was_sent_and_what_the_emulator_received(tmp_path):

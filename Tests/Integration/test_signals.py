@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -11,17 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
 
-from agent_harness import Agent  # noqa: E402
+from agent_harness import Agent, wait_until  # noqa: E402
 from harness import Emulator  # noqa: E402
-
-
-def wait_until(predicate, timeout=30.0, message=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {message}")
 
 
 def send(agent, rows, table="bronze.sig"):
@@ -54,11 +44,11 @@ max = "200ms"
 """).start()
         try:
             send(agent, [{"i": i} for i in range(100)])
-            wait_until(lambda: agent.status()["tables"][0]["state"] == "auth failing", 15, "the refused key is shown")
+            wait_until(lambda: agent.status()["tables"][0]["state"] == "auth failing", 15, message="the refused key is shown")
             assert count(emu) == 0
             key_file.write_text("new-key\n")
             agent.process.send_signal(signal.SIGHUP)
-            wait_until(lambda: agent.status()["pending"] == 0, 15, "delivered with the new key")
+            wait_until(lambda: agent.status()["pending"] == 0, 15, message="delivered with the new key")
             assert count(emu) == 100
             assert agent.process.poll() is None
             log = agent.log()
@@ -83,9 +73,9 @@ linger = "50ms"
         try:
             key_file.unlink()
             agent.process.send_signal(signal.SIGHUP)
-            wait_until(lambda: "keeping the one in use" in agent.log(), 10, "the failed reload is logged")
+            wait_until(lambda: "keeping the one in use" in agent.log(), 10, message="the failed reload is logged")
             send(agent, [{"i": 1}])
-            wait_until(lambda: count(emu) == 1, 15, "still delivering with the old key")
+            wait_until(lambda: count(emu) == 1, 15, message="still delivering with the old key")
         finally:
             agent.kill9()
 
@@ -103,7 +93,7 @@ linger = "1h"
             time.sleep(1.0)
             assert count(emu) == 0, "linger 1h: nothing goes yet"
             agent.process.send_signal(signal.SIGUSR1)
-            wait_until(lambda: count(emu) == 10, 10, "SIGUSR1 flushes")
+            wait_until(lambda: count(emu) == 10, 10, message="SIGUSR1 flushes")
             assert agent.status()["pending"] == 0
         finally:
             agent.kill9()
@@ -123,7 +113,7 @@ linger = "1h"
             # An invalid file: rejected, the old configuration keeps running.
             Path(agent.config_path).write_text(config.replace('linger = "1h"', 'linger = "soon"'))
             agent.process.send_signal(signal.SIGHUP)
-            wait_until(lambda: "the new configuration is invalid" in agent.log(), 10, "the invalid file is reported")
+            wait_until(lambda: "the new configuration is invalid" in agent.log(), 10, message="the invalid file is reported")
             assert "batch.linger" in agent.log()
             send(agent, [{"i": 1}])
             time.sleep(1.0)
@@ -132,10 +122,10 @@ linger = "1h"
             Path(agent.config_path).write_text(
                 config.replace('linger = "1h"', 'linger = "50ms"').replace("agent.sock", "moved.sock"))
             agent.process.send_signal(signal.SIGHUP)
-            wait_until(lambda: "configuration reloaded" in agent.log(), 10, "the reload is logged")
+            wait_until(lambda: "configuration reloaded" in agent.log(), 10, message="the reload is logged")
             assert "intake.socket" in agent.log() and "only after a restart" in agent.log()
             send(agent, [{"i": 2}])
-            wait_until(lambda: count(emu) == 2, 10, "delivered under the new linger")
+            wait_until(lambda: count(emu) == 2, 10, message="delivered under the new linger")
             with agent.connect() as conn:  # still on the old socket
                 assert conn.request('{"config":{"table":"bronze.sig"},"data":{"i":3},"ack":"z"}')["ok"]
         finally:

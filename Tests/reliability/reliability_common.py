@@ -13,51 +13,16 @@ import threading
 import time
 from pathlib import Path
 
+from agent_harness import spooled_records
+from agent_harness import wait_until as harness_wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = ""):
-    """Polls `predicate` until it returns something truthy (returned); fails after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = predicate()
-        except Exception as error:  # noqa: BLE001 - e.g. a CLI call racing a restart
-            last = error
-        if last and not isinstance(last, Exception):
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate} (last value {last!r})")
-        time.sleep(interval)
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value)
-
-
-def agent_config(url: str | None = None, *, api: dict | None = None, batch: dict | None = None,
-                 retry: dict | None = None, metrics: dict | None = None, tables: tuple = ()) -> str:
-    """TOML sections for Agent(extra_config=...): fast linger and retries unless overridden. (`[spool]` is
-    written by the harness: pass spool settings as Agent(spool_config=...).)"""
-    sections = {
-        "api": {**({"url": url} if url else {}), **(api or {})},
-        "batch": {"linger": "100ms", **(batch or {})},
-        "retry": {"initial": "50ms", "max": "500ms", **(retry or {})},
-    }
-    if metrics:
-        sections["metrics"] = metrics
-    text = ""
-    for name, values in sections.items():
-        if values:
-            text += f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
-    for table in tables:
-        text += "[[table]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
-    return text
+    """`agent_harness.wait_until`, counting an exception from `predicate` (e.g. a CLI call racing a restart)
+    as not yet."""
+    return harness_wait_until(predicate, timeout, interval, message, tolerate_errors=True)
 
 
 def integrity_check(spool_path: str) -> str:
@@ -72,17 +37,7 @@ def integrity_check(spool_path: str) -> str:
 
 def spool_records(spool_path: str, table: str | None = None) -> list[dict]:
     """Every pending record in the spool, read directly (read-only), per target in sequence order."""
-    db = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=30)
-    try:
-        query = ("SELECT s.records FROM segments s JOIN targets t ON t.id = s.target_id "
-                 + ("WHERE t.table_name = ? " if table else "") + "ORDER BY s.target_id, s.first_seq")
-        rows = db.execute(query, (table,) if table else ()).fetchall()
-    finally:
-        db.close()
-    records = []
-    for (blob,) in rows:
-        records.extend(json.loads(line) for line in bytes(blob).split(b"\n") if line)
-    return records
+    return spooled_records(spool_path, table)
 
 
 def envelope(rows: list[dict], table: str, ack: str, mode: str | None = None, primary_key: str | None = None) -> bytes:

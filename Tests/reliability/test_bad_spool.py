@@ -13,13 +13,12 @@ import sqlite3
 import struct
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from agent_harness import Agent, agent_binary
-from reliability_common import integrity_check, spool_records, wait_until
+from reliability_common import integrity_check, spool_records
 
 TABLE = "bronze.bad"
 SPOOL_EXIT = 65
@@ -156,8 +155,6 @@ def test_a_foreign_sqlite_database_is_refused_with_a_clear_error(tmp_path):
     print("foreign sqlite:", output.strip().splitlines()[-1])
 
 
-
-
 def test_a_foreign_sqlite_database_is_left_byte_for_byte_untouched(tmp_path):
     agent = make_agent(tmp_path / "agent")
     foreign_sqlite(agent)
@@ -216,8 +213,6 @@ def _readonly_mount(directory: Path):
     if result.returncode != 0:
         pytest.skip(f"cannot remount read-only: {result.stderr.strip()}")
     return lambda: subprocess.run(["umount", str(directory)], check=True)
-
-
 
 
 @pytest.mark.parametrize("how", [

@@ -30,9 +30,9 @@ import time
 
 import pytest
 
-from agent_harness import Agent
+from agent_harness import Agent, agent_config
 from harness import Emulator
-from reliability_common import WindowedClient, agent_config, envelope, integrity_check, wait_until
+from reliability_common import WindowedClient, envelope, integrity_check, wait_until
 
 API_KEY = "test-key"
 APPEND_TABLE = "bronze.crash_events"

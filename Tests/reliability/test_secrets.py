@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,9 +20,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent_harness import Agent
+from agent_harness import Agent, free_port, agent_config
 from harness import Emulator
-from reliability_common import agent_config, wait_until
+from reliability_common import wait_until
 
 KEY = "sk-live-0123456789abcdefSECRET"
 TABLE = "bronze.secret_events"
@@ -45,12 +43,6 @@ FORMS = secret_forms()
 
 def leaks(data: bytes) -> list[str]:
     return [name for name, form in FORMS.items() if form in data]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Evidence:
@@ -200,8 +192,8 @@ def test_the_api_key_never_appears_in_outputs_logs_or_the_spool(tmp_path, source
         right.stop()
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
-def test_a_key_file_readable_by_group_or_others_is_warned_about(tmp_path, mode):
+def start_with_key_file(tmp_path, mode: int) -> tuple[Agent, Path]:
+    """Starts the daemon on a key file with `mode`, waits until it logged the key as loaded, stops it."""
     key_file = tmp_path / "api-key"
     key_file.write_text(KEY + "\n")
     key_file.chmod(mode)
@@ -212,6 +204,12 @@ def test_a_key_file_readable_by_group_or_others_is_warned_about(tmp_path, mode):
         wait_until(lambda: "API key" in agent.log(), 10, message="the key logged as loaded")
     finally:
         agent.kill9()
+    return agent, key_file
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_key_file_readable_by_group_or_others_is_warned_about(tmp_path, mode):
+    agent, key_file = start_with_key_file(tmp_path, mode)
     log = agent.log()
     warnings = [line for line in log.splitlines() if "readable by group or others" in line]
     assert len(warnings) == 1, log
@@ -222,14 +220,5 @@ def test_a_key_file_readable_by_group_or_others_is_warned_about(tmp_path, mode):
 
 
 def test_a_private_key_file_gives_no_warning(tmp_path):
-    key_file = tmp_path / "api-key"
-    key_file.write_text(KEY + "\n")
-    key_file.chmod(0o600)
-    agent = Agent(tmp_path / "agent", extra_config=f'[api]\nkey_file = "{key_file}"\n')
-    agent.env.pop("DEFINITE_API_KEY", None)
-    agent.start()
-    try:
-        wait_until(lambda: "API key" in agent.log(), 10, message="the key logged as loaded")
-    finally:
-        agent.kill9()
+    agent, _ = start_with_key_file(tmp_path, 0o600)
     assert "readable by group or others" not in agent.log()

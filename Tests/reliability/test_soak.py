@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from agent_harness import Agent
+from agent_harness import Agent, agent_config
 from harness import Emulator
-from reliability_common import WindowedClient, agent_config, envelope, wait_until
+from reliability_common import WindowedClient, envelope, wait_until
 
 TABLE = "bronze.soak_events"
 CLIENTS = 4

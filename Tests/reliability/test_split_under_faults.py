@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from agent_harness import Agent
+from agent_harness import Agent, agent_config
 from harness import Emulator
-from reliability_common import agent_config, wait_until
+from reliability_common import wait_until
 
 TABLE = "bronze.split_faults"
 
