@@ -38,9 +38,12 @@ public struct ByteSize: Hashable, Comparable, Sendable, CustomStringConvertible 
 
     public static func < (lhs: ByteSize, rhs: ByteSize) -> Bool { lhs.bytes < rhs.bytes }
 
+    /// Binary units for rendering, largest first, as powers of two.
+    private static let binaryShifts = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)]
+
     /// The shortest exact rendering, preferring binary units: `8MiB`, `1GiB`, `10000000`.
     public var description: String {
-        for (suffix, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] where bytes != 0 {
+        for (suffix, shift) in Self.binaryShifts where bytes != 0 {
             if bytes % (1 << shift) == 0 { return "\(bytes >> shift)\(suffix)" }
         }
         return "\(bytes)"
@@ -48,7 +51,7 @@ public struct ByteSize: Hashable, Comparable, Sendable, CustomStringConvertible 
 
     /// A rounded rendering for messages: `"412.5KiB"`, `"3.1GiB"`, `"900B"`.
     public var approximate: String {
-        for (suffix, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] where bytes >= 1 << shift {
+        for (suffix, shift) in Self.binaryShifts where bytes >= 1 << shift {
             let tenths = (bytes * 10 + (1 << shift) / 2) >> shift
             return tenths % 10 == 0 ? "\(tenths / 10)\(suffix)" : "\(tenths / 10).\(tenths % 10)\(suffix)"
         }

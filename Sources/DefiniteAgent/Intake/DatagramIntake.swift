@@ -39,14 +39,9 @@ final class DatagramIntakeServer: Service, Sendable {
         try SocketPath.prepare(path)
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SocketPath.Error(path: path, message: "cannot create a datagram socket: \(String(cString: strerror(errno)))") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let bound = SocketPath.withAddress(of: path) { bind(fd, $0, $1) }
         guard bound == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = bound == nil ? "the path is too long for a socket address" : String(cString: strerror(errno))
             close(fd)
             throw SocketPath.Error(path: path, message: "cannot bind: \(reason)")
         }

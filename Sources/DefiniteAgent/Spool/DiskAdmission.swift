@@ -6,6 +6,14 @@ import Logging
 ///
 /// Owned by the ``SpoolWriter`` thread and used only there, with the writer's connection.
 struct DiskAdmission {
+    /// What may be committed now.
+    enum Outcome {
+        /// Every batch fits; `resumed` when this ends a refusal (worth a log line).
+        case all(resumed: Bool)
+        /// Only the first `count` batches fit; the others are refused.
+        case part(count: Int, Refusal)
+    }
+
     /// Why a commit, or its tail, was refused: the figures for the writer's reply and log.
     struct Refusal: Error {
         var filesystemFree: String
@@ -24,7 +32,7 @@ struct DiskAdmission {
     private var lastMeasurement: ContinuousClock.Instant?
     private var lastCheckpointAttempt: ContinuousClock.Instant?
     /// Intake is refused for want of disk; ends at the next commit that fits.
-    private(set) var isRefusing = false
+    private var isRefusing = false
 
     init(spoolPath: String, configuredReserve: Int?) {
         headroom = DiskHeadroom(spoolPath: spoolPath, configuredReserve: configuredReserve)
@@ -32,7 +40,7 @@ struct DiskAdmission {
     }
 
     /// How many of `sizes` (record bytes of the queued batches, in order) fit now; the rest must be
-    /// refused with the returned ``Refusal``.
+    /// refused with the ``Refusal`` returned.
     ///
     /// The disk is measured at most once a second while there is room, and at every commit that might
     /// not fit. Before refusing, the WAL is checkpointed and truncated: the reserve is only real once it
@@ -40,7 +48,7 @@ struct DiskAdmission {
     /// never face a WAL it cannot checkpoint. Once refusing, intake resumes only with a margin of a quarter
     /// of the reserve, so that a full disk reads as full to every writer rather than letting small
     /// requests slip through one by one.
-    mutating func admit(_ sizes: [Int], connection: SQLiteConnection) -> (admitted: Int, refusal: Refusal?) {
+    mutating func admit(_ sizes: [Int], connection: SQLiteConnection) -> Outcome {
         let cost = DiskHeadroom.stagingCost(recordBytes: sizes.reduce(0, +), pageSize: pageSize)
         let now = ContinuousClock.now
         var measurement: DiskHeadroom.Measurement?
@@ -60,19 +68,16 @@ struct DiskAdmission {
             admitted += 1
         }
         if admitted > 0 { stagingBudget -= DiskHeadroom.stagingCost(recordBytes: bytes, pageSize: pageSize) }
-        guard admitted < sizes.count else { return (admitted, nil) }
+        guard admitted < sizes.count else {
+            defer { isRefusing = false }
+            return .all(resumed: isRefusing)
+        }
         let refusal = Refusal(
             filesystemFree: measurement.map { ByteSize(bytes: $0.filesystemFree).approximate } ?? "little",
             reserve: measurement.map { ByteSize(bytes: headroom.reserve(filesystemSize: $0.filesystemSize)).approximate } ?? "the reserve",
             starts: !isRefusing)
         isRefusing = true
-        return (admitted, refusal)
-    }
-
-    /// Intake had room again: stops refusing. Returns whether it was refusing (worth a log line).
-    mutating func resume() -> Bool {
-        defer { isRefusing = false }
-        return isRefusing
+        return .part(count: admitted, refusal)
     }
 
     /// While refusing, keeps the WAL small: delivery's bookkeeping has only the reserve to write in, and

@@ -215,12 +215,16 @@ public final class SpoolWriter: @unchecked Sendable {
     /// The batches, in order, that fit before the disk reserve (``DiskAdmission``); the others are
     /// refused with 507 here. The refusal is logged when it starts (at most every 10 s), and the end of it.
     private func admitWithinDiskHeadroom(_ batches: [(IntakeBatch, EventLoopPromise<Void>)]) -> [(IntakeBatch, EventLoopPromise<Void>)] {
-        let (admitted, refusal) = diskAdmission.admit(batches.map { $0.0.totalBytes }, connection: connection)
-        guard let refusal else {
-            if diskAdmission.resume() {
+        let admitted: Int
+        let refusal: DiskAdmission.Refusal
+        switch diskAdmission.admit(batches.map { $0.0.totalBytes }, connection: connection) {
+        case .all(let resumed):
+            if resumed {
                 logger.notice("disk space for the spool is available again; intake resumed", metadata: ["spool": "\(path)"])
             }
             return batches
+        case .part(let count, let reason):
+            (admitted, refusal) = (count, reason)
         }
         let now = ContinuousClock.now
         if refusal.starts, lastFailureLog.map({ now - $0 > .seconds(10) }) ?? true {
@@ -229,9 +233,7 @@ public final class SpoolWriter: @unchecked Sendable {
                 "spool": "\(path)", "filesystem_free": "\(refusal.filesystemFree)", "reserve_for_delivery": "\(refusal.reserve)",
             ])
         }
-        let rejection = IntakeRejection(
-            status: 507, code: .spoolFull,
-            message: "the disk holding the spool is full (\(refusal.filesystemFree) free, \(refusal.reserve) kept for delivery); nothing from this request was stored")
+        let rejection = Self.diskFull("\(refusal.filesystemFree) free, \(refusal.reserve) kept for delivery")
         for (batch, promise) in batches[admitted...] {
             capacity.cancelReservation(batch.totalBytes)
             promise.fail(rejection)
@@ -328,6 +330,12 @@ public final class SpoolWriter: @unchecked Sendable {
             + Int(try db.scalar("SELECT coalesce(sum(byte_count), 0) FROM dead_letters"))
     }
 
+    /// 507 for a full disk, with the figures when they are known.
+    private static func diskFull(_ figures: String?) -> IntakeRejection {
+        IntakeRejection(status: 507, code: .spoolFull,
+                        message: "the disk holding the spool is full\(figures.map { " (\($0))" } ?? ""); nothing from this request was stored")
+    }
+
     private func rejection(for error: any Error) -> IntakeRejection {
         let now = ContinuousClock.now
         let shouldLog = lastFailureLog.map { now - $0 > .seconds(10) } ?? true
@@ -337,7 +345,7 @@ public final class SpoolWriter: @unchecked Sendable {
                          metadata: ["error": "\(error)", "spool": "\(path)"])
         }
         if let sqlite = error as? SQLiteError, sqlite.isDiskFull {
-            return IntakeRejection(status: 507, code: .spoolFull, message: "the disk holding the spool is full; nothing from this request was stored")
+            return Self.diskFull(nil)
         }
         return IntakeRejection(status: 500, code: .storageFailed, message: "the spool could not store this request (\(error)); nothing from it was stored")
     }

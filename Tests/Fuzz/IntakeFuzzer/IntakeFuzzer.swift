@@ -43,6 +43,7 @@ enum IntakeContract {
             precondition(!rejection.message.isEmpty, "a refusal without a message")
         case .success(let accepted):
             precondition(accepted.records == batch.totalRecords, "counted \(accepted.records), stored \(batch.totalRecords)")
+            let reparser = IntakeLineParser(configuration: configuration)
             for records in batch.records {
                 precondition(records.isEmpty || records.last == UInt8(ascii: "\n"), "stored records do not end with a newline")
                 for record in records.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).dropLast() {
@@ -50,7 +51,7 @@ enum IntakeContract {
                     // "data" and "config" keys would be taken for an envelope.
                     var again = IntakeBatch()
                     let reparsed = Array(record).withUnsafeBytes {
-                        IntakeLineParser(configuration: configuration).parse(ndjson: $0, target: Self.target, into: &again)
+                        reparser.parse(ndjson: $0, target: Self.target, into: &again)
                     }
                     guard case .success(let accepted) = reparsed, accepted.records == 1 else {
                         preconditionFailure("a stored record does not parse again as one row")
