@@ -72,7 +72,12 @@ let package = Package(
         ),
         .executableTarget(
             name: "definite-agent",
-            dependencies: ["DefiniteAgent"]
+            dependencies: ["DefiniteAgent"],
+            // The release daemon carries its Swift runtime: it runs without the toolchain installed (no
+            // RUNPATH into it) and keeps ~4 MiB fewer library pages resident. Compiling the entry point
+            // with the flag too makes it link the static Foundation's own dependencies.
+            swiftSettings: [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux], configuration: .release))],
+            linkerSettings: [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux], configuration: .release))]
         ),
 
         // MARK: Benchmarks

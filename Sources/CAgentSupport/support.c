@@ -1,5 +1,9 @@
 #include "CAgentSupport.h"
 
+// <features.h> defines __GLIBC__; without a libc header first the test below was always false and the
+// tuning silently did nothing.
+#include <features.h>
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 int cagent_tune_malloc(int mmap_threshold, int arena_max) {

@@ -1,3 +1,5 @@
 import DefiniteAgent
 
+// Before anything starts a thread (see MemoryTuning.apply).
+MemoryTuning.apply()
 await DefiniteAgentCommand.runFromCommandLine()

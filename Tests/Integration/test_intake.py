@@ -183,7 +183,8 @@ def test_status_json_matches_what_was_sent(tmp_path):
         assert users["mode"] == "merge" and users["pending"] == 40 and users["primary_key"] == ["id"]
         assert events["pending_bytes"] == sum(len(json.dumps({"i": i}, separators=(",", ":"))) + 1 for i in list(range(250)) + [-1])
         assert status["pending_bytes"] == events["pending_bytes"] + users["pending_bytes"]
-        assert 0 <= events["oldest_age_s"] < 60 and events["last_error"] is None and events["dead_letters"] == 0
+        # No key in this test: delivery may already have noted that on the new tables (a race, both fine).
+        assert 0 <= events["oldest_age_s"] < 60 and events["last_error"] in (None, "no API key configured") and events["dead_letters"] == 0
         human = agent.cli("status")
         assert human.returncode == 0 and b"bronze.users" in human.stdout and b"291 pending" in human.stdout
     finally:

@@ -15,6 +15,8 @@ public struct IntakeBatch: Sendable {
     public var isEmpty: Bool { counts.allSatisfy { $0 == 0 } }
     public var totalRecords: Int { counts.reduce(0, +) }
     public var totalBytes: Int { records.reduce(0) { $0 + $1.count } }
+    /// Memory the record buffers occupy (their capacity), for ``IntakeMemoryBudget``.
+    var allocatedBytes: Int { records.reduce(0) { $0 + $1.capacity } }
 
     /// The index of `target`'s buffer, creating it on first use.
     mutating func index(for target: SpoolTarget) -> Int {

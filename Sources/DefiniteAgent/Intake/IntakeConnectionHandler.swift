@@ -7,9 +7,10 @@ import NIOExtras
 /// and answers in line order once the batch is durable.
 ///
 /// Ordering: replies go out in the order lines arrived, whether they were refused at once or waited for
-/// a commit. Back-pressure: while `maxOutstandingBatches` batches await their commit, or while the
-/// socket will not take our replies, the connection is not read, so memory per connection stays bounded
-/// however fast or slow the client is.
+/// a commit. Back-pressure: while `maxOutstandingBatches` batches await their commit, while the socket
+/// will not take our replies, or while all connections' batches in flight fill the shared
+/// ``IntakeMemoryBudget``, the connection is not read, so memory stays bounded however fast or slow the
+/// clients are and however many there are.
 final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -18,23 +19,29 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// How many committed-but-unanswered bursts a connection may have before it stops being read.
     static let maxOutstandingBatches = 2
 
+    /// One line's answer-to-be. Kept small (24 bytes): a burst holds one per line until its commit. The
+    /// line number is not stored: a burst's entries are consecutive lines from `Burst.firstLine`.
     private enum Entry {
-        case accepted(ack: String?, line: Int, records: Int)
-        case refused(ack: String?, line: Int, IntakeRejection)
+        case accepted(ack: String?, records: Int32)
+        indirect case refused(ack: String?, IntakeRejection)
     }
 
     private final class Burst {
         let entries: [Entry]
+        /// The line number of `entries[0]`.
+        let firstLine: Int
         var outcome: Result<Void, IntakeRejection>?
         let started: ContinuousClock.Instant
-        init(entries: [Entry], outcome: Result<Void, IntakeRejection>?, started: ContinuousClock.Instant) {
+        init(entries: [Entry], firstLine: Int, outcome: Result<Void, IntakeRejection>?, started: ContinuousClock.Instant) {
             self.entries = entries
+            self.firstLine = firstLine
             self.outcome = outcome
             self.started = started
         }
     }
 
     private let writer: SpoolWriter
+    private let budget: IntakeMemoryBudget
     private let logger: Logger
     private let maxLineBytes: Int
     private var parser: IntakeLineParser
@@ -45,9 +52,12 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var readHeld = false
     private var closing = false
     private var burstStarted: ContinuousClock.Instant?
+    /// Whether this connection waits for room in the shared budget (and will be woken for it).
+    private var waitingForBudget = false
 
-    init(configuration: AgentConfiguration, writer: SpoolWriter, logger: Logger) {
+    init(configuration: AgentConfiguration, writer: SpoolWriter, budget: IntakeMemoryBudget, logger: Logger) {
         self.writer = writer
+        self.budget = budget
         self.logger = logger
         self.maxLineBytes = configuration.intake.maxLineBytes.bytes
         self.parser = IntakeLineParser(configuration: configuration)
@@ -64,17 +74,17 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         switch parsed.result {
         case .success(let accepted):
             if writer.capacity.reserve(accepted.bytes) {
-                entries.append(.accepted(ack: parsed.ack, line: lineNumber, records: accepted.records))
+                entries.append(.accepted(ack: parsed.ack, records: Int32(accepted.records)))
             } else {
                 let index = accepted.targetIndex
                 batch.records[index].removeLast(accepted.bytes)
                 batch.counts[index] -= accepted.records
-                entries.append(.refused(ack: parsed.ack, line: lineNumber, IntakeRejection(
+                entries.append(.refused(ack: parsed.ack, IntakeRejection(
                     status: 507, code: .spoolFull,
                     message: "the spool is full ([spool] max_bytes = \(ByteSize(bytes: writer.capacity.limit))); nothing from this request was stored, retry later")))
             }
         case .failure(let rejection):
-            entries.append(.refused(ack: parsed.ack, line: lineNumber, rejection))
+            entries.append(.refused(ack: parsed.ack, rejection))
         }
     }
 
@@ -86,12 +96,12 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if error is ByteToMessageDecoderError.PayloadTooLargeError {
             lineNumber += 1
-            entries.append(.refused(ack: nil, line: lineNumber, IntakeRejection(
+            entries.append(.refused(ack: nil, IntakeRejection(
                 status: 413, code: .lineTooLong,
                 message: "line \(lineNumber) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")))
         } else if error is NIOExtrasErrors.LeftOverBytesError {
             lineNumber += 1
-            entries.append(.refused(ack: nil, line: lineNumber, .badRequest(.invalidJSON, "the connection ended inside line \(lineNumber): every request must end with a newline")))
+            entries.append(.refused(ack: nil, .badRequest(.invalidJSON, "the connection ended inside line \(lineNumber): every request must end with a newline")))
         } else {
             logger.debug("intake connection error", metadata: ["error": "\(error)"])
         }
@@ -119,11 +129,27 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     func read(context: ChannelHandlerContext) {
         if closing { return }
-        if outstanding.count >= Self.maxOutstandingBatches || !context.channel.isWritable {
+        if outstanding.count >= Self.maxOutstandingBatches || !context.channel.isWritable || !admittedByBudget(context: context) {
             readHeld = true
             return
         }
         context.read()
+    }
+
+    /// Whether the shared budget has room for another burst; if not, this connection is woken on its
+    /// event loop once it has.
+    private func admittedByBudget(context: ChannelHandlerContext) -> Bool {
+        if waitingForBudget { return false }
+        let loop = context.eventLoop
+        let wake = NIOLoopBound((handler: self, context: context), eventLoop: loop)
+        if budget.admitOrWait({ loop.execute { wake.value.handler.budgetHasRoom(context: wake.value.context) } }) { return true }
+        waitingForBudget = true
+        return false
+    }
+
+    private func budgetHasRoom(context: ChannelHandlerContext) {
+        waitingForBudget = false
+        resumeReadingIfPossible(context: context)
     }
 
     // MARK: Batches and replies
@@ -133,37 +159,47 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         let started = burstStarted ?? .now
         burstStarted = nil
         AgentMetrics.linesReceived.increment(by: Int64(entries.count))
+        // Entries are consecutive lines: beginClosing (after which lines are skipped) always follows a submit.
+        let firstLine = lineNumber - entries.count + 1
         let burst: Burst
         if batch.isEmpty {
-            burst = Burst(entries: entries, outcome: .success(()), started: started)
+            burst = Burst(entries: entries, firstLine: firstLine, outcome: .success(()), started: started)
         } else {
-            burst = Burst(entries: entries, outcome: nil, started: started)
+            burst = Burst(entries: entries, firstLine: firstLine, outcome: nil, started: started)
             let promise = context.eventLoop.makePromise(of: Void.self)
+            let held = batch.allocatedBytes + entries.capacity * MemoryLayout<Entry>.stride
+            budget.hold(held)
             writer.submit(batch, promise: promise)
             promise.futureResult.assumeIsolated().whenComplete { [self] result in
+                budget.release(held)
                 burst.outcome = result.mapError { $0 as? IntakeRejection ?? IntakeRejection(status: 500, code: .storageFailed, message: "\($0)") }
                 sendReplies(context: context)
             }
         }
         outstanding.append(burst)
-        entries.removeAll(keepingCapacity: true)
+        // The burst owns the entries now; keeping their capacity here would copy them and hold a second
+        // buffer of that size per connection while idle.
+        entries = []
         batch = IntakeBatch()
         if burst.outcome != nil { sendReplies(context: context) }
     }
 
     private func sendReplies(context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 0)
+        // About 40 bytes per acknowledged line: size the buffer once instead of doubling it.
+        let lines = outstanding.prefix { $0.outcome != nil }.reduce(0) { $0 + $1.entries.count }
+        var buffer = context.channel.allocator.buffer(capacity: lines * 40)
         while let head = outstanding.first, let outcome = head.outcome {
             outstanding.removeFirst()
             Self.count(head.entries, outcome: outcome)
             AgentMetrics.ackLatency.recordInterval(since: head.started)
-            for entry in head.entries {
+            for (offset, entry) in head.entries.enumerated() {
+                let line = head.firstLine + offset
                 switch (entry, outcome) {
-                case (.accepted(let ack, let line, let records), .success):
-                    IntakeReply.write(ack: ack, line: line, result: .success(records), to: &buffer)
-                case (.accepted(let ack, let line, _), .failure(let rejection)):
+                case (.accepted(let ack, let records), .success):
+                    IntakeReply.write(ack: ack, line: line, result: .success(Int(records)), to: &buffer)
+                case (.accepted(let ack, _), .failure(let rejection)):
                     IntakeReply.write(ack: ack, line: line, result: .failure(rejection), to: &buffer)
-                case (.refused(let ack, let line, let rejection), _):
+                case (.refused(let ack, let rejection), _):
                     IntakeReply.write(ack: ack, line: line, result: .failure(rejection), to: &buffer)
                 }
             }
@@ -184,9 +220,9 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         var refused: [IntakeRejection.Code: Int] = [:]
         for entry in entries {
             switch (entry, outcome) {
-            case (.accepted(_, _, let records), .success): spooled += records
+            case (.accepted(_, let records), .success): spooled += Int(records)
             case (.accepted, .failure(let rejection)): refused[rejection.code, default: 0] += 1
-            case (.refused(_, _, let rejection), _): refused[rejection.code, default: 0] += 1
+            case (.refused(_, let rejection), _): refused[rejection.code, default: 0] += 1
             }
         }
         if spooled > 0 { AgentMetrics.recordsSpooled.increment(by: Int64(spooled)) }
@@ -199,7 +235,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
-        guard readHeld, !closing, outstanding.count < Self.maxOutstandingBatches, context.channel.isWritable else { return }
+        guard readHeld, !closing, outstanding.count < Self.maxOutstandingBatches, context.channel.isWritable,
+              admittedByBudget(context: context) else { return }
         readHeld = false
         context.read()
     }

@@ -38,6 +38,7 @@ public final class IntakeServer: Service, Sendable {
         let quiesce = ServerQuiescingHelper(group: group)
         let writer = self.writer
         let logger = self.logger
+        let budget = IntakeMemoryBudget()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelInitializer { channel in
@@ -46,8 +47,9 @@ public final class IntakeServer: Service, Sendable {
                 }
             }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            // A read burst is at most 4 × 128 KiB, and a connection holds at most
-            // IntakeConnectionHandler.maxOutstandingBatches bursts: memory per writer stays bounded.
+            // A read burst is at most 4 × 128 KiB, a connection holds at most
+            // IntakeConnectionHandler.maxOutstandingBatches bursts, and all of them together at most
+            // the IntakeMemoryBudget: memory stays bounded per writer and for any number of writers.
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 131_072))
             .childChannelInitializer { channel in
@@ -62,7 +64,7 @@ public final class IntakeServer: Service, Sendable {
                     }
                     try channel.pipeline.syncOperations.addHandlers(
                         ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: maxLineBytes),
-                        IntakeConnectionHandler(configuration: configuration, writer: writer, logger: logger)
+                        IntakeConnectionHandler(configuration: configuration, writer: writer, budget: budget, logger: logger)
                     )
                 }
             }

@@ -37,7 +37,6 @@ public struct AgentDaemon {
     }
 
     public func run() async throws {
-        MemoryTuning.apply()
         FatalSignals.endOnExternalCrashSignals()
         let openFiles = ResourceLimits.raiseOpenFiles()
         let metricsRegistry = configuration.metrics.listen.map { _ in MetricsServer.bootstrap() }
@@ -52,6 +51,7 @@ public struct AgentDaemon {
         let key = APIKeyBox(try loadKey())
         let delivery = try DeliveryService(settings: settings, writer: writer, key: key, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        IntakePriority.yieldToDelivery(group)
         let (ready, readyContinuation) = AsyncStream<Void>.makeStream()
         let intake = IntakeServer(settings: settings, writer: writer, group: group, logger: logger) {
             readyContinuation.yield()

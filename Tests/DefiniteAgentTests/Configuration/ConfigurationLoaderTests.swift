@@ -17,7 +17,7 @@ struct ConfigurationLoaderTests {
         #expect(config.intake.defaultTable == nil)
         #expect(config.intake.maxLineBytes == .mebibytes(16))
         #expect(config.batch.maxRows == 50_000)
-        #expect(config.batch.maxBytes == .mebibytes(8))
+        #expect(config.batch.maxBytes == .mebibytes(4))
         #expect(config.batch.linger == .seconds(1))
         #expect(config.batch.compression == .gzip)
         #expect(config.retry.initial == HumanDuration(milliseconds: 500))

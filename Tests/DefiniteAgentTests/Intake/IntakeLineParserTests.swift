@@ -240,9 +240,13 @@ struct IntakeLineParserTests {
         IntakeReply.write(ack: "x\"1", line: 3, result: .success(2), to: &buffer)
         IntakeReply.write(ack: nil, line: 4, result: .failure(.badRequest(.invalidJSON, "bad")), to: &buffer)
         IntakeReply.write(ack: nil, line: 5, result: .success(1), to: &buffer)
+        IntakeReply.write(ack: "plain-7 é", line: 6, result: .success(50_000), to: &buffer)
+        IntakeReply.write(ack: "tab\there", line: 7, result: .success(1), to: &buffer)
         #expect(buffer.readString(length: buffer.readableBytes) == """
             {"ack":"x\\"1","ok":true,"accepted":2}
             {"ok":false,"line":4,"status":400,"code":"invalid_json","error":"bad"}
+            {"ack":"plain-7 é","ok":true,"accepted":50000}
+            {"ack":"tab\\there","ok":true,"accepted":1}
 
             """)
     }

@@ -1,0 +1,32 @@
+import NIOConcurrencyHelpers
+import Testing
+
+@testable import DefiniteAgent
+
+@Suite("Intake memory budget")
+struct IntakeMemoryBudgetTests {
+    @Test func readsAreAdmittedWhileBatchesInFlightHoldLessThanTheLimit() {
+        let budget = IntakeMemoryBudget(limit: 1000)
+        #expect(budget.admitOrWait { Issue.record("woken while there was room") })
+        budget.hold(999)
+        #expect(budget.admitOrWait { Issue.record("woken while there was room") })
+        budget.release(999)
+        #expect(budget.heldBytes == 0)
+    }
+
+    @Test func aConnectionWaitsWhileTheBudgetIsFullAndIsWokenOnceWhenThereIsRoom() {
+        let budget = IntakeMemoryBudget(limit: 1000)
+        let wakes = NIOLockedValueBox(0)
+        budget.hold(600)
+        budget.hold(600)
+        #expect(!budget.admitOrWait { wakes.withLockedValue { $0 += 1 } })
+        #expect(!budget.admitOrWait { wakes.withLockedValue { $0 += 10 } })
+        budget.release(100)  // 1100 held: still full, nobody woken
+        #expect(wakes.withLockedValue { $0 } == 0)
+        budget.release(500)  // 600 held: room again, both waiters woken, once each
+        #expect(wakes.withLockedValue { $0 } == 11)
+        budget.release(600)
+        #expect(wakes.withLockedValue { $0 } == 11)
+        #expect(budget.heldBytes == 0)
+    }
+}
