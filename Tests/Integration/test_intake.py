@@ -66,6 +66,31 @@ def test_an_over_long_line_is_refused_and_its_connection_closed_without_hurting_
         agent.kill9()
 
 
+def test_line_endings_and_an_unfinished_last_line(tmp_path):
+    """CRLF ends a line like LF; a line cut off by the end of input is refused (never half-stored), after
+    the complete lines before it were answered; a line over max_line_bytes is refused even when it
+    arrives whole."""
+    agent = Agent(tmp_path, extra_config='max_line_bytes = "1KiB"').start()
+    try:
+        conn = agent.connect()
+        conn.sock.sendall(b'{"ack":"a","v":1}\r\n{"ack":"b","v":2}\n{"v":3')
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.reply() == {"ack": "a", "ok": True, "accepted": 1}
+        assert conn.reply() == {"ack": "b", "ok": True, "accepted": 1}
+        cut = conn.reply()
+        assert cut["ok"] is False and cut["line"] == 3 and cut["status"] == 400 and "newline" in cut["error"], cut
+        assert conn.reply() is None
+        conn.close()
+        with agent.connect() as whole:
+            whole.send(b'{"v":"' + b"z" * 2000 + b'"}\n')
+            reply = whole.reply()
+            assert reply["status"] == 413 and reply["code"] == "line_too_long" and reply["line"] == 1, reply
+            assert whole.reply() is None
+        assert [r["v"] for r in agent.spooled_records()] == [1, 2]
+    finally:
+        agent.kill9()
+
+
 class Client(threading.Thread):
     """Pipelines records with acks; remembers which were acknowledged, in order."""
 

@@ -1,10 +1,18 @@
 import DequeModule
 import Logging
 import NIOCore
-import NIOExtras
 
-/// Serves one intake connection: parses lines, hands each read burst to the spool writer as one batch,
-/// and answers in line order once the batch is durable.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves one intake connection: splits what it reads into lines, parses them, hands each read burst to
+/// the spool writer as one batch, and answers in line order once the batch is durable.
+///
+/// Framing: a line ends at `\n` (a `\r` before it is dropped). Lines are parsed where they lie in the
+/// read buffer; only an unfinished last line is kept (copied) until the next read. A line longer than
+/// `[intake] max_line_bytes`, finished or not, is refused with 413 and the connection closed; input that
+/// ends inside a line gets a 400 for it. Everything before either is answered first.
 ///
 /// Ordering: replies go out in the order lines arrived, whether they were refused at once or waited for
 /// a commit. Back-pressure: while `maxOutstandingBatches` batches await their commit, while the socket
@@ -54,6 +62,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var burstStarted: ContinuousClock.Instant?
     /// Whether this connection waits for room in the shared budget (and will be woken for it).
     private var waitingForBudget = false
+    /// The start of a line whose newline has not arrived yet.
+    private var unfinishedLine: ByteBuffer?
 
     init(configuration: AgentConfiguration, writer: SpoolWriter, budget: IntakeMemoryBudget, logger: Logger) {
         self.writer = writer
@@ -66,11 +76,44 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     // MARK: Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let line = unwrapInboundIn(data)
-        lineNumber += 1
-        if burstStarted == nil { burstStarted = .now }
         guard !closing else { return }
-        let parsed = line.withUnsafeReadableBytes { parser.parse(line: $0, into: &batch) }
+        var input = unwrapInboundIn(data)
+        if burstStarted == nil { burstStarted = .now }
+        if var carried = unfinishedLine {
+            unfinishedLine = nil
+            carried.writeBuffer(&input)
+            input = carried
+        }
+        let consumed = input.withUnsafeReadableBytes { raw -> Int in
+            guard let base = raw.baseAddress else { return 0 }
+            var start = 0
+            while start < raw.count, let newline = memchr(base + start, Int32(UInt8(ascii: "\n")), raw.count - start) {
+                let end = base.distance(to: UnsafeRawPointer(newline))
+                let lineEnd = end > start && raw[end - 1] == UInt8(ascii: "\r") ? end - 1 : end
+                guard lineEnd - start <= maxLineBytes else { return -1 }
+                handleLine(UnsafeRawBufferPointer(rebasing: raw[start..<lineEnd]))
+                start = end + 1
+            }
+            return start
+        }
+        guard consumed >= 0, input.readableBytes - consumed <= maxLineBytes else {
+            refuseOverlongLine(context: context)
+            return
+        }
+        input.moveReaderIndex(forwardBy: consumed)
+        if consumed == 0 {
+            unfinishedLine = input  // all of it is one line still arriving: keep (and later grow) it as is
+        } else if input.readableBytes > 0 {
+            // Keep only the unfinished line, not the whole read buffer it sits in.
+            var carried = context.channel.allocator.buffer(capacity: max(input.readableBytes * 2, 1024))
+            carried.writeBuffer(&input)
+            unfinishedLine = carried
+        }
+    }
+
+    private func handleLine(_ line: UnsafeRawBufferPointer) {
+        lineNumber += 1
+        let parsed = parser.parse(line: line, into: &batch)
         switch parsed.result {
         case .success(let accepted):
             if writer.capacity.reserve(accepted.bytes) {
@@ -93,18 +136,20 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         context.fireChannelReadComplete()
     }
 
+    /// A line over `max_line_bytes`: answered after everything before it, then the connection closes
+    /// (the rest of the line cannot be told apart from new requests).
+    private func refuseOverlongLine(context: ChannelHandlerContext) {
+        lineNumber += 1
+        unfinishedLine = nil
+        entries.append(.refused(ack: nil, IntakeRejection(
+            status: 413, code: .lineTooLong,
+            message: "line \(lineNumber) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")))
+        submitBurst(context: context)
+        beginClosing(context: context)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is ByteToMessageDecoderError.PayloadTooLargeError {
-            lineNumber += 1
-            entries.append(.refused(ack: nil, IntakeRejection(
-                status: 413, code: .lineTooLong,
-                message: "line \(lineNumber) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")))
-        } else if error is NIOExtrasErrors.LeftOverBytesError {
-            lineNumber += 1
-            entries.append(.refused(ack: nil, .badRequest(.invalidJSON, "the connection ended inside line \(lineNumber): every request must end with a newline")))
-        } else {
-            logger.debug("intake connection error", metadata: ["error": "\(error)"])
-        }
+        logger.debug("intake connection error", metadata: ["error": "\(error)"])
         submitBurst(context: context)
         beginClosing(context: context)
     }
@@ -113,6 +158,11 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         switch event {
         case is ChannelShouldQuiesceEvent, ChannelEvent.inputClosed:
             // Shutdown, or the client finished sending: answer what was read, then close.
+            if !closing, let unfinished = unfinishedLine, unfinished.readableBytes > 0 {
+                unfinishedLine = nil
+                lineNumber += 1
+                entries.append(.refused(ack: nil, .badRequest(.invalidJSON, "the connection ended inside line \(lineNumber): every request must end with a newline")))
+            }
             submitBurst(context: context)
             beginClosing(context: context)
         default:

@@ -55,17 +55,14 @@ public final class IntakeServer: Service, Sendable {
             .childChannelInitializer { channel in
                 // Each connection takes the settings in force when it opens (a reload affects new ones).
                 let configuration = settings.current
-                let maxLineBytes = configuration.intake.maxLineBytes.bytes
                 let (allowUIDs, allowGIDs) = (configuration.intake.allowUIDs, configuration.intake.allowGIDs)
                 return channel.eventLoop.makeCompletedFuture {
                     if !allowUIDs.isEmpty || !allowGIDs.isEmpty {
                         try channel.pipeline.syncOperations.addHandler(
                             PeerCredentialsHandler(allowUIDs: allowUIDs, allowGIDs: allowGIDs, logger: logger))
                     }
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(LineBasedFrameDecoder(), maximumBufferSize: maxLineBytes),
-                        IntakeConnectionHandler(configuration: configuration, writer: writer, budget: budget, logger: logger)
-                    )
+                    try channel.pipeline.syncOperations.addHandler(
+                        IntakeConnectionHandler(configuration: configuration, writer: writer, budget: budget, logger: logger))
                 }
             }
         let channel: any Channel
