@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Delivery's read connection to the spool. Readers never block the writer (WAL), and see only
 /// committed records. Not thread-safe: one per delivery worker.
 final class SpoolReader {
@@ -107,17 +111,13 @@ final class SpoolReader {
         scan: while try select.step() {
             var seq = select.int64(0)
             let blob = select.blob(2)
+            guard let base = blob.baseAddress else { continue }
             var start = 0
-            var index = 0
-            while index < blob.count {
-                guard blob[index] == UInt8(ascii: "\n") else {
-                    index += 1
-                    continue
-                }
+            while start < blob.count, let newline = memchr(base + start, Int32(UInt8(ascii: "\n")), blob.count - start) {
+                let index = base.distance(to: UnsafeRawPointer(newline))
                 defer {
                     seq += 1
-                    index += 1
-                    start = index
+                    start = index + 1
                 }
                 guard seq >= next else { continue }
                 guard seq < end else { break scan }
