@@ -91,6 +91,24 @@ def test_line_endings_and_an_unfinished_last_line(tmp_path):
         agent.kill9()
 
 
+def test_intake_event_loops_yield_the_cpu_to_delivery(tmp_path):
+    """The event loops (intake) run at nice 10 relative to the process, the other threads (the spool
+    writer, delivery) at the process's own: under full load delivery keeps its share."""
+    import glob
+    agent = Agent(tmp_path).start()
+    try:
+        threads = {}
+        for task in glob.glob(f"/proc/{agent.process.pid}/task/*"):
+            with open(f"{task}/comm") as comm, open(f"{task}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+                threads.setdefault(comm.read().strip(), []).append(int(fields[16]))  # field 19: nice
+        base = threads["definite-agent"][0]
+        loops = [nice for name, nices in threads.items() if name.startswith("NIO-ELT") for nice in nices]
+        assert loops and all(nice == base + 10 for nice in loops), threads
+    finally:
+        agent.kill9()
+
+
 class Client(threading.Thread):
     """Pipelines records with acks; remembers which were acknowledged, in order."""
 
