@@ -246,9 +246,19 @@ public struct IntakeLineParser {
         let before = batch.records[index].count
         appended = (index, before, batch.counts[index])
         batch.records[index].append(UInt8(ascii: "{"))
-        for (i, member) in members.enumerated() {
-            if i > 0 { batch.records[index].append(UInt8(ascii: ",")) }
-            JSONCompactor.append(line, member.start..<member.end, whitespace: member.whitespace, to: &batch.records[index])
+        var i = 0
+        while i < members.count {
+            // Members the line holds back to back (`"a":1,"b":2`, no whitespace) are copied as one run
+            // with their commas: a compact record without "ack" is one copy, not one per member.
+            var run = members[i]
+            while run.whitespace == 0, i + 1 < members.count, members[i + 1].whitespace == 0,
+                  members[i + 1].start == run.end + 1, line[run.end] == UInt8(ascii: ",") {
+                run.end = members[i + 1].end
+                i += 1
+            }
+            if run.start != members[0].start { batch.records[index].append(UInt8(ascii: ",")) }
+            JSONCompactor.append(line, run.start..<run.end, whitespace: run.whitespace, to: &batch.records[index])
+            i += 1
         }
         batch.records[index].append(UInt8(ascii: "}"))
         batch.records[index].append(UInt8(ascii: "\n"))

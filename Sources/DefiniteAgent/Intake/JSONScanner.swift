@@ -337,11 +337,16 @@ struct JSONScanner {
     /// Whether `span` (a string's contents) equals `name`; decodes escapes when the span has any.
     func string(_ span: StringSpan, equals name: String) -> Bool {
         if span.hasEscapes { return decode(span) == name }
-        var utf8 = name.utf8.makeIterator()
-        for i in span.start..<span.end {
-            guard let c = utf8.next(), c == bytes[i] else { return false }
+        // Called for every member of every record: length first, then one memcmp.
+        let utf8 = name.utf8
+        guard utf8.count == span.count else { return false }
+        guard span.count > 0 else { return true }
+        if let equal = utf8.withContiguousStorageIfAvailable({
+            memcmp($0.baseAddress!, bytes.baseAddress! + span.start, span.count) == 0
+        }) {
+            return equal
         }
-        return utf8.next() == nil
+        return utf8.elementsEqual(UnsafeRawBufferPointer(rebasing: bytes[span.start..<span.end]))
     }
 
     /// Whether `span` equals the UTF-8 bytes `name` (raw comparison; callers decode escapes first if needed).

@@ -52,6 +52,20 @@ struct IntakeLineParserTests {
         #expect(outcome.stored == "{\"a\":[1,2,{\"s\":\"keep  spaces\\\" }\"}],\"b\":true}\n")
     }
 
+    @Test(arguments: [
+        (#"{"ack":"1","a":1,"b":{"c":[1,2]},"d":"x,y"}"#, #"{"a":1,"b":{"c":[1,2]},"d":"x,y"}"#),
+        (#"{"a":1,"b":2,"ack":"1","c":3,"d":4}"#, #"{"a":1,"b":2,"c":3,"d":4}"#),
+        (#"{"a":1,"b":2,"c":3,"ack":"1"}"#, #"{"a":1,"b":2,"c":3}"#),
+        (#"{"a":1, "b":2,"c" : 3,"d":4}"#, #"{"a":1,"b":2,"c":3,"d":4}"#),
+        (#"{"a":"}","b":",","c":"x\",y"}"#, #"{"a":"}","b":",","c":"x\",y"}"#),
+        (#"{"ack":"only"}"#, #"{}"#),
+    ])
+    func runsOfMembersAreCopiedWithTheirCommas(line: String, stored: String) {
+        let outcome = parse(line)
+        #expect(outcome.rejection == nil)
+        #expect(outcome.stored == stored + "\n")
+    }
+
     @Test func plainRecordWithoutDefaultTableIs422() throws {
         let rejection = try #require(parse(#"{"a":1}"#, config: Self.configuration(defaultTable: nil)).rejection)
         #expect(rejection.status == 422)
