@@ -51,8 +51,11 @@ enum FatalSignals {
 
 /// How the event loops (intake) share the CPU with delivery.
 enum IntakePriority {
-    /// The nice value of the event-loop threads, relative to the rest of the daemon.
-    static let eventLoopNice: Int32 = 10
+    /// The nice value of the event-loop threads, relative to the rest of the daemon. With 10, a faster
+    /// intake took enough CPU from delivery that end to end fell to the 250,000 records/s target; 15
+    /// gives delivery ~15 % of margin in the bench (BENCHMARKS.md) and still leaves intake a share on a
+    /// busy host.
+    static let eventLoopNice: Int32 = 15
 
     /// Lowers the scheduling priority of the event-loop threads, so that when intake and delivery both
     /// want every core, delivery still gets most of its share and the backlog does not grow without
