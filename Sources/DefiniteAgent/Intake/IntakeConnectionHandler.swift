@@ -157,8 +157,10 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case is ChannelShouldQuiesceEvent, ChannelEvent.inputClosed:
-            // Shutdown, or the client finished sending: answer what was read, then close.
-            if !closing, let unfinished = unfinishedLine, unfinished.readableBytes > 0 {
+            // Shutdown, or the client finished sending: answer what was read, then close. A line cut off
+            // by the client's end of input is refused; one cut off by our shutdown gets no answer (the
+            // client never finished it, and a 400 would tell it the record itself was bad).
+            if !closing, event as? ChannelEvent == .inputClosed, let unfinished = unfinishedLine, unfinished.readableBytes > 0 {
                 unfinishedLine = nil
                 lineNumber += 1
                 entries.append(.refused(ack: nil, .badRequest(.invalidJSON, "the connection ended inside line \(lineNumber): every request must end with a newline")))
