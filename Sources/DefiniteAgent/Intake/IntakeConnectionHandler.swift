@@ -192,11 +192,13 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// event loop once it has.
     private func admittedByBudget(context: ChannelHandlerContext) -> Bool {
         if waitingForBudget { return false }
-        let loop = context.eventLoop
-        let wake = NIOLoopBound((handler: self, context: context), eventLoop: loop)
-        if budget.admitOrWait({ loop.execute { wake.value.handler.budgetHasRoom(context: wake.value.context) } }) { return true }
-        waitingForBudget = true
-        return false
+        let admitted = budget.admitOrWait {
+            let loop = context.eventLoop
+            let wake = NIOLoopBound((handler: self, context: context), eventLoop: loop)
+            return { loop.execute { wake.value.handler.budgetHasRoom(context: wake.value.context) } }
+        }
+        waitingForBudget = !admitted
+        return admitted
     }
 
     private func budgetHasRoom(context: ChannelHandlerContext) {

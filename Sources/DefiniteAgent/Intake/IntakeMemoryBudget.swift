@@ -32,12 +32,13 @@ final class IntakeMemoryBudget: Sendable {
     /// Bytes held by batches in flight now.
     var heldBytes: Int { state.withLockedValue { $0.held } }
 
-    /// `true` if a new burst may be read now. Otherwise `wake` is kept and called once (from whichever
-    /// thread releases the bytes) when the budget has room again; the caller hops to its event loop.
-    func admitOrWait(_ wake: @escaping @Sendable () -> Void) -> Bool {
+    /// `true` if a new burst may be read now. Otherwise the closure `makeWake` returns is kept and called
+    /// once (from whichever thread releases the bytes) when the budget has room again; the caller hops to
+    /// its event loop. `makeWake` runs only then, so an admitted read allocates nothing.
+    func admitOrWait(_ makeWake: () -> @Sendable () -> Void) -> Bool {
         state.withLockedValue { state in
             if state.held < limit { return true }
-            state.waiting.append(wake)
+            state.waiting.append(makeWake())
             return false
         }
     }
