@@ -51,7 +51,8 @@ enum FatalSignals {
 
 /// How the event loops (intake) share the CPU with delivery.
 enum IntakePriority {
-    /// The nice value of the event-loop threads, relative to the rest of the daemon. With 10, a faster
+    /// The nice value of the event-loop threads (set as is: the daemon's other threads run at 0 even
+    /// under a unit's `Nice=`, because libdispatch sets its threads' priority itself). With 10, a faster
     /// intake took enough CPU from delivery that end to end fell to the 250,000 records/s target; 15
     /// gives delivery ~15 % of margin in the bench (BENCHMARKS.md) and still leaves intake a share on a
     /// busy host.
