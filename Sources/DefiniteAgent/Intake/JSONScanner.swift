@@ -338,22 +338,22 @@ struct JSONScanner {
     func string(_ span: StringSpan, equals name: String) -> Bool {
         if span.hasEscapes { return decode(span) == name }
         // Called for every member of every record: length first, then one memcmp.
-        let utf8 = name.utf8
-        guard utf8.count == span.count else { return false }
-        guard span.count > 0 else { return true }
-        if let equal = utf8.withContiguousStorageIfAvailable({
-            memcmp($0.baseAddress!, bytes.baseAddress! + span.start, span.count) == 0
-        }) {
+        if let equal = name.utf8.withContiguousStorageIfAvailable({ rawEquals(span, UnsafeRawBufferPointer($0)) }) {
             return equal
         }
-        return utf8.elementsEqual(UnsafeRawBufferPointer(rebasing: bytes[span.start..<span.end]))
+        return name.utf8.elementsEqual(UnsafeRawBufferPointer(rebasing: bytes[span.start..<span.end]))
     }
 
     /// Whether `span` equals the UTF-8 bytes `name` (raw comparison; callers decode escapes first if needed).
     func string(_ span: StringSpan, equalsBytes name: [UInt8]) -> Bool {
         guard !span.hasEscapes else { return decode(span).utf8.elementsEqual(name) }
+        return name.withUnsafeBytes { rawEquals(span, $0) }
+    }
+
+    /// Whether the bytes of `span` (taken as they are) equal `name`.
+    private func rawEquals(_ span: StringSpan, _ name: UnsafeRawBufferPointer) -> Bool {
         guard span.count == name.count else { return false }
-        return name.withUnsafeBytes { memcmp($0.baseAddress!, bytes.baseAddress! + span.start, span.count) == 0 }
+        return span.count == 0 || memcmp(name.baseAddress!, bytes.baseAddress! + span.start, span.count) == 0
     }
 
     /// The decoded text of a validated string span.
