@@ -175,12 +175,18 @@ struct DeliveryLedger: Sendable {
         advance.bind(3, bytes)
         try advance.step()
         advance.reset()
-        let drop = try db.prepared("DELETE FROM segments WHERE target_id = ?1 AND first_seq + record_count <= ?2")
+        let drop = try db.prepared(Self.dropDeliveredSegments)
         drop.bind(1, targetID)
         drop.bind(2, delivered)
         try drop.step()
         drop.reset()
     }
+
+    /// Removes the segments wholly below the delivery position. `first_seq < ?2` adds nothing to the
+    /// meaning (a segment holds at least one record) but lets SQLite search the index for the delivered
+    /// segments only: without it, every delivered batch scanned the rows of the target's whole backlog
+    /// (in the bench's end to end, with 15 M records pending, a fifth of the daemon's CPU).
+    static let dropDeliveredSegments = "DELETE FROM segments WHERE target_id = ?1 AND first_seq < ?2 AND first_seq + record_count <= ?2"
 
     /// Sorted seqs as contiguous ranges.
     static func runs(of seqs: [Int64]) -> [Range<Int64>] {

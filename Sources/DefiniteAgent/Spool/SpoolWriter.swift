@@ -30,6 +30,8 @@ public final class SpoolWriter: @unchecked Sendable {
     }
 
     private let connection: SQLiteConnection
+    /// Copies the WAL into the spool file beside this thread, so that commits seldom wait for it.
+    private let checkpointer: SpoolCheckpointer
     private let path: String
     private let logger: Logger
     public let capacity: SpoolCapacity
@@ -57,9 +59,13 @@ public final class SpoolWriter: @unchecked Sendable {
         self.logger = logger
         self.diskAdmission = DiskAdmission(spoolPath: path, configuredReserve: diskReserve)
         do {
+            let pageSize = Int(try connection.scalar("PRAGMA page_size"))
+            self.checkpointer = try SpoolCheckpointer(path: path, durability: durability, pageSize: pageSize, logger: logger)
             let stored = try Self.storedBytes(connection)
             self.capacity = SpoolCapacity(limit: maxBytes, used: stored)
             try loadTargets()
+        } catch let error as SpoolError {
+            throw error
         } catch let error as SQLiteError {
             throw SpoolDatabase.classify(error, path: path)
         } catch {
@@ -69,6 +75,7 @@ public final class SpoolWriter: @unchecked Sendable {
 
     /// Starts the writer thread.
     public func start() {
+        checkpointer.start(writer: connection)
         let thread = Thread { [self] in run() }
         thread.name = "spool-writer"
         thread.qualityOfService = .userInitiated
@@ -114,6 +121,7 @@ public final class SpoolWriter: @unchecked Sendable {
         condition.broadcast()
         while !stopped { condition.wait() }
         condition.unlock()
+        checkpointer.stop(writer: connection)
         do {
             try connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         } catch {

@@ -95,6 +95,20 @@ struct SpoolTests {
         #expect(decoded == lines)
     }
 
+    @Test func deliveredSegmentsAreRemovedThroughTheIndexNotByScanningTheBacklog() throws {
+        let path = directory + "/spool.db"
+        let writer = try SpoolWriter(path: path, durability: .normal, maxBytes: 1 << 30, logger: Logger(label: "test"))
+        writer.start()
+        writer.shutdown()
+        let db = try SpoolDatabase.openForMaintenance(path: path)
+        let plan = try db.prepared("EXPLAIN QUERY PLAN " + DeliveryLedger.dropDeliveredSegments)
+        var details: [String] = []
+        while try plan.step() { details.append(plan.string(3) ?? "") }
+        plan.reset()
+        // A search bounded on first_seq, not one over every segment of the target.
+        #expect(details == ["SEARCH segments USING INDEX segments_by_target (target_id=? AND first_seq<?)"])
+    }
+
     @Test func aFileThatIsNotSQLiteIsRefusedAndLeftUntouched() throws {
         let path = directory + "/spool.db"
         let contents = Data("this is my diary, not a database\n".utf8)
