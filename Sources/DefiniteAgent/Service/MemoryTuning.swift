@@ -55,7 +55,7 @@ enum IntakePriority {
     /// under a unit's `Nice=`, because libdispatch sets its threads' priority itself). With 10, a faster
     /// intake took enough CPU from delivery that end to end fell to the 250,000 records/s target; 15
     /// gives delivery ~15 % of margin in the bench (BENCHMARKS.md) and still leaves intake a share on a
-    /// busy host.
+    /// busy host. The spool's checkpoint thread (``SpoolCheckpointer``), intake's work too, runs at it.
     static let eventLoopNice: Int32 = 15
 
     /// Lowers the scheduling priority of the event-loop threads, so that when intake and delivery both
