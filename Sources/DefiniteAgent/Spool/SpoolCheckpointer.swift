@@ -14,7 +14,7 @@ import Logging
 ///   thread, which runs a *passive* checkpoint: it copies what is committed without blocking the writer
 ///   or any reader.
 /// - Once the WAL holds ``limitBytes``, the writer itself runs the same passive checkpoint after each
-///   commit (SQLite's own automatic checkpoint, at its default size). By then this thread has copied all
+///   commit (what SQLite's automatic checkpoint did, at the size the spool set for it). By then this thread has copied all
 ///   but the last pages, so the writer's share is small; it is needed because SQLite restarts a WAL only
 ///   in a writer that finds it wholly copied, which a writer that never stops seldom does otherwise.
 ///   If this thread holds the checkpoint lock at that moment, the writer skips and tries again at its
@@ -29,7 +29,7 @@ import Logging
 final class SpoolCheckpointer: @unchecked Sendable {
     /// WAL growth after which the writer wakes the checkpointer.
     static let stepBytes = 4 << 20
-    /// WAL size from which the writer checkpoints too, after each commit (SQLite's default).
+    /// WAL size from which the writer checkpoints too, after each commit.
     static let limitBytes = 16 << 20
 
     private let connection: SQLiteConnection
@@ -43,7 +43,7 @@ final class SpoolCheckpointer: @unchecked Sendable {
     private var stopping = false
     private var stopped = false
     private var started = false
-    /// Errors other than "busy" are logged at most this often.
+    /// When an error other than "busy" was last logged (at most once a minute).
     private var lastErrorLog: ContinuousClock.Instant?
 
     /// Opens the checkpointer's own connection to the spool the writer has already opened (and set to WAL).
