@@ -181,11 +181,17 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     func read(context: ChannelHandlerContext) {
         if closing { return }
-        if outstanding.count >= Self.maxOutstandingBatches || !context.channel.isWritable || !admittedByBudget(context: context) {
+        if !mayRead(context: context) {
             readHeld = true
             return
         }
         context.read()
+    }
+
+    /// Whether another burst may be read now: few enough bursts await their commit, the socket takes our
+    /// replies, and the shared budget has room (checked last: a refusal there registers a wake-up).
+    private func mayRead(context: ChannelHandlerContext) -> Bool {
+        outstanding.count < Self.maxOutstandingBatches && context.channel.isWritable && admittedByBudget(context: context)
     }
 
     /// Whether the shared budget has room for another burst; if not, this connection is woken on its
@@ -215,11 +221,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         AgentMetrics.linesReceived.increment(by: Int64(entries.count))
         // Entries are consecutive lines: beginClosing (after which lines are skipped) always follows a submit.
         let firstLine = lineNumber - entries.count + 1
-        let burst: Burst
-        if batch.isEmpty {
-            burst = Burst(entries: entries, firstLine: firstLine, outcome: .success(()), started: started)
-        } else {
-            burst = Burst(entries: entries, firstLine: firstLine, outcome: nil, started: started)
+        let burst = Burst(entries: entries, firstLine: firstLine, outcome: batch.isEmpty ? .success(()) : nil, started: started)
+        if !batch.isEmpty {
             let promise = context.eventLoop.makePromise(of: Void.self)
             let held = batch.allocatedBytes + entries.capacity * MemoryLayout<Entry>.stride
             budget.hold(held)
@@ -289,8 +292,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
-        guard readHeld, !closing, outstanding.count < Self.maxOutstandingBatches, context.channel.isWritable,
-              admittedByBudget(context: context) else { return }
+        guard readHeld, !closing, mayRead(context: context) else { return }
         readHeld = false
         context.read()
     }

@@ -35,7 +35,7 @@ enum SpoolDatabase {
                 throw SpoolError(.cannotOpen, path: path, "cannot switch the database to WAL mode; is the directory on a filesystem without shared memory support?")
             }
             journal.reset()
-            try db.execute("PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
+            try db.execute(synchronousPragma(durability))
             // Checkpoint every ~16 MiB of WAL (the daemon's ``SpoolCheckpointer`` takes this over while it
             // runs), and shrink the WAL file back after a checkpoint.
             let pageSize = Int(try db.scalar("PRAGMA page_size"))
@@ -47,6 +47,12 @@ enum SpoolDatabase {
             try migrate(db, path: path)
             return db
         }
+    }
+
+    /// The `synchronous` setting `durability` asks for: commits (and checkpoints) of every connection that
+    /// writes the spool sync as it says.
+    private static func synchronousPragma(_ durability: AgentConfiguration.Durability) -> String {
+        "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")"
     }
 
     /// Page size of a spool created by this version. Records are stored as blobs of up to 1 MiB, so
@@ -61,7 +67,7 @@ enum SpoolDatabase {
             let db = try SQLiteConnection(path: path, mode: .readWrite)
             // A checkpoint copies WAL frames to the file directly; it needs no page cache to speak of.
             try db.execute("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -256")
-            try db.execute("PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
+            try db.execute(synchronousPragma(durability))
             return db
         }
     }
