@@ -8,6 +8,9 @@ struct AckedIntake {
         var failed: Int
         var errors: [String]
         var peakRSSKiB: Int
+        /// The daemon's CPU time (user + system, all threads) per acknowledged record: steadier from run
+        /// to run than the rate on a shared machine, so the figure to compare when changing the hot path.
+        var daemonCPUMicrosPerRecord: Double
     }
 
     let binary: String
@@ -18,9 +21,12 @@ struct AckedIntake {
         defer { directory.remove() }
         let daemon = try Daemon(binary: binary, directory: directory.path, options: DaemonOptions(durability: durability))
         defer { daemon.stop() }
+        let cpuBefore = daemon.cpuSeconds
         let run = Self.send(corpus: corpus, socket: daemon.socket, clients: clients, records: records)
+        let cpu = daemon.cpuSeconds - cpuBefore
         return Figures(recordsPerSecond: Double(run.acked) / run.seconds, failed: run.failed,
-                       errors: run.errors, peakRSSKiB: daemon.peakRSSKiB)
+                       errors: run.errors, peakRSSKiB: daemon.peakRSSKiB,
+                       daemonCPUMicrosPerRecord: cpu * 1e6 / Double(max(run.acked, 1)))
     }
 
     /// What a group of pipelining clients achieved together.

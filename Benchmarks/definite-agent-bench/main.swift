@@ -70,6 +70,7 @@ struct Bench: ParsableCommand {
                     if n == 8 && mode == "full" { report.intake8Full = f.recordsPerSecond }
                     report.table.add(label, "\(Format.grouped(f.recordsPerSecond)) records/s",
                                      (raw.map { "\(Format.fixed(f.recordsPerSecond / $0, 2))× raw, " } ?? "")
+                                         + "daemon CPU \(Format.fixed(f.daemonCPUMicrosPerRecord, 2)) µs/record, "
                                          + "peak RSS \(Format.mib(kib: f.peakRSSKiB))" + Self.failures(f.failed, f.errors))
                 }
             }

@@ -27,21 +27,90 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// How many committed-but-unanswered bursts a connection may have before it stops being read.
     static let maxOutstandingBatches = 2
 
-    /// One line's answer-to-be. Kept small (24 bytes): a burst holds one per line until its commit. The
-    /// line number is not stored: a burst's entries are consecutive lines from `Burst.firstLine`.
+    /// One line's answer-to-be. Kept small (16 bytes; an accepted line's holds nothing to retain): a burst
+    /// holds one per line until its commit. The line number is not stored: a burst's entries are consecutive lines from
+    /// `Burst.firstLine`.
     private enum Entry {
-        case accepted(ack: String?, records: Int32)
-        indirect case refused(ack: String?, IntakeRejection)
+        case accepted(ack: AckID, records: Int32)
+        indirect case refused(ack: AckID, IntakeRejection)
+    }
+
+    /// Where a line's ack id lies in its burst's `ackBytes`: the bytes between the request's quotes, as
+    /// sent. A burst is at most a few reads plus one line (`max_line_bytes` ≤ 1 GiB), so 32 bits do.
+    private struct AckID {
+        var offset: UInt32
+        /// -1: the line had no ack.
+        var length: Int32
+        static let none = AckID(offset: 0, length: -1)
+    }
+
+    /// What has been read since the last submit (the lines' answers-to-be, their records and ack ids),
+    /// and the parser and line count that carry over between bursts. It changes on every line, so it is
+    /// one value: a read's lines are handled with one exclusive access to the handler's state instead of
+    /// several per line.
+    private struct Reading {
+        var parser: IntakeLineParser
+        /// The number of the last line read on this connection.
+        var lineNumber = 0
+        var batch = IntakeBatch()
+        var entries: [Entry] = []
+        /// The ack ids of `entries`, back to back.
+        var ackBytes: [UInt8] = []
+
+        mutating func handle(line: UnsafeRawBufferPointer, capacity: SpoolCapacity) {
+            lineNumber += 1
+            let parsed = parser.parse(line: line, into: &batch)
+            var ack = AckID.none
+            if let range = parsed.ackRange {
+                ack = AckID(offset: UInt32(ackBytes.count), length: Int32(range.count))
+                ackBytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: line[range]))
+            }
+            switch parsed.result {
+            case .success(let accepted):
+                if capacity.reserve(accepted.bytes) {
+                    entries.append(.accepted(ack: ack, records: Int32(accepted.records)))
+                } else {
+                    let index = accepted.targetIndex
+                    batch.records[index].removeLast(accepted.bytes)
+                    batch.counts[index] -= accepted.records
+                    entries.append(.refused(ack: ack, IntakeRejection(
+                        status: 507, code: .spoolFull,
+                        message: "the spool is full ([spool] max_bytes = \(ByteSize(bytes: capacity.limit))); nothing from this request was stored, retry later")))
+                }
+            case .failure(let rejection):
+                entries.append(.refused(ack: ack, rejection))
+            }
+        }
+
+        /// A refusal of the next line as a whole (too long, cut off), which has no ack.
+        mutating func refuseLine(_ rejection: (_ lineNumber: Int) -> IntakeRejection) {
+            lineNumber += 1
+            entries.append(.refused(ack: .none, rejection(lineNumber)))
+        }
+
+        /// Hands over what was read since the last submit and starts afresh. The burst owns the buffers
+        /// from then on; keeping their capacity here would hold a second buffer of that size per
+        /// connection while idle.
+        mutating func takeBurst() -> (batch: IntakeBatch, entries: [Entry], ackBytes: [UInt8]) {
+            defer {
+                batch = IntakeBatch()
+                entries = []
+                ackBytes = []
+            }
+            return (batch, entries, ackBytes)
+        }
     }
 
     private final class Burst {
         let entries: [Entry]
+        let ackBytes: [UInt8]
         /// The line number of `entries[0]`.
         let firstLine: Int
         var outcome: Result<Void, IntakeRejection>?
         let started: ContinuousClock.Instant
-        init(entries: [Entry], firstLine: Int, outcome: Result<Void, IntakeRejection>?, started: ContinuousClock.Instant) {
+        init(entries: [Entry], ackBytes: [UInt8], firstLine: Int, outcome: Result<Void, IntakeRejection>?, started: ContinuousClock.Instant) {
             self.entries = entries
+            self.ackBytes = ackBytes
             self.firstLine = firstLine
             self.outcome = outcome
             self.started = started
@@ -52,10 +121,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private let budget: IntakeMemoryBudget
     private let logger: Logger
     private let maxLineBytes: Int
-    private var parser: IntakeLineParser
-    private var lineNumber = 0
-    private var batch = IntakeBatch()
-    private var entries: [Entry] = []
+    private var reading: Reading
     private var outstanding = Deque<Burst>()
     private var readHeld = false
     private var closing = false
@@ -70,7 +136,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         self.budget = budget
         self.logger = logger
         self.maxLineBytes = configuration.intake.maxLineBytes.bytes
-        self.parser = IntakeLineParser(configuration: configuration)
+        self.reading = Reading(parser: IntakeLineParser(configuration: configuration))
     }
 
     // MARK: Inbound
@@ -84,17 +150,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             carried.writeBuffer(&input)
             input = carried
         }
-        let consumed = input.withUnsafeReadableBytes { raw -> Int in
-            guard let base = raw.baseAddress else { return 0 }
-            var start = 0
-            while start < raw.count, let newline = memchr(base + start, Int32(UInt8(ascii: "\n")), raw.count - start) {
-                let end = base.distance(to: UnsafeRawPointer(newline))
-                let lineEnd = end > start && raw[end - 1] == UInt8(ascii: "\r") ? end - 1 : end
-                guard lineEnd - start <= maxLineBytes else { return -1 }
-                handleLine(UnsafeRawBufferPointer(rebasing: raw[start..<lineEnd]))
-                start = end + 1
-            }
-            return start
+        let consumed = input.withUnsafeReadableBytes { raw in
+            Self.handleLines(in: raw, maxLineBytes: maxLineBytes, capacity: writer.capacity, reading: &reading)
         }
         guard consumed >= 0, input.readableBytes - consumed <= maxLineBytes else {
             refuseOverlongLine(context: context)
@@ -111,24 +168,21 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         }
     }
 
-    private func handleLine(_ line: UnsafeRawBufferPointer) {
-        lineNumber += 1
-        let parsed = parser.parse(line: line, into: &batch)
-        switch parsed.result {
-        case .success(let accepted):
-            if writer.capacity.reserve(accepted.bytes) {
-                entries.append(.accepted(ack: parsed.ack, records: Int32(accepted.records)))
-            } else {
-                let index = accepted.targetIndex
-                batch.records[index].removeLast(accepted.bytes)
-                batch.counts[index] -= accepted.records
-                entries.append(.refused(ack: parsed.ack, IntakeRejection(
-                    status: 507, code: .spoolFull,
-                    message: "the spool is full ([spool] max_bytes = \(ByteSize(bytes: writer.capacity.limit))); nothing from this request was stored, retry later")))
-            }
-        case .failure(let rejection):
-            entries.append(.refused(ack: parsed.ack, rejection))
+    /// Handles every finished line in `raw`; returns how many bytes they took, or -1 if a line is longer
+    /// than `maxLineBytes` (the lines before it are handled).
+    private static func handleLines(
+        in raw: UnsafeRawBufferPointer, maxLineBytes: Int, capacity: SpoolCapacity, reading: inout Reading
+    ) -> Int {
+        guard let base = raw.baseAddress else { return 0 }
+        var start = 0
+        while start < raw.count, let newline = memchr(base + start, Int32(UInt8(ascii: "\n")), raw.count - start) {
+            let end = base.distance(to: UnsafeRawPointer(newline))
+            let lineEnd = end > start && raw[end - 1] == UInt8(ascii: "\r") ? end - 1 : end
+            guard lineEnd - start <= maxLineBytes else { return -1 }
+            reading.handle(line: UnsafeRawBufferPointer(rebasing: raw[start..<lineEnd]), capacity: capacity)
+            start = end + 1
         }
+        return start
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -139,11 +193,12 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// A line over `max_line_bytes`: answered after everything before it, then the connection closes
     /// (the rest of the line cannot be told apart from new requests).
     private func refuseOverlongLine(context: ChannelHandlerContext) {
-        lineNumber += 1
         unfinishedLine = nil
-        entries.append(.refused(ack: nil, IntakeRejection(
-            status: 413, code: .lineTooLong,
-            message: "line \(lineNumber) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")))
+        reading.refuseLine { [maxLineBytes] line in
+            IntakeRejection(
+                status: 413, code: .lineTooLong,
+                message: "line \(line) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")
+        }
         submitBurst(context: context)
         beginClosing(context: context)
     }
@@ -162,8 +217,9 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             // client never finished it, and a 400 would tell it the record itself was bad).
             if !closing, event as? ChannelEvent == .inputClosed, let unfinished = unfinishedLine, unfinished.readableBytes > 0 {
                 unfinishedLine = nil
-                lineNumber += 1
-                entries.append(.refused(ack: nil, .badRequest(.invalidJSON, "the connection ended inside line \(lineNumber): every request must end with a newline")))
+                reading.refuseLine { line in
+                    .badRequest(.invalidJSON, "the connection ended inside line \(line): every request must end with a newline")
+                }
             }
             submitBurst(context: context)
             beginClosing(context: context)
@@ -215,16 +271,18 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     // MARK: Batches and replies
 
     private func submitBurst(context: ChannelHandlerContext) {
-        guard !entries.isEmpty else { return }
+        guard !reading.entries.isEmpty else { return }
         let started = burstStarted ?? .now
         burstStarted = nil
+        let (batch, entries, ackBytes) = reading.takeBurst()
         AgentMetrics.linesReceived.increment(by: Int64(entries.count))
         // Entries are consecutive lines: beginClosing (after which lines are skipped) always follows a submit.
-        let firstLine = lineNumber - entries.count + 1
-        let burst = Burst(entries: entries, firstLine: firstLine, outcome: batch.isEmpty ? .success(()) : nil, started: started)
+        let firstLine = reading.lineNumber - entries.count + 1
+        let burst = Burst(entries: entries, ackBytes: ackBytes, firstLine: firstLine,
+                          outcome: batch.isEmpty ? .success(()) : nil, started: started)
         if !batch.isEmpty {
             let promise = context.eventLoop.makePromise(of: Void.self)
-            let held = batch.allocatedBytes + entries.capacity * MemoryLayout<Entry>.stride
+            let held = batch.allocatedBytes + entries.capacity * MemoryLayout<Entry>.stride + ackBytes.capacity
             budget.hold(held)
             writer.submit(batch, promise: promise)
             promise.futureResult.assumeIsolated().whenComplete { [self] result in
@@ -234,10 +292,6 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             }
         }
         outstanding.append(burst)
-        // The burst owns the entries now; keeping their capacity here would copy them and hold a second
-        // buffer of that size per connection while idle.
-        entries = []
-        batch = IntakeBatch()
         if burst.outcome != nil { sendReplies(context: context) }
     }
 
@@ -249,15 +303,22 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             outstanding.removeFirst()
             Self.count(head.entries, outcome: outcome)
             AgentMetrics.ackLatency.recordInterval(since: head.started)
-            for (offset, entry) in head.entries.enumerated() {
-                let line = head.firstLine + offset
-                switch (entry, outcome) {
-                case (.accepted(let ack, let records), .success):
-                    IntakeReply.write(ack: ack, line: line, result: .success(Int(records)), to: &buffer)
-                case (.accepted(let ack, _), .failure(let rejection)):
-                    IntakeReply.write(ack: ack, line: line, result: .failure(rejection), to: &buffer)
-                case (.refused(let ack, let rejection), _):
-                    IntakeReply.write(ack: ack, line: line, result: .failure(rejection), to: &buffer)
+            head.ackBytes.withUnsafeBytes { acks in
+                func bytes(_ ack: AckID) -> UnsafeRawBufferPointer? {
+                    guard ack.length >= 0 else { return nil }
+                    let start = Int(ack.offset)
+                    return UnsafeRawBufferPointer(rebasing: acks[start..<start + Int(ack.length)])
+                }
+                for (offset, entry) in head.entries.enumerated() {
+                    let line = head.firstLine + offset
+                    switch (entry, outcome) {
+                    case (.accepted(let ack, let records), .success):
+                        IntakeReply.write(ack: bytes(ack), line: line, result: .success(Int(records)), to: &buffer)
+                    case (.accepted(let ack, _), .failure(let rejection)):
+                        IntakeReply.write(ack: bytes(ack), line: line, result: .failure(rejection), to: &buffer)
+                    case (.refused(let ack, let rejection), _):
+                        IntakeReply.write(ack: bytes(ack), line: line, result: .failure(rejection), to: &buffer)
+                    }
                 }
             }
         }

@@ -1,8 +1,11 @@
-/// The outcome of one intake line: how many records it added, or why it was refused, and its ack id.
+/// The outcome of one intake line: how many records it added, or why it was refused, and where its ack
+/// id lies in the line.
 public struct ParsedLine: Sendable {
-    /// The line's `"ack"` value, when it had one (even when the line was refused, if it was read before
-    /// the error).
-    public var ack: String?
+    /// Where the line's `"ack"` value lies in the line: the bytes between its quotes exactly as sent
+    /// (escapes included, already validated as a JSON string), or `nil` when the line has none. Set even
+    /// when the line was refused, if the ack was read before the error. Replies echo these bytes as they
+    /// are, so an ack id is never decoded and re-encoded on its way back.
+    public var ackRange: Range<Int>?
     public var result: Result<Accepted, IntakeRejection>
 
     /// Where an accepted line's records went in the batch.
@@ -10,6 +13,11 @@ public struct ParsedLine: Sendable {
         public var targetIndex: Int
         public var records: Int
         public var bytes: Int
+    }
+
+    /// The ack id as text (escapes decoded); `line` is the line this outcome came from.
+    public func ack(in line: UnsafeRawBufferPointer) -> String? {
+        ackRange.map { JSONScanner(line).decode(.init(start: $0.lowerBound, end: $0.upperBound, hasEscapes: true)) }
     }
 }
 
@@ -26,6 +34,8 @@ public struct IntakeLineParser {
     private let configuration: AgentConfiguration
     /// The target of plain records, resolved once.
     private let defaultTarget: Result<SpoolTarget, IntakeRejection>
+    /// The default target's merge key (empty when it appends): looked for in every plain record.
+    private let defaultPrimaryKey: String
     private var cachedConfigBytes: [UInt8] = []
     private var cachedTarget: Result<SpoolTarget, IntakeRejection>?
     /// Top-level member spans of the line being parsed, reused between lines.
@@ -47,15 +57,16 @@ public struct IntakeLineParser {
             defaultTarget = .failure(.invalidConfig(
                 "the line has no \"config\" object and [intake] default_table is not set; send {\"data\":…,\"config\":{\"table\":\"ns.table\"}}"))
         }
+        defaultPrimaryKey = (try? defaultTarget.get())?.primaryKey ?? ""
     }
 
     /// Parses one line (without its newline) and appends its records to `batch` when it is valid.
     public mutating func parse(line: UnsafeRawBufferPointer, into batch: inout IntakeBatch) -> ParsedLine {
-        var ack: String?
+        var ack: Range<Int>?
         var appended: (index: Int, length: Int, count: Int)?
         do {
             let accepted = try parse(line, into: &batch, ack: &ack, appended: &appended)
-            return ParsedLine(ack: ack, result: .success(accepted))
+            return ParsedLine(ackRange: ack, result: .success(accepted))
         } catch {
             // All or nothing: rows appended before a later member failed (`"ack": 5` after the data) go,
             // and so does their count.
@@ -63,7 +74,7 @@ public struct IntakeLineParser {
                 batch.records[appended.index].removeSubrange(appended.length...)
                 batch.counts[appended.index] = appended.count
             }
-            return ParsedLine(ack: ack, result: .failure(error))
+            return ParsedLine(ackRange: ack, result: .failure(error))
         }
     }
 
@@ -79,14 +90,14 @@ public struct IntakeLineParser {
         do {
             try scanner.beginObject()
             while let name = try scanner.nextMember() {
-                if scanner.string(name, equals: "config") { hasConfig = true }
+                if scanner.string(name, is: "config") { hasConfig = true }
                 try scanner.skipValue(depth: 1, maxDepth: 64)
             }
         } catch {
-            return ParsedLine(ack: nil, result: .failure(Self.rejection(for: error, row: nil)))
+            return ParsedLine(ackRange: nil, result: .failure(Self.rejection(for: error, row: nil)))
         }
         guard hasConfig else {
-            return ParsedLine(ack: nil, result: .failure(.invalidConfig("config.table is required: the body must be {\"data\":…,\"config\":{\"table\":\"ns.table\"}}")))
+            return ParsedLine(ackRange: nil, result: .failure(.invalidConfig("config.table is required: the body must be {\"data\":…,\"config\":{\"table\":\"ns.table\"}}")))
         }
         return parse(line: body, into: &batch)
     }
@@ -156,7 +167,7 @@ public struct IntakeLineParser {
     }
 
     private mutating func parse(
-        _ line: UnsafeRawBufferPointer, into batch: inout IntakeBatch, ack: inout String?,
+        _ line: UnsafeRawBufferPointer, into batch: inout IntakeBatch, ack: inout Range<Int>?,
         appended: inout (index: Int, length: Int, count: Int)?
     ) throws(IntakeRejection) -> ParsedLine.Accepted {
         var s = JSONScanner(line)
@@ -164,7 +175,7 @@ public struct IntakeLineParser {
         var rowsAccepted: ParsedLine.Accepted?
         var deferredData: Range<Int>?
         var plainKeyPresent = false
-        let plainKey = (try? defaultTarget.get())?.primaryKey ?? ""
+        let plainKey = defaultPrimaryKey
         members.removeAll(keepingCapacity: true)
 
         do {
@@ -180,19 +191,20 @@ public struct IntakeLineParser {
                 let whitespaceBefore = s.whitespaceAtMemberName
                 let whitespaceAtValue = s.whitespace
                 let valueStart = s.position
-                if s.string(name, equals: "ack") {
+                if s.string(name, is: "ack") {
                     guard s.peek() == UInt8(ascii: "\"") else {
                         throw IntakeRejection.badRequest(.invalidJSON, "\"ack\" must be a string")
                     }
-                    ack = s.decode(try s.scanString())
+                    let value = try s.scanString()
+                    ack = value.start..<value.end
                     continue
                 }
-                if s.string(name, equals: "config"), s.peek() == UInt8(ascii: "{"), rowsTarget == nil {
+                if s.string(name, is: "config"), s.peek() == UInt8(ascii: "{"), rowsTarget == nil {
                     try s.skipValue(depth: 1, maxDepth: 32)
                     rowsTarget = try resolveConfig(UnsafeRawBufferPointer(rebasing: line[valueStart..<s.position]))
                     continue
                 }
-                if s.string(name, equals: "data") {
+                if s.string(name, is: "data") {
                     if let target = rowsTarget, rowsAccepted == nil {
                         // The config came first (the usual order): validate and append the rows in this pass.
                         let index = batch.index(for: target)

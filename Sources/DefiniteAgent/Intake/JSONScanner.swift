@@ -186,12 +186,27 @@ struct JSONScanner {
     }
 
     /// Scans a string starting at its opening quote, validating escapes and UTF-8.
+    ///
+    /// Plain ASCII, by far the most common content, is skipped eight bytes at a time; only a quote, a
+    /// backslash, a control character or a non-ASCII byte stops the word loop for a closer look.
     mutating func scanString() throws(JSONScanError) -> StringSpan {
         position += 1
         let start = position
         var hasEscapes = false
         let count = bytes.count
-        while position < count {
+        while true {
+            while position + 8 <= count {
+                let word = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: position, as: UInt64.self))
+                let flagged = Self.bytesNeedingALook(word)
+                if flagged == 0 {
+                    position += 8
+                    continue
+                }
+                // The lowest flagged byte is exact (borrows in the word arithmetic only reach bytes above it).
+                position += flagged.trailingZeroBitCount >> 3
+                break
+            }
+            guard position < count else { break }
             let byte = bytes[position]
             if byte == UInt8(ascii: "\"") {
                 position += 1
@@ -212,6 +227,22 @@ struct JSONScanner {
             try scanMultiByteScalar(lead: byte)
         }
         throw error("unterminated string", at: start - 1)
+    }
+
+    /// The high bit of each byte of `word` (first byte lowest) that is a quote, a backslash, a control
+    /// character or not ASCII; zero when all eight can be skipped.
+    @inline(__always)
+    static func bytesNeedingALook(_ word: UInt64) -> UInt64 {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highBits: UInt64 = 0x8080_8080_8080_8080
+        let quote = word ^ (ones &* 0x22)
+        let backslash = word ^ (ones &* 0x5C)
+        // (x - 1) & ~x has a byte's high bit set where that byte of x is zero (x < 0x80); (w - 0x20) & ~w
+        // where the byte of w is below 0x20.
+        let zeroInQuote = (quote &- ones) & ~quote
+        let zeroInBackslash = (backslash &- ones) & ~backslash
+        let control = (word &- (ones &* 0x20)) & ~word
+        return ((zeroInQuote | zeroInBackslash | control) | word) & highBits
     }
 
     private mutating func scanEscape() throws(JSONScanError) {
@@ -337,17 +368,21 @@ struct JSONScanner {
     /// Whether `span` (a string's contents) equals `name`; decodes escapes when the span has any.
     func string(_ span: StringSpan, equals name: String) -> Bool {
         if span.hasEscapes { return decode(span) == name }
-        // Called for every member of every record: length first, then one memcmp.
         if let equal = name.utf8.withContiguousStorageIfAvailable({ rawEquals(span, UnsafeRawBufferPointer($0)) }) {
             return equal
         }
         return name.utf8.elementsEqual(UnsafeRawBufferPointer(rebasing: bytes[span.start..<span.end]))
     }
 
-    /// Whether `span` equals the UTF-8 bytes `name` (raw comparison; callers decode escapes first if needed).
-    func string(_ span: StringSpan, equalsBytes name: [UInt8]) -> Bool {
-        guard !span.hasEscapes else { return decode(span).utf8.elementsEqual(name) }
-        return name.withUnsafeBytes { rawEquals(span, $0) }
+    /// Whether `span` equals the ASCII `name` the code spells out (`"ack"`, `"data"`): asked of every
+    /// member of every record, so it decides by length and bytes in place, without the `String` machinery.
+    @inline(__always)
+    func string(_ span: StringSpan, is name: StaticString) -> Bool {
+        let expected = UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
+        if span.hasEscapes { return decode(span).utf8.elementsEqual(expected) }
+        guard span.count == expected.count else { return false }
+        for i in 0..<expected.count where bytes[span.start + i] != expected[i] { return false }
+        return true
     }
 
     /// Whether the bytes of `span` (taken as they are) equal `name`.

@@ -12,8 +12,10 @@ struct IntakeLineParserTests {
     }
 
     struct Outcome {
+        var line: [UInt8]
         var parsed: ParsedLine
         var batch: IntakeBatch
+        var ack: String? { line.withUnsafeBytes { parsed.ack(in: $0) } }
         var rejection: IntakeRejection? {
             if case .failure(let rejection) = parsed.result { return rejection }
             return nil
@@ -29,17 +31,26 @@ struct IntakeLineParserTests {
         var parser = IntakeLineParser(configuration: config)
         var batch = IntakeBatch()
         let parsed = parser.parse(line: line, into: &batch)
-        return Outcome(parsed: parsed, batch: batch)
+        return Outcome(line: line, parsed: parsed, batch: batch)
     }
 
     // MARK: Plain records
 
     @Test func plainRecordGoesToTheDefaultTableWithoutItsAck() throws {
         let outcome = parse(#"{"a":1,"ack":"c1-7","b":"x"}"#)
-        #expect(outcome.parsed.ack == "c1-7")
+        #expect(outcome.ack == "c1-7")
         #expect(outcome.rejection == nil)
         #expect(outcome.batch.targets == [SpoolTarget(table: "bronze.events", mode: .append)])
         #expect(outcome.stored == "{\"a\":1,\"b\":\"x\"}\n")
+    }
+
+    @Test func anAckIdIsKeptAsSentAndDecodedOnRequest() throws {
+        let outcome = parse(#"{"a":1,"\u0061ck":"id-\u00e9\"7"}"#)
+        #expect(outcome.stored == "{\"a\":1}\n")
+        let range = try #require(outcome.parsed.ackRange)
+        #expect(String(decoding: outcome.line[range], as: UTF8.self) == #"id-\u00e9\"7"#)
+        #expect(outcome.ack == "id-é\"7")
+        #expect(parse(#"{"a":1}"#).parsed.ackRange == nil)
     }
 
     @Test func whitespaceAroundColonsIsDropped() {
@@ -215,7 +226,7 @@ struct IntakeLineParserTests {
 
     @Test func errorAfterTheAckStillCarriesIt() {
         let outcome = parse(#"{"ack":"a9","config":{"table":"bronze.t"},"data":[{"x":}]}"#)
-        #expect(outcome.parsed.ack == "a9")
+        #expect(outcome.ack == "a9")
         #expect(outcome.rejection?.status == 400)
     }
 
@@ -251,16 +262,23 @@ struct IntakeLineParserTests {
 
     @Test func repliesFollowTheProtocol() {
         var buffer = ByteBufferAllocatorForTests.make()
-        IntakeReply.write(ack: "x\"1", line: 3, result: .success(2), to: &buffer)
-        IntakeReply.write(ack: nil, line: 4, result: .failure(.badRequest(.invalidJSON, "bad")), to: &buffer)
-        IntakeReply.write(ack: nil, line: 5, result: .success(1), to: &buffer)
-        IntakeReply.write(ack: "plain-7 é", line: 6, result: .success(50_000), to: &buffer)
-        IntakeReply.write(ack: "tab\there", line: 7, result: .success(1), to: &buffer)
+        func write(ack: String?, line: Int, result: Result<Int, IntakeRejection>) {
+            guard let ack else { return IntakeReply.write(ack: nil, line: line, result: result, to: &buffer) }
+            Array(ack.utf8).withUnsafeBytes { IntakeReply.write(ack: $0, line: line, result: result, to: &buffer) }
+        }
+        // Ack ids are the bytes between the request's quotes, escapes as sent.
+        write(ack: #"x\"1"#, line: 3, result: .success(2))
+        write(ack: nil, line: 4, result: .failure(.badRequest(.invalidJSON, "bad")))
+        write(ack: nil, line: 5, result: .success(1))
+        write(ack: "plain-7 é", line: 6, result: .success(50_000))
+        write(ack: #"tab\there"#, line: 7, result: .success(1))
+        write(ack: #"\u0061b"#, line: 8, result: .failure(.badRequest(.invalidRow, "no")))
         #expect(buffer.readString(length: buffer.readableBytes) == """
             {"ack":"x\\"1","ok":true,"accepted":2}
             {"ok":false,"line":4,"status":400,"code":"invalid_json","error":"bad"}
             {"ack":"plain-7 é","ok":true,"accepted":50000}
             {"ack":"tab\\there","ok":true,"accepted":1}
+            {"ack":"\\u0061b","ok":false,"status":400,"code":"invalid_row","error":"no"}
 
             """)
     }
