@@ -27,9 +27,9 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// How many committed-but-unanswered bursts a connection may have before it stops being read.
     static let maxOutstandingBatches = 2
 
-    /// One line's answer-to-be. Kept small (16 bytes; an accepted line's holds nothing to retain): a burst
-    /// holds one per line until its commit. The line number is not stored: a burst's entries are consecutive lines from
-    /// `Burst.firstLine`.
+    /// One line's answer-to-be. Kept small (16 bytes; an accepted line's holds nothing to retain): a
+    /// burst holds one per line until its commit. The line number is not stored: a burst's entries are
+    /// consecutive lines from `Burst.firstLine`.
     private enum Entry {
         case accepted(ack: AckID, records: Int32)
         indirect case refused(ack: AckID, IntakeRejection)
