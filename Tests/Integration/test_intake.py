@@ -49,6 +49,30 @@ def test_each_bad_line_gets_its_error_and_the_next_good_line_lands(agent):
     assert [r["n"] for r in records] == list(range(len(BAD_LINES))) + [100, 101]
 
 
+def test_ack_ids_of_every_shape_come_back_as_sent_in_order(agent):
+    """The reply echoes the ack id's bytes as the line spelled them (escapes included), so whatever the
+    id, the writer decodes the same string, on accepted and refused lines alike, pipelined."""
+    # As they appear between the quotes on the wire (JSON escapes, not Python ones).
+    acks = ["1", "", r'x\u00e9\"y', r"tab\there", r"\ud834\udd1e", "é✓𝄞", r"a\\b\/c", "k" * 10_000]
+    lines = [f'{{"n":{i},"ack":"{ack}"}}' for i, ack in enumerate(acks)]
+    lines.append(r'{"ack":"bad\u0021","n":}')
+    with agent.connect() as conn:
+        conn.sock.sendall("".join(line + "\n" for line in lines).encode())
+        raw = b""
+        while raw.count(b"\n") < len(lines):
+            chunk = conn.sock.recv(65536)
+            assert chunk, raw
+            raw += chunk
+    replies = raw.decode().splitlines()
+    for i, ack in enumerate(acks):
+        assert replies[i] == f'{{"ack":"{ack}","ok":true,"accepted":1}}', replies[i][:200]
+        assert json.loads(replies[i])["ack"] == json.loads(f'"{ack}"')
+    refused = json.loads(replies[-1])
+    assert refused["ack"] == "bad!" and refused["ok"] is False and refused["code"] == "invalid_json"
+    assert replies[-1].startswith(r'{"ack":"bad\u0021","ok":false')
+    assert [r["n"] for r in agent.spooled_records("bronze.events")] == list(range(len(acks)))
+
+
 def test_an_over_long_line_is_refused_and_its_connection_closed_without_hurting_others(tmp_path):
     agent = Agent(tmp_path, extra_config='max_line_bytes = "64KiB"').start()
     try:
