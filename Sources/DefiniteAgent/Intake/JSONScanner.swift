@@ -375,20 +375,22 @@ struct JSONScanner {
     }
 
     /// Whether `span` equals the ASCII `name` the code spells out (`"ack"`, `"data"`): asked of every
-    /// member of every record, so it decides by length and bytes in place, without the `String` machinery.
+    /// member of every record, so it compares the bytes in place, without the `String` machinery.
     @inline(__always)
     func string(_ span: StringSpan, is name: StaticString) -> Bool {
         let expected = UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
         if span.hasEscapes { return decode(span).utf8.elementsEqual(expected) }
-        guard span.count == expected.count else { return false }
-        for i in 0..<expected.count where bytes[span.start + i] != expected[i] { return false }
-        return true
+        return rawEquals(span, expected)
     }
 
-    /// Whether the bytes of `span` (taken as they are) equal `name`.
+    /// Whether the bytes of `span` (taken as they are) equal `name`: length first, then byte by byte in
+    /// place. Member names are short and most differ in length or in their first byte, so a call into
+    /// `memcmp` would cost more than the comparison.
+    @inline(__always)
     private func rawEquals(_ span: StringSpan, _ name: UnsafeRawBufferPointer) -> Bool {
         guard span.count == name.count else { return false }
-        return span.count == 0 || memcmp(name.baseAddress!, bytes.baseAddress! + span.start, span.count) == 0
+        for i in 0..<name.count where bytes[span.start + i] != name[i] { return false }
+        return true
     }
 
     /// The decoded text of a validated string span.
@@ -435,11 +437,3 @@ struct JSONScanner {
         return String(scalars)
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
