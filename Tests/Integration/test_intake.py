@@ -189,7 +189,12 @@ def test_kill9_loses_no_acknowledged_record_and_keeps_per_client_order(tmp_path)
             for t in threads:
                 t.start()
             if attempt == 0:
-                time.sleep(random.uniform(0.05, 0.5))
+                # Kill once a random share of the records is acknowledged (not after a fixed time: the
+                # agent can take all of them in well under a second), so the kill lands mid-stream.
+                share = random.uniform(0.05, 0.6)
+                deadline = time.monotonic() + 60
+                while sum(len(t.acked) for t in threads) < share * total and time.monotonic() < deadline:
+                    time.sleep(0.001)
                 agent.kill9()
                 kills += 1
             for t in threads:
