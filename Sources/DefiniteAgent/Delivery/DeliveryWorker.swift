@@ -5,286 +5,179 @@ import NIOConcurrencyHelpers
 /// The API key delivery uses now; replaced on reload without a restart.
 typealias APIKeyBox = NIOLockedValueBox<APIKey?>
 
-/// One delivery thread: takes jobs from the ``DeliveryScheduler``, sends each batch with its own libcurl
-/// handle, and turns every answer into the right action (see ``resolve(_:records:batch:)``).
+/// One delivery thread: a thin loop that asks the ``DeliveryScheduler`` for a step, does its I/O (a spool
+/// read, a spool transaction, an HTTP request with its own libcurl handle) and hands back what happened.
+/// Every decision is the ``DeliveryMachine``'s; this type only performs steps, logs and counts.
 final class DeliveryWorker {
-    /// The end of one attempt at a batch (or part of one).
-    enum Resolution {
-        /// Every row of the part is delivered or dead-lettered.
-        case resolved
-        /// May succeed later: back off and send the batch again.
-        case retry(status: Int?, error: String, retryAfter: Double?)
-        case authFailed(status: Int, error: String)
-        case tableNotFound(error: String)
-    }
-
     private let scheduler: DeliveryScheduler
     private let reader: SpoolReader
     private let ledger: DeliveryLedger
     private let client: HTTPClient
     private let settings: LiveConfiguration
-    /// The settings of the job at hand: a snapshot taken when the job starts.
-    private var configuration: AgentConfiguration
     private let key: APIKeyBox
     private let logger: Logger
-    private var policy: RetryPolicy
     private let host: String
     private let capacity: SpoolCapacity
     private var lastLogged: [Int64: ContinuousClock.Instant] = [:]
+    /// Table names of the targets this worker has handled, for its log lines.
+    private var tables: [Int64: String] = [:]
+    /// The last compressed body's buffer, reused so each request does not allocate and fault in a new one.
+    private var compressed: [UInt8] = []
 
     init(scheduler: DeliveryScheduler, writer: SpoolWriter, settings: LiveConfiguration, key: APIKeyBox, logger: Logger) throws(SpoolError) {
-        let configuration = settings.current
         self.settings = settings
         self.scheduler = scheduler
-        self.reader = try SpoolReader(path: configuration.spool.path)
+        self.reader = try SpoolReader(path: settings.current.spool.path)
         self.ledger = DeliveryLedger(writer: writer)
         self.capacity = writer.capacity
         self.client = HTTPClient()
-        self.configuration = configuration
         self.key = key
         self.logger = logger
-        self.policy = RetryPolicy(configuration.retry)
         self.host = ProcessInfo.processInfo.hostName
     }
 
     func run() {
-        while let job = scheduler.next() {
-            configuration = settings.current
-            policy = RetryPolicy(configuration.retry)
-            switch job.kind {
-            case .fresh(let from, let end):
-                cutAndDeliver(job, from: from, end: end)
-            case .noteMissingKey:
-                do {
-                    try ledger.setState(targetID: job.targetID, state: "auth failing", until: nil, lastError: "no API key configured")
-                } catch {
-                    logger.error("cannot record the delivery state", metadata: ["error": "\(error)"])
-                }
-                logOnce(0, "no API key: delivery is paused, intake continues (set [api] key_file, $DEFINITE_API_KEY or the api-key credential)")
-                scheduler.finished(targetID: job.targetID, outcome: .done)
-            case .retry(let batch):
-                do {
-                    let (records, _) = try reader.read(targetID: job.targetID, from: batch.firstSeq, end: batch.endSeq, maxRows: .max, maxBytes: .max)
-                    scheduler.finished(targetID: job.targetID, outcome: deliver(job, batch: batch, records: records))
-                } catch {
-                    logger.error("cannot read a batch back from the spool", metadata: ["batch": "\(batch.id)", "error": "\(error)"])
-                    scheduler.finished(targetID: job.targetID, outcome: .retry(batch, after: .seconds(1)))
-                }
+        while let first = scheduler.next() {
+            // The rows of the batch this worker holds, from its cut or load until the machine lets it go.
+            var records = SpooledRecords()
+            var step: DeliveryMachine.Step? = first
+            while let current = step {
+                let outcome = perform(current, records: &records)
+                step = scheduler.complete(current, with: outcome)
             }
         }
     }
 
-    private func cutAndDeliver(_ job: DeliveryScheduler.Job, from: Int64, end: Int64) {
-        let batch: SpoolReader.BatchRow
-        let records: SpooledRecords
-        do {
-            let maxBytes = configuration.batch.maxBytes.bytes - RequestBody.envelopeAllowance
-            let (read, next) = try reader.read(targetID: job.targetID, from: from, end: end, maxRows: configuration.batch.maxRows, maxBytes: maxBytes)
-            guard next > from else {
-                scheduler.cutFailed(targetID: job.targetID)
-                return
+    private func perform(_ step: DeliveryMachine.Step, records: inout SpooledRecords) -> DeliveryMachine.Outcome {
+        switch step {
+        case .cut(let cut):
+            tables[cut.targetID] = cut.target.table
+            return read(targetID: cut.targetID, table: cut.target.table, from: cut.from, end: cut.end, maxRows: cut.maxRows,
+                        maxBytes: cut.maxBytes, keys: cut.target.mode == .merge ? cut.target.primaryKey : nil, into: &records)
+        case .load(let load):
+            tables[load.targetID] = load.target.table
+            return read(targetID: load.targetID, table: load.target.table, from: load.batch.range.lowerBound, end: load.batch.range.upperBound,
+                        maxRows: .max, maxBytes: .max, keys: load.target.mode == .merge ? load.target.primaryKey : nil, into: &records)
+        case .register(let record):
+            do {
+                capacity.release(try ledger.apply(record.change, records: records))
+                return .recorded
+            } catch {
+                logOnce(-2, "cannot register a batch in the spool; its rows stay queued and are cut again", ["error": "\(error)"])
+                return .notRecorded("\(error)")
             }
-            batch = SpoolReader.BatchRow(id: Self.makeBatchID(), targetID: job.targetID, firstSeq: from, endSeq: next, attempts: 0)
-            try ledger.register(batchID: batch.id, targetID: job.targetID, range: from..<next)
+        case .record(let record):
+            return recordPersistently(record.change, records: records)
+        case .send(let send):
+            return post(send, records: records)
+        }
+    }
+
+    // MARK: Reading
+
+    private func read(targetID: Int64, table: String?, from: Int64, end: Int64, maxRows: Int, maxBytes: Int, keys primaryKey: String?,
+                      into records: inout SpooledRecords) -> DeliveryMachine.Outcome {
+        do {
+            let (read, next) = try reader.read(targetID: targetID, from: from, end: end, maxRows: maxRows, maxBytes: maxBytes)
             records = read
+            var result = DeliveryMachine.ReadResult(seqs: read.seqs, next: next)
+            if let first = read.seqs.first { result.oldestAppendedAt = try reader.appendedAt(targetID: targetID, seq: first) }
+            if let primaryKey {
+                result.keys = read.bytes.withUnsafeBytes { raw in
+                    read.ranges.map { range in
+                        RequestBody.keyValue(UnsafeRawBufferPointer(rebasing: raw[range]), primaryKey: primaryKey)
+                            .map { read.bytes[(range.lowerBound + $0.lowerBound)..<(range.lowerBound + $0.upperBound)] }
+                    }
+                }
+            }
+            return .read(result)
         } catch {
-            logger.error("cannot cut a batch from the spool", metadata: ["table": "\(job.target.table)", "error": "\(error)"])
-            scheduler.cutFailed(targetID: job.targetID)
-            return
-        }
-        scheduler.assigned(targetID: job.targetID, end: batch.endSeq)
-        scheduler.finished(targetID: job.targetID, outcome: deliver(job, batch: batch, records: records))
-    }
-
-    /// A batch id that is unique across hosts and restarts: time, then randomness.
-    static func makeBatchID() -> String {
-        let millis = UInt64(Date().timeIntervalSince1970 * 1000)
-        return "b" + String(millis, radix: 36) + "-" + String(UInt64.random(in: 0..<(1 << 50)), radix: 36)
-    }
-
-    // MARK: One batch
-
-    private func deliver(_ job: DeliveryScheduler.Job, batch: SpoolReader.BatchRow, records: SpooledRecords) -> DeliveryScheduler.Outcome {
-        let outcome = attempt(job, batch: batch, records: records)
-        logger.debug("batch attempt ended", metadata: [
-            "table": "\(job.target.table)", "batch": "\(batch.id)", "seqs": "\(batch.firstSeq)..<\(batch.endSeq)",
-            "rows": "\(records.count)", "outcome": "\(outcome)"])
-        return outcome
-    }
-
-    private func attempt(_ job: DeliveryScheduler.Job, batch: SpoolReader.BatchRow, records: SpooledRecords) -> DeliveryScheduler.Outcome {
-        let finishing = (id: batch.id, range: batch.firstSeq..<batch.endSeq)
-        do {
-            if records.isEmpty {
-                try ledger.delivered(targetID: job.targetID, seqs: [], bytes: 0, finishing: finishing)
-                return .done
-            }
-            if let appended = try reader.appendedAt(targetID: job.targetID, seq: records.seqs[0]),
-               Date().timeIntervalSince1970 - appended > configuration.retry.maxAge.seconds {
-                try ledger.deadLetter(targetID: job.targetID, records: records, failure: .init(
-                    reason: "expired: not delivered within retry.max_age (\(configuration.retry.maxAge))", status: nil,
-                    errors: [], warnings: [], requestID: nil, attempts: batch.attempts, partial: false,
-                    firstFailedAt: Date()), finishing: finishing)
-                logger.warning("rows expired and were dead-lettered", metadata: ["table": "\(job.target.table)", "rows": "\(records.count)"])
-                return .done
-            }
-            guard let apiKey = key.withLockedValue({ $0 }) else {
-                try ledger.setState(targetID: job.targetID, state: "auth failing", until: nil, lastError: "no API key configured")
-                logOnce(job.targetID, "no API key: delivery is paused, intake continues (set [api] key_file, $DEFINITE_API_KEY or the api-key credential)")
-                return .authFailed(batch, after: policy.max.duration)
-            }
-            let indexes = job.target.mode == .merge
-                ? RequestBody.lastWritePerKey(records, primaryKey: job.target.primaryKey)
-                : Array(0..<records.count)
-            let sent = indexes.reduce(0) { $0 + records.storedSize($1) }
-            let context = Context(job: job, batch: batch, records: records, key: apiKey)
-            let resolution = resolve(indexes, context: context)
-            let attempts = batch.attempts + 1
-            var next = batch
-            next.attempts = attempts
-            switch resolution {
-            case .resolved:
-                // Rows superseded by a later write of their key leave with the batch.
-                try ledger.delivered(targetID: job.targetID, seqs: [], bytes: records.bytes.count - sent, finishing: finishing)
-                capacity.release(records.bytes.count - sent)
-                return .done
-            case .retry(let status, let error, let retryAfter):
-                AgentMetrics.retries.increment()
-                let delay = retryAfter.map { Duration.milliseconds(Int64($0 * 1000)) } ?? policy.delay(attempt: attempts - 1)
-                let until = Date().addingTimeInterval(Double(delay.components.seconds))
-                try ledger.recordAttempt(batchID: batch.id, targetID: job.targetID, status: status, error: error,
-                                         state: "backing off", stateUntil: until)
-                logOnce(job.targetID, "delivery failed; will retry", ["table": "\(job.target.table)", "status": "\(status.map(String.init) ?? "none")",
-                                                                      "error": "\(error)", "retry_in": "\(delay)"])
-                return .retry(next, after: delay)
-            case .authFailed(let status, let error):
-                let delay = policy.delay(attempt: attempts + 3)
-                try ledger.recordAttempt(batchID: batch.id, targetID: job.targetID, status: status, error: error,
-                                         state: "auth failing", stateUntil: Date().addingTimeInterval(Double(delay.components.seconds)))
-                logOnce(0, "the Stream API refused the API key; delivery is paused for every table, intake continues", ["status": "\(status)"])
-                return .authFailed(next, after: delay)
-            case .tableNotFound(let error):
-                let delay = policy.delay(attempt: attempts + 3)
-                try ledger.recordAttempt(batchID: batch.id, targetID: job.targetID, status: 404, error: error,
-                                         state: "held: table not found", stateUntil: Date().addingTimeInterval(Double(delay.components.seconds)))
-                logOnce(job.targetID, "table not found; holding this table, the others keep flowing", ["table": "\(job.target.table)"])
-                return .retry(next, after: delay)
-            }
-        } catch {
-            logOnce(-2, "delivery bookkeeping failed; the batch stays queued", ["error": "\(error)"])
-            return .retry(batch, after: .seconds(1))
+            logOnce(-3, "cannot read a batch from the spool; retrying shortly", ["table": "\(table ?? "?")", "error": "\(error)"])
+            return .readFailed("\(error)")
         }
     }
 
-    private struct Context {
-        var job: DeliveryScheduler.Job
-        var batch: SpoolReader.BatchRow
-        var records: SpooledRecords
-        var key: APIKey
+    // MARK: Recording
+
+    /// Commits a change, retrying the write alone (a full disk, a locked spool) until it succeeds or the
+    /// daemon stops: it may hold rows the API has, which must not be sent again.
+    private func recordPersistently(_ change: DeliveryLedger.Change, records: SpooledRecords) -> DeliveryMachine.Outcome {
+        while true {
+            do {
+                capacity.release(try ledger.apply(change, records: records))
+                report(change)
+                return .recorded
+            } catch {
+                logOnce(-1, "cannot record a delivery in the spool; retrying the write (the rows are not sent again)", ["error": "\(error)"])
+                if scheduler.isStopping { return .notRecorded("\(error)") }
+                Thread.sleep(forTimeInterval: 1)
+            }
+        }
     }
 
-    /// The last compressed body's buffer, reused so each batch does not allocate and fault in a new one.
-    private var compressed: [UInt8] = []
+    /// Logs and counts what a recorded change did.
+    private func report(_ change: DeliveryLedger.Change) {
+        let table = tables[change.targetID] ?? "?"
+        if !change.delivered.isEmpty { AgentMetrics.recordsDelivered.increment(by: Int64(change.delivered.count)) }
+        for letter in change.deadLetters {
+            AgentMetrics.recordsDeadLettered.increment(by: Int64(letter.seqs.count))
+            logger.warning("rows dead-lettered", metadata: [
+                "table": "\(table)", "rows": "\(letter.seqs.count)", "status": "\(letter.failure.status.map(String.init) ?? "none")",
+                "reason": "\(letter.failure.reason)"])
+        }
+        let error = change.lastError ?? ""
+        switch change.state {
+        case .backingOff(let until)?:
+            AgentMetrics.retries.increment()
+            logOnce(change.targetID, "delivery failed; will retry", [
+                "table": "\(table)", "error": "\(error)", "retry_in": "\(String(format: "%.3fs", max(0, until.timeIntervalSinceNow)))"])
+        case .authFailing?:
+            logOnce(0, error == DeliveryMachine.missingKeyError
+                ? "no API key: delivery is paused, intake continues (set [api] key_file, $DEFINITE_API_KEY or the api-key credential)"
+                : "the Stream API refused the API key; delivery is paused for every table, intake continues", ["error": "\(error)"])
+        case .heldTableNotFound?:
+            logOnce(change.targetID, "table not found; holding this table, the others keep flowing", ["table": "\(table)"])
+        case .isolating? where !change.deadLetters.isEmpty || change.progress != nil:
+            logOnce(change.targetID, "the API refused rows of a batch; isolating them while the rest is delivered",
+                    ["table": "\(table)", "error": "\(error)"])
+        default:
+            break
+        }
+    }
 
-    /// Sends `indexes` of the batch and acts on the answer. Parts the API refuses row by row are split in
-    /// halves until each refused row stands alone and is dead-lettered; the rest are delivered.
-    private func resolve(_ indexes: [Int], context: Context) -> Resolution {
-        let job = context.job
+    // MARK: Sending
+
+    private func post(_ send: DeliveryMachine.Send, records: SpooledRecords) -> DeliveryMachine.Outcome {
+        let configuration = settings.current
+        guard let apiKey = key.withLockedValue({ $0 }) else { return .missingKey }
+        let indexes = send.seqs.compactMap(records.index(of:))
+        guard indexes.count == send.seqs.count else { return .noAnswer("the batch's rows could not be read back from the spool") }
         let body: RequestBody
         do {
             body = try RequestBody.make(
-                records: context.records, indexes: indexes, target: job.target, batchID: context.batch.id, host: host,
+                records: records, indexes: indexes, target: send.target, batchID: send.batchID, host: host,
                 format: configuration.batch.format, compression: configuration.batch.compression, gzipLevel: configuration.batch.gzipLevel,
                 reusing: &compressed)
         } catch {
-            return .retry(status: nil, error: "cannot compress the request: \(error)", retryAfter: nil)
+            return .noAnswer("cannot compress the request: \(error)")
         }
-        var headers = ["Authorization: Bearer \(context.key.secret)", "Content-Type: \(body.contentType)", "Accept: application/json"]
+        var headers = ["Authorization: Bearer \(apiKey.secret)", "Content-Type: \(body.contentType)", "Accept: application/json"]
         if body.compressed { headers.append("Content-Encoding: gzip") }
-        let url = body.query.isEmpty ? configuration.api.url : configuration.api.url + (configuration.api.url.contains("?") ? "&" : "?") + body.query
-        let response: HTTPResponse
-        let started = ContinuousClock.now
-        AgentMetrics.bytesUncompressed.increment(by: Int64(indexes.reduce(0) { $0 + context.records.storedSize($1) }))
+        let url = configuration.api.url
+        let target = body.query.isEmpty ? url : url + (url.contains("?") ? "&" : "?") + body.query
+        AgentMetrics.bytesUncompressed.increment(by: Int64(indexes.reduce(0) { $0 + records.storedSize($1) }))
         AgentMetrics.bytesSent.increment(by: Int64(body.bytes.count))
+        let started = ContinuousClock.now
         do {
-            response = try client.post(url: url, headers: headers, body: body.bytes, timeout: configuration.api.timeout)
+            let response = try client.post(url: target, headers: headers, body: body.bytes, timeout: configuration.api.timeout)
             AgentMetrics.deliveryLatency.recordInterval(since: started)
             AgentMetrics.httpRequests(String(response.status)).increment()
+            logger.debug("request answered", metadata: [
+                "table": "\(send.target.table)", "batch": "\(send.batchID)", "rows": "\(send.seqs.count)", "status": "\(response.status)"])
+            return .answered(status: response.status, answer: StreamAPIResponse(body: response.body), retryAfter: response.retryAfter())
         } catch {
             AgentMetrics.httpRequests("transport_error").increment()
-            return .retry(status: nil, error: "\(error)", retryAfter: nil)
-        }
-        let answer = StreamAPIResponse(body: response.body)
-        let subset = { context.records.subset(indexes) }
-        func deadLetter(_ reason: String, partial: Bool = false) -> Resolution {
-            do {
-                try ledger.deadLetter(targetID: job.targetID, records: subset(), failure: .init(
-                    reason: reason, status: response.status, errors: answer.errors, warnings: answer.warnings,
-                    requestID: answer.requestID, attempts: context.batch.attempts + 1, partial: partial, firstFailedAt: Date()),
-                    finishing: nil)
-                AgentMetrics.recordsDeadLettered.increment(by: Int64(indexes.count))
-                logger.warning("rows dead-lettered", metadata: ["table": "\(job.target.table)", "rows": "\(indexes.count)",
-                                                                "status": "\(response.status)", "reason": "\(reason)"])
-                return .resolved
-            } catch {
-                return .retry(status: response.status, error: "cannot dead-letter: \(error)", retryAfter: nil)
-            }
-        }
-        func split() -> Resolution {
-            let middle = indexes.count / 2
-            let first = resolve(Array(indexes[..<middle]), context: context)
-            guard case .resolved = first else { return first }
-            return resolve(Array(indexes[middle...]), context: context)
-        }
-        let error = answer.summary.isEmpty ? "HTTP \(response.status)" : "HTTP \(response.status): \(answer.summary)"
-        switch response.status {
-        case 200..<300:
-            if answer.rejectedRows == 0 {
-                let bytes = indexes.reduce(0) { $0 + context.records.storedSize($1) }
-                // The API has these rows: record it, retrying the write alone (a full disk, a locked
-                // spool) rather than sending them again.
-                guard recordingPersistently({
-                    try ledger.delivered(targetID: job.targetID, seqs: indexes.map { context.records.seqs[$0] }, bytes: bytes, finishing: nil)
-                }) else {
-                    return .retry(status: response.status, error: "delivered, but the agent stopped before it could record it", retryAfter: nil)
-                }
-                capacity.release(bytes)
-                AgentMetrics.recordsDelivered.increment(by: Int64(indexes.count))
-                return .resolved
-            }
-            if job.target.mode == .merge {
-                // Upserts are idempotent: resend halves to find the rejected rows.
-                return indexes.count > 1 ? split() : deadLetter("rejected by the API (\(answer.summary))")
-            }
-            // Re-sending would duplicate the rows that were written: keep the whole batch, marked partial.
-            return deadLetter("partially rejected: \(answer.rejectedRows) of \(indexes.count) rows rejected, the others were written (request \(answer.requestID ?? "?"))", partial: true)
-        case 400:
-            return indexes.count > 1 ? split() : deadLetter("rejected by the API: \(answer.summary)")
-        case 413:
-            return indexes.count > 1 ? split() : deadLetter("too large for the API even alone: \(answer.summary)")
-        case 422:
-            return deadLetter("the API refused the request as invalid: \(answer.summary)")
-        case 401, 403:
-            return .authFailed(status: response.status, error: error)
-        case 404:
-            return .tableNotFound(error: error)
-        default:
-            return .retry(status: response.status, error: error, retryAfter: response.retryAfter())
-        }
-    }
-
-    /// Runs a spool write until it succeeds, pausing between attempts; `false` only if the daemon is
-    /// stopping first. For bookkeeping whose failure must not lead to sending rows again.
-    private func recordingPersistently(_ write: () throws -> Void) -> Bool {
-        while true {
-            do {
-                try write()
-                return true
-            } catch {
-                logOnce(-1, "cannot record a delivery in the spool; retrying the write (the rows are not sent again)", ["error": "\(error)"])
-                if scheduler.isStopping { return false }
-                Thread.sleep(forTimeInterval: 1)
-            }
+            return .noAnswer("\(error)")
         }
     }
 

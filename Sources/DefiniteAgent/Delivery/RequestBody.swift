@@ -75,24 +75,6 @@ struct RequestBody {
     /// Size of the JSON envelope around the records, so batches can be cut under `[batch] max_bytes`.
     static let envelopeAllowance = 1024
 
-    /// Indexes of the records to send for a merge target: for each primary key value only the last
-    /// write, in order. Upserts applied in order give exactly that, and the API refuses a request with a
-    /// key twice.
-    static func lastWritePerKey(_ records: SpooledRecords, primaryKey: String) -> [Int] {
-        var lastIndex: [ArraySlice<UInt8>: Int] = [:]
-        var keys: [ArraySlice<UInt8>?] = []
-        keys.reserveCapacity(records.count)
-        records.bytes.withUnsafeBytes { raw in
-            for i in 0..<records.count {
-                let key = keyValue(UnsafeRawBufferPointer(rebasing: raw[records.ranges[i]]), primaryKey: primaryKey)
-                    .map { records.bytes[(records.ranges[i].lowerBound + $0.lowerBound)..<(records.ranges[i].lowerBound + $0.upperBound)] }
-                keys.append(key)
-                if let key { lastIndex[key] = i }
-            }
-        }
-        return (0..<records.count).filter { i in keys[i].map { lastIndex[$0] == i } ?? true }
-    }
-
     /// The raw bytes (relative range) of the top-level `primaryKey` value of a stored record.
     static func keyValue(_ record: UnsafeRawBufferPointer, primaryKey: String) -> Range<Int>? {
         var scanner = JSONScanner(record)

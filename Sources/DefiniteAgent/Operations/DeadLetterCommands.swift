@@ -60,7 +60,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 table:       \(e.table) (\(e.mode)\(e.primaryKey.isEmpty ? "" : " on \(e.primaryKey)"))
                 reason:      \(e.reason)
                 status:      \(e.status.map(String.init) ?? "-")
-                rows:        \(e.rows)\(e.partial ? " (whole batch kept: the API wrote some of its rows)" : "")
+                rows:        \(e.rows)\(e.partial ? " (partial: the whole request is kept; the API wrote some of its rows and did not say which)" : "")
                 request_id:  \(e.requestID ?? "-")
                 attempts:    \(e.attempts)
                 first fail:  \(DeadLetterCommand.timestamp(e.firstFailedAt))
@@ -94,14 +94,29 @@ struct DeadLetterCommand: AsyncParsableCommand {
     struct Replay: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Put entries' rows back into the queue, in their original order.",
-            discussion: "A partial entry holds a whole batch, some of whose rows the API already wrote: replaying it writes those again.")
+            discussion: """
+                A partial entry holds a whole request the API partly wrote without saying which rows it rejected: \
+                replaying it writes the accepted rows a second time. Such a selection is refused unless \
+                --include-written is given; `dlq export --rejected-only` leaves those entries out.
+                """)
         @OptionGroup var global: GlobalOptions
         @OptionGroup var selection: Selection
+        @Flag(help: "Replay partial entries too, although the API already wrote some of their rows (they are written again).")
+        var includeWritten = false
 
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path
-            let (entries, rows) = try await reportingErrors { try DeadLetterStore(path: path).replay(selection.value) }
-            print("replayed \(entries) entries (\(rows) rows) into the queue")
+            let outcome = try await reportingErrors { try DeadLetterStore(path: path).replay(selection.value, includeWritten: includeWritten) }
+            guard outcome.refusedPartial.isEmpty else {
+                let list = outcome.refusedPartial.map { "\($0.id) (\($0.rows) rows)" }.joined(separator: ", ")
+                printError("""
+                    error: nothing replayed: partial entries \(list) hold rows the API already wrote (it rejected some \
+                    and did not say which), so replaying them would write those rows a second time. Add \
+                    --include-written to replay them anyway, or select other entries.
+                    """)
+                throw ExitCode(1)
+            }
+            print("replayed \(outcome.entries) entries (\(outcome.rows) rows) into the queue")
         }
     }
 
@@ -136,11 +151,15 @@ struct DeadLetterCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write dead-lettered rows to stdout as NDJSON (one row per line).")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Only this table.") var table: String?
+        @Flag(help: "Only rows known to be rejected by the API: leave out partial entries (they hold rows it wrote) and expired rows.")
+        var rejectedOnly = false
 
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path
             try await reportingErrors {
-                try DeadLetterStore(path: path).export(table: table) { FileHandle.standardOutput.write(Data($0.records)) }
+                try DeadLetterStore(path: path).export(table: table, rejectedOnly: rejectedOnly) {
+                    FileHandle.standardOutput.write(Data($0.records))
+                }
             }
         }
     }

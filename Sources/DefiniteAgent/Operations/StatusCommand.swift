@@ -47,10 +47,11 @@ struct StatusCommand: AsyncParsableCommand {
             + "\"datagrams\":\(datagrams),\"tables\":[\(tables.joined(separator: ","))]}"
     }
 
-    /// "delivering", "idle", "backing off", "held: table not found" or "auth failing".
+    /// The target's ``TargetState/Kind`` as operators read it: "idle", "delivering", "backing off",
+    /// "isolating bad rows", "held: table not found" or "auth failing".
     static func state(_ t: SpoolStatus.Target) -> String {
-        if let state = t.state, t.pending > 0 { return state }
-        return t.pending > 0 ? "delivering" : "idle"
+        if let state = t.deliveryState, t.pending > 0 { return state.kind.rawValue }
+        return (t.pending > 0 ? TargetState.Kind.delivering : .idle).rawValue
     }
 
     static func timestamp(_ seconds: Double) -> String {

@@ -3,7 +3,8 @@ import Foundation
 /// The dead-letter queue, for the operator's `dlq` commands. Each call is one transaction on its own
 /// connection, so it is safe while the daemon runs (SQLite makes the two writers take turns).
 public struct DeadLetterStore {
-    /// One dead-letter entry: a row, or a whole batch the API partially rejected.
+    /// One dead-letter entry: rows the API rejected (or that expired), or a whole request the API partially
+    /// rejected without saying which rows (`partial`).
     public struct Entry: Sendable, Equatable {
         public var id: Int64
         public var table: String
@@ -109,34 +110,57 @@ public struct DeadLetterStore {
         }
     }
 
-    /// Calls `body` with each entry's rows, in order, for export.
-    public func export(table: String?, _ body: (Entry) -> Void) throws(SpoolError) {
+    /// Calls `body` with each entry's rows, in order, for export. With `rejectedOnly`, only entries whose
+    /// rows are all known to be rejected by the API: not partial entries (they also hold rows the API
+    /// wrote), nor rows that expired without an answer.
+    public func export(table: String?, rejectedOnly: Bool = false, _ body: (Entry) -> Void) throws(SpoolError) {
         try withDatabase(write: false) { db in
             let select = try db.prepared("""
                 SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id
-                WHERE ?1 IS NULL OR t.table_name = ?1 ORDER BY d.id
+                WHERE (?1 IS NULL OR t.table_name = ?1) AND (?2 = 0 OR (d.partial = 0 AND d.http_status IS NOT NULL))
+                ORDER BY d.id
                 """)
             defer { select.reset() }
             select.bind(1, table)
+            select.bind(2, rejectedOnly ? 1 : 0)
             while try select.step() { body(Self.entry(select, withRecords: true)) }
         }
     }
 
+    /// What ``replay(_:includeWritten:)`` did.
+    public struct Replay: Sendable, Equatable {
+        public var entries = 0
+        public var rows = 0
+        /// Partial entries selected without `includeWritten` (id, rows): nothing was replayed.
+        public var refusedPartial: [(id: Int64, rows: Int)] = []
+
+        public static func == (lhs: Replay, rhs: Replay) -> Bool {
+            lhs.entries == rhs.entries && lhs.rows == rhs.rows && lhs.refusedPartial.map(\.id) == rhs.refusedPartial.map(\.id)
+        }
+    }
+
     /// Puts the selected entries' rows back at the end of their target's queue, in their original order,
-    /// and removes the entries — all in one transaction. Returns (entries, rows) replayed.
-    public func replay(_ selection: Selection) throws(SpoolError) -> (entries: Int, rows: Int) {
+    /// and removes the entries — all in one transaction.
+    ///
+    /// - Important: A partial entry also holds rows the API wrote; replaying it writes them again. Unless
+    ///   `includeWritten` is set, a selection with a partial entry replays nothing and names them.
+    public func replay(_ selection: Selection, includeWritten: Bool = false) throws(SpoolError) -> Replay {
         try withDatabase(write: true) { db in
             let (clause, bind) = selection.sql
             let select = try db.prepared("""
-                SELECT d.id, d.target_id, d.record_count, d.byte_count, d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id
+                SELECT d.id, d.target_id, d.record_count, d.byte_count, d.records, d.partial FROM dead_letters d
+                JOIN targets t ON t.id = d.target_id
                 WHERE \(clause) ORDER BY d.target_id, d.first_seq, d.id
                 """)
             bind(select)
             var picked: [(id: Int64, target: Int64, count: Int, bytes: Int, records: [UInt8])] = []
+            var partial: [(id: Int64, rows: Int)] = []
             while try select.step() {
                 picked.append((select.int64(0), select.int64(1), select.int(2), select.int(3), Array(select.blob(4))))
+                if select.int(5) != 0 { partial.append((select.int64(0), select.int(2))) }
             }
             select.reset()
+            guard partial.isEmpty || includeWritten else { return Replay(refusedPartial: partial) }
             let advance = try db.prepared(
                 "UPDATE targets SET next_seq = next_seq + ?1, pending_bytes = pending_bytes + ?2 WHERE id = ?3 RETURNING next_seq - ?1")
             let insert = try db.prepared(
@@ -164,7 +188,7 @@ public struct DeadLetterStore {
                 try delete.step()
                 delete.reset()
             }
-            return (picked.count, picked.reduce(0) { $0 + $1.count })
+            return Replay(entries: picked.count, rows: picked.reduce(0) { $0 + $1.count })
         }
     }
 

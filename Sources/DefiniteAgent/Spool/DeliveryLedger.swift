@@ -1,18 +1,127 @@
 import Foundation
 
-/// The spool writes delivery makes, each one transaction on the writer thread (``SpoolWriter/perform``),
-/// so delivery bookkeeping and intake commits never interleave half-way.
+/// The spool writes delivery makes: each ``Change`` is one transaction on the writer thread
+/// (``SpoolWriter/perform``), so delivery bookkeeping and intake commits never interleave half-way.
 ///
 /// - Important: Records leave the queue only here, and only in the same transaction that records why
-///   (delivered with the API's request id, or dead-lettered with the reason). A crash before the commit
-///   leaves them queued; they are sent again (at-least-once).
+///   (delivered, dead-lettered with the reason, or superseded by a later write of their merge key in the
+///   same batch). A crash before the commit leaves them queued; they are sent again (at-least-once).
 struct DeliveryLedger: Sendable {
     let writer: SpoolWriter
+
+    /// A batch: fixed (id and seq range) before its first attempt, so every retry, even after a restart,
+    /// sends the same rows under the same id.
+    struct Batch: Sendable, Equatable {
+        var id: String
+        var range: Range<Int64>
+    }
+
+    /// What is known about a failure, copied into the dead letter.
+    struct Failure: Sendable, Equatable {
+        var reason: String
+        var status: Int?
+        var errors: [String]
+        var warnings: [String]
+        var requestID: String?
+        var attempts: Int
+        /// The entry holds rows the API wrote as well as the ones it rejected (an append batch answered
+        /// 200 with rejected rows it did not name): replaying it would write those again.
+        var partial: Bool
+        var firstFailedAt: Date
+    }
+
+    /// Rows that leave the queue for the dead-letter queue, as one entry.
+    struct DeadLetter: Sendable, Equatable {
+        var seqs: [Int64]
+        var failure: Failure
+    }
+
+    /// Why a part of a batch is known to hold a row the API refuses: the answer that showed it.
+    struct Refusal: Sendable, Equatable {
+        var status: Int?
+        var reason: String
+        var errors: [String]
+        var requestID: String?
+    }
+
+    /// A part of a batch still to be resolved. The parts of a batch being isolated are kept in the spool,
+    /// so that a restart resumes the search where it was instead of starting from the whole batch.
+    struct Part: Sendable, Equatable {
+        var range: Range<Int64>
+        /// Set when the part is known to hold at least one row the API refuses; `nil` when it may well be
+        /// good (it is sent whole).
+        var refusal: Refusal?
+    }
+
+    /// The parts of a batch still to be resolved.
+    struct Progress: Sendable, Equatable {
+        var batchID: String
+        var parts: [Part]
+    }
+
+    /// The last attempt at a batch, for `queue peek` and `status`.
+    struct Attempt: Sendable, Equatable {
+        var batchID: String
+        var status: Int?
+        var error: String
+    }
+
+    /// Everything one step of delivery changes in the spool, committed together.
+    ///
+    /// A batch costs two commits when all goes well: its registration (the rows and id must be fixed
+    /// before they are sent, or a retry after a crash could send other rows under another id) and its
+    /// outcome (rows delivered, batch closed). Each further answer (a retry, a step of isolation) is one more.
+    struct Change: Sendable, Equatable {
+        var targetID: Int64
+        /// A new batch, registered before its first attempt.
+        var register: Batch?
+        /// Rows that leave the queue because the API has them.
+        var delivered: [Int64] = []
+        /// Rows that leave the queue unsent because a later write of their merge key in the same batch
+        /// supersedes them (upserts in order would overwrite them anyway).
+        var superseded: [Int64] = []
+        var deadLetters: [DeadLetter] = []
+        /// The parts of a batch still to be resolved, replacing those recorded before.
+        var progress: Progress?
+        /// The batch is resolved: its record and parts go, and every row of its range leaves the queue.
+        var finished: Batch?
+        var attempt: Attempt?
+        /// The target's new state; `nil` leaves it as it is.
+        var state: TargetState?
+        /// The target's last error; `nil` leaves it as it is.
+        var lastError: String?
+        /// When set, the target's last success; also clears its last error (unless `lastError` is set).
+        var succeededAt: Date?
+
+        init(targetID: Int64) {
+            self.targetID = targetID
+        }
+
+        /// Whether the change writes nothing.
+        var isEmpty: Bool { self == Change(targetID: targetID) }
+    }
+
+    /// Commits `change`; `records` must hold every row it moves (for their bytes and dead-letter copies).
+    /// Returns the stored bytes that left the spool (delivered or superseded rows; dead-lettered rows stay
+    /// on disk in the dead-letter queue).
+    @discardableResult
+    func apply(_ change: Change, records: SpooledRecords) throws -> Int {
+        let delivered = (change.delivered + change.superseded).reduce(0) { total, seq in
+            total + (records.index(of: seq).map(records.storedSize) ?? 0)
+        }
+        let letters = change.deadLetters.map { letter in
+            (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
+        }
+        try transaction { db in
+            try Self.write(change, deliveredBytes: delivered, letters: letters, db: db)
+        }
+        return delivered
+    }
 
     /// Runs `body` on the writer thread and waits for its commit.
     private func transaction(_ body: @escaping @Sendable (SQLiteConnection) throws -> Void) throws {
         let done = DispatchSemaphore(value: 0)
-        let result = NIOLockedResult()
+        let result = LockedResult()
         writer.perform(body) { outcome in
             result.set(outcome)
             done.signal()
@@ -21,116 +130,132 @@ struct DeliveryLedger: Sendable {
         try result.get()
     }
 
-    /// Fixes a batch's range and id before its first attempt.
-    func register(batchID: String, targetID: Int64, range: Range<Int64>) throws {
-        try transaction { db in
+    // MARK: SQL
+
+    private static func write(_ change: Change, deliveredBytes: Int, letters: [(DeadLetter, SpooledRecords)], db: SQLiteConnection) throws {
+        let targetID = change.targetID
+        let now = Date().timeIntervalSince1970
+        if let batch = change.register {
             let insert = try db.prepared("INSERT INTO batches (id, target_id, first_seq, end_seq, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-            insert.bind(1, batchID)
+            insert.bind(1, batch.id)
             insert.bind(2, targetID)
-            insert.bind(3, range.lowerBound)
-            insert.bind(4, range.upperBound)
-            insert.bind(5, Date().timeIntervalSince1970)
+            insert.bind(3, batch.range.lowerBound)
+            insert.bind(4, batch.range.upperBound)
+            insert.bind(5, now)
+            try insert.step()
+            insert.reset()
+        }
+        var leaving = runs(of: change.delivered + change.superseded)
+        for (letter, rows) in letters {
+            try insertDeadLetter(letter.failure, rows: rows, targetID: targetID, now: now, db: db)
+            leaving += runs(of: letter.seqs)
+        }
+        if let batch = change.finished {
+            // Rows of the range never sent (superseded by a later write of their key) leave too.
+            leaving.append(batch.range)
+            try replaceParts(batchID: batch.id, with: [], db: db)
+            let delete = try db.prepared("DELETE FROM batches WHERE id = ?1")
+            delete.bind(1, batch.id)
+            try delete.step()
+            delete.reset()
+        } else if let progress = change.progress {
+            try replaceParts(batchID: progress.batchID, with: progress.parts, db: db)
+        }
+        if !leaving.isEmpty || deliveredBytes > 0 {
+            try markDelivered(db, targetID: targetID, ranges: leaving, bytes: deliveredBytes)
+        }
+        if let attempt = change.attempt {
+            let update = try db.prepared("UPDATE batches SET attempts = attempts + 1, last_attempt_at = ?2, last_status = ?3, last_error = ?4 WHERE id = ?1")
+            update.bind(1, attempt.batchID)
+            update.bind(2, now)
+            update.bind(3, attempt.status)
+            update.bind(4, attempt.error)
+            try update.step()
+            update.reset()
+        }
+        try updateTarget(change, db: db)
+    }
+
+    private static func insertDeadLetter(_ failure: Failure, rows: SpooledRecords, targetID: Int64, now: Double, db: SQLiteConnection) throws {
+        let insert = try db.prepared("""
+            INSERT INTO dead_letters (target_id, first_seq, record_count, byte_count, records, reason, http_status, errors,
+                                      warnings, request_id, attempts, partial, first_failed_at, last_failed_at)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+            """)
+        insert.bind(1, targetID)
+        insert.bind(2, rows.seqs.first ?? 0)
+        insert.bind(3, rows.count)
+        insert.bind(4, rows.bytes.count)
+        insert.bind(6, failure.reason)
+        insert.bind(7, failure.status)
+        insert.bind(8, jsonArray(failure.errors))
+        insert.bind(9, jsonArray(failure.warnings))
+        insert.bind(10, failure.requestID)
+        insert.bind(11, failure.attempts)
+        insert.bind(12, failure.partial ? 1 : 0)
+        insert.bind(13, failure.firstFailedAt.timeIntervalSince1970)
+        insert.bind(14, now)
+        try rows.newlineSeparated.withUnsafeBytes { raw in
+            insert.bindBlobNoCopy(5, raw)
             try insert.step()
             insert.reset()
         }
     }
 
-    /// Notes one attempt of a batch and its result, for `queue peek` and `status`.
-    func recordAttempt(batchID: String, targetID: Int64, status: Int?, error: String?, state: String?, stateUntil: Date?) throws {
-        try transaction { db in
-            let now = Date().timeIntervalSince1970
-            let update = try db.prepared("UPDATE batches SET attempts = attempts + 1, last_attempt_at = ?2, last_status = ?3, last_error = ?4 WHERE id = ?1")
-            update.bind(1, batchID)
-            update.bind(2, now)
-            update.bind(3, status)
-            update.bind(4, error)
-            try update.step()
-            update.reset()
-            try Self.setState(db, targetID: targetID, state: state, until: stateUntil, lastError: error)
-        }
-    }
-
-    /// Marks records delivered: `seqs` leave the queue, with the bytes they held.
-    /// When `finishing` is set, the whole batch range is closed too (rows merged away by dedupe included).
-    func delivered(targetID: Int64, seqs: [Int64], bytes: Int, finishing batch: (id: String, range: Range<Int64>)?) throws {
-        try transaction { db in
-            try Self.markDelivered(db, targetID: targetID, ranges: Self.runs(of: seqs), bytes: bytes)
-            if let batch { try Self.finish(db, targetID: targetID, batch: batch) }
-            let success = try db.prepared("UPDATE targets SET last_success_at = ?2, last_error = NULL, state = NULL, state_until = NULL WHERE id = ?1")
-            success.bind(1, targetID)
-            success.bind(2, Date().timeIntervalSince1970)
-            try success.step()
-            success.reset()
-        }
-    }
-
-    /// What is known about a failure, copied into the dead letter.
-    struct Failure: Sendable {
-        var reason: String
-        var status: Int?
-        var errors: [String]
-        var warnings: [String]
-        var requestID: String?
-        var attempts: Int
-        var partial: Bool
-        var firstFailedAt: Date
-    }
-
-    /// Moves records to the dead-letter queue as one entry; they leave the queue in the same transaction.
-    func deadLetter(targetID: Int64, records: SpooledRecords, failure: Failure, finishing batch: (id: String, range: Range<Int64>)?) throws {
-        try transaction { db in
-            let insert = try db.prepared("""
-                INSERT INTO dead_letters (target_id, first_seq, record_count, byte_count, records, reason, http_status, errors,
-                                          warnings, request_id, attempts, partial, first_failed_at, last_failed_at)
-                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                """)
-            insert.bind(1, targetID)
-            insert.bind(2, records.seqs.first ?? 0)
-            insert.bind(3, records.count)
-            insert.bind(4, records.bytes.count)
-            insert.bind(6, failure.reason)
-            insert.bind(7, failure.status)
-            insert.bind(8, JSONCompactor.render(.array(failure.errors.map(JSONValue.string))))
-            insert.bind(9, JSONCompactor.render(.array(failure.warnings.map(JSONValue.string))))
-            insert.bind(10, failure.requestID)
-            insert.bind(11, failure.attempts)
-            insert.bind(12, failure.partial ? 1 : 0)
-            insert.bind(13, failure.firstFailedAt.timeIntervalSince1970)
-            insert.bind(14, Date().timeIntervalSince1970)
-            try records.newlineSeparated.withUnsafeBytes { raw in
-                insert.bindBlobNoCopy(5, raw)
-                try insert.step()
-                insert.reset()
-            }
-            try Self.markDelivered(db, targetID: targetID, ranges: Self.runs(of: records.seqs), bytes: records.bytes.count)
-            if let batch { try Self.finish(db, targetID: targetID, batch: batch) }
-        }
-    }
-
-    /// Records the target's delivery state for `status`.
-    func setState(targetID: Int64, state: String?, until: Date?, lastError: String?) throws {
-        try transaction { db in try Self.setState(db, targetID: targetID, state: state, until: until, lastError: lastError) }
-    }
-
-    // MARK: SQL
-
-    private static func setState(_ db: SQLiteConnection, targetID: Int64, state: String?, until: Date?, lastError: String?) throws {
-        let update = try db.prepared("UPDATE targets SET state = ?2, state_until = ?3, last_error = coalesce(?4, last_error) WHERE id = ?1")
-        update.bind(1, targetID)
-        update.bind(2, state)
-        if let until { update.bind(3, until.timeIntervalSince1970) } else { update.bind(3, nil as String?) }
-        update.bind(4, lastError)
-        try update.step()
-        update.reset()
-    }
-
-    private static func finish(_ db: SQLiteConnection, targetID: Int64, batch: (id: String, range: Range<Int64>)) throws {
-        // Rows of the range that were never sent (superseded by a later write of the same key) leave too.
-        try markDelivered(db, targetID: targetID, ranges: [batch.range], bytes: 0)
-        let delete = try db.prepared("DELETE FROM batches WHERE id = ?1")
-        delete.bind(1, batch.id)
+    private static func replaceParts(batchID: String, with parts: [Part], db: SQLiteConnection) throws {
+        let delete = try db.prepared("DELETE FROM batch_parts WHERE batch_id = ?1")
+        delete.bind(1, batchID)
         try delete.step()
         delete.reset()
+        let insert = try db.prepared("""
+            INSERT INTO batch_parts (batch_id, first_seq, end_seq, refused, status, reason, errors, request_id)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            """)
+        for part in parts {
+            insert.bind(1, batchID)
+            insert.bind(2, part.range.lowerBound)
+            insert.bind(3, part.range.upperBound)
+            insert.bind(4, part.refusal == nil ? 0 : 1)
+            insert.bind(5, part.refusal?.status)
+            insert.bind(6, part.refusal?.reason)
+            insert.bind(7, part.refusal.map { jsonArray($0.errors) })
+            insert.bind(8, part.refusal?.requestID)
+            try insert.step()
+            insert.reset()
+        }
+    }
+
+    private static func updateTarget(_ change: Change, db: SQLiteConnection) throws {
+        if let state = change.state {
+            let stored: String? = switch state {
+            case .idle, .delivering: nil
+            default: state.kind.rawValue
+            }
+            let update = try db.prepared("UPDATE targets SET state = ?2, state_until = ?3 WHERE id = ?1")
+            update.bind(1, change.targetID)
+            update.bind(2, stored)
+            if let until = state.until { update.bind(3, until.timeIntervalSince1970) } else { update.bind(3, nil as String?) }
+            try update.step()
+            update.reset()
+        }
+        if let succeededAt = change.succeededAt {
+            let update = try db.prepared("UPDATE targets SET last_success_at = ?2, last_error = NULL WHERE id = ?1")
+            update.bind(1, change.targetID)
+            update.bind(2, succeededAt.timeIntervalSince1970)
+            try update.step()
+            update.reset()
+        }
+        if let lastError = change.lastError {
+            let update = try db.prepared("UPDATE targets SET last_error = ?2 WHERE id = ?1")
+            update.bind(1, change.targetID)
+            update.bind(2, lastError)
+            try update.step()
+            update.reset()
+        }
+    }
+
+    private static func jsonArray(_ items: [String]) -> String {
+        JSONCompactor.render(.array(items.map(JSONValue.string)))
     }
 
     /// Adds delivered ranges, folds those contiguous with `delivered_seq` into it, and drops segments
@@ -194,7 +319,7 @@ struct DeliveryLedger: Sendable {
         for seq in seqs.sorted() {
             if let last = result.last, last.upperBound == seq {
                 result[result.count - 1] = last.lowerBound..<(seq + 1)
-            } else {
+            } else if result.last?.contains(seq) != true {
                 result.append(seq..<(seq + 1))
             }
         }
@@ -203,7 +328,7 @@ struct DeliveryLedger: Sendable {
 }
 
 /// A result handed from the writer thread to a waiting delivery worker.
-private final class NIOLockedResult: @unchecked Sendable {
+private final class LockedResult: @unchecked Sendable {
     private let lock = NSLock()
     private var result: Result<Void, any Error> = .success(())
     func set(_ value: Result<Void, any Error>) { lock.withLock { result = value } }

@@ -18,12 +18,14 @@ final class SpoolReader {
     }
 
     /// A batch registered before its first attempt and not finished yet.
-    struct BatchRow: Sendable {
+    struct BatchRow: Sendable, Equatable {
         var id: String
         var targetID: Int64
         var firstSeq: Int64
         var endSeq: Int64
         var attempts: Int
+        /// Where isolating refused rows stands; empty when the batch was never split (one part, whole).
+        var parts: [DeliveryLedger.Part] = []
     }
 
     init(path: String) throws(SpoolError) {
@@ -44,15 +46,36 @@ final class SpoolReader {
         return rows
     }
 
+    /// The batches left open, in seq order per target, with their isolation progress.
     func openBatches() throws(SQLiteError) -> [BatchRow] {
         let select = try db.prepared("SELECT id, target_id, first_seq, end_seq, attempts FROM batches ORDER BY target_id, first_seq")
-        defer { select.reset() }
         var rows: [BatchRow] = []
         while try select.step() {
             rows.append(BatchRow(id: select.string(0) ?? "", targetID: select.int64(1), firstSeq: select.int64(2),
                                  endSeq: select.int64(3), attempts: select.int(4)))
         }
+        select.reset()
+        let parts = try db.prepared("""
+            SELECT first_seq, end_seq, refused, status, reason, errors, request_id FROM batch_parts
+            WHERE batch_id = ?1 ORDER BY first_seq
+            """)
+        for index in rows.indices {
+            parts.bind(1, rows[index].id)
+            while try parts.step() {
+                let refusal = parts.int(2) == 0 ? nil : DeliveryLedger.Refusal(
+                    status: parts.isNull(3) ? nil : parts.int(3), reason: parts.string(4) ?? "",
+                    errors: Self.strings(parts.string(5)), requestID: parts.string(6))
+                rows[index].parts.append(DeliveryLedger.Part(range: parts.int64(0)..<parts.int64(1), refusal: refusal))
+            }
+            parts.reset()
+        }
         return rows
+    }
+
+    /// A JSON array of strings, as the ledger stores error lists.
+    private static func strings(_ json: String?) -> [String] {
+        guard let json, case .array(let items)? = try? Array(json.utf8).withUnsafeBytes({ try JSONValue.parse($0) }) else { return [] }
+        return items.compactMap { if case .string(let text) = $0 { text } else { nil } }
     }
 
     /// The highest seq any open batch or delivered range of `targetID` reaches (where new batches start).

@@ -9,9 +9,11 @@
 enum SpoolSchema {
     /// Identifies a definite-agent spool (`PRAGMA application_id`), ASCII "DFAG".
     static let applicationID: Int32 = 0x4446_4147
-    static let currentVersion = 1
+    static let currentVersion = 2
 
-    /// Migrations from version `index` to `index + 1`, applied in one transaction each.
+    /// Migrations from version `index` to `index + 1`, applied in one transaction each. A spool written by an
+    /// earlier version is migrated when the daemon opens it; `Tests/Fixtures/spool-v1.db` (written by the
+    /// release before version 2) checks that nothing in it is lost.
     static let migrations: [String] = [
         // 0 → 1
         """
@@ -85,6 +87,23 @@ enum SpoolSchema {
         CREATE TABLE counters (
             name  TEXT    PRIMARY KEY,
             value INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+        // 1 → 2: isolation of refused rows survives restarts. A batch without parts is one part, not yet
+        // sent (or sent and failed transiently). Batches open in a version-1 spool are resumed as that.
+        """
+        CREATE TABLE batch_parts (
+            batch_id   TEXT    NOT NULL REFERENCES batches (id),
+            first_seq  INTEGER NOT NULL,
+            end_seq    INTEGER NOT NULL,
+            -- 1: the part holds at least one row the API refuses (known from the answer described below);
+            -- 0: not known, the part is sent whole.
+            refused    INTEGER NOT NULL DEFAULT 0,
+            status     INTEGER,
+            reason     TEXT,
+            errors     TEXT,
+            request_id TEXT,
+            PRIMARY KEY (batch_id, first_seq)
         ) WITHOUT ROWID;
         """,
     ]

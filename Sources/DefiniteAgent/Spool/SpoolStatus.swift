@@ -17,6 +17,9 @@ public struct SpoolStatus: Sendable, Equatable {
         public var state: String?
         public var lastSuccessAt: Double?
         public var stateUntil: Double?
+
+        /// The delivery state recorded for the target (`nil`: idle or delivering, by what is pending).
+        public var deliveryState: TargetState? { TargetState(stored: state, until: stateUntil) }
     }
 
     public var targets: [Target]

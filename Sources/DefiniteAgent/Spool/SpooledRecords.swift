@@ -35,6 +35,17 @@ public struct SpooledRecords: Sendable {
 
     func record(_ i: Int) -> ArraySlice<UInt8> { bytes[ranges[i]] }
 
+    /// The index of the record with `seq` (seqs are ascending), if it is here.
+    func index(of seq: Int64) -> Int? {
+        var low = 0
+        var high = seqs.count
+        while low < high {
+            let middle = (low + high) / 2
+            if seqs[middle] < seq { low = middle + 1 } else { high = middle }
+        }
+        return low < seqs.count && seqs[low] == seq ? low : nil
+    }
+
     /// A new value holding only the records at `indexes`, in that order.
     func subset(_ indexes: some Sequence<Int>) -> SpooledRecords {
         var result = SpooledRecords()

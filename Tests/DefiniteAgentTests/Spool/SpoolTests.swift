@@ -11,8 +11,7 @@ struct SpoolTests {
     let directory: String
 
     init() throws {
-        directory = NSTemporaryDirectory() + "spool-tests-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        directory = try makeTemporaryDirectory("spool-tests")
     }
 
     func batch(_ lines: [String], config: AgentConfiguration) -> IntakeBatch {

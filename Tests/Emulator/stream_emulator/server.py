@@ -43,6 +43,7 @@ DEFAULT_FAULTS = {
     "drop_after_commit_rate": 0.0,  # write the rows, then close without answering
     "reject_marker": None,        # field name: rows carrying it are rejected
     "reject_marker_mode": "row",  # "row" (rejected in a 200) or "request" (400)
+    "name_rejected_rows": True,   # errors say "row N: ..."; false: the reason only (as the reference documents)
     "force": None,                # {"status": 401, "count": N}
     "null_mode": False,           # write nothing, just count (see --null)
 }
@@ -90,9 +91,9 @@ def validate_faults(cur: dict, patch: dict) -> dict:
                 if not isinstance(cnt, int) or isinstance(cnt, bool) or cnt < 0:
                     raise ValueError("force.count must be an integer >= 0")
                 v = {"status": v["status"], "count": cnt}
-        elif k == "null_mode":
+        elif k in ("null_mode", "name_rejected_rows"):
             if not isinstance(v, bool):
-                raise ValueError("null_mode must be a boolean")
+                raise ValueError(f"{k} must be a boolean")
         new[k] = v
     return new
 
@@ -128,6 +129,7 @@ class Emulator:
             "drop_after_commit_rate": args.drop_after_commit_rate,
             "reject_marker": args.reject_marker,
             "reject_marker_mode": args.reject_marker_mode,
+            "name_rejected_rows": not args.anonymous_row_errors,
             "force": args.force,
             "null_mode": args.null,
         })
@@ -824,7 +826,8 @@ class Handler(BaseHTTPRequestHandler):
                 continue
             if marker is not None and marker in row:
                 if marker_request:
-                    raise RequestError(400, f"row {i}: carries reject marker '{marker}'; request rejected")
+                    where = f"row {i}: " if faults["name_rejected_rows"] else "a row "
+                    raise RequestError(400, f"{where}carries reject marker '{marker}'; request rejected")
                 errors.append(f"row {i}: carries reject marker '{marker}'")
                 continue
             why = limits.row_limit_violation(row)
@@ -861,6 +864,8 @@ class Handler(BaseHTTPRequestHandler):
         pre_rejected = len(errors)
         res = self.emu.lake.write(cfg.ns, cfg.tname, rows, candidates, cfg.mode, pk, cfg.wait, errors)
         errors.sort(key=lambda m: int(m[4:m.index(":")]))  # "row N: ..." in row order
+        if not faults["name_rejected_rows"]:
+            errors = [m.split(": ", 1)[1] for m in errors]
         written = res["written"]
         rejected = pre_rejected + res["rejected"]
         st["successful"], st["rejected"], st["snapshot_id"] = written, rejected, res["snapshot_id"]
@@ -911,6 +916,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-after-commit-rate", type=float, default=0.0)
     p.add_argument("--reject-marker", default=None)
     p.add_argument("--reject-marker-mode", choices=["row", "request"], default="row")
+    p.add_argument("--anonymous-row-errors", action="store_true",
+                   help="row errors give the reason only, not 'row N:' (the reference documents counts, not which rows)")
     p.add_argument("--force", type=lambda s: orjson.loads(s), default=None,
                    help='JSON, e.g. \'{"status": 401, "count": 3}\'')
     return p

@@ -118,6 +118,15 @@ def test_reject_marker_request_mode(emu, table):
     assert emu.post([{"id": 1}], {"table": table}).status_code == 200
 
 
+def test_anonymous_row_errors_give_the_reason_without_the_row(emu, table):
+    emu.control(reject_marker="__reject", name_rejected_rows=False)
+    b = emu.post([{"id": 1}, {"id": 2, "__reject": True}], {"table": table}).json()
+    assert b["rejected_rows"] == 1 and b["errors"] == ["carries reject marker '__reject'"], b
+    emu.control(reject_marker_mode="request")
+    r = emu.post([{"id": 1}, {"id": 2, "__reject": True}], {"table": table})
+    assert r.status_code == 400 and r.json()["errors"] == ["a row carries reject marker '__reject'; request rejected"]
+
+
 def test_force_status_for_n_requests(emu, table):
     emu.control(force={"status": 401, "count": 2})
     codes = [emu.post([{"id": 1}], {"table": table}).status_code for _ in range(3)]

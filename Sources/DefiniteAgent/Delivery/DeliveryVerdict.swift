@@ -1,0 +1,69 @@
+/// What one answer of the Stream API means for the rows sent with it, by the reference's status codes.
+///
+/// Pure: built from the status, the answer's fields and `Retry-After`; what to do about it is the
+/// ``DeliveryMachine``'s decision.
+enum DeliveryVerdict: Sendable, Equatable {
+    /// 2xx and nothing rejected: every row was written.
+    case delivered
+    /// 2xx with `rejected_rows > 0`: the others were written. `named` lists the rejected rows when the
+    /// answer's errors name exactly as many rows as it rejected (`row 17: …`); `nil` when they do not.
+    case partlyRejected(count: Int, named: [RowError]?)
+    /// 400: nothing was written. `named` lists the rows the errors blame, if any (possibly not all of them).
+    case refused(named: [RowError])
+    /// 413: the request is too large; its halves may not be.
+    case tooLarge
+    /// 422: the request is invalid as a request (e.g. merge without a key); sending it again cannot help.
+    case invalid
+    /// 401 or 403: the API key is missing, wrong or revoked. Every table waits.
+    case authRefused
+    /// 404: the namespace or table does not exist (yet). This table waits.
+    case tableNotFound
+    /// 429, 5xx, any other status, or no answer at all: may succeed later.
+    case transient(retryAfter: Duration?)
+
+    /// One row an answer's errors blame: its index in the request's `data` and the API's message.
+    struct RowError: Sendable, Equatable {
+        var index: Int
+        var message: String
+    }
+
+    /// Classifies an answer to a request of `sentRows` rows.
+    init(status: Int, answer: StreamAPIResponse, retryAfter: Double?, sentRows: Int) {
+        switch status {
+        case 200..<300:
+            guard answer.rejectedRows > 0 else {
+                self = .delivered
+                return
+            }
+            let named = Self.rowErrors(answer.errors, rows: sentRows)
+            self = .partlyRejected(count: answer.rejectedRows, named: named.count == answer.rejectedRows ? named : nil)
+        case 400:
+            self = .refused(named: Self.rowErrors(answer.errors, rows: sentRows))
+        case 413:
+            self = .tooLarge
+        case 422:
+            self = .invalid
+        case 401, 403:
+            self = .authRefused
+        case 404:
+            self = .tableNotFound
+        default:
+            self = .transient(retryAfter: retryAfter.map { .milliseconds(Int64(($0 * 1000).rounded(.up))) })
+        }
+    }
+
+    /// The rows named by errors of the form `row <index>: <reason>` (the API's index into `data`), each
+    /// once, in order; an index that is not a row of the request is ignored.
+    static func rowErrors(_ errors: [String], rows: Int) -> [RowError] {
+        var seen = Set<Int>()
+        var named: [RowError] = []
+        for message in errors {
+            guard message.hasPrefix("row "), let colon = message.firstIndex(of: ":"),
+                  let index = Int(message[message.index(message.startIndex, offsetBy: 4)..<colon]),
+                  index >= 0, index < rows, seen.insert(index).inserted
+            else { continue }
+            named.append(RowError(index: index, message: message))
+        }
+        return named.sorted { $0.index < $1.index }
+    }
+}

@@ -1,0 +1,360 @@
+import Foundation
+import Testing
+
+@testable import DefiniteAgent
+
+/// The delivery state machine, driven through ``DeliverySimulation`` (its spool and API in memory).
+@Suite("DeliveryMachine")
+struct DeliveryMachineTests {
+    typealias Row = DeliverySimulation.Row
+
+    static let append = SpoolTarget(table: "bronze.events", mode: .append)
+    static let merge = SpoolTarget(table: "bronze.users", mode: .merge, primaryKey: "id")
+
+    /// A simulation with one target holding `rows` rows, the ones in `bad` refused by the API.
+    func simulation(_ target: SpoolTarget = append, rows: Int, bad: Set<Int> = [], settings: DeliveryMachine.Settings? = nil,
+                    workers: Int = 1, configure: (inout DeliverySimulation.API) -> Void = { _ in }) -> DeliverySimulation {
+        let simulation = DeliverySimulation(settings: settings ?? DeliverySimulation.settings(), seed: 7, workers: workers)
+        configure(&simulation.api)
+        let id = simulation.addTarget(target)
+        simulation.append(id, (0..<rows).map { Row(key: target.mode == .merge ? "k\($0)" : nil, bad: bad.contains($0)) })
+        return simulation
+    }
+
+    func expectDrained(_ simulation: DeliverySimulation, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(simulation.queued == 0, sourceLocation: sourceLocation)
+        #expect(simulation.checkDrained() == [], sourceLocation: sourceLocation)
+    }
+
+    /// Lets worker 0 act (the clock jumping ahead when it has nothing to do) until `done` holds.
+    func run(_ simulation: DeliverySimulation, until done: () -> Bool, limit: Int = 1000,
+             sourceLocation: SourceLocation = #_sourceLocation) {
+        var actions = 0
+        while !done() {
+            guard actions < limit else {
+                Issue.record("still not done after \(limit) actions", sourceLocation: sourceLocation)
+                return
+            }
+            if !simulation.act(0) { simulation.advanceToNextWakeUp() }
+            actions += 1
+        }
+    }
+
+    /// Until the first request was answered and what it changed recorded.
+    func untilFirstAnswer(_ simulation: DeliverySimulation) {
+        run(simulation) { !simulation.requests.isEmpty && !simulation.isRecording(0) }
+    }
+
+    func answered(_ simulation: DeliverySimulation) -> [DeliverySimulation.Request] {
+        simulation.requests.filter { [200, 400, 413, 422].contains($0.status ?? 0) }
+    }
+
+    // MARK: Every documented status, append and merge
+
+    enum Expected: Equatable {
+        /// Sent again after a wait; `state` is what the target shows meanwhile.
+        case retried(TargetState.Kind)
+        /// Split in halves, each delivered.
+        case split
+        /// Dead-lettered at once, not retried.
+        case deadLettered
+        case delivered
+    }
+
+    static let statuses: [(status: Int?, expected: Expected)] = [
+        (200, .delivered), (400, .split), (401, .retried(.authFailing)), (403, .retried(.authFailing)),
+        (404, .retried(.heldTableNotFound)), (413, .split), (422, .deadLettered), (429, .retried(.backingOff)),
+        (500, .retried(.backingOff)), (502, .retried(.backingOff)), (503, .retried(.backingOff)), (504, .retried(.backingOff)),
+        (408, .retried(.backingOff)), (nil, .retried(.backingOff)),
+    ]
+
+    @Test(arguments: [append, merge], statuses.indices)
+    func everyStatusLeadsToWhatTheReferenceSays(target: SpoolTarget, index: Int) {
+        let (status, expected) = Self.statuses[index]
+        let simulation = simulation(target, rows: 4) { $0.forced = [status] }
+        // First request, then look at the state before anything else happens.
+        untilFirstAnswer(simulation)
+        let first = simulation.spool[1]!
+        switch expected {
+        case .retried(let state):
+            #expect(first.state.kind == state)
+            #expect(first.left.isEmpty && simulation.deadLetters.isEmpty)
+            #expect(first.lastError?.contains(status.map(String.init) ?? "timeout") == true)
+        case .deadLettered:
+            #expect(simulation.deadLetters.count == 1 && simulation.deadLetters[0].seqs == [0, 1, 2, 3])
+            #expect(simulation.deadLetters[0].failure.status == 422 && !simulation.deadLetters[0].failure.partial)
+            #expect(simulation.deadLetters[0].failure.reason.hasPrefix("the API refused the request as invalid"))
+        case .delivered:
+            #expect(first.left.count == 4 && first.batches.isEmpty)
+        case .split:
+            #expect(first.left.isEmpty && first.batches.count == 1)
+        }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        let sent = simulation.requests.map(\.seqs)
+        switch expected {
+        case .retried:
+            #expect(sent == [[0, 1, 2, 3], [0, 1, 2, 3]])
+        case .split:
+            // 400 with no bad row: the left half is probed, then the right half confirmed row by row, all
+            // accepted; 413: two halves.
+            #expect(sent.first == [0, 1, 2, 3] && sent.dropFirst().allSatisfy { $0.count < 4 })
+            #expect(simulation.deadLetters.isEmpty)
+        case .deadLettered:
+            #expect(sent == [[0, 1, 2, 3]])
+        case .delivered:
+            #expect(sent == [[0, 1, 2, 3]] && simulation.lake[1]!.count == 4)
+        }
+    }
+
+    @Test func aTransientFailureWaitsItsBackoffAndRetryAfterIsHonoured() {
+        let simulation = simulation(rows: 3, settings: DeliverySimulation.settings(initial: 50, max: 500)) { $0.forced = [429, 503] }
+        simulation.api.retryAfter = 2
+        untilFirstAnswer(simulation)
+        let started = simulation.now.instant
+        #expect(!simulation.act(0), "nothing may be sent before Retry-After")
+        simulation.advance(by: .milliseconds(1999))
+        #expect(!simulation.act(0))
+        simulation.advance(by: .milliseconds(1))
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.map(\.status) == [429, 503, 200])
+        #expect(simulation.now.instant - started >= .seconds(2) + .milliseconds(50))
+        #expect(simulation.spool[1]!.state.kind == .delivering)
+    }
+
+    // MARK: Isolation
+
+    @Test func isolationCostsStayWithinTwoKLogNAndProvenRowsAreSentAlone() {
+        for bad in [Set([0]), [63], [17], [5, 40], [0, 1, 2], [10, 20, 30, 50]] {
+            let simulation = simulation(rows: 64, bad: bad)
+            simulation.runUntilQuiet()
+            expectDrained(simulation)
+            let answered = answered(simulation).count
+            #expect(answered <= 2 * bad.count * 6 + 1, "\(bad): \(answered) answered requests")
+            #expect(simulation.deadLetters.map(\.seqs).flatMap { $0 }.sorted() == bad.sorted().map(Int64.init))
+            // Every refused row was refused alone before it was dead-lettered.
+            for seq in bad { #expect(simulation.requests.contains { $0.seqs == [Int64(seq)] && $0.status == 400 }) }
+            #expect(simulation.spool[1]!.state.kind == .delivering)
+        }
+    }
+
+    @Test func rowsTheAnswerNamesGoAtOnceAndTheRestIsSentAgain() {
+        let simulation = simulation(rows: 100, bad: [5, 60]) { $0.namesRows = true }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.map { [$0.seqs.count, $0.status ?? 0] } == [[100, 400], [99, 400], [98, 200]])
+        #expect(simulation.deadLetters.map(\.seqs) == [[5], [60]])
+        #expect(simulation.deadLetters[0].failure.errors == ["row 5: refused; request rejected"])
+    }
+
+    @Test(arguments: 0..<12)
+    func aTransientFailureAtAnyDepthOfIsolationRepeatsOnlyThatRequest(depth: Int) {
+        let calm = simulation(rows: 64, bad: [37])
+        calm.runUntilQuiet()
+        let expected = answered(calm).map(\.seqs)
+        guard depth < expected.count else { return }
+        for failure: Int? in [429, 500, nil] {
+            let simulation = simulation(rows: 64, bad: [37]) { $0.forced = Array(repeating: 200, count: depth) + [failure] }
+            simulation.runUntilQuiet()
+            expectDrained(simulation)
+            // The same requests as without the failure, the failed one twice in a row.
+            let sent = simulation.requests.map(\.seqs)
+            #expect(answered(simulation).map(\.seqs) == expected)
+            #expect(sent[depth] == sent[depth + 1])
+        }
+    }
+
+    @Test(arguments: 1..<12)
+    func aRestartInTheMiddleOfIsolationResumesWhereItStopped(depth: Int) {
+        let calm = simulation(rows: 64, bad: [37])
+        calm.runUntilQuiet()
+        let expected = answered(calm).map(\.seqs)
+        guard depth < expected.count else { return }
+        for lostAnswer in [false, true] {
+            let simulation = simulation(rows: 64, bad: [37])
+            // Run until `depth` answers are in (and, unless the answer is lost, recorded).
+            run(simulation) { simulation.requests.count >= depth && (lostAnswer || !simulation.isBusy) }
+            simulation.restart()
+            simulation.runUntilQuiet()
+            expectDrained(simulation)
+            let sent = answered(simulation).map(\.seqs)
+            // Resumed, not restarted from the whole batch: at most the lost answer is asked again.
+            #expect(sent.count <= expected.count + (lostAnswer ? 1 : 0))
+            #expect(sent[depth] == (lostAnswer ? sent[depth - 1] : expected[depth]))
+            #expect(sent.filter { $0.count == 64 }.count == (lostAnswer && depth == 1 ? 2 : 1))
+        }
+    }
+
+    @Test func rowsThatExpireDuringIsolationAreDeadLetteredAsExpiredAndTheProvenOnesStayDelivered() {
+        let settings = DeliverySimulation.settings(initial: 1000, max: 1000, maxAge: .seconds(10))
+        let simulation = simulation(rows: 16, bad: [12], settings: settings)
+        // Whole batch refused, its left half written, then every request fails transiently.
+        simulation.api.forced = [200, 200] + Array(repeating: nil, count: 30)
+        run(simulation) { answered(simulation).count >= 2 && !simulation.isBusy }
+        let delivered = simulation.spool[1]!.left.filter { $0.value == .delivered }.keys.sorted()
+        simulation.runUntilQuiet()
+        #expect(simulation.queued == 0)
+        let expired = simulation.deadLetters.filter { $0.failure.reason.hasPrefix("expired") }
+        #expect(expired.count == 1 && expired[0].failure.status == nil)
+        #expect(Set(expired[0].seqs).isDisjoint(with: delivered) && !delivered.isEmpty)
+        #expect(expired[0].seqs.contains(12))
+        #expect(simulation.spool[1]!.batches.isEmpty)
+    }
+
+    @Test func anAppendBatchPartlyRejectedWithoutNamesIsKeptWholeAsPartialOnce() {
+        let simulation = simulation(rows: 10, bad: [2, 7]) { $0.refusal = .rows }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.count == 1)
+        #expect(simulation.deadLetters.count == 1)
+        let failure = simulation.deadLetters[0].failure
+        #expect(failure.partial && failure.reason.hasPrefix("partially rejected: 2 of 10 rows rejected and the others written"))
+        #expect(simulation.lake[1]!.count == 8)
+    }
+
+    @Test func anAppendBatchPartlyRejectedWithNamedRowsDeadLettersExactlyThose() {
+        let simulation = simulation(rows: 10, bad: [2, 7]) {
+            $0.refusal = .rows
+            $0.namesRows = true
+        }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.count == 1)
+        #expect(simulation.deadLetters.map(\.seqs) == [[2, 7]])
+        #expect(!simulation.deadLetters[0].failure.partial)
+        #expect(simulation.deadLetters[0].failure.reason.hasPrefix("rejected by the API (2 of 10 rows of the request)"))
+        #expect(simulation.spool[1]!.left.filter { $0.value == .delivered }.count == 8)
+    }
+
+    @Test func oneRowRejectedAloneIsNotCalledPartial() {
+        let simulation = simulation(rows: 1, bad: [0]) { $0.refusal = .rows }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        let failure = simulation.deadLetters[0].failure
+        #expect(!failure.partial && failure.reason == "rejected by the API: refused")
+    }
+
+    @Test func aMergeBatchPartlyRejectedWithoutNamesIsSearchedByHalves() {
+        let simulation = simulation(Self.merge, rows: 32, bad: [9, 20]) { $0.refusal = .rows }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.deadLetters.map(\.seqs).sorted { $0[0] < $1[0] } == [[9], [20]])
+        #expect(simulation.deadLetters.allSatisfy { !$0.failure.partial && $0.failure.status == 200 })
+        #expect(simulation.requests.count > 3)
+    }
+
+    // MARK: Holds
+
+    @Test func aRefusedKeyPausesEveryTargetAndA404HoldsOnlyItsTable() {
+        let simulation = DeliverySimulation(settings: DeliverySimulation.settings(initial: 1000, max: 1000), seed: 3, workers: 1)
+        let a = simulation.addTarget(Self.append)
+        let b = simulation.addTarget(SpoolTarget(table: "bronze.other", mode: .append))
+        simulation.append(a, [Row(), Row()])
+        simulation.append(b, [Row(), Row()])
+        simulation.api.forced = [401]
+        untilFirstAnswer(simulation)
+        #expect(simulation.spool[simulation.requests[0].targetID]!.state.kind == .authFailing)
+        simulation.advance(by: .milliseconds(500))
+        #expect(!simulation.act(0), "every target waits while the key is refused")
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+
+        simulation.api.missingTables = [a]
+        simulation.append(a, [Row()])
+        simulation.append(b, [Row()])
+        simulation.advance(by: .milliseconds(200))
+        for _ in 0..<20 { simulation.act(0) }
+        #expect(simulation.spool[a]!.state.kind == .heldTableNotFound && simulation.spool[a]!.rows.count - simulation.spool[a]!.left.count == 1)
+        #expect(simulation.spool[b]!.left.count == 3, "the other table keeps flowing")
+        simulation.api.missingTables = []
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+    }
+
+    @Test func withoutAKeyNothingIsSentAndEachWaitingTargetSaysSoOnce() {
+        let simulation = simulation(rows: 2)
+        simulation.hasKey = false
+        simulation.runUntilQuiet(limit: 50)
+        #expect(simulation.requests.isEmpty)
+        #expect(simulation.spool[1]!.state == .authFailing(until: nil) && simulation.spool[1]!.lastError == "no API key configured")
+        simulation.hasKey = true
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+    }
+
+    // MARK: Batches
+
+    @Test func mergeSendsOnlyTheLastWriteOfEachKeyAndTheEarlierOnesLeaveAtRegistration() {
+        let simulation = DeliverySimulation(settings: DeliverySimulation.settings(), seed: 1, workers: 1)
+        let id = simulation.addTarget(Self.merge)
+        simulation.append(id, ["a", "b", "a", "c", "b", nil].map { Row(key: $0) })
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.map(\.seqs) == [[2, 3, 4, 5]])
+        #expect(simulation.spool[id]!.left[0] == .superseded && simulation.spool[id]!.left[1] == .superseded)
+        #expect(DeliveryMachine.lastWritePerKey(["a", "b", "a", nil, "c", "b", nil]) == [2, 3, 4, 5, 6])
+    }
+
+    @Test func aMergeBatchLeftByVersion1IsDedupedWhenItIsLoaded() {
+        let simulation = DeliverySimulation(settings: DeliverySimulation.settings(), seed: 1, workers: 1)
+        let id = simulation.addTarget(Self.merge)
+        simulation.append(id, ["a", "b", "a", "c", "b"].map { Row(key: $0) })
+        simulation.registerAsVersion1(id, id: "v1", range: 0..<5)
+        simulation.restart()
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.map(\.seqs) == [[2, 3, 4]])
+        #expect(simulation.spool[id]!.left[0] == .superseded && simulation.spool[id]!.left[1] == .superseded)
+    }
+
+    @Test func mergeHasOneBatchInFlightAndCutsTheNextOnlyOnceTheFirstIsResolved() {
+        let simulation = simulation(Self.merge, rows: 30, bad: [3], settings: DeliverySimulation.settings(maxRows: 10), workers: 3)
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        // Batches in seq order: every request of a batch comes before any of the next.
+        let firstSeqs = simulation.requests.map { $0.seqs[0] / 10 }
+        #expect(firstSeqs == firstSeqs.sorted())
+    }
+
+    @Test func aCleanBatchCostsTwoCommits() {
+        let simulation = simulation(rows: 50)
+        var writes = 0
+        while simulation.queued > 0 || simulation.isBusy {
+            if case .register? = simulation.workers[0] { writes += 1 }
+            if case .record? = simulation.workers[0] { writes += 1 }
+            if !simulation.act(0) { simulation.advanceToNextWakeUp() }
+        }
+        #expect(writes == 2)
+        expectDrained(simulation)
+    }
+
+    @Test func aBatchWaitingForItsRetryLetsTheOtherBatchGoButNoNewOneIsCut() {
+        let settings = DeliverySimulation.settings(maxRows: 10, initial: 1000, max: 1000)
+        let simulation = simulation(rows: 30, settings: settings, workers: 2)
+        simulation.api.forced = [503]
+        simulation.runUntilQuiet(limit: 12)
+        // The first batch waits a second; the second was delivered meanwhile; the third is not cut yet.
+        #expect(simulation.spool[1]!.left.count == 10)
+        #expect(simulation.spool[1]!.batches.count == 1)
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+    }
+
+    @Test func batchesAreCutAtMaxRowsOrAfterLingerOrOnFlush() {
+        let simulation = simulation(rows: 3, settings: DeliverySimulation.settings(maxRows: 3, linger: .seconds(5)))
+        #expect(simulation.act(0), "max_rows rows wait: cut at once")
+        simulation.runUntilQuiet(limit: 10)
+        simulation.append(1, [Row()])
+        #expect(!simulation.act(0), "one row waits for linger")
+        simulation.advance(by: .seconds(5))
+        #expect(simulation.act(0))
+        simulation.runUntilQuiet(limit: 10)
+        simulation.append(1, [Row()])
+        #expect(!simulation.act(0))
+        simulation.flush()
+        #expect(simulation.act(0), "flush waives linger")
+        simulation.runUntilQuiet(limit: 10)
+        expectDrained(simulation)
+    }
+}
