@@ -468,14 +468,17 @@ struct DeliveryMachine {
         }
 
         let verdict: DeliveryVerdict
-        let answered: (status: Int, answer: StreamAPIResponse)
+        let answer: StreamAPIResponse
+        let status: Int?
+        let error: String
         switch outcome {
-        case .answered(let status, let answer, let retryAfter):
-            verdict = DeliveryVerdict(status: status, answer: answer, retryAfter: retryAfter, sentRows: request.seqs.count)
-            answered = (status, answer)
-        case .noAnswer(let error):
+        case .answered(let code, let body, let retryAfter):
+            verdict = DeliveryVerdict(status: code, answer: body, retryAfter: retryAfter, sentRows: request.seqs.count)
+            (answer, status) = (body, code)
+            error = body.summary.isEmpty ? "HTTP \(code)" : "HTTP \(code): \(body.summary)"
+        case .noAnswer(let message):
             verdict = .transient(retryAfter: nil)
-            answered = (0, StreamAPIResponse(body: Array(error.utf8)))
+            (answer, status, error) = (StreamAPIResponse(body: []), nil, message)
         case .missingKey:
             let until = now + settings.retry.delay(attempt: target.failures + 3, using: &random)
             target.failures += 1
@@ -485,10 +488,6 @@ struct DeliveryMachine {
             release(send.targetID, index)
             return nil
         }
-        let error = answered.status == 0
-            ? answered.answer.summary
-            : answered.answer.summary.isEmpty ? "HTTP \(answered.status)" : "HTTP \(answered.status): \(answered.answer.summary)"
-        let status = answered.status == 0 ? nil : answered.status
         switch verdict {
         case .transient(let retryAfter):
             let delay = retryAfter ?? settings.retry.delay(attempt: target.batches[index].failures, using: &random)
@@ -508,8 +507,7 @@ struct DeliveryMachine {
         case .delivered, .partlyRejected, .refused, .tooLarge, .invalid:
             target.failures = 0
             target.batches[index].failures = 0
-            let effect = held.isolation.resolve(request, verdict: verdict, status: answered.status, answer: answered.answer,
-                                                mode: send.target.mode)
+            let effect = held.isolation.resolve(request, verdict: verdict, status: status ?? 0, answer: answer, mode: send.target.mode)
             if !effect.rejected.isEmpty {
                 change.lastError = error
                 if target.batches[index].firstFailedAt == nil { target.batches[index].firstFailedAt = now.date }
@@ -517,7 +515,7 @@ struct DeliveryMachine {
             target.batches[index].holder = .working(held)
             targets[send.targetID] = target
             return .record(record(effect, targetID: send.targetID, index: index, attempts: attempts,
-                                  warnings: answered.answer.warnings, status: status, error: error, into: change, now: now))
+                                  warnings: answer.warnings, status: status, error: error, into: change, now: now))
         }
     }
 
@@ -552,7 +550,7 @@ struct DeliveryMachine {
     }
 
     /// The record of what `effect` resolved in batch `index`: rows delivered and dead-lettered, and either
-    /// the parts left or, when none are, the batch finished (it leaves the machine here).
+    /// the parts left or, when none are, the batch finished (it leaves the machine once that is recorded).
     private mutating func record(_ effect: BatchIsolation.Effect, targetID: Int64, index: Int, attempts: Int, warnings: [String],
                                  status: Int?, error: String?, into change: DeliveryLedger.Change, now: Now) -> Record {
         var change = change
