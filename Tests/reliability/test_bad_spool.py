@@ -291,7 +291,7 @@ def _read_only_case(tmp_path: Path, how: str):
         try:
             assert agent.status()["pending"] == 100
         finally:
-            agent.kill9()
+            agent.finish()
 
 
 # -- a torn WAL --------------------------------------------------------------------------------------------------
@@ -355,4 +355,4 @@ def test_a_truncated_wal_keeps_every_complete_commit_and_the_daemon_starts(tmp_p
         more = write_records(agent, 20, start=10_000)
         assert sorted(r["i"] for r in agent.spooled_records(TABLE)) == expected + more
     finally:
-        agent.kill9()
+        agent.finish()
