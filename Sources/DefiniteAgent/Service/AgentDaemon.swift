@@ -65,18 +65,18 @@ public struct AgentDaemon: Sendable {
         let group = ServiceGroupHandle()
         let parts = Task { try await runParts(supervisor: supervisor, group: group) }
         let signals = Task {
-            // What came before the signals were trapped counts as having come now.
-            let early = [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")].filter { cagent_take_early_signal($0.0) != 0 }.map(\.1)
-            for name in early { await answer(name) }
-            for await signal in shutdownSignals { await answer("\(signal)".uppercased()) }
-
-            @Sendable func answer(_ name: String) async {
+            func answer(_ name: String) async {
                 switch supervisor.shutdownSignalled(name) {
                 case .stopGracefully: await group.triggerGracefulShutdown()
                 case .stopAtOnce: parts.cancel()
                 case .none: break
                 }
             }
+            // What came before the signals were trapped counts as having come now.
+            for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] where cagent_take_early_signal(number) != 0 {
+                await answer(name)
+            }
+            for await signal in shutdownSignals { await answer("\(signal)".uppercased()) }
         }
         let result = await parts.result
         signals.cancel()

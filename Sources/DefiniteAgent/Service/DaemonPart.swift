@@ -72,11 +72,6 @@ struct DrainDeadline: Sendable {
         self.read = read
     }
 
-    /// A deadline `duration` from when it is read.
-    static func after(_ duration: Duration) -> DrainDeadline {
-        DrainDeadline { .now + duration }
-    }
-
     var instant: ContinuousClock.Instant { read() }
 }
 
