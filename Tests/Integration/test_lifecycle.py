@@ -242,6 +242,30 @@ def test_a_listener_that_cannot_start_ends_the_daemon_with_its_error_within_5s(t
             held.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to run as nobody")
+def test_a_user_who_cannot_create_the_http_socket_gets_its_error(tmp_path):
+    """As a service user who may not write /run/definite-agent (the HTTP socket's directory there)."""
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="lifecycle-user-"))  # pytest's own tmp is 0700 root
+    try:
+        os.chmod(base, 0o755)
+        (base / "run").mkdir(mode=0o755)
+        (base / "agent").mkdir()
+        os.chown(base / "agent", 65534, 65534)
+        agent = Agent(base / "agent")
+        text = Path(agent.config_path).read_text().replace(agent.http_socket_path, str(base / "run" / "http.sock"))
+        Path(agent.config_path).write_text(text)
+        os.chmod(agent.config_path, 0o644)
+        agent.command_prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        code, took = wait_exit(agent.spawn(), within=5)
+        log = agent.log()
+        assert code == 71, log
+        assert f"cannot start the local Stream API socket {base}/run/http.sock: cannot bind it: Permission denied" in log, log
+        assert not answering_path(agent.socket_path)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # -- SIGTERM at random moments ------------------------------------------------------------------------------------
 
 def signals_taken(pid: int) -> bool:
