@@ -127,7 +127,7 @@ final class Supervisor: Sendable {
             logger.info("\(signal): stopping; no new connections, answering what was read, delivery drains",
                         metadata: ["drain_within": "\(max(.zero, deadline - .now))"])
         case .stopAtOnce:
-            logger.warning("\(signal) again: stopping at once; connections still open close unanswered (nothing unanswered was acknowledged), undelivered rows stay in the spool")
+            logger.warning("\(signal) during the stop: stopping at once; connections still open close unanswered (nothing unanswered was acknowledged), undelivered rows stay in the spool")
         case .none:
             break
         }
