@@ -104,6 +104,7 @@ let package = Package(
             dependencies: [
                 "DefiniteAgent",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ]
         ),
     ],

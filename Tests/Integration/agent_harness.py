@@ -7,6 +7,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,14 +97,15 @@ class Agent:
 
     def __init__(self, directory: Path, extra_config: str = "", default_table: str | None = "bronze.events",
                  durability: str = "full", env: dict | None = None, spool_path: str | None = None,
-                 spool_config: str = "", command_prefix: list[str] | None = None):
+                 spool_config: str = "", command_prefix: list[str] | None = None, http_socket: bool = True):
         """`spool_path` puts the spool elsewhere (default: in `directory`); `spool_config` adds lines to the
         `[spool]` table (e.g. `max_bytes = "1GiB"`); `command_prefix` runs the daemon through another
-        command (e.g. `setpriv --reuid=nobody ...`)."""
+        command (e.g. `setpriv --reuid=nobody ...`); `http_socket=False` turns the local Stream API's
+        socket off."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket_path = str(self.directory / "agent.sock")
-        self.http_socket_path = str(self.directory / "http.sock")
+        self.http_socket_path = str(self.directory / "http.sock") if http_socket else ""
         self.spool_path = spool_path or str(self.directory / "spool.db")
         self.command_prefix = list(command_prefix or [])
         self.config_path = str(self.directory / "agent.toml")
@@ -125,21 +127,39 @@ http_socket = "{self.http_socket_path}"
 
     # -- lifecycle
 
-    def start(self, timeout: float = 15.0) -> "Agent":
+    READY_LINE = "ready: every listener accepts"
+
+    def spawn(self) -> subprocess.Popen:
+        """Starts the daemon and returns at once (see `start` to wait until it is ready)."""
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([*self.command_prefix, agent_binary(), "run", "--config", self.config_path],
                                         stdout=log, stderr=log, env=self.env)
+        return self.process
+
+    def start(self, timeout: float = 15.0) -> "Agent":
+        """Starts the daemon and waits until it is ready: every configured listener accepts (its log says
+        so) and the intake socket takes a connection."""
+        self.spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.process.returncode}: {self.log()}")
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    probe.connect(self.socket_path)
-                return self
-            except OSError:
-                time.sleep(0.02)
+            if self.READY_LINE in self.log_since_start():
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                        probe.connect(self.socket_path)
+                    return self
+                except OSError:
+                    pass
+            time.sleep(0.02)
         raise RuntimeError("agent did not start listening: " + self.log())
+
+    def log_since_start(self) -> str:
+        """The log of the last `start`/`spawn` only."""
+        with open(self.log_path, "rb") as log:
+            log.seek(getattr(self, "_log_offset", 0))
+            return log.read().decode(errors="replace")
 
     def kill9(self) -> None:
         if self.process and self.process.poll() is None:
@@ -151,6 +171,32 @@ http_socket = "{self.http_socket_path}"
             self.process.send_signal(signal.SIGTERM)
             return self.process.wait(timeout=timeout)
         return self.process.returncode if self.process else 0
+
+    def stop_and_assert_clean(self, within: float = 20.0) -> None:
+        """Ends the daemon with SIGTERM and asserts it exits 0 within `within` seconds (and, if it is still
+        running then, kills it so that no test leaves a daemon behind)."""
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            assert self.process.returncode == 0, f"the agent had already exited with {self.process.returncode}:\n{self.log()[-3000:]}"
+            return
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            raise AssertionError(f"SIGTERM: the agent did not exit within {within}s:\n{self.log()[-3000:]}")
+        assert code == 0, f"SIGTERM: the agent exited with {code} after {time.monotonic() - started:.1f}s:\n{self.log()[-3000:]}"
+
+    def finish(self) -> None:
+        """Ends a test's daemon: with SIGTERM, asserting a clean exit (`stop_and_assert_clean`); but when the
+        test is already failing (called from a `finally` while an exception propagates), with SIGKILL, so
+        that the first failure is the one reported."""
+        if sys.exc_info()[0] is not None:
+            self.kill9()
+        else:
+            self.stop_and_assert_clean()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

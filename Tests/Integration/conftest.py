@@ -12,4 +12,4 @@ from agent_harness import Agent  # noqa: E402
 def agent(tmp_path):
     running = Agent(tmp_path / "agent").start()
     yield running
-    running.kill9()
+    running.stop_and_assert_clean()

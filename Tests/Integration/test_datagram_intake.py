@@ -65,4 +65,4 @@ linger = "100ms"
             assert delivered + counts["rejected"] + counts["dropped"] == sent
             assert emu.scalar("SELECT count(DISTINCT (w, i)) FROM lake.bronze.dgram") == delivered
         finally:
-            agent.kill9()
+            agent.finish()

@@ -45,7 +45,7 @@ linger = "50ms"
         try:
             yield agent, emu, f"http://127.0.0.1:{port}/v2/stream"
         finally:
-            agent.kill9()
+            agent.finish()
 
 
 def test_curl_over_the_unix_socket_lands_rows_that_reach_the_lake(setup, tmp_path):
@@ -145,7 +145,7 @@ def test_token_and_full_spool_answers(tmp_path):
         assert ok.stdout == b"200"
         assert "local-secret" not in agent.cli("config", "check").stdout.decode()
     finally:
-        agent.kill9()
+        agent.finish()
     full = Agent(tmp_path / "full")
     Path(full.config_path).write_text(Path(full.config_path).read_text().replace("[spool]", '[spool]\nmax_bytes = "1MiB"'))
     full.start()
@@ -160,4 +160,4 @@ def test_token_and_full_spool_answers(tmp_path):
         assert codes[0].startswith("HTTP/1.1 200")
         assert codes[-1].startswith("HTTP/1.1 507") and "retry-after: 5" in codes[-1].lower()
     finally:
-        full.kill9()
+        full.finish()

@@ -87,7 +87,7 @@ def test_an_over_long_line_is_refused_and_its_connection_closed_without_hurting_
             assert again.request('{"ack":"c","v":3}')["ok"]
         assert [r["v"] for r in agent.spooled_records()] == [1, 2, 3]
     finally:
-        agent.kill9()
+        agent.finish()
 
 
 def test_line_endings_and_an_unfinished_last_line(tmp_path):
@@ -112,25 +112,31 @@ def test_line_endings_and_an_unfinished_last_line(tmp_path):
             assert whole.reply() is None
         assert [r["v"] for r in agent.spooled_records()] == [1, 2]
     finally:
-        agent.kill9()
+        agent.finish()
 
 
-def test_intake_event_loops_yield_the_cpu_to_delivery(tmp_path):
-    """The event loops (intake) run at nice 15 relative to the process, the other threads (the spool
-    writer, delivery) at the process's own: under full load delivery keeps its share."""
+def test_threads_are_named_and_the_event_loops_yield_the_cpu_to_delivery(tmp_path):
+    """The daemon's own threads carry names an operator's `top -H` shows (writer, checkpointer, delivery-N,
+    datagram, and the event loops intake-N); the event loops and the checkpointer (intake's work) run at
+    nice 15 relative to the process, the writer and delivery at the process's own: under full load
+    delivery keeps its share."""
     import glob
-    agent = Agent(tmp_path).start()
+    agent = Agent(tmp_path, extra_config=f'datagram_socket = "{tmp_path}/dgram.sock"').start()
     try:
         threads = {}
         for task in glob.glob(f"/proc/{agent.process.pid}/task/*"):
             with open(f"{task}/comm") as comm, open(f"{task}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
                 threads.setdefault(comm.read().strip(), []).append(int(fields[16]))  # field 19: nice
+        assert {"writer", "checkpointer", "delivery-0", "delivery-1", "datagram"} <= set(threads), threads
+        loops = sorted(name for name in threads if name.startswith("intake-"))
+        assert loops and loops == [f"intake-{i}" for i in range(len(loops))], threads  # one per core
         base = threads["definite-agent"][0]
-        loops = [nice for name, nices in threads.items() if name.startswith("NIO-ELT") for nice in nices]
-        assert loops and all(nice == min(base + 15, 19) for nice in loops), threads
+        low = [nice for name, nices in threads.items() if name.startswith("intake-") or name == "checkpointer" for nice in nices]
+        assert all(nice == min(base + 15, 19) for nice in low), threads
+        assert threads["writer"] == [base] and threads["delivery-0"] == [base], threads
     finally:
-        agent.kill9()
+        agent.finish()
 
 
 class Client(threading.Thread):
@@ -215,7 +221,7 @@ def test_kill9_loses_no_acknowledged_record_and_keeps_per_client_order(tmp_path)
         assert sum(len(a) for a in acks.values()) == total
         print(f"records unacknowledged at the kill: {interrupted} of {total}")
     finally:
-        agent.kill9()
+        agent.finish()
 
     spooled = {c: [] for c in range(clients)}
     for record in agent.spooled_records("bronze.events"):
@@ -260,7 +266,7 @@ def test_status_json_matches_what_was_sent(tmp_path):
         human = agent.cli("status")
         assert human.returncode == 0 and b"bronze.users" in human.stdout and b"291 pending" in human.stdout
     finally:
-        agent.kill9()
+        agent.finish()
     # status reads the spool file directly, so it works with the daemon stopped too.
     assert agent.status()["pending"] == 291
 
@@ -301,7 +307,7 @@ def test_spool_full_refuses_with_507_and_keeps_what_it_has(tmp_path):
         assert len(agent.spooled_records()) == first_full
         assert agent.status()["pending_bytes"] <= 1 << 20
     finally:
-        agent.kill9()
+        agent.finish()
 
 
 def test_config_check_redacts_the_key_and_names_bad_keys(tmp_path):

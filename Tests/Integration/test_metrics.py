@@ -70,7 +70,7 @@ listen = "127.0.0.1:{port}"
             assert m["definite_agent_delivery_latency_seconds_count"] == sum(by_status.values())
             assert requests.get(f"http://127.0.0.1:{port}/other", timeout=10).status_code == 404
         finally:
-            agent.kill9()
+            agent.finish()
 
 
 def test_metrics_on_a_unix_socket(tmp_path):
@@ -86,4 +86,4 @@ def test_metrics_on_a_unix_socket(tmp_path):
         assert m['definite_agent_pending_rows{table="bronze.events"}'] == 1
         assert m["definite_agent_spool_bytes"] > 0
     finally:
-        agent.kill9()
+        agent.finish()

@@ -55,7 +55,7 @@ max = "200ms"
             assert "API key reloaded" in log
             assert "new-key" not in log and "old-key" not in log
         finally:
-            agent.kill9()
+            agent.finish()
 
 
 def test_sighup_with_an_unreadable_key_file_keeps_the_key_in_use(tmp_path):
@@ -77,7 +77,7 @@ linger = "50ms"
             send(agent, [{"i": 1}])
             wait_until(lambda: count(emu) == 1, 15, message="still delivering with the old key")
         finally:
-            agent.kill9()
+            agent.finish()
 
 
 def test_sigusr1_delivers_now_ignoring_linger(tmp_path):
@@ -96,7 +96,7 @@ linger = "1h"
             wait_until(lambda: count(emu) == 10, 10, message="SIGUSR1 flushes")
             assert agent.status()["pending"] == 0
         finally:
-            agent.kill9()
+            agent.finish()
 
 
 def test_sighup_reloads_the_configuration_live_and_rejects_an_invalid_one(tmp_path):
@@ -129,4 +129,4 @@ linger = "1h"
             with agent.connect() as conn:  # still on the old socket
                 assert conn.request('{"config":{"table":"bronze.sig"},"data":{"i":3},"ack":"z"}')["ok"]
         finally:
-            agent.kill9()
+            agent.finish()

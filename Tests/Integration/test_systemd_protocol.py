@@ -85,7 +85,7 @@ def test_ready_watchdog_status_and_stopping(tmp_path, abstract):
         receiver.wait_for("STOPPING=1", timeout=10)
         assert agent.process.wait(timeout=20) == 0
     finally:
-        agent.kill9()
+        agent.finish()
         receiver.stop()
 
 
@@ -114,7 +114,7 @@ def test_a_stalled_spool_writer_stops_the_watchdog_pings(tmp_path):
         assert [t for t in receiver.times("WATCHDOG=1") if t > resumed], "pings resume once the writer moves again"
         conn.close()
     finally:
-        agent.kill9()
+        agent.finish()
         receiver.stop()
 
 
@@ -159,13 +159,13 @@ def test_a_peer_whose_uid_is_not_allowed_is_refused(tmp_path):
         assert agent.spooled_records() == []
         assert f"uid={os.getuid()}" in agent.log() and "pid=" in agent.log()
     finally:
-        agent.kill9()
+        agent.finish()
     allowed = Agent(tmp_path / "allowed", extra_config=f"allow_uids = [4000000, {os.getuid()}]").start()
     try:
         with allowed.connect() as conn:
             assert conn.request('{"a":1,"ack":"1"}')["ok"]
     finally:
-        allowed.kill9()
+        allowed.finish()
 
 
 def test_sigterm_with_a_slow_api_exits_within_the_drain_bound_and_loses_nothing(tmp_path):
@@ -192,7 +192,7 @@ drain_timeout = "1s"
             assert code == 0
             assert took < 4, f"SIGTERM took {took:.1f}s with a 1s drain bound"
         finally:
-            agent.kill9()
+            agent.finish()
         pending = agent.status()["pending"]
         assert pending == 50, "the unconfirmed batch stays in the spool"
         emu.control(latency_ms=0)
@@ -205,4 +205,4 @@ drain_timeout = "1s"
             # The slow request may have committed before the kill: at least once, never lost.
             assert emu.scalar("SELECT count(DISTINCT i) FROM lake.bronze.slow") == 50
         finally:
-            agent.kill9()
+            agent.finish()

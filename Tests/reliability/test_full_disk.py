@@ -175,6 +175,6 @@ def test_full_disk_recovers_once_delivery_frees_space(tmp_path, small_fs):
         print(f"'full' log lines: {full_before} while filling, {len(lines)} in all")
         assert agent.process.poll() is None
     finally:
-        agent.kill9()
+        agent.finish()
         print(f"--- tail of {agent.log_path} ---\n{agent.log()[-3000:]}")
         emu.stop()

@@ -187,7 +187,7 @@ def test_the_api_key_never_appears_in_outputs_logs_or_the_spool(tmp_path, source
         print(f"{source}: searched {pieces} outputs, {size} bytes (log {len(log)} bytes) for {len(FORMS)} forms "
               f"of the key; crashes {crashes}; no match")
     finally:
-        agent.kill9()
+        agent.finish()
         wrong.stop()
         right.stop()
 
@@ -203,7 +203,7 @@ def start_with_key_file(tmp_path, mode: int) -> tuple[Agent, Path]:
     try:
         wait_until(lambda: "API key" in agent.log(), 10, message="the key logged as loaded")
     finally:
-        agent.kill9()
+        agent.finish()
     return agent, key_file
 
 

@@ -164,5 +164,5 @@ def test_soak_keeps_memory_descriptors_and_wal_flat_and_loses_nothing(tmp_path):
         assert pending_at_end <= RATE * 10, f"the backlog grew: {pending_at_end} pending at the end of the load"
     finally:
         stop.set()
-        agent.kill9()
+        agent.finish()
         emu.stop()

@@ -5,6 +5,10 @@
 /// Returns 0 where glibc's mallopt is unavailable.
 int cagent_tune_malloc(int mmap_threshold, int arena_max);
 
+/// Names the calling thread (what `top -H` and `/proc/PID/task/*/comm` show); `name` must fit in 15 bytes.
+/// Returns 0 on success. (`pthread_setname_np` is a GNU extension Swift's Glibc module does not export.)
+int cagent_name_current_thread(const char *name);
+
 /// Makes crash signals sent by another process (`kill -ABRT`, systemd's watchdog) end the process.
 ///
 /// The Swift runtime's backtracer handles SIGABRT, SIGSEGV and the other crash signals; for a fault
@@ -14,5 +18,14 @@ int cagent_tune_malloc(int mmap_threshold, int arena_max);
 /// systemd sends when the watchdog expires) is reported, then ends the process; any other crash signal
 /// from another process ends it at once with its default action. Returns how many signals were hooked.
 int cagent_install_fatal_signal_handlers(void);
+
+/// Catches SIGTERM, SIGINT, SIGHUP and SIGUSR1 from the start of `run` until the daemon's own handling
+/// (a dispatch signal source, which replaces this handler) takes each over, and remembers which came:
+/// left to their default action, any of them would end the process during start-up. Returns how many
+/// signals were hooked.
+int cagent_catch_early_signals(void);
+
+/// Whether `signo` arrived while only ``cagent_catch_early_signals`` was catching it; forgets it.
+int cagent_take_early_signal(int signo);
 
 #endif

@@ -12,79 +12,126 @@ import Synchronization
 /// (valid, but the spool was full or the commit failed). The totals are kept in the spool, so `status`
 /// shows them whether or not the daemon runs. A datagram that is neither rejected nor dropped is spooled.
 ///
-/// A dedicated thread reads the socket with blocking `recv` (senders are usually unnamed sockets, which
-/// a plain `recv` takes as they are) and hands each burst to the spool writer as one batch. While four
-/// batches await their commit it stops reading: the kernel queue fills and blocking senders wait.
-final class DatagramIntakeServer: Service, Sendable {
-    private let path: String
-    private let settings: LiveConfiguration
-    private let writer: SpoolWriter
-    private let group: any EventLoopGroup
-    private let logger: Logger
-    let counters = DatagramCounters()
-    private let stopping = Atomic<Bool>(false)
+/// A dedicated thread (`datagram`, a ``DatagramReceiver``) reads the socket with blocking `recv` (senders
+/// are usually unnamed sockets, which a plain `recv` takes as they are) and hands each burst to the spool
+/// writer as one batch. Stopped, the thread finishes its burst and waits for its batches' commits; then
+/// the counts are written and the socket closed.
+struct DatagramIntakeServer: DaemonPart {
+    let part: DaemonPartKind
+    let address: ListenerAddress
+    let settings: LiveConfiguration
+    let writer: SpoolWriter
+    let environment: ListenerEnvironment
 
+    func start() async throws -> any RunningPart {
+        let socket = try await address.makeSocket(kind: .datagram, backlog: 0, part: part, environment: environment)
+        var bufferSize: Int32 = 4 << 20
+        setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUF, &bufferSize, socklen_t(MemoryLayout<Int32>.size))
+        var timeout = timeval(tv_sec: 0, tv_usec: 200_000)  // how soon the thread notices a stop
+        setsockopt(socket.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let receiver = DatagramReceiver(
+            fd: socket.fd, parser: IntakeLineParser(configuration: settings.current), writer: writer, eventLoop: environment.eventLoops.next())
+        receiver.start()
+        environment.logger.info("listening", metadata: ["part": "\(part)", "on": "\(socket.location)"])
+        return Running(socket: socket, receiver: receiver, writer: writer, part: part, logger: environment.logger)
+    }
+
+    private struct Running: RunningPart {
+        let socket: ListeningSocket
+        let receiver: DatagramReceiver
+        let writer: SpoolWriter
+        let part: DaemonPartKind
+        let logger: Logger
+
+        func run(drainDeadline: DrainDeadline) async throws {
+            let stop = CompletionSignal()
+            await withTaskCancellationOrGracefulShutdownHandler {
+                // Every second, and once more at the end, the counts go into the spool's totals.
+                while !stop.hasHappened, !Task.isCancelled {
+                    _ = await stop.wait(until: .now + .seconds(1))
+                    await persistCounters()
+                }
+            } onCancelOrGracefulShutdown: {
+                stop.signal()
+            }
+            receiver.stop()
+            // The thread ends within the receive timeout, once its last batches committed; it owns the
+            // socket until then (stopping at once, it keeps it until the process ends).
+            if await receiver.ended.wait() {
+                close(socket.fd)
+                await persistCounters()
+            }
+            socket.removeOwnedPath()
+            logger.info("stopped", metadata: ["part": "\(part)"])
+        }
+
+        /// Adds what was counted since the last call to the spool's running totals (on the writer's thread).
+        private func persistCounters() async {
+            let delta = receiver.counters.take()
+            guard delta.received > 0 else { return }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                writer.perform({ db in
+                    let add = try db.prepared("INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value")
+                    for (name, value) in [("datagrams_received", delta.received), ("datagrams_rejected", delta.rejected), ("datagrams_dropped", delta.dropped)] {
+                        add.bind(1, name)
+                        add.bind(2, value)
+                        try add.step()
+                        add.reset()
+                    }
+                }, completion: { _ in continuation.resume() })
+            }
+        }
+    }
+}
+
+/// The datagram socket's reading thread: bursts of datagrams become batches for the spool writer. While
+/// ``maxBatchesInFlight`` batches await their commit it stops reading: the kernel queue fills and blocking
+/// senders wait.
+///
+/// - Note: Thread confinement: `fd` and `parser` are used only by the thread (`@unchecked Sendable`);
+///   `stopping` and `inFlight` are shared and synchronised.
+final class DatagramReceiver: @unchecked Sendable {
     /// Longest datagram taken; a longer one is rejected (`line_too_long`).
     static let maxDatagramBytes = 1 << 20
+    static let maxBatchesInFlight = 4
+    static let maxRequestsPerBatch = 4096
 
-    init(path: String, settings: LiveConfiguration, writer: SpoolWriter, group: any EventLoopGroup, logger: Logger) {
-        self.path = path
-        self.settings = settings
+    let counters = DatagramCounters()
+    /// Happens when the thread has returned (after its last batches committed).
+    let ended = CompletionSignal()
+    private let fd: Int32
+    private var parser: IntakeLineParser
+    private let writer: SpoolWriter
+    private let eventLoop: any EventLoop
+    private let stopping = Atomic<Bool>(false)
+    private let inFlight = InFlightLimit(DatagramReceiver.maxBatchesInFlight)
+
+    init(fd: Int32, parser: IntakeLineParser, writer: SpoolWriter, eventLoop: any EventLoop) {
+        self.fd = fd
+        self.parser = parser
         self.writer = writer
-        self.group = group
-        self.logger = logger
+        self.eventLoop = eventLoop
     }
 
-    func run() async throws {
-        try SocketPath.prepare(path)
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SocketPath.Error(path: path, message: "cannot create a datagram socket: \(String(cString: strerror(errno)))") }
-        let bound = SocketPath.withAddress(of: path) { bind(fd, $0, $1) }
-        guard bound == 0 else {
-            let reason = bound == nil ? "the path is too long for a socket address" : String(cString: strerror(errno))
-            close(fd)
-            throw SocketPath.Error(path: path, message: "cannot bind: \(reason)")
+    func start() {
+        NamedThread.start("datagram") { [self] in
+            receive()
+            ended.signal()
         }
-        chmod(path, mode_t(settings.current.intake.socketMode))
-        var bufferSize: Int32 = 4 << 20
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufferSize, socklen_t(MemoryLayout<Int32>.size))
-        var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        logger.info("datagram intake listening", metadata: ["socket": "\(path)"])
-
-        let finished = DispatchSemaphore(value: 0)
-        let thread = Thread { [self] in
-            receive(fd: fd)
-            finished.signal()
-        }
-        thread.name = "datagram-intake"
-        thread.start()
-        while !stopping.load(ordering: .relaxed) {
-            try? await Task.sleep(for: .seconds(1))
-            if Task.isShuttingDownGracefully || Task.isCancelled { stopping.store(true, ordering: .relaxed) }
-            persistCounters()
-        }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            Thread {
-                finished.wait()
-                continuation.resume()
-            }.start()
-        }
-        close(fd)
-        persistCounters()
-        unlink(path)
     }
 
-    /// The receiving loop: bursts of datagrams become batches for the spool writer.
-    private func receive(fd: Int32) {
-        var parser = IntakeLineParser(configuration: settings.current)
+    /// Asks the thread to finish (within the socket's receive timeout).
+    func stop() {
+        stopping.store(true, ordering: .relaxed)
+    }
+
+    private func receive() {
         var buffer = [UInt8](repeating: 0, count: Self.maxDatagramBytes)
-        let slots = DispatchSemaphore(value: 4)
         while !stopping.load(ordering: .relaxed) {
             var batch = IntakeBatch()
             var requests = 0
             var flags: Int32 = 0
-            while requests < 4096 {
+            while requests < Self.maxRequestsPerBatch {
                 let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, flags | Int32(MSG_TRUNC)) }
                 if n < 0 { break }  // timeout (EAGAIN) or interrupted: submit what we have
                 flags = Int32(MSG_DONTWAIT)
@@ -111,37 +158,52 @@ final class DatagramIntakeServer: Service, Sendable {
                 }
             }
             guard requests > 0 else { continue }
-            slots.wait()
-            let promise = group.next().makePromise(of: Void.self)
-            let (counters, records, submitted) = (self.counters, batch.totalRecords, requests)
+            inFlight.acquire()
+            let promise = eventLoop.makePromise(of: Void.self)
+            let (counters, inFlight, records, submitted) = (self.counters, self.inFlight, batch.totalRecords, requests)
             promise.futureResult.whenComplete { result in
                 switch result {
                 case .success: AgentMetrics.recordsSpooled.increment(by: Int64(records))
                 case .failure: counters.add(dropped: submitted)
                 }
-                slots.signal()
+                inFlight.release()
             }
             writer.submit(batch, promise: promise)
         }
         // Let the last batches commit before the counters are written for good.
-        for _ in 0..<4 { slots.wait() }
+        inFlight.waitUntilEmpty()
+    }
+}
+
+/// Batches awaiting their commit, at most `limit` at a time. The receiving thread blocks in ``acquire()``
+/// (its own thread: that wait is the back-pressure on senders); commits ``release()`` from any thread.
+final class InFlightLimit: @unchecked Sendable {
+    private let limit: Int
+    private let condition = NSCondition()
+    private var count = 0
+
+    init(_ limit: Int) {
+        self.limit = limit
     }
 
-    /// Adds what was counted since the last call to the spool's running totals.
-    private func persistCounters() {
-        let delta = counters.take()
-        guard delta.received > 0 else { return }
-        let done = DispatchSemaphore(value: 0)
-        writer.perform({ db in
-            let add = try db.prepared("INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value")
-            for (name, value) in [("datagrams_received", delta.received), ("datagrams_rejected", delta.rejected), ("datagrams_dropped", delta.dropped)] {
-                add.bind(1, name)
-                add.bind(2, value)
-                try add.step()
-                add.reset()
-            }
-        }, completion: { _ in done.signal() })
-        done.wait()
+    func acquire() {
+        condition.lock()
+        while count >= limit { condition.wait() }
+        count += 1
+        condition.unlock()
+    }
+
+    func release() {
+        condition.lock()
+        count -= 1
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func waitUntilEmpty() {
+        condition.lock()
+        while count > 0 { condition.wait() }
+        condition.unlock()
     }
 }
 

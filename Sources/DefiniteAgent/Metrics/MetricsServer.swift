@@ -7,16 +7,17 @@ import NIOPosix
 import Prometheus
 import ServiceLifecycle
 
-/// Serves the Prometheus text format at `GET /metrics` on `[metrics] listen`: a loopback `host:port`, or
-/// a Unix socket path. Gauges derived from the spool (pending rows, oldest age, dead letters per table)
-/// are refreshed at each scrape, so they cost nothing between scrapes.
-final class MetricsServer: Service, Sendable {
-    private let listen: String
-    private let registry: PrometheusCollectorRegistry
-    private let spoolPath: String
-    private let capacity: SpoolCapacity
-    private let group: any EventLoopGroup
-    private let logger: Logger
+/// The Prometheus endpoint's connections (`GET /metrics` on `[metrics] listen`, a loopback `host:port` or a
+/// Unix socket path). Gauges derived from the spool (pending rows, oldest age, dead letters per table) are
+/// refreshed at each scrape, so they cost nothing between scrapes.
+///
+/// A scrape reads the spool (SQLite, a file): that happens on the blocking thread pool, never on the event
+/// loop, whose other connections (intake among them) keep being served meanwhile.
+struct MetricsServer: ConnectionPipeline {
+    let registry: PrometheusCollectorRegistry
+    let spoolPath: String
+    let capacity: SpoolCapacity
+    let blocking: NIOThreadPool
 
     /// Bootstraps swift-metrics with Prometheus. Call once, before any instrument is used.
     static func bootstrap() -> PrometheusCollectorRegistry {
@@ -30,46 +31,27 @@ final class MetricsServer: Service, Sendable {
         return registry
     }
 
-    init(listen: String, registry: PrometheusCollectorRegistry, spoolPath: String, capacity: SpoolCapacity,
-         group: any EventLoopGroup, logger: Logger) {
-        self.listen = listen
-        self.registry = registry
-        self.spoolPath = spoolPath
-        self.capacity = capacity
-        self.group = group
-        self.logger = logger
-    }
+    /// Test hook: `DEFINITE_AGENT_TEST_SCRAPE_DELAY_MS` makes every scrape's spool read that much slower, so
+    /// that the integration tests can show a slow scrape holds up no event loop. Unset (always, outside
+    /// the tests) it costs nothing.
+    static let testScrapeDelay: Duration? = ProcessInfo.processInfo.environment["DEFINITE_AGENT_TEST_SCRAPE_DELAY_MS"]
+        .flatMap(Int.init).map { .milliseconds($0) }
 
-    func run() async throws {
+    var backlog: Int32 { 64 }
+
+    func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
         let render: @Sendable () -> [UInt8] = { [registry, spoolPath, capacity] in
+            if let delay = Self.testScrapeDelay { Thread.sleep(forTimeInterval: Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18) }
             Self.refreshGauges(spoolPath: spoolPath, capacity: capacity)
             return registry.emitToBuffer()
         }
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(render: render))
-                }
+        let blocking = self.blocking
+        return bootstrap.childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(blocking: blocking, render: render))
             }
-        let channel: any Channel
-        if listen.hasPrefix("/") {
-            try SocketPath.prepare(listen)
-            channel = try await bootstrap.bind(unixDomainSocketPath: listen, cleanupExistingSocketFile: false).get()
-        } else {
-            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
-                throw ConfigurationError(.invalidValue, key: "metrics.listen", "\"\(listen)\" is not host:port or a socket path")
-            }
-            channel = try await bootstrap.bind(host: String(listen[..<colon]), port: port).get()
         }
-        logger.info("metrics listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? listen)"])
-        try await withGracefulShutdownHandler {
-            try await channel.closeFuture.get()
-        } onGracefulShutdown: {
-            channel.close(promise: nil)
-        }
-        if listen.hasPrefix("/") { unlink(listen) }
     }
 
     static func refreshGauges(spoolPath: String, capacity: SpoolCapacity) {
@@ -89,15 +71,19 @@ final class MetricsServer: Service, Sendable {
     }
 }
 
-/// Answers `GET /metrics`; anything else is 404.
+/// Answers `GET /metrics` (rendered on the blocking pool, then written from the event loop); anything
+/// else is 404. Requests on one connection are answered in order (NIO's HTTP pipeline holds the next one
+/// until a response ends).
 private final class MetricsHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
+    private let blocking: NIOThreadPool
     private let render: @Sendable () -> [UInt8]
     private var head: HTTPRequestHead?
 
-    init(render: @escaping @Sendable () -> [UInt8]) {
+    init(blocking: NIOThreadPool, render: @escaping @Sendable () -> [UInt8]) {
+        self.blocking = blocking
         self.render = render
     }
 
@@ -107,18 +93,32 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
         case .body: break
         case .end:
             guard let head else { return }
-            let found = head.method == .GET && (head.uri == "/metrics" || head.uri.hasPrefix("/metrics?"))
-            let body = found ? render() : Array("not found: try GET /metrics\n".utf8)
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
-            headers.add(name: "Content-Length", value: "\(body.count)")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: found ? .ok : .notFound, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
-            let keepAlive = head.isKeepAlive
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                if !keepAlive { context.close(promise: nil) }
-            }
             self.head = nil
+            guard head.method == .GET, head.uri == "/metrics" || head.uri.hasPrefix("/metrics?") else {
+                respond(context: context, to: head, status: .notFound, contentType: "text/plain", body: Array("not found: try GET /metrics\n".utf8))
+                return
+            }
+            blocking.runIfActive(eventLoop: context.eventLoop, render).assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let body):
+                    self.respond(context: context, to: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: body)
+                case .failure:  // the pool stopped: the daemon is stopping
+                    self.respond(context: context, to: head, status: .serviceUnavailable, contentType: "text/plain", body: Array("stopping\n".utf8))
+                }
+            }
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext, to head: HTTPRequestHead, status: HTTPResponseStatus, contentType: String, body: [UInt8]) {
+        guard context.channel.isActive else { return }
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+        let keepAlive = head.isKeepAlive
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            if !keepAlive { context.close(promise: nil) }
         }
     }
 }

@@ -43,9 +43,9 @@ func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
     } catch let error as SpoolError {
         printError("error: \(error)")
         throw ExitCode(SpoolError.exitCode)
-    } catch let error as SocketPath.Error {
+    } catch let error as StartupError {
         printError("error: \(error)")
-        throw ExitCode(71)  // EX_OSERR
+        throw ExitCode(StartupError.exitCode)
     }
 }
 

@@ -20,6 +20,7 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        AgentDaemon.catchEarlySignals()
         let (configuration, source) = try global.loadConfiguration()
         let level = Logger.Level(name: logLevel ?? configuration.log.level)
         LoggingSystem.bootstrap { label in

@@ -1,18 +1,21 @@
 import Foundation
 import Logging
-import NIOConcurrencyHelpers
 import ServiceLifecycle
 
-/// Runs the delivery workers: `[batch] concurrency` threads, each with its own spool reader and libcurl
-/// handle, fed by one ``DeliveryScheduler``.
+/// Runs the delivery workers: `[batch] concurrency` threads (`delivery-0`, `delivery-1`, …), each with its own
+/// spool reader and libcurl handle, fed by one ``DeliveryScheduler``.
 ///
-/// On graceful shutdown no new batch starts; a request in flight gets up to `drainTimeout` to finish.
-/// Whatever is not confirmed stays in the spool and is sent at the next start.
-final class DeliveryService: Service, Sendable {
+/// Stopping gracefully, no new batch starts and a request in flight may finish until the drain deadline
+/// (`[service] drain_timeout` after SIGTERM); stopping at once, nothing is waited for. Whatever the API did
+/// not confirm stays in the spool and is sent at the next start.
+///
+/// - Note: Creating it reads the spool (the scheduler recovers open batches): do it off the cooperative pool.
+final class DeliveryService: DaemonPart, RunningPart {
     let scheduler: DeliveryScheduler
     private let workers: [UncheckedBox<DeliveryWorker>]
     private let logger: Logger
-    private let drainTimeout: Duration
+    /// Happens when the last worker thread has returned.
+    private let workersEnded: CompletionSignal
 
     init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, logger: Logger) throws(SpoolError) {
         let configuration = settings.current
@@ -23,35 +26,26 @@ final class DeliveryService: Service, Sendable {
         for _ in 0..<max(1, configuration.batch.concurrency) {
             workers.append(UncheckedBox(try DeliveryWorker(scheduler: scheduler, writer: writer, settings: settings, key: key, logger: logger)))
         }
-        let drainTimeout = configuration.service.drainTimeout.duration
         self.workers = workers
         self.logger = logger
-        self.drainTimeout = drainTimeout
+        self.workersEnded = CompletionSignal(count: workers.count)
     }
 
-    func run() async throws {
-        let remaining = NIOLockedValueBox(workers.count)
-        let allDone = DispatchSemaphore(value: 0)
+    func start() async throws -> any RunningPart {
         for (index, worker) in workers.enumerated() {
-            let thread = Thread {
+            NamedThread.start("delivery-\(index)") { [workersEnded] in
                 worker.value.run()
-                if remaining.withLockedValue({ $0 -= 1; return $0 }) == 0 { allDone.signal() }
+                workersEnded.signal()
             }
-            thread.name = "delivery-\(index)"
-            thread.start()
         }
+        return self
+    }
+
+    func run(drainDeadline: DrainDeadline) async throws {
         try? await gracefulShutdown()
         scheduler.stop()
-        let timeout = drainTimeout
-        let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            Thread {
-                let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
-                continuation.resume(returning: allDone.wait(timeout: .now() + seconds) == .success)
-            }.start()
-        }
-        if !drained {
-            logger.warning("delivery did not finish within the drain bound; the unconfirmed batch stays in the spool and is sent at the next start",
-                           metadata: ["drain_timeout": "\(drainTimeout)"])
+        if !(await workersEnded.wait(until: drainDeadline.instant)) {
+            logger.warning("delivery did not finish within the drain bound; the unconfirmed batch stays in the spool and is sent at the next start")
         }
     }
 }

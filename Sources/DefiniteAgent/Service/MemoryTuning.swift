@@ -1,5 +1,6 @@
 import CAgentSupport
 import NIOCore
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -46,6 +47,19 @@ enum FatalSignals {
     /// backtrace is still printed, and then the process dies as the signal asks.
     static func endOnExternalCrashSignals() {
         _ = cagent_install_fatal_signal_handlers()
+    }
+}
+
+/// The event loops, which serve every listener's connections: one per core, named `intake-0`, `intake-1`, …
+/// (NIO would call them `NIO-ELT-…`), at intake's priority (``IntakePriority``).
+enum IntakeEventLoops {
+    static func make() -> MultiThreadedEventLoopGroup {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        for (index, loop) in group.makeIterator().enumerated() {
+            loop.execute { NamedThread.nameCurrentThread("intake-\(index)") }
+        }
+        IntakePriority.yieldToDelivery(group)
+        return group
     }
 }
 

@@ -1,8 +1,14 @@
+import CAgentSupport
 import Logging
+import NIOPosix
 import ServiceLifecycle
 import UnixSignals
 
-/// Operator signals other than the shutdown ones (SIGTERM and SIGINT belong to the service group):
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Operator signals other than the shutdown ones (SIGTERM and SIGINT are the daemon's, see ``AgentDaemon``):
 ///
 /// - SIGHUP: read the configuration file and the API key again. Batch, retry, table, API and intake
 ///   settings take effect at once (intake settings for new connections); settings only a restart can
@@ -10,28 +16,49 @@ import UnixSignals
 ///   are logged as such. An invalid file is rejected with a log line and the old configuration keeps
 ///   running. systemd hears `RELOADING=1` and then `READY=1`.
 /// - SIGUSR1: deliver everything pending now, ignoring `[batch] linger` and any backoff.
-struct SignalService: Service {
+///
+/// Reloading reads files and takes the scheduler's lock: it runs on the blocking thread pool, not on the
+/// cooperative pool.
+struct SignalService: DaemonPart {
     let configurationPath: String?
     let settings: LiveConfiguration
     let key: APIKeyBox
     let scheduler: DeliveryScheduler
     let notifier: SystemdNotifier
+    let blocking: NIOThreadPool
     let logger: Logger
 
-    func run() async throws {
-        let signals = await UnixSignalsSequence(trapping: .sighup, .sigusr1)
-        for await signal in signals.cancelOnGracefulShutdown() {
-            switch signal {
-            case .sighup:
-                notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
-                reload()
-                notifier.notify("READY=1")
-            case .sigusr1:
-                logger.info("SIGUSR1: delivering everything pending now")
-                scheduler.flushNow()
-            default:
-                break
+    /// Traps the signals (from here on a SIGHUP no longer waits, blocked, for the daemon to be up).
+    func start() async throws -> any RunningPart {
+        Running(service: self, signals: await UnixSignalsSequence(trapping: .sighup, .sigusr1))
+    }
+
+    private struct Running: RunningPart {
+        let service: SignalService
+        let signals: UnixSignalsSequence
+
+        func run(drainDeadline: DrainDeadline) async throws {
+            // One that came during start-up, caught until now (see AgentDaemon.catchEarlySignals()).
+            for (number, signal) in [(SIGHUP, UnixSignal.sighup), (SIGUSR1, .sigusr1)] where cagent_take_early_signal(number) != 0 {
+                try? await service.blocking.runIfActive { service.handle(signal) }
             }
+            for await signal in signals.cancelOnGracefulShutdown() {
+                try? await service.blocking.runIfActive { service.handle(signal) }
+            }
+        }
+    }
+
+    private func handle(_ signal: UnixSignal) {
+        switch signal {
+        case .sighup:
+            notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
+            reload()
+            notifier.notify("READY=1")
+        case .sigusr1:
+            logger.info("SIGUSR1: delivering everything pending now")
+            scheduler.flushNow()
+        default:
+            break
         }
     }
 

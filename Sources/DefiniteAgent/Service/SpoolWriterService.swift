@@ -1,23 +1,33 @@
 import ServiceLifecycle
 
-/// Runs the ``SpoolWriter`` for the lifetime of the daemon. On graceful shutdown (after intake stopped,
-/// since the service group stops services in reverse order) it commits what is queued, checkpoints the
-/// WAL and closes the spool.
-struct SpoolWriterService: Service {
+/// The ``SpoolWriter``'s thread, as a part of the daemon. It starts first and stops last (after intake and
+/// delivery, which commit through it): on stop it commits what is queued, checkpoints the WAL and closes.
+struct SpoolWriterService: DaemonPart, RunningPart {
     let writer: SpoolWriter
 
-    func run() async throws {
+    func start() async throws -> any RunningPart {
         writer.start()
+        return self
+    }
+
+    func run(drainDeadline: DrainDeadline) async throws {
         try? await gracefulShutdown()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            // shutdown() blocks until the writer thread finished; keep it off the cooperative pool.
-            let thread = Thread { [writer] in
-                writer.shutdown()
-                continuation.resume()
-            }
-            thread.start()
-        }
+        await writer.stop()
     }
 }
 
-import Foundation
+/// The spool's background checkpoints (``SpoolCheckpointer``), as a part of the daemon: attached to the
+/// writer after it starts, detached before it stops (the writer's final checkpoint then runs alone).
+struct SpoolCheckpointerService: DaemonPart, RunningPart {
+    let writer: SpoolWriter
+
+    func start() async throws -> any RunningPart {
+        await writer.startCheckpointer()
+        return self
+    }
+
+    func run(drainDeadline: DrainDeadline) async throws {
+        try? await gracefulShutdown()
+        await writer.stopCheckpointer()
+    }
+}

@@ -54,22 +54,22 @@ final class SpoolCheckpointer: @unchecked Sendable {
         self.limitFrames = max(1, Self.limitBytes / pageSize)
     }
 
-    /// Takes over checkpointing from SQLite's automatic checkpoint on `writer` and starts the thread.
+    /// Takes over checkpointing from SQLite's automatic checkpoint on `writer` and starts the thread (named
+    /// `checkpointer`), once: a second call, or one after ``stop(writer:)``, does nothing.
     ///
     /// - Important: Call ``stop(writer:)`` before `writer` closes or this object goes away: the writer's
     ///   hook refers to it unretained.
     func start(writer: SQLiteConnection) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !started, !stopping else { return }
+        started = true
         sqlite3_wal_hook(writer.handle, { context, db, _, frames in
             guard let context, let db else { return SQLITE_OK }
             Unmanaged<SpoolCheckpointer>.fromOpaque(context).takeUnretainedValue().walGrew(to: Int(frames), writer: db)
             return SQLITE_OK
         }, Unmanaged.passUnretained(self).toOpaque())
-        let thread = Thread { [self] in run() }
-        thread.name = "spool-checkpoint"
-        condition.lock()
-        started = true
-        condition.unlock()
-        thread.start()
+        NamedThread.start("checkpointer") { [self] in run() }
     }
 
     /// Stops the thread after its current checkpoint and gives checkpointing back to SQLite on `writer`.

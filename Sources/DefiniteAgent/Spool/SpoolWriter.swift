@@ -12,6 +12,10 @@ import NIOCore
 /// intake acknowledges it. On a storage error the whole transaction rolls back and every batch in it
 /// fails; nothing partial is ever acknowledged.
 ///
+/// The writer thread (named `writer`) also attaches and detaches the ``SpoolCheckpointer`` (its hook lives
+/// on the write connection), and on stop commits what is queued, checkpoints the WAL and hands the result
+/// back: nothing about the write connection happens on any other thread.
+///
 /// - Note: Thread confinement: `connection` and the statement cache are touched only by the writer thread
 ///   once ``start()`` returned; the queue is guarded by `condition`. That is why the type is
 ///   `@unchecked Sendable`.
@@ -27,6 +31,8 @@ public final class SpoolWriter: @unchecked Sendable {
         case append(IntakeBatch, EventLoopPromise<Void>)
         /// Work that must run on the write connection (delivery bookkeeping, maintenance).
         case transaction(@Sendable (SQLiteConnection) throws -> Void, @Sendable (Result<Void, any Error>) -> Void)
+        /// Attaching or detaching the checkpointer, outside any transaction.
+        case checkpointer(start: Bool, done: @Sendable () -> Void)
     }
 
     private let connection: SQLiteConnection
@@ -39,7 +45,8 @@ public final class SpoolWriter: @unchecked Sendable {
     private var queue: [Job] = []
     private var stopping = false
     private var stopped = false
-    private var thread: Thread?
+    /// Signalled by the writer thread once it stopped and the WAL is checkpointed.
+    private let finished = CompletionSignal()
     private var targetIDs: [SpoolTarget: Int64] = [:]
     /// Monotonic time of the writer's last sign of life (a commit, or an idle wake-up), for the watchdog.
     private let heartbeat = NIOLockedValueBox<ContinuousClock.Instant>(ContinuousClock.now)
@@ -75,12 +82,32 @@ public final class SpoolWriter: @unchecked Sendable {
 
     /// Starts the writer thread.
     public func start() {
-        checkpointer.start(writer: connection)
-        let thread = Thread { [self] in run() }
-        thread.name = "spool-writer"
-        thread.qualityOfService = .userInitiated
-        self.thread = thread
-        thread.start()
+        NamedThread.start("writer") { [self] in run() }
+    }
+
+    /// Attaches the ``SpoolCheckpointer`` (on the writer thread) and starts its thread; returns once it runs.
+    func startCheckpointer() async {
+        await onWriterThread { .checkpointer(start: true, done: $0) }
+    }
+
+    /// Stops the checkpointer's thread and gives checkpointing back to SQLite on the write connection;
+    /// returns once done. Nothing to do once the writer stops (its stop does the same).
+    func stopCheckpointer() async {
+        await onWriterThread { .checkpointer(start: false, done: $0) }
+    }
+
+    private func onWriterThread(_ job: (@escaping @Sendable () -> Void) -> Job) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            condition.lock()
+            guard !stopping else {
+                condition.unlock()
+                continuation.resume()
+                return
+            }
+            queue.append(job { continuation.resume() })
+            condition.signal()
+            condition.unlock()
+        }
     }
 
     /// Queues a batch; `promise` succeeds once it is durable, or fails with an ``IntakeRejection``.
@@ -114,19 +141,28 @@ public final class SpoolWriter: @unchecked Sendable {
     /// How long since the writer last showed progress or idled normally.
     public var timeSinceHeartbeat: Duration { ContinuousClock.now - heartbeat.withLockedValue { $0 } }
 
-    /// Commits everything queued, stops the thread, checkpoints the WAL and closes the file.
+    /// Refuses new work, commits everything queued, stops the checkpointer and the thread, and checkpoints
+    /// the WAL; returns once that is done (or at once when the task is cancelled: stopping at once, the
+    /// thread finishes on its own, and whatever it has not committed was never acknowledged).
+    func stop() async {
+        requestStop()
+        _ = await finished.wait()
+    }
+
+    /// ``stop()`` for synchronous callers: blocks the calling thread until the writer stopped. Not for
+    /// async code.
     public func shutdown() {
+        requestStop()
+        condition.lock()
+        while !stopped { condition.wait() }
+        condition.unlock()
+    }
+
+    private func requestStop() {
         condition.lock()
         stopping = true
         condition.broadcast()
-        while !stopped { condition.wait() }
         condition.unlock()
-        checkpointer.stop(writer: connection)
-        do {
-            try connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        } catch {
-            logger.warning("could not checkpoint the spool at shutdown; the WAL is replayed at the next start", metadata: ["error": "\(error)"])
-        }
     }
 
     // MARK: The writer thread
@@ -138,9 +174,8 @@ public final class SpoolWriter: @unchecked Sendable {
                 if !condition.wait(until: Date(timeIntervalSinceNow: 1)) { break }
             }
             if queue.isEmpty && stopping {
-                stopped = true
-                condition.broadcast()
                 condition.unlock()
+                finish()
                 return
             }
             let jobs = queue
@@ -159,6 +194,13 @@ public final class SpoolWriter: @unchecked Sendable {
                     }
                     completion(runTransaction(body))
                     diskAdmission.relievePressure(connection)
+                case .checkpointer(let start, let done):
+                    if !appends.isEmpty {
+                        commit(appends)
+                        appends.removeAll()
+                    }
+                    if start { checkpointer.start(writer: connection) } else { checkpointer.stop(writer: connection) }
+                    done()
                 }
             }
             if !appends.isEmpty { commit(appends) }
@@ -170,6 +212,22 @@ public final class SpoolWriter: @unchecked Sendable {
                 if let stored = try? Self.storedBytes(connection) { capacity.resynchronize(stored: stored) }
             }
         }
+    }
+
+    /// The writer thread's last act: the checkpointer stops, the WAL is copied into the file and truncated,
+    /// and whoever waits for the stop hears of it.
+    private func finish() {
+        checkpointer.stop(writer: connection)
+        do {
+            try connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        } catch {
+            logger.warning("could not checkpoint the spool at shutdown; the WAL is replayed at the next start", metadata: ["error": "\(error)"])
+        }
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        condition.unlock()
+        finished.signal()
     }
 
     private func runTransaction(_ body: (SQLiteConnection) throws -> Void) -> Result<Void, any Error> {

@@ -1,20 +1,24 @@
 import Foundation
+import NIOPosix
 import Logging
 import ServiceLifecycle
 
 /// Tells systemd how the daemon is doing (`Type=notify`):
 ///
-/// - `READY=1` once the spool is open and recovered and the intake socket listens;
+/// - `READY=1` when this part starts: it is the last part, so every configured listener accepts by then;
 /// - `STATUS=` with pending rows, dead letters and the delivery state, every few seconds;
 /// - `WATCHDOG=1` at half of `WatchdogSec=`, sent only while the spool writer and the delivery scheduler
 ///   both show progress or are idle, so a wedged thread stops the pings and systemd restarts the daemon;
-/// - `STOPPING=1` as soon as a graceful shutdown begins.
-struct NotifyService: Service {
+/// - `STOPPING=1` as soon as a graceful shutdown begins (this part is the first to stop).
+///
+/// The status line reads the spool and the health check takes the scheduler's lock: both run on the
+/// blocking thread pool, never on the cooperative pool.
+struct NotifyService: DaemonPart {
     let notifier: SystemdNotifier
-    let ready: AsyncStream<Void>
     let writer: SpoolWriter
     let scheduler: DeliveryScheduler
     let configuration: AgentConfiguration
+    let blocking: NIOThreadPool
     let logger: Logger
 
     /// How long the writer may go without a sign of life: a commit, or an idle wake-up (every second).
@@ -23,36 +27,48 @@ struct NotifyService: Service {
     /// Delivery workers can legitimately spend a whole HTTP timeout in one request.
     var schedulerStallLimit: Duration { configuration.api.timeout.duration + .seconds(15) }
 
-    func run() async throws {
-        guard notifier.isEnabled else {
-            try? await gracefulShutdown()
-            return
-        }
-        let stopping = StopFlag()
-        await withGracefulShutdownHandler {
-            var readiness = ready.makeAsyncIterator()
-            guard await readiness.next() != nil, !stopping.isSet else { return }
-            notifier.notify("READY=1\nSTATUS=\(statusLine())")
+    func start() async throws -> any RunningPart {
+        if notifier.isEnabled {
+            let status = (try? await blocking.runIfActive { statusLine() }) ?? "running"
+            notifier.notify("READY=1\nSTATUS=\(status)")
             logger.info("told systemd we are ready")
-            let tick = notifier.watchdogInterval.map { min($0 / 2, .seconds(2)) } ?? .seconds(2)
-            var sinceStatus = Duration.zero
-            var wasHealthy = true
-            while !stopping.isSet {
-                try? await Task.sleep(for: tick)
-                if stopping.isSet { break }
-                let problem = health()
-                if notifier.watchdogInterval != nil, problem == nil { notifier.notify("WATCHDOG=1") }
-                if let problem, wasHealthy { logger.error("withholding watchdog pings: \(problem)") }
-                wasHealthy = problem == nil
-                sinceStatus += tick
-                if sinceStatus >= .seconds(5) {
-                    sinceStatus = .zero
-                    notifier.notify("STATUS=\(problem.map { "stalled: \($0)" } ?? statusLine())")
-                }
+        }
+        return Running(service: self)
+    }
+
+    private struct Running: RunningPart {
+        let service: NotifyService
+
+        func run(drainDeadline: DrainDeadline) async throws {
+            let notifier = service.notifier
+            guard notifier.isEnabled else {
+                try? await gracefulShutdown()
+                return
             }
-        } onGracefulShutdown: {
-            stopping.set()
-            notifier.notify("STOPPING=1\nSTATUS=stopping: answering what was read, keeping undelivered rows in the spool")
+            let stop = CompletionSignal()
+            await withTaskCancellationOrGracefulShutdownHandler {
+                let tick = notifier.watchdogInterval.map { min($0 / 2, .seconds(2)) } ?? .seconds(2)
+                var sinceStatus = Duration.zero
+                var wasHealthy = true
+                while !(await stop.wait(until: .now + tick)), !Task.isCancelled {
+                    sinceStatus += tick
+                    let wantsStatus = sinceStatus >= .seconds(5)
+                    guard let (problem, status) = try? await service.blocking.runIfActive({
+                        let problem = service.health()
+                        return (problem, wantsStatus && problem == nil ? service.statusLine() : nil)
+                    }) else { continue }
+                    if notifier.watchdogInterval != nil, problem == nil { notifier.notify("WATCHDOG=1") }
+                    if let problem, wasHealthy { service.logger.error("withholding watchdog pings: \(problem)") }
+                    wasHealthy = problem == nil
+                    if wantsStatus {
+                        sinceStatus = .zero
+                        notifier.notify("STATUS=\(problem.map { "stalled: \($0)" } ?? status ?? "running")")
+                    }
+                }
+            } onCancelOrGracefulShutdown: {
+                stop.signal()
+                notifier.notify("STOPPING=1\nSTATUS=stopping: answering what was read, keeping undelivered rows in the spool")
+            }
         }
     }
 
@@ -80,12 +96,4 @@ struct NotifyService: Service {
         }
         return "\(status.pending) pending (\(ByteSize(bytes: status.pendingBytes))), \(status.deadLetters) dead letters, \(delivery)"
     }
-}
-
-/// A flag set once from the shutdown handler and read from the service loop.
-private final class StopFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    var isSet: Bool { lock.withLock { value } }
-    func set() { lock.withLock { value = true } }
 }

@@ -133,6 +133,7 @@ struct SpoolTests {
         let path = directory + "/spool.db"
         let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, logger: Logger(label: "test"))
         writer.start()
+        await writer.startCheckpointer()
         // ~6 MiB: past the checkpointer's step (4 MiB), short of the size at which SQLite's own automatic
         // checkpoint (16 MiB) would copy anything. Only the checkpointer thread moves pages into the file.
         for part in 0..<6 { try await commit(paddedBatch(part * 1000, 1000), to: writer) }

@@ -1,0 +1,122 @@
+import ServiceLifecycle
+
+/// The parts of the daemon, in the order they start; the service group stops them in the reverse order.
+///
+/// - writer, then checkpointer: everything after them commits through the writer.
+/// - delivery: before intake, so that on SIGTERM intake stops accepting (and answers what it read) first,
+///   and only then does delivery spend the drain bound on a request in flight.
+/// - the listeners: the line socket, the local Stream API (its socket, then its TCP address), the datagram
+///   socket, then the metrics endpoint.
+/// - operator signals (SIGHUP, SIGUSR1).
+/// - the systemd notifier last: READY=1 goes out only once every configured listener accepts.
+enum DaemonPartKind: Hashable, Sendable, CustomStringConvertible {
+    case writer
+    case checkpointer
+    case delivery
+    case lineSocket(String)
+    case httpSocket(String)
+    case httpAddress(String)
+    case datagramSocket(String)
+    case metrics(String)
+    case operatorSignals
+    case notifier
+
+    /// The parts `configuration` asks for, in start order.
+    static func startOrder(_ configuration: AgentConfiguration) -> [DaemonPartKind] {
+        var parts: [DaemonPartKind] = [.writer, .checkpointer, .delivery, .lineSocket(configuration.intake.socket)]
+        if !configuration.intake.httpSocket.isEmpty { parts.append(.httpSocket(configuration.intake.httpSocket)) }
+        if let listen = configuration.intake.httpListen { parts.append(.httpAddress(listen)) }
+        if let path = configuration.intake.datagramSocket { parts.append(.datagramSocket(path)) }
+        if let listen = configuration.metrics.listen { parts.append(.metrics(listen)) }
+        return parts + [.operatorSignals, .notifier]
+    }
+
+    /// The part as an operator knows it from the configuration, for logs and errors.
+    var description: String {
+        switch self {
+        case .writer: "spool writer"
+        case .checkpointer: "spool checkpointer"
+        case .delivery: "delivery"
+        case .lineSocket(let path): "intake socket \(path)"
+        case .httpSocket(let path): "local Stream API socket \(path)"
+        case .httpAddress(let address): "local Stream API address \(address)"
+        case .datagramSocket(let path): "datagram socket \(path)"
+        case .metrics(let listen): "metrics endpoint \(listen)"
+        case .operatorSignals: "operator signals"
+        case .notifier: "systemd notifier"
+        }
+    }
+}
+
+/// A part of the daemon: what it acquires to start (a socket, a thread), then how it serves.
+protocol DaemonPart: Sendable {
+    /// Acquires what the part needs, or throws why it cannot (a ``StartupError`` for a socket). Blocking
+    /// work (files, name resolution, SQLite) is done off the event loops and the cooperative pool.
+    func start() async throws -> any RunningPart
+}
+
+/// A part that started.
+protocol RunningPart: Sendable {
+    /// Serves until the service group stops the part, then lets go of what the part acquired: gracefully
+    /// (finish what it holds, giving up at `drainDeadline`), or at once when the task is cancelled.
+    func run(drainDeadline: DrainDeadline) async throws
+}
+
+/// When a part that stops gracefully gives up waiting (for connections to answer, for a request in flight
+/// to the API). Read when the part's stop begins: it depends on why the daemon stops (see
+/// ``LifecycleStateMachine``).
+struct DrainDeadline: Sendable {
+    private let read: @Sendable () -> ContinuousClock.Instant
+
+    init(_ read: @escaping @Sendable () -> ContinuousClock.Instant) {
+        self.read = read
+    }
+
+    var instant: ContinuousClock.Instant { read() }
+}
+
+/// Runs one part as a service of the group under the ``Supervisor``: the part starts at its turn, a
+/// failure to start is reported and thrown (which makes the group stop the parts already started, in
+/// reverse order), and the service returns only when the group stops it (a service that returned on its own
+/// would look like a crash to the group).
+struct SupervisedService: Service, CustomStringConvertible {
+    let index: Int
+    let kind: DaemonPartKind
+    let part: any DaemonPart
+    let supervisor: Supervisor
+
+    var description: String { kind.description }
+
+    func run() async throws {
+        guard await supervisor.awaitTurn(index) else {
+            // Never started: wait for this part's turn to stop.
+            try? await gracefulShutdown()
+            return
+        }
+        let running: any RunningPart
+        do {
+            running = try await part.start()
+        } catch {
+            supervisor.failedToStart(index, error)
+            throw error
+        }
+        supervisor.started(index)
+        do {
+            try await running.run(drainDeadline: supervisor.drainDeadline)
+        } catch {
+            supervisor.failed(index, error)
+            throw error
+        }
+        if !Task.isShuttingDownGracefully, !Task.isCancelled {
+            let error = PartStoppedError(part: kind.description)
+            supervisor.failed(index, error)
+            throw error
+        }
+    }
+}
+
+/// A part that stopped by itself while the daemon was not stopping (a listening socket closed under it).
+struct PartStoppedError: Error, CustomStringConvertible {
+    var part: String
+    var description: String { "the \(part) stopped by itself" }
+}
