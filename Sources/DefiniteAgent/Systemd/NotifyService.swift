@@ -81,18 +81,23 @@ struct NotifyService: DaemonPart {
         return nil
     }
 
+    /// `STATUS=`: pending rows and bytes, dead letters, and the most pressing delivery state (the key
+    /// refused, a table held, rows being isolated, a backoff), else delivering or idle.
     func statusLine() -> String {
         guard let status = try? SpoolStatus.read(path: configuration.spool.path) else { return "running" }
-        let states = Set(status.targets.filter { $0.pending > 0 }.compactMap(\.state))
+        let waiting = status.targets.filter { $0.pending > 0 }
+        let kinds = Set(waiting.compactMap { $0.deliveryState?.kind })
         let delivery: String
-        if states.contains("auth failing") {
-            delivery = "auth failing"
-        } else if let held = status.targets.first(where: { $0.pending > 0 && ($0.state ?? "").hasPrefix("held") }) {
-            delivery = "\(held.table) \(held.state ?? "held")"
-        } else if states.contains("backing off") {
-            delivery = "backing off"
+        if kinds.contains(.authFailing) {
+            delivery = TargetState.Kind.authFailing.rawValue
+        } else if let held = waiting.first(where: { $0.deliveryState?.kind == .heldTableNotFound }) {
+            delivery = "\(held.table) \(TargetState.Kind.heldTableNotFound.rawValue)"
+        } else if let isolating = waiting.first(where: { $0.deliveryState?.kind == .isolating }) {
+            delivery = "\(isolating.table) \(TargetState.Kind.isolating.rawValue)"
+        } else if kinds.contains(.backingOff) {
+            delivery = TargetState.Kind.backingOff.rawValue
         } else {
-            delivery = status.pending > 0 ? "delivering" : "idle"
+            delivery = (status.pending > 0 ? TargetState.Kind.delivering : .idle).rawValue
         }
         return "\(status.pending) pending (\(ByteSize(bytes: status.pendingBytes))), \(status.deadLetters) dead letters, \(delivery)"
     }
