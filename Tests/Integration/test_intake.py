@@ -116,8 +116,9 @@ def test_line_endings_and_an_unfinished_last_line(tmp_path):
 
 
 def test_threads_are_named_and_the_event_loops_yield_the_cpu_to_delivery(tmp_path):
-    """The daemon's own threads carry names an operator's `top -H` shows (writer, checkpointer, delivery-N,
-    datagram, and the event loops intake-N); the event loops and the checkpointer (intake's work) run at
+    """The daemon's own threads carry names an operator's `top -H` shows (writer, checkpointer, delivery (the
+    delivery loop) and its workers delivery-N, datagram, and the event loops intake-N); the event loops and the
+    checkpointer (intake's work) run at
     nice 15 relative to the process, the writer and delivery at the process's own: under full load
     delivery keeps its share."""
     import glob
@@ -128,13 +129,13 @@ def test_threads_are_named_and_the_event_loops_yield_the_cpu_to_delivery(tmp_pat
             with open(f"{task}/comm") as comm, open(f"{task}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
                 threads.setdefault(comm.read().strip(), []).append(int(fields[16]))  # field 19: nice
-        assert {"writer", "checkpointer", "delivery-0", "delivery-1", "datagram"} <= set(threads), threads
+        assert {"writer", "checkpointer", "delivery", "delivery-1", "delivery-2", "datagram"} <= set(threads), threads
         loops = sorted(name for name in threads if name.startswith("intake-"))
         assert loops and loops == [f"intake-{i}" for i in range(len(loops))], threads  # one per core
         base = threads["definite-agent"][0]
         low = [nice for name, nices in threads.items() if name.startswith("intake-") or name == "checkpointer" for nice in nices]
         assert all(nice == min(base + 15, 19) for nice in low), threads
-        assert threads["writer"] == [base] and threads["delivery-0"] == [base], threads
+        assert threads["writer"] == [base] and threads["delivery"] == [base] and threads["delivery-1"] == [base], threads
     finally:
         agent.finish()
 

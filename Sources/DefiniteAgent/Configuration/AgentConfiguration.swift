@@ -95,6 +95,8 @@ public struct AgentConfiguration: Sendable, Equatable {
         public var format = BodyFormat.json
         /// Batches in flight at once per append target (merge targets always have one).
         public var concurrency = 2
+        /// Requests in flight to the API at once, over all targets: the ceiling of the adaptive limit.
+        public var maxInFlight = 64
     }
 
     /// `[retry]`: backoff for failures that may succeed later.

@@ -120,6 +120,7 @@ public enum ConfigurationLoader {
             config.batch.gzipLevel = try batch.int("gzip_level") ?? config.batch.gzipLevel
             config.batch.format = try batch.choice("format") ?? config.batch.format
             config.batch.concurrency = try batch.int("concurrency") ?? config.batch.concurrency
+            config.batch.maxInFlight = try batch.int("max_in_flight") ?? config.batch.maxInFlight
             try batch.finish()
         }
         if var retry = try Section(root, "retry", locator) {
@@ -200,6 +201,7 @@ public enum ConfigurationLoader {
         guard config.batch.linger.milliseconds >= 0 else { throw fail("batch", "linger", "must not be negative") }
         guard (1...9).contains(config.batch.gzipLevel) else { throw fail("batch", "gzip_level", "must be between 1 and 9") }
         guard (1...64).contains(config.batch.concurrency) else { throw fail("batch", "concurrency", "must be between 1 and 64") }
+        guard (1...1024).contains(config.batch.maxInFlight) else { throw fail("batch", "max_in_flight", "must be between 1 and 1024") }
 
         guard config.retry.initial.milliseconds > 0 else { throw fail("retry", "initial", "must be greater than 0") }
         guard config.retry.max >= config.retry.initial else {

@@ -42,7 +42,7 @@ public final class LiveConfiguration: Sendable {
             keep("intake.http_listen", \.intake.httpListen)
             keep("intake.http_allow_remote", \.intake.httpAllowRemote)
             keep("intake.datagram_socket", \.intake.datagramSocket)
-            keep("batch.concurrency", \.batch.concurrency)
+            keep("batch.max_in_flight", \.batch.maxInFlight)
             keep("service.drain_timeout", \.service.drainTimeout)
             keep("log.level", \.log.level)
             keep("metrics.listen", \.metrics.listen)

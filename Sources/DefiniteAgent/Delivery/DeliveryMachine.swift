@@ -125,6 +125,15 @@ struct DeliveryMachine {
         var oldestAppendedAt: Double?
     }
 
+    /// Where a target's log ends now, and from where this is news (`start`: the first seq of an append,
+    /// or the delivery position when read from the spool).
+    struct LogEnd: Sendable, Equatable {
+        var targetID: Int64
+        var target: SpoolTarget
+        var start: Int64
+        var end: Int64
+    }
+
     /// A target as the spool holds it at start.
     struct Restored: Sendable {
         var row: SpoolReader.TargetRow
@@ -225,22 +234,36 @@ struct DeliveryMachine {
 
     // MARK: Inputs
 
-    /// Takes in the targets' log ends (new rows, new targets).
-    mutating func observe(_ rows: [SpoolReader.TargetRow], now: Now) {
-        for row in rows {
-            if targets[row.id] == nil {
-                targets[row.id] = TargetProgress(id: row.id, target: row.target, logEnd: row.nextSeq, assignedEnd: row.deliveredSeq)
-                order.append(row.id)
+    /// Takes in the targets' log ends (new rows, new targets). A target the machine does not know (new,
+    /// or dropped while idle) starts at `start`: every row before it was resolved.
+    mutating func observe(_ ends: [LogEnd], now: Now) {
+        for end in ends {
+            if targets[end.targetID] == nil {
+                guard end.end > end.start else { continue }
+                targets[end.targetID] = TargetProgress(id: end.targetID, target: end.target, logEnd: end.end, assignedEnd: end.start)
+                order.append(end.targetID)
             }
             let flush = flushRequested
-            update(row.id) { target in
-                target.logEnd = max(target.logEnd, row.nextSeq)
+            update(end.targetID) { target in
+                target.logEnd = max(target.logEnd, end.end)
                 if target.logEnd > target.assignedEnd, target.pendingSince == nil { target.pendingSince = now.instant }
                 if flush { target.flushThrough = target.logEnd }
             }
         }
         flushRequested = false
     }
+
+    /// ``observe(_:now:)`` for rows read from the spool's `targets` table.
+    mutating func observe(_ rows: [SpoolReader.TargetRow], now: Now) {
+        observe(rows.map { LogEnd(targetID: $0.id, target: $0.target, start: $0.deliveredSeq, end: $0.nextSeq) }, now: now)
+    }
+
+    /// The table of a target the machine knows.
+    func table(of targetID: Int64) -> String? { targets[targetID]?.target.table }
+
+    /// Targets the machine keeps: those with rows to cut, open batches, or work in progress. An idle target
+    /// is dropped, so that the cost of a decision follows the work, not every table and tag set ever seen.
+    var targetCount: Int { targets.count }
 
     mutating func reconfigure(_ settings: Settings) {
         self.settings = settings
@@ -275,14 +298,26 @@ struct DeliveryMachine {
             guard now.instant >= until else { return nil }
             authPausedUntil = nil
         }
+        var idle: [Int64] = []
+        defer { drop(idle) }
         for step in 0..<order.count {
             let id = order[(cursor + step) % order.count]
             if let work = take(id, now: now) {
                 cursor = (cursor + step + 1) % order.count
                 return work
             }
+            if let target = targets[id], !target.hasWork, target.inFlight == 0 { idle.append(id) }
         }
         return nil
+    }
+
+    /// Forgets targets with nothing to do; the writer's next append (or the spool) brings them back.
+    private mutating func drop(_ idle: [Int64]) {
+        guard !idle.isEmpty else { return }
+        let gone = Set(idle)
+        for id in idle { targets[id] = nil }
+        order.removeAll { gone.contains($0) }
+        cursor = order.isEmpty ? 0 : cursor % order.count
     }
 
     /// When something next becomes due by itself (a backoff, a hold, linger), if anything waits for a time

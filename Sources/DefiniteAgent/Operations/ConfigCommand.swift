@@ -83,6 +83,7 @@ enum EffectiveConfiguration {
             "gzip_level = \(c.batch.gzipLevel)",
             "format = \(q(c.batch.format.rawValue))",
             "concurrency = \(c.batch.concurrency)",
+            "max_in_flight = \(c.batch.maxInFlight)",
             "",
             "[retry]",
             "initial = \(q(c.retry.initial.description))",

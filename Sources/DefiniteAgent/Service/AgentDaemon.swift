@@ -160,11 +160,11 @@ public struct AgentDaemon: Sendable {
                                 MetricsServer(registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity, blocking: blocking))
             case .operatorSignals:
                 return SignalService(
-                    configurationPath: configurationPath, settings: settings, key: key, scheduler: delivery.scheduler,
+                    configurationPath: configurationPath, settings: settings, key: key, delivery: delivery.loop,
                     notifier: notifier, blocking: blocking, logger: logger)
             case .notifier:
                 return NotifyService(
-                    notifier: notifier, writer: writer, scheduler: delivery.scheduler, configuration: configuration, blocking: blocking, logger: logger)
+                    notifier: notifier, writer: writer, delivery: delivery.loop, configuration: configuration, blocking: blocking, logger: logger)
             }
         }
         return supervisor.makeServiceGroup(implementations)

@@ -12,18 +12,17 @@ import Glibc
 ///
 /// - SIGHUP: read the configuration file and the API key again. Batch, retry, table, API and intake
 ///   settings take effect at once (intake settings for new connections); settings only a restart can
-///   change (spool, socket path and mode, concurrency, drain bound, log level) keep their old values and
+///   change (spool, socket path and mode, `max_in_flight`, drain bound, log level) keep their old values and
 ///   are logged as such. An invalid file is rejected with a log line and the old configuration keeps
 ///   running. systemd hears `RELOADING=1` and then `READY=1`.
 /// - SIGUSR1: deliver everything pending now, ignoring `[batch] linger` and any backoff.
 ///
-/// Reloading reads files and takes the scheduler's lock: it runs on the blocking thread pool, not on the
-/// cooperative pool.
+/// Reloading reads files: it runs on the blocking thread pool, not on the cooperative pool.
 struct SignalService: DaemonPart {
     let configurationPath: String?
     let settings: LiveConfiguration
     let key: APIKeyBox
-    let scheduler: DeliveryScheduler
+    let delivery: DeliveryLoop
     let notifier: SystemdNotifier
     let blocking: NIOThreadPool
     let logger: Logger
@@ -56,7 +55,7 @@ struct SignalService: DaemonPart {
             notifier.notify("READY=1")
         case .sigusr1:
             logger.info("SIGUSR1: delivering everything pending now")
-            scheduler.flushNow()
+            delivery.flushNow()
         default:
             break
         }
@@ -91,6 +90,6 @@ struct SignalService: DaemonPart {
             logger.error("SIGHUP: cannot read the API key; keeping the one in use", metadata: ["error": "\(error)"])
         }
         // Whatever waits on a refused key or an old setting may go now.
-        scheduler.flushNow()
+        delivery.flushNow()
     }
 }

@@ -101,33 +101,37 @@ struct DeliveryLedger: Sendable {
         var isEmpty: Bool { self == Change(targetID: targetID) }
     }
 
-    /// Commits `change`; `records` must hold every row it moves (for their bytes and dead-letter copies).
-    /// Returns the stored bytes that left the spool (delivered or superseded rows; dead-lettered rows stay
-    /// on disk in the dead-letter queue).
-    @discardableResult
-    func apply(_ change: Change, records: SpooledRecords) throws -> Int {
-        let delivered = (change.delivered + change.superseded).reduce(0) { total, seq in
-            total + (records.index(of: seq).map(records.storedSize) ?? 0)
-        }
-        let letters = change.deadLetters.map { letter in
-            (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
-        }
-        try transaction { db in
+    /// Queues `change` on the writer thread; `completion` (on that thread) hears, once it is committed, the
+    /// stored bytes that left the spool (delivered or superseded rows; dead-lettered rows stay on disk in
+    /// the dead-letter queue), or why it was not. `records` must hold every row the change moves (for their
+    /// bytes and dead-letter copies).
+    func apply(_ change: Change, records: SpooledRecords, completion: @escaping @Sendable (Result<Int, any Error>) -> Void) {
+        let released = LockedResult()
+        writer.perform({ db in
+            let delivered = (change.delivered + change.superseded).reduce(0) { total, seq in
+                total + (records.index(of: seq).map(records.storedSize) ?? 0)
+            }
+            let letters = change.deadLetters.map { letter in
+                (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
+            }
             try Self.write(change, deliveredBytes: delivered, letters: letters, db: db)
-        }
-        return delivered
+            released.set(.success(delivered))
+        }, completion: { outcome in
+            completion(outcome.flatMap { released.get() })
+        })
     }
 
-    /// Runs `body` on the writer thread and waits for its commit.
-    private func transaction(_ body: @escaping @Sendable (SQLiteConnection) throws -> Void) throws {
+    /// ``apply(_:records:completion:)`` for synchronous callers (tests, tools): blocks until committed.
+    @discardableResult
+    func apply(_ change: Change, records: SpooledRecords) throws -> Int {
         let done = DispatchSemaphore(value: 0)
         let result = LockedResult()
-        writer.perform(body) { outcome in
+        apply(change, records: records) { outcome in
             result.set(outcome)
             done.signal()
         }
         done.wait()
-        try result.get()
+        return try result.get().get()
     }
 
     // MARK: SQL
@@ -327,10 +331,10 @@ struct DeliveryLedger: Sendable {
     }
 }
 
-/// A result handed from the writer thread to a waiting delivery worker.
+/// A result handed from the writer thread to whoever waits for it.
 private final class LockedResult: @unchecked Sendable {
     private let lock = NSLock()
-    private var result: Result<Void, any Error> = .success(())
-    func set(_ value: Result<Void, any Error>) { lock.withLock { result = value } }
-    func get() throws { try lock.withLock { result }.get() }
+    private var result: Result<Int, any Error> = .success(0)
+    func set(_ value: Result<Int, any Error>) { lock.withLock { result = value } }
+    func get() -> Result<Int, any Error> { lock.withLock { result } }
 }

@@ -12,6 +12,9 @@ import NIOCore
 /// intake acknowledges it. On a storage error the whole transaction rolls back and every batch in it
 /// fails; nothing partial is ever acknowledged.
 ///
+/// Delivery's bookkeeping (``perform(_:completion:)``) is group-committed too: the transactions queued
+/// together run in one commit, each in its own savepoint, so one failing rolls back only itself.
+///
 /// The writer thread (named `writer`) also attaches and detaches the ``SpoolCheckpointer`` (its hook lives
 /// on the write connection), and on stop commits what is queued, checkpoints the WAL and hands the result
 /// back: nothing about the write connection happens on any other thread.
@@ -54,6 +57,17 @@ public final class SpoolWriter: @unchecked Sendable {
     private var lastResynchronization = ContinuousClock.now
     /// Whether the disk still has room for intake beyond the reserve kept for delivery.
     private var diskAdmission: DiskAdmission
+    /// Told of each commit's appends (guarded by `condition`; read by the writer thread once per commit).
+    private var appendObserver: (@Sendable ([AppendedRange]) -> Void)?
+    /// The targets the commit in progress appended to, and where.
+    private var appended: [Int64: AppendedRange] = [:]
+
+    /// What one commit appended to one target's log: records `range` (seqs) of `target`.
+    public struct AppendedRange: Sendable, Equatable {
+        public var targetID: Int64
+        public var target: SpoolTarget
+        public var range: Range<Int64>
+    }
 
     /// Opens the spool at `path` and prepares the writer; call ``start()`` to begin committing.
     ///
@@ -78,6 +92,14 @@ public final class SpoolWriter: @unchecked Sendable {
         } catch {
             throw SpoolError(.cannotOpen, path: path, "\(error)")
         }
+    }
+
+    /// Calls `observer` on the writer thread after each commit that appended records, with what each
+    /// target received (so delivery learns of new rows without reading the spool). Keep it short.
+    public func observeAppends(_ observer: @escaping @Sendable ([AppendedRange]) -> Void) {
+        condition.lock()
+        appendObserver = observer
+        condition.unlock()
     }
 
     /// Starts the writer thread.
@@ -125,7 +147,9 @@ public final class SpoolWriter: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Runs `body` in its own transaction on the write connection, after what is queued before it.
+    /// Runs `body` in a transaction on the write connection, after what is queued before it: in its own
+    /// savepoint of a commit it may share with other `perform` jobs queued with it. `completion` (on the
+    /// writer thread) hears the outcome once the commit is durable, or the failure of `body` or the commit.
     func perform(_ body: @escaping @Sendable (SQLiteConnection) throws -> Void, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
         condition.lock()
         guard !stopping else {
@@ -182,28 +206,35 @@ public final class SpoolWriter: @unchecked Sendable {
             queue.removeAll(keepingCapacity: true)
             condition.unlock()
 
+            // Runs of appends and runs of transactions are each one commit, in queue order.
             var appends: [(IntakeBatch, EventLoopPromise<Void>)] = []
+            var transactions: [Transaction] = []
+            func flush() {
+                if !appends.isEmpty {
+                    commit(appends)
+                    appends.removeAll()
+                }
+                if !transactions.isEmpty {
+                    commit(transactions)
+                    transactions.removeAll()
+                    diskAdmission.relievePressure(connection)
+                }
+            }
             for job in jobs {
                 switch job {
                 case .append(let batch, let promise):
+                    if !transactions.isEmpty { flush() }
                     appends.append((batch, promise))
                 case .transaction(let body, let completion):
-                    if !appends.isEmpty {
-                        commit(appends)
-                        appends.removeAll()
-                    }
-                    completion(runTransaction(body))
-                    diskAdmission.relievePressure(connection)
+                    if !appends.isEmpty { flush() }
+                    transactions.append((body, completion))
                 case .checkpointer(let start, let done):
-                    if !appends.isEmpty {
-                        commit(appends)
-                        appends.removeAll()
-                    }
+                    flush()
                     if start { checkpointer.start(writer: connection) } else { checkpointer.stop(writer: connection) }
                     done()
                 }
             }
-            if !appends.isEmpty { commit(appends) }
+            flush()
             diskAdmission.relievePressure(connection)
             let now = ContinuousClock.now
             heartbeat.withLockedValue { $0 = now }
@@ -230,6 +261,33 @@ public final class SpoolWriter: @unchecked Sendable {
         finished.signal()
     }
 
+    private typealias Transaction = (body: @Sendable (SQLiteConnection) throws -> Void, completion: @Sendable (Result<Void, any Error>) -> Void)
+
+    /// Runs queued transactions in one commit, each in a savepoint: a body that throws is rolled back alone
+    /// and fails alone; a commit that fails fails them all.
+    private func commit(_ transactions: [Transaction]) {
+        var outcomes: [Result<Void, any Error>] = []
+        let committed = runTransaction { db in
+            for transaction in transactions {
+                try db.execute("SAVEPOINT job")
+                do {
+                    try transaction.body(db)
+                    try db.execute("RELEASE job")
+                    outcomes.append(.success(()))
+                } catch {
+                    try db.execute("ROLLBACK TO job; RELEASE job")
+                    outcomes.append(.failure(error))
+                }
+            }
+        }
+        for (index, transaction) in transactions.enumerated() {
+            switch committed {
+            case .success: transaction.completion(outcomes[index])
+            case .failure(let error): transaction.completion(.failure(error))
+            }
+        }
+    }
+
     private func runTransaction(_ body: (SQLiteConnection) throws -> Void) -> Result<Void, any Error> {
         do {
             try connection.execute("BEGIN IMMEDIATE")
@@ -250,6 +308,7 @@ public final class SpoolWriter: @unchecked Sendable {
     private func commit(_ queued: [(IntakeBatch, EventLoopPromise<Void>)]) {
         let batches = admitWithinDiskHeadroom(queued)
         guard !batches.isEmpty else { return }
+        appended.removeAll(keepingCapacity: true)
         let result = runTransaction { db in
             // Each batch's records go in as they are, target by target, in arrival order: no copy into a
             // per-commit buffer (memory stays what the batches already hold), and seqs stay in order.
@@ -265,6 +324,12 @@ public final class SpoolWriter: @unchecked Sendable {
             for (batch, promise) in batches {
                 capacity.commitReservation(batch.totalBytes)
                 promise.succeed(())
+            }
+            if !appended.isEmpty {
+                condition.lock()
+                let observer = appendObserver
+                condition.unlock()
+                observer?(Array(appended.values))
             }
         case .failure(let error):
             // Targets created in the failed transaction were rolled back too.
@@ -343,6 +408,8 @@ public final class SpoolWriter: @unchecked Sendable {
         guard try advance.step() else { throw SpoolError(.storage, path: path, "target \(target) vanished from the spool") }
         let firstSeq = advance.int64(0)
         advance.reset()
+        let end = firstSeq + Int64(count)
+        appended[id] = AppendedRange(targetID: id, target: target, range: (appended[id]?.range.lowerBound ?? firstSeq)..<end)
 
         let insert = try db.prepared(
             "INSERT INTO segments (target_id, first_seq, record_count, byte_count, appended_at, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")

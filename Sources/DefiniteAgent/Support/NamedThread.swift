@@ -2,7 +2,8 @@ import CAgentSupport
 import Foundation
 
 /// The daemon's own threads, named so that `top -H`, `ps -L` and `/proc/PID/task/*/comm` tell them
-/// apart: `writer`, `checkpointer`, `delivery-N`, `datagram`, and the event loops `intake-N`.
+/// apart: `writer`, `checkpointer`, `delivery` and its workers `delivery-N`, `datagram`, and the event loops
+/// `intake-N`.
 ///
 /// Foundation's `Thread.name` does not reach the kernel on Linux (a new thread keeps its creator's name),
 /// so each thread names itself first thing.

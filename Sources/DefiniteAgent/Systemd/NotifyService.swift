@@ -7,16 +7,16 @@ import ServiceLifecycle
 ///
 /// - `READY=1` when this part starts: it is the last part, so every configured listener accepts by then;
 /// - `STATUS=` with pending rows, dead letters and the delivery state, every few seconds;
-/// - `WATCHDOG=1` at half of `WatchdogSec=`, sent only while the spool writer and the delivery scheduler
+/// - `WATCHDOG=1` at half of `WatchdogSec=`, sent only while the spool writer and the delivery loop
 ///   both show progress or are idle, so a wedged thread stops the pings and systemd restarts the daemon;
 /// - `STOPPING=1` as soon as a graceful shutdown begins (this part is the first to stop).
 ///
-/// The status line reads the spool and the health check takes the scheduler's lock: both run on the
+/// The status line reads the spool and the health check reads locked state: both run on the
 /// blocking thread pool, never on the cooperative pool.
 struct NotifyService: DaemonPart {
     let notifier: SystemdNotifier
     let writer: SpoolWriter
-    let scheduler: DeliveryScheduler
+    let delivery: DeliveryLoop
     let configuration: AgentConfiguration
     let blocking: NIOThreadPool
     let logger: Logger
@@ -24,8 +24,9 @@ struct NotifyService: DaemonPart {
     /// How long the writer may go without a sign of life: a commit, or an idle wake-up (every second).
     static let writerStallLimit = Duration.seconds(5)
 
-    /// Delivery workers can legitimately spend a whole HTTP timeout in one request.
-    var schedulerStallLimit: Duration { configuration.api.timeout.duration + .seconds(15) }
+    /// The delivery loop goes round at least every few seconds, whatever its requests do; a margin of a
+    /// whole HTTP timeout keeps a slow machine from being called wedged.
+    var deliveryStallLimit: Duration { configuration.api.timeout.duration + .seconds(15) }
 
     func start() async throws -> any RunningPart {
         if notifier.isEnabled {
@@ -76,8 +77,8 @@ struct NotifyService: DaemonPart {
     func health() -> String? {
         let writerSilence = writer.timeSinceHeartbeat
         if writerSilence > Self.writerStallLimit { return "the spool writer has shown no progress for \(writerSilence)" }
-        let schedulerSilence = scheduler.timeSinceHeartbeat
-        if schedulerSilence > schedulerStallLimit { return "delivery has shown no progress for \(schedulerSilence)" }
+        let deliverySilence = delivery.timeSinceHeartbeat
+        if deliverySilence > deliveryStallLimit { return "delivery has shown no progress for \(deliverySilence)" }
         return nil
     }
 

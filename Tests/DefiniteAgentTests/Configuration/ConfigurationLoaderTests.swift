@@ -54,6 +54,7 @@ struct ConfigurationLoaderTests {
             gzip_level = 9
             format = "ndjson"
             concurrency = 4
+            max_in_flight = 16
             [retry]
             initial = "1s"
             max = "2m"
@@ -70,6 +71,7 @@ struct ConfigurationLoaderTests {
         ])
         #expect(config.batch.format == .ndjson)
         #expect(config.batch.gzipLevel == 9)
+        #expect(config.batch.concurrency == 4 && config.batch.maxInFlight == 16)
         #expect(config.retry.max == .seconds(120))
         #expect(config.log.level == "debug")
     }

@@ -10,14 +10,17 @@ struct LiveConfigurationTests {
         let live = LiveConfiguration(old)
         var new = old
         new.batch.linger = .seconds(5)
+        new.batch.concurrency = 3
+        new.batch.maxInFlight = 8
         new.retry.max = .seconds(10)
         new.tables = [.init(name: "bronze.u", mode: .merge, primaryKey: "id")]
         new.intake.socket = "/run/b.sock"
         new.spool.path = "/var/lib/other.db"
         let outcome = live.reload(new)
         #expect(outcome.applied == ["table", "batch", "retry"])
-        #expect(outcome.needRestart == ["spool.path", "intake.socket"])
-        #expect(live.current.batch.linger == .seconds(5))
+        #expect(outcome.needRestart == ["spool.path", "intake.socket", "batch.max_in_flight"])
+        #expect(live.current.batch.linger == .seconds(5) && live.current.batch.concurrency == 3)
+        #expect(live.current.batch.maxInFlight == AgentConfiguration().batch.maxInFlight)
         #expect(live.current.tables.count == 1)
         #expect(live.current.intake.socket == "/run/a.sock")
         #expect(live.current.spool.path == old.spool.path)

@@ -110,7 +110,7 @@ struct DeliveryLedgerTests {
 
         let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, logger: Logger(label: "test"))
         writer.start()
-        writer.shutdown()
+        defer { writer.shutdown() }
         let db = try SpoolDatabase.openForReading(path: path)
         #expect(try db.scalar("PRAGMA user_version") == Int64(SpoolSchema.currentVersion))
         #expect(try db.scalar("SELECT count(*) FROM batch_parts") == 0)
@@ -123,8 +123,10 @@ struct DeliveryLedgerTests {
         #expect(open.map(\.parts) == [[], []] && open.map { $0.endSeq - $0.firstSeq } == [20, 20])
         let entries = try DeadLetterStore(path: path).list()
         #expect(entries.count == 1 && entries[0].status == 400 && entries[0].rows == 1)
-        // The scheduler resumes both open batches.
-        let scheduler = try DeliveryScheduler(spoolPath: path, settings: LiveConfiguration(AgentConfiguration()), logger: Logger(label: "test"))
-        #expect(scheduler.isIdle)
+        // Delivery resumes both open batches.
+        var configuration = AgentConfiguration()
+        configuration.spool.path = path
+        let loop = try DeliveryLoop(settings: LiveConfiguration(configuration), writer: writer, key: APIKeyBox(nil), logger: Logger(label: "test"))
+        #expect(loop.isIdle)
     }
 }
