@@ -5,11 +5,15 @@ import Foundation
 /// spool is drained by a daemon with the key and `[api] url` pointing at the emulator. The rate is records
 /// over the time from spawning the daemon until the spool (read-only) shows nothing pending.
 struct Delivery {
-    /// One drain: `[batch] compression`, and `gzip_level` (nil: the default, 6).
+    /// One drain: `[batch] compression`, `gzip_level` (nil: the default, 6), and the API's latency.
     struct Setting: CustomStringConvertible {
         var compression: String
         var gzipLevel: Int?
-        var description: String { compression + (gzipLevel.map { " level \($0)" } ?? "") }
+        /// Added to each answer by the emulator (a distant API), in milliseconds.
+        var latencyMs = 0
+        var description: String {
+            compression + (gzipLevel.map { " level \($0)" } ?? "") + (latencyMs > 0 ? ", API \(latencyMs) ms away" : "")
+        }
     }
 
     struct Figures {
@@ -19,6 +23,7 @@ struct Delivery {
         var recordsPerSecond: Double
         var pendingBytes: Int
         var bytesSent: Int
+        var requests: Int
         var compressionRatio: Double { Double(pendingBytes) / Double(max(1, bytesSent)) }
         var peakRSSKiB: Int
         /// CPU seconds used during the drain by the daemon and by the emulator (same 2 cores).
@@ -45,6 +50,8 @@ struct Delivery {
                                                  toPath: directory.path + "/spool.db" + suffix)
             }
             try emulator.resetStats()
+            try emulator.control(#"{"latency_ms":\#(setting.latencyMs)}"#)
+            defer { try? emulator.control(#"{"latency_ms":0}"#) }
             let emulatorCPU = emulator.cpuSeconds
             let start = Monotonic.nanos()
             let daemon = try Daemon(binary: binary, directory: directory.path,
@@ -60,7 +67,7 @@ struct Delivery {
             let sent = try emulator.stats()
             return Figures(setting: setting, records: records, seconds: seconds,
                            recordsPerSecond: Double(records) / seconds, pendingBytes: before.pendingBytes,
-                           bytesSent: sent.bytes, peakRSSKiB: daemon.peakRSSKiB, daemonCPU: daemonCPU,
+                           bytesSent: sent.bytes, requests: sent.requests, peakRSSKiB: daemon.peakRSSKiB, daemonCPU: daemonCPU,
                            emulatorCPU: emulator.cpuSeconds - emulatorCPU)
         }
     }

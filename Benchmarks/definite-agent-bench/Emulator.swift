@@ -40,13 +40,20 @@ final class Emulator {
         _ = try HTTP.request(port: port, method: "POST", path: "/_stats/reset")
     }
 
-    /// `bytes_received` (request bodies as sent, i.e. compressed) and `rows_received` since the last reset.
-    func stats() throws -> (bytes: Int, rows: Int) {
+    /// Changes fault settings (`POST /_control`), e.g. `{"latency_ms":150}`.
+    func control(_ json: String) throws {
+        _ = try HTTP.request(port: port, method: "POST", path: "/_control", body: json)
+    }
+
+    /// `bytes_received` (request bodies as sent, i.e. compressed), `rows_received` and `total_requests`
+    /// since the last reset.
+    func stats() throws -> (bytes: Int, rows: Int, requests: Int) {
         let body = try HTTP.request(port: port, method: "GET", path: "/_stats")
         guard let object = try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-              let bytes = object["bytes_received"] as? Int, let rows = object["rows_received"] as? Int
+              let bytes = object["bytes_received"] as? Int, let rows = object["rows_received"] as? Int,
+              let requests = object["total_requests"] as? Int
         else { throw BenchError("unexpected /_stats answer") }
-        return (bytes, rows)
+        return (bytes, rows, requests)
     }
 
     func stop() {
@@ -60,7 +67,7 @@ final class Emulator {
 
 /// A minimal HTTP/1.1 client for the emulator's control endpoints (one request per connection).
 enum HTTP {
-    static func request(port: Int, method: String, path: String) throws -> [UInt8] {
+    static func request(port: Int, method: String, path: String, body: String = "") throws -> [UInt8] {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
@@ -71,7 +78,8 @@ enum HTTP {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard rc == 0 else { throw BenchError("cannot reach the emulator on port \(port)") }
-        let request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        let request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
         guard Array(request.utf8).withUnsafeBytes({ IntakeClient.writeAll(fd, $0) }) else {
             throw BenchError("cannot send to the emulator")
         }

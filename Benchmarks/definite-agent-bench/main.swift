@@ -11,8 +11,9 @@ struct Bench: ParsableCommand {
         discussion: """
             Starts the release daemon (and the Stream API emulator in null mode) on temporary paths and
             measures: the raw SQLite limit; acknowledged intake (1/8/64 clients, durability full/normal);
-            ack latency at 20,000 records/s offered; delivery of a pre-filled spool (gzip and none); intake
-            and delivery together; peak RSS, and RSS and start-up time with a large backlog.
+            ack latency at 20,000 records/s offered; delivery of a pre-filled spool (gzip and none, and with
+            the API 150 ms away); intake and delivery together; peak RSS, and RSS and start-up time with a
+            large backlog; delivery at scale (200 tables, a trace id per request, 150 ms away) and idle.
             Build first: swift build -c release --product definite-agent
             """)
 
@@ -35,11 +36,11 @@ struct Bench: ParsableCommand {
     var quick = false
 
     @Option(parsing: .upToNextOption,
-            help: "Run only these measurements (raw, intake, latency, delivery, e2e, backlog), e.g. while profiling.")
+            help: "Run only these measurements (raw, intake, latency, delivery, e2e, backlog, scale), e.g. while profiling.")
     var only: [Measurement] = Measurement.allCases
 
     enum Measurement: String, CaseIterable, ExpressibleByArgument {
-        case raw, intake, latency, delivery, e2e, backlog
+        case raw, intake, latency, delivery, e2e, backlog, scale
     }
 
     func run() throws {
@@ -97,7 +98,7 @@ struct Bench: ParsableCommand {
 
         // (4)–(6) need the emulator.
         var stream: Emulator?
-        report.measure("emulator", if: !Set(only).isDisjoint(with: [.delivery, .e2e, .backlog])) { stream = try Emulator(script: emulator) }
+        report.measure("emulator", if: !Set(only).isDisjoint(with: [.delivery, .e2e, .backlog, .scale])) { stream = try Emulator(script: emulator) }
         if let stream {
             defer { stream.stop() }
             report.measure("delivery", if: only.contains(.delivery)) {
@@ -106,14 +107,18 @@ struct Bench: ParsableCommand {
                         .init(compression: "gzip"), .init(compression: "none"),
                         // Not a target: shows what the gzip level costs (see BENCHMARKS.md).
                         .init(compression: "gzip", gzipLevel: 1),
+                        // A distant API: a WAN round trip plus a commit.
+                        .init(compression: "gzip", latencyMs: 150),
                     ])
                 for f in figures {
                     let label = "delivery, \(Format.grouped(f.records)) backlog, \(f.setting)"
                     report.peaks.append((label, f.peakRSSKiB))
-                    if f.setting.compression == "gzip" && f.setting.gzipLevel == nil { report.deliveryGzip = f.recordsPerSecond }
+                    if f.setting.compression == "gzip" && f.setting.gzipLevel == nil {
+                        if f.setting.latencyMs == 0 { report.deliveryGzip = f.recordsPerSecond } else { report.deliveryDistant = f.recordsPerSecond }
+                    }
                     report.table.add(label, "\(Format.grouped(f.recordsPerSecond)) records/s",
                                      "\(Format.fixed(f.seconds, 2)) s, \(Format.bytes(f.pendingBytes)) spooled → "
-                                         + "\(Format.bytes(f.bytesSent)) sent (\(Format.fixed(f.compressionRatio, 1))×), "
+                                         + "\(Format.bytes(f.bytesSent)) sent (\(Format.fixed(f.compressionRatio, 1))×) in \(f.requests) requests, "
                                          + "peak RSS \(Format.mib(kib: f.peakRSSKiB)), CPU s: daemon "
                                          + "\(Format.fixed(f.daemonCPU, 2)), emulator \(Format.fixed(f.emulatorCPU, 2))")
                 }
@@ -131,6 +136,25 @@ struct Bench: ParsableCommand {
                 report.table.add("", "out \(Format.grouped(f.deliveredPerSecond)) records/s",
                                  "delivered, \(Format.grouped(f.pendingAtEnd)) pending at the end, "
                                      + "peak RSS \(Format.mib(kib: f.peakRSSKiB))")
+            }
+            report.table.separator()
+
+            report.measure("scale", if: only.contains(.scale)) {
+                let scale = Scale(binary: binary, emulator: stream)
+                let (tables, idle) = try scale.manyTables(tables: 200, rows: 50, latencyMs: 150)
+                let (traced, tracedIdle) = try scale.traceTags(count: plan.traceRequests, latencyMs: 150)
+                for drain in [tables, traced] {
+                    report.peaks.append((drain.label, drain.peakRSSKiB))
+                    report.table.add("\(drain.label), API 150 ms away", "\(Format.fixed(drain.seconds, 2)) s to drain",
+                                     "\(Format.grouped(Double(drain.requests))) requests, peak RSS \(Format.mib(kib: drain.peakRSSKiB))")
+                }
+                report.manyTables = tables.seconds
+                report.traced = traced.seconds
+                for (label, figures) in [("idle after 200 tables", idle), ("idle after the trace ids", tracedIdle)] {
+                    report.idleWakeups = max(report.idleWakeups ?? 0, figures.wakeupsPerSecond)
+                    report.table.add(label, "\(Format.fixed(figures.wakeupsPerSecond, 1)) wake-ups/s",
+                                     "CPU \(Format.fixed(figures.cpuShare * 100, 2)) % of a core, over 5 s")
+                }
             }
             report.table.separator()
 
@@ -178,6 +202,7 @@ struct Plan {
     var endToEndSeconds: Double
     var backlogRecords: Int
     var backlogWatchSeconds: Double
+    var traceRequests: Int
 
     init(quick: Bool, intakeRecords: Int?) {
         rawRows = quick ? 50_000 : 500_000
@@ -187,6 +212,7 @@ struct Plan {
         endToEndSeconds = quick ? 5 : 60
         backlogRecords = quick ? 500_000 : 5_000_000
         backlogWatchSeconds = quick ? 1 : 3
+        traceRequests = quick ? 1_000 : 10_000
         if quick { corpusRecords = 20_000 }
     }
 }
@@ -198,6 +224,10 @@ final class Report {
     var intake8Full: Double?
     var p99: UInt64?
     var deliveryGzip: Double?
+    var deliveryDistant: Double?
+    var manyTables: Double?
+    var traced: Double?
+    var idleWakeups: Double?
     var endToEnd: (in: Double, out: Double)?
     var ready: (seconds: Double, pending: Int)?
 
@@ -220,6 +250,14 @@ final class Report {
               verdict(p99.map { $0 <= 5_000_000 }))
         t.add("delivery to the null emulator, gzip", "≥ 400,000 records/s", deliveryGzip.map { Format.grouped($0) } ?? "–",
               verdict(deliveryGzip.map { $0 >= 400_000 }))
+        t.add("delivery, API 150 ms away", "≥ 300,000 records/s", deliveryDistant.map { Format.grouped($0) } ?? "–",
+              verdict(deliveryDistant.map { $0 >= 300_000 }))
+        t.add("200 tables × 50 rows, API 150 ms away", "≤ 2 s", manyTables.map { Format.fixed($0, 2) + " s" } ?? "–",
+              verdict(manyTables.map { $0 <= 2 }))
+        t.add("one-row requests with a trace_id each, 150 ms away", "≤ 5 s", traced.map { Format.fixed($0, 2) + " s" } ?? "–",
+              verdict(traced.map { $0 <= 5 }))
+        t.add("idle after those", "≤ 10 wake-ups/s", idleWakeups.map { Format.fixed($0, 1) } ?? "–",
+              verdict(idleWakeups.map { $0 <= 10 }))
         t.add("end to end, sustained (min of in, out)", "≥ 250,000 records/s",
               endToEnd.map { Format.grouped(min($0.in, $0.out)) } ?? "–",
               verdict(endToEnd.map { min($0.in, $0.out) >= 250_000 }))

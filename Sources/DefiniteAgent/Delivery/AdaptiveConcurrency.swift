@@ -31,14 +31,14 @@ struct AdaptiveConcurrency: Sendable, Equatable {
     /// ... and by at least this much (a few milliseconds either way is noise).
     static let latencyNoise = 0.010
 
-    init(ceiling: Int, initial: Int = 8) {
+    init(ceiling: Int, initial: Int = 16) {
         self.ceiling = max(1, ceiling)
         self.limit = min(max(1, initial), self.ceiling)
     }
 
-    /// Takes in one finished request: what its answer says, how long it took, and how many requests were
-    /// in flight when it ended (itself included).
-    mutating func record(_ signal: Signal, roundTrip: Duration, inFlight: Int, now: ContinuousClock.Instant) {
+    /// Takes in one finished request: what its answer says, how long it took, and whether the limit was in
+    /// use when it was sent (as many requests in flight as allowed: more would have gone).
+    mutating func record(_ signal: Signal, roundTrip: Duration, saturated: Bool, now: ContinuousClock.Instant) {
         let seconds = roundTrip.seconds
         switch signal {
         case .backPressure:
@@ -46,7 +46,7 @@ struct AdaptiveConcurrency: Sendable, Equatable {
         case .answered:
             guard let usual = baseline else {
                 baseline = seconds
-                grow(inFlight: inFlight)
+                grow(saturated: saturated)
                 return
             }
             if seconds > usual * Self.latencyRise, seconds - usual > Self.latencyNoise {
@@ -55,12 +55,12 @@ struct AdaptiveConcurrency: Sendable, Equatable {
                 return
             }
             baseline = usual * 0.9 + seconds * 0.1
-            grow(inFlight: inFlight)
+            grow(saturated: saturated)
         }
     }
 
-    private mutating func grow(inFlight: Int) {
-        guard inFlight >= limit, limit < ceiling else { return }
+    private mutating func grow(saturated: Bool) {
+        guard saturated, limit < ceiling else { return }
         if slowStart {
             limit += 1
             return

@@ -62,8 +62,8 @@ struct BatchIsolation: Sendable, Equatable {
         self.parts = parts.isEmpty ? [Part(range: range, refusal: nil)] : parts
         // Rows outside every recorded part (cannot happen with a spool this version wrote) are sent as one
         // unknown part rather than forgotten.
-        let covered = live.filter { seq in self.parts.contains { $0.range.contains(seq) } }.count
-        if covered < live.count, let first = live.first, let last = live.last {
+        if !parts.isEmpty, live.contains(where: { seq in !parts.contains { $0.range.contains(seq) } }),
+           let first = live.first, let last = live.last {
             self.parts = [Part(range: first..<(last + 1), refusal: nil)]
         }
         dropEmptyParts()

@@ -14,7 +14,11 @@ typealias APIKeyBox = NIOLockedValueBox<APIKey?>
 /// Bounds, whatever the backlog:
 /// - batches in progress (each at most one request in flight): the ``AdaptiveConcurrency`` limit, at most
 ///   `[batch] max_in_flight`;
-/// - rows they hold in memory: ``memoryBudget`` (twice `[batch] max_bytes`), reserved before a read.
+/// - rows they hold in memory: ``memoryBudget`` (twice `[batch] max_bytes`), reserved before a read by an
+///   estimate (the rows asked for times the bytes per row seen lately, with a margin), then by what was read.
+///   Once a request's body is built its rows' bytes are let go (the body, a fraction of them gzipped, is
+///   what a request in flight holds); they are read again only when needed (isolating refused rows,
+///   dead-lettering them), so more requests fit in flight in the same memory.
 ///
 /// It learns of new rows from the writer after each commit (``SpoolWriter/observeAppends(_:)``), not by
 /// polling; a read of the spool's targets every ``pollInterval`` catches rows another process put back
@@ -29,11 +33,17 @@ final class DeliveryLoop: @unchecked Sendable {
         var records = SpooledRecords()
         /// Bytes counted against the memory budget.
         var reserved = 0
+        /// The adaptive limit was in use when its request went (for ``AdaptiveConcurrency``).
+        var saturated = false
+        /// The batch the chain works on, to read its rows again once their bytes were let go.
+        var batch: (targetID: Int64, range: Range<Int64>)?
     }
 
     /// What comes back to the loop from other threads.
     private enum Event: Sendable {
         case read(chain: Int, DeliveryMachine.Outcome, SpooledRecords)
+        /// A batch's rows read again for a step that needs their bytes; `nil` when that failed.
+        case reread(chain: Int, SpooledRecords?)
         case recorded(chain: Int, Result<Int, any Error>)
         case built(chain: Int, Built)
         case appended([SpoolWriter.AppendedRange])
@@ -73,6 +83,8 @@ final class DeliveryLoop: @unchecked Sendable {
     private var nextChain = 0
     private var concurrency: AdaptiveConcurrency
     private var reservedBytes = 0
+    /// Stored bytes per row lately read: what a read is expected to bring.
+    private var bytesPerRow = 1024.0
     private var retries: [(at: ContinuousClock.Instant, chain: Int)] = []
     private var stopDeadline: (@Sendable () -> ContinuousClock.Instant)?
     private var lastPoll = ContinuousClock.now
@@ -202,7 +214,21 @@ final class DeliveryLoop: @unchecked Sendable {
             guard chains[id] != nil else { return }
             chains[id]!.records = records
             reserve(id, bytes: records.bytes.count)
+            if !records.isEmpty { bytesPerRow = bytesPerRow * 0.8 + Double(records.bytes.count) / Double(records.count) * 0.2 }
             advance(id, outcome, now: now)
+        case .reread(let id, let records):
+            guard let chain = chains[id] else { return }
+            guard let records else {
+                if case .send = chain.step {
+                    advance(id, .noAnswer("the batch's rows could not be read back from the spool"), now: now)
+                } else {
+                    retries.append((now.instant + Self.recordRetryInterval, id))
+                }
+                return
+            }
+            chains[id]!.records = records
+            reserve(id, bytes: records.footprint)
+            perform(id)
         case .recorded(let id, let result):
             guard let chain = chains[id] else { return }
             switch result {
@@ -228,6 +254,8 @@ final class DeliveryLoop: @unchecked Sendable {
             case .request(let request):
                 AgentMetrics.bytesSent.increment(by: Int64(request.body.count))
                 multi.start(request, id: id)
+                chains[id]!.records.releaseBytes()
+                reserve(id, bytes: chains[id]!.records.footprint + request.body.count)
             case .unsent(let outcome):
                 advance(id, outcome, now: now)
             }
@@ -274,6 +302,11 @@ final class DeliveryLoop: @unchecked Sendable {
         perform(id)
     }
 
+    /// What reading `rows` rows is expected to hold, at most `limit`.
+    private func expectedBytes(rows: Int64, limit: Int) -> Int {
+        min(limit, Int(Double(max(rows, 1)) * bytesPerRow * 1.5) + 4096)
+    }
+
     private func reserve(_ id: Int, bytes: Int) {
         reservedBytes += bytes - chains[id]!.reserved
         chains[id]!.reserved = bytes
@@ -283,26 +316,39 @@ final class DeliveryLoop: @unchecked Sendable {
 
     private func perform(_ id: Int) {
         let chain = chains[id]!
+        if needsBytes(chain.step), !chain.records.holdsBytes, let batch = chain.batch {
+            workers.submit { [self] reader in
+                let (outcome, records) = Self.read(reader, targetID: batch.targetID, from: batch.range.lowerBound, end: batch.range.upperBound,
+                                                   maxRows: .max, maxBytes: .max, maxTagBytes: .max, primaryKey: nil)
+                guard case .read = outcome else { return post(.reread(chain: id, nil)) }
+                post(.reread(chain: id, records))
+            }
+            return
+        }
         switch chain.step {
         case .cut(let cut):
-            reserve(id, bytes: cut.maxBytes)
+            reserve(id, bytes: expectedBytes(rows: min(cut.end - cut.from, Int64(cut.maxRows)), limit: cut.maxBytes))
             let primaryKey = cut.target.mode == .merge ? cut.target.primaryKey : nil
             workers.submit { [self] reader in
-                let (outcome, records) = Self.read(reader, targetID: cut.targetID, from: cut.from, end: cut.end,
-                                                   maxRows: cut.maxRows, maxBytes: cut.maxBytes, primaryKey: primaryKey)
+                let (outcome, records) = Self.read(reader, targetID: cut.targetID, from: cut.from, end: cut.end, maxRows: cut.maxRows,
+                                                   maxBytes: cut.maxBytes, maxTagBytes: cut.maxTagBytes, primaryKey: primaryKey)
                 post(.read(chain: id, outcome, records))
             }
         case .load(let load):
-            reserve(id, bytes: settings.current.batch.maxBytes.bytes)
+            reserve(id, bytes: expectedBytes(rows: Int64(load.batch.range.count), limit: settings.current.batch.maxBytes.bytes))
+            chains[id]!.batch = (load.targetID, load.batch.range)
             let primaryKey = load.target.mode == .merge ? load.target.primaryKey : nil
             workers.submit { [self] reader in
                 let (outcome, records) = Self.read(reader, targetID: load.targetID, from: load.batch.range.lowerBound,
-                                                   end: load.batch.range.upperBound, maxRows: .max, maxBytes: .max, primaryKey: primaryKey)
+                                                   end: load.batch.range.upperBound, maxRows: .max, maxBytes: .max, maxTagBytes: .max,
+                                                   primaryKey: primaryKey)
                 post(.read(chain: id, outcome, records))
             }
         case .register(let record), .record(let record):
+            if let batch = record.change.register { chains[id]!.batch = (record.change.targetID, batch.range) }
             ledger.apply(record.change, records: chain.records) { [self] result in post(.recorded(chain: id, result)) }
         case .send(let send):
+            chains[id]!.saturated = chains.count >= concurrency.limit
             guard let apiKey = key.withLockedValue({ $0 }) else {
                 post(.built(chain: id, .unsent(.missingKey)))
                 return
@@ -312,6 +358,15 @@ final class DeliveryLoop: @unchecked Sendable {
             workers.submit { [self] _ in
                 post(.built(chain: id, Self.request(send, records: records, key: apiKey, host: host, configuration: configuration)))
             }
+        }
+    }
+
+    /// Whether `step` needs the rows' bytes: to send them, or to copy them into dead letters.
+    private func needsBytes(_ step: DeliveryMachine.Step) -> Bool {
+        switch step {
+        case .send: true
+        case .record(let record), .register(let record): !record.change.deadLetters.isEmpty
+        case .cut, .load: false
         }
     }
 
@@ -333,9 +388,10 @@ final class DeliveryLoop: @unchecked Sendable {
 
     /// Reads a batch's rows (and, for merge, each row's key) on a worker's connection.
     private static func read(_ reader: SpoolReader, targetID: Int64, from: Int64, end: Int64, maxRows: Int, maxBytes: Int,
-                             primaryKey: String?) -> (DeliveryMachine.Outcome, SpooledRecords) {
+                             maxTagBytes: Int, primaryKey: String?) -> (DeliveryMachine.Outcome, SpooledRecords) {
         do {
-            let (records, next) = try reader.read(targetID: targetID, from: from, end: end, maxRows: maxRows, maxBytes: maxBytes)
+            let (records, next) = try reader.read(targetID: targetID, from: from, end: end, maxRows: maxRows, maxBytes: maxBytes,
+                                                  maxTagBytes: maxTagBytes)
             var result = DeliveryMachine.ReadResult(seqs: records.seqs, next: next)
             if let first = records.seqs.first { result.oldestAppendedAt = try reader.appendedAt(targetID: targetID, seq: first) }
             if let primaryKey {
@@ -397,7 +453,7 @@ final class DeliveryLoop: @unchecked Sendable {
             outcome = .noAnswer("\(error)")
             signal = .backPressure
         }
-        concurrency.record(signal, roundTrip: completion.elapsed, inFlight: chains.count, now: now.instant)
+        concurrency.record(signal, roundTrip: completion.elapsed, saturated: chains[completion.id]!.saturated, now: now.instant)
         advance(completion.id, outcome, now: now)
     }
 

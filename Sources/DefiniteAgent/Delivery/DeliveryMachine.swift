@@ -27,7 +27,10 @@ struct DeliveryMachine {
     /// The settings decisions depend on; replaced on reload.
     struct Settings: Sendable {
         var maxRows: Int
+        /// Stored bytes of a batch's rows: `[batch] max_bytes` less room for the envelope and the tags.
         var maxBytes: Int
+        /// Bytes of tags a batch may carry (``RequestBody/tagBudget(_:)``).
+        var maxTagBytes: Int
         var linger: Duration
         var appendConcurrency: Int
         var retry: RetryPolicy
@@ -35,7 +38,8 @@ struct DeliveryMachine {
 
         init(_ configuration: AgentConfiguration) {
             maxRows = configuration.batch.maxRows
-            maxBytes = configuration.batch.maxBytes.bytes - RequestBody.envelopeAllowance
+            maxTagBytes = RequestBody.tagBudget(configuration.batch.format)
+            maxBytes = max(1, configuration.batch.maxBytes.bytes - RequestBody.envelopeAllowance - maxTagBytes)
             linger = configuration.batch.linger.duration
             appendConcurrency = max(1, configuration.batch.concurrency)
             retry = RetryPolicy(configuration.retry)
@@ -75,6 +79,7 @@ struct DeliveryMachine {
         var end: Int64
         var maxRows: Int
         var maxBytes: Int
+        var maxTagBytes: Int
     }
 
     struct Load: Sendable, Equatable {
@@ -380,7 +385,7 @@ struct DeliveryMachine {
         guard waiting >= Int64(settings.maxRows) || lingered || target.flushThrough > target.assignedEnd else { return nil }
         target.cutting = true
         return .cut(Cut(targetID: id, target: target.target, from: target.assignedEnd, end: target.logEnd,
-                        maxRows: settings.maxRows, maxBytes: settings.maxBytes))
+                        maxRows: settings.maxRows, maxBytes: settings.maxBytes, maxTagBytes: settings.maxTagBytes))
     }
 
     /// Without an API key nothing is sent; each target with rows waiting says why once, in the spool.

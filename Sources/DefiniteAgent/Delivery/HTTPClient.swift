@@ -122,7 +122,9 @@ final class HTTPMultiClient {
             ccurl_easy_setopt_ptr(handle, CURLOPT_COPYPOSTFIELDS, body.baseAddress ?? UnsafeRawPointer(bitPattern: 1))
         }
         ccurl_easy_setopt_long(handle, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))
-        ccurl_easy_setopt_long(handle, CURLOPT_PIPEWAIT, 1)
+        // Over TLS, wait for ALPN to say whether HTTP/2 streams can share a connection before opening more;
+        // over plain HTTP (HTTP/1.1) that would wait for a whole first answer.
+        ccurl_easy_setopt_long(handle, CURLOPT_PIPEWAIT, request.url.hasPrefix("https:") ? 1 : 0)
         ccurl_easy_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1)
         ccurl_easy_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
         ccurl_easy_setopt_long(handle, CURLOPT_NOSIGNAL, 1)

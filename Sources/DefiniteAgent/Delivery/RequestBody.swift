@@ -9,18 +9,34 @@ struct RequestBody {
     var query: String
     var compressed: Bool
 
-    /// The request's `config` object: the target, plus the batch id and host in `tags` for tracing.
-    static func configJSON(target: SpoolTarget, batchID: String, host: String) -> String {
+    /// The request's `config` object: the target, plus `tags` (see ``tags(of:target:batchID:host:)``).
+    static func configJSON(target: SpoolTarget, tags: String) -> String {
         var config = "{\"table\":\(JSONCompactor.quote(target.table)),\"mode\":\"\(target.mode.rawValue)\""
         if target.mode == .merge { config += ",\"primary_key\":[\(JSONCompactor.quote(target.primaryKey))]" }
-        config += ",\"tags\":\(tags(target: target, batchID: batchID, host: host))}"
-        return config
+        return config + ",\"tags\":\(tags)}"
     }
 
-    static func tags(target: SpoolTarget, batchID: String, host: String) -> String {
+    /// The request's `config.tags`: the agent's own keys (`agent_batch`, the batch id, the same on every
+    /// retry; `agent_host`), and the tags the rows were written with:
+    /// - when every row has the same tags, their members, as the writer sent them;
+    /// - when rows have different tags, `client_tags`: `[{"from":i,"to":j,"tags":{…}}, …]`, one entry per run
+    ///   of rows with the same tags, `from` and `to` indexing the request's `data` (`data[i..<j]`); rows
+    ///   written without tags are in no run.
+    static func tags(of rows: SpooledRecords, target: SpoolTarget, batchID: String, host: String) -> String {
         let ours = "\"agent_batch\":\(JSONCompactor.quote(batchID)),\"agent_host\":\(JSONCompactor.quote(host))"
-        guard target.tags.count > 2 else { return "{\(ours)}" }
-        return "{" + target.tags.dropFirst().dropLast() + "," + ours + "}"
+        // A target of a version-1 spool has its tags; its rows have none of their own.
+        let uniform = target.tags.isEmpty
+            ? (rows.tagRuns.count == 1 && rows.tagRuns[0].first == 0 ? rows.tagRuns[0].tags : nil)
+            : target.tags
+        if let uniform, uniform.count > 2 { return "{" + uniform.dropFirst().dropLast() + "," + ours + "}" }
+        let runs = rows.tagRunsJSON
+        return runs.isEmpty ? "{\(ours)}" : "{\(ours),\"client_tags\":\(runs)}"
+    }
+
+    /// Tag bytes a batch may carry (each run of rows with other tags counts its tags and 32 bytes): a JSON
+    /// body has room; NDJSON puts its config in the URL, which must stay short.
+    static func tagBudget(_ format: AgentConfiguration.BodyFormat) -> Int {
+        format == .json ? 64 << 10 : 4 << 10
     }
 
     /// The body for `indexes` of `records` (in that order).
@@ -36,22 +52,23 @@ struct RequestBody {
         var suffix: [UInt8] = []
         var query = ""
         let contentType: String
+        let selected = indexes.count == records.count && indexes.elementsEqual(0..<records.count)
+            ? records : records.subset(indexes)
+        let tags = tags(of: selected, target: target, batchID: batchID, host: host)
         switch format {
         case .json:
             contentType = "application/json"
             prefix = Array("{\"data\":[".utf8)
-            suffix = Array("],\"config\":\(configJSON(target: target, batchID: batchID, host: host))}".utf8)
+            suffix = Array("],\"config\":\(configJSON(target: target, tags: tags))}".utf8)
         case .ndjson:
             contentType = "application/x-ndjson"
             var items = [URLQueryItem(name: "table", value: target.table), URLQueryItem(name: "mode", value: target.mode.rawValue)]
             if target.mode == .merge { items.append(URLQueryItem(name: "primary_key", value: target.primaryKey)) }
-            items.append(URLQueryItem(name: "tags", value: tags(target: target, batchID: batchID, host: host)))
+            items.append(URLQueryItem(name: "tags", value: tags))
             var components = URLComponents()
             components.queryItems = items
             query = components.percentEncodedQuery?.replacingOccurrences(of: "+", with: "%2B") ?? ""
         }
-        let selected = indexes.count == records.count && indexes.elementsEqual(0..<records.count)
-            ? records : records.subset(indexes)
         // JSON: the records with their commas, less the last one. NDJSON: one record per line.
         let recordBytes = format == .json ? selected.bytes : selected.newlineSeparated
         let recordCount = format == .json ? max(0, recordBytes.count - 1) : recordBytes.count

@@ -1,7 +1,8 @@
-/// Where records go: a table with its mode, primary key and tags.
+/// Where records go: a table with its mode and primary key.
 ///
-/// Records of one target are queued, batched and delivered together, in order; two requests naming the
-/// same table with different tags are different targets (tags travel with the request to the API).
+/// Records of one target are queued, batched and delivered together, in order. `tags` is the
+/// `config.tags` of the request a record came with: intake keeps them per run of records (requests with
+/// different tags share their target); a spool written before version 2 also has targets per tag set.
 public struct SpoolTarget: Hashable, Sendable, CustomStringConvertible {
     public var table: String
     public var mode: AgentConfiguration.Mode
@@ -15,6 +16,11 @@ public struct SpoolTarget: Hashable, Sendable, CustomStringConvertible {
         self.mode = mode
         self.primaryKey = mode == .merge ? primaryKey : ""
         self.tags = tags
+    }
+
+    /// The same table, mode and key, without tags.
+    public var withoutTags: SpoolTarget {
+        tags.isEmpty ? self : SpoolTarget(table: table, mode: mode, primaryKey: primaryKey)
     }
 
     public var description: String {

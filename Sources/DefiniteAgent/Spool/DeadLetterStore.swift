@@ -148,41 +148,25 @@ public struct DeadLetterStore {
         try withDatabase(write: true) { db in
             let (clause, bind) = selection.sql
             let select = try db.prepared("""
-                SELECT d.id, d.target_id, d.record_count, d.byte_count, d.records, d.partial FROM dead_letters d
+                SELECT d.id, d.target_id, d.record_count, d.records, d.partial, d.tags FROM dead_letters d
                 JOIN targets t ON t.id = d.target_id
                 WHERE \(clause) ORDER BY d.target_id, d.first_seq, d.id
                 """)
             bind(select)
-            var picked: [(id: Int64, target: Int64, count: Int, bytes: Int, records: [UInt8])] = []
+            var picked: [(id: Int64, target: Int64, count: Int, records: [UInt8], tags: String)] = []
             var partial: [(id: Int64, rows: Int)] = []
             while try select.step() {
-                picked.append((select.int64(0), select.int64(1), select.int(2), select.int(3), Array(select.blob(4))))
-                if select.int(5) != 0 { partial.append((select.int64(0), select.int(2))) }
+                picked.append((select.int64(0), select.int64(1), select.int(2), Array(select.blob(3)), select.string(5) ?? ""))
+                if select.int(4) != 0 { partial.append((select.int64(0), select.int(2))) }
             }
             select.reset()
             guard partial.isEmpty || includeWritten else { return Replay(refusedPartial: partial) }
-            let advance = try db.prepared(
-                "UPDATE targets SET next_seq = next_seq + ?1, pending_bytes = pending_bytes + ?2 WHERE id = ?3 RETURNING next_seq - ?1")
-            let insert = try db.prepared(
-                "INSERT INTO segments (target_id, first_seq, record_count, byte_count, appended_at, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
             let delete = try db.prepared("DELETE FROM dead_letters WHERE id = ?1")
             let now = Date().timeIntervalSince1970
             for entry in picked {
-                advance.bind(1, entry.count)
-                advance.bind(2, entry.bytes)
-                advance.bind(3, entry.target)
-                guard try advance.step() else { continue }
-                let firstSeq = advance.int64(0)
-                advance.reset()
-                insert.bind(1, entry.target)
-                insert.bind(2, firstSeq)
-                insert.bind(3, entry.count)
-                insert.bind(4, entry.bytes)
-                insert.bind(5, now)
-                try entry.records.withUnsafeBytes { raw in
-                    insert.bindBlobNoCopy(6, raw)
-                    try insert.step()
-                    insert.reset()
+                // Back into the log as they came: in order, each run of rows with its tags.
+                for run in Self.tagRuns(entry.records, tags: entry.tags) {
+                    _ = try SegmentLog.append(entry.records[run.bytes], count: run.count, targetID: entry.target, tags: run.tags, at: now, db: db)
                 }
                 delete.bind(1, entry.id)
                 try delete.step()
@@ -190,6 +174,30 @@ public struct DeadLetterStore {
             }
             return Replay(entries: picked.count, rows: picked.reduce(0) { $0 + $1.count })
         }
+    }
+
+    /// An entry's rows (each followed by `\n`) as runs of one tag set, from its `tags` column
+    /// (`[{"from":i,"to":j,"tags":{…}}]`, ``SpooledRecords/tagRunsJSON``): byte range, row count, tags.
+    static func tagRuns(_ records: [UInt8], tags json: String) -> [(bytes: Range<Int>, count: Int, tags: String)] {
+        var ends: [Int] = []
+        for (offset, byte) in records.enumerated() where byte == UInt8(ascii: "\n") { ends.append(offset + 1) }
+        var tagsOf = [String](repeating: "", count: ends.count)
+        if !json.isEmpty, case .array(let runs)? = try? Array(json.utf8).withUnsafeBytes({ try JSONValue.parse($0) }) {
+            for run in runs {
+                guard case .number(let from)? = run["from"], case .number(let to)? = run["to"], let tags = run["tags"],
+                      let first = Int(from), let end = Int(to), first >= 0, first <= end
+                else { continue }
+                for row in first..<min(end, tagsOf.count) { tagsOf[row] = JSONCompactor.render(tags) }
+            }
+        }
+        var result: [(bytes: Range<Int>, count: Int, tags: String)] = []
+        var start = 0
+        for row in tagsOf.indices where row + 1 == tagsOf.count || tagsOf[row + 1] != tagsOf[row] {
+            let firstByte = start == 0 ? 0 : ends[start - 1]
+            result.append((firstByte..<ends[row], row + 1 - start, tagsOf[row]))
+            start = row + 1
+        }
+        return result
     }
 
     /// Deletes the selected entries for good. Returns (entries, rows) purged.

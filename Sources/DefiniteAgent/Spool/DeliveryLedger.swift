@@ -108,9 +108,7 @@ struct DeliveryLedger: Sendable {
     func apply(_ change: Change, records: SpooledRecords, completion: @escaping @Sendable (Result<Int, any Error>) -> Void) {
         let released = LockedResult()
         writer.perform({ db in
-            let delivered = (change.delivered + change.superseded).reduce(0) { total, seq in
-                total + (records.index(of: seq).map(records.storedSize) ?? 0)
-            }
+            let delivered = records.storedSize(ofSeqs: change.delivered) + records.storedSize(ofSeqs: change.superseded)
             let letters = change.deadLetters.map { letter in
                 (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
             }
@@ -183,8 +181,8 @@ struct DeliveryLedger: Sendable {
     private static func insertDeadLetter(_ failure: Failure, rows: SpooledRecords, targetID: Int64, now: Double, db: SQLiteConnection) throws {
         let insert = try db.prepared("""
             INSERT INTO dead_letters (target_id, first_seq, record_count, byte_count, records, reason, http_status, errors,
-                                      warnings, request_id, attempts, partial, first_failed_at, last_failed_at)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                                      warnings, request_id, attempts, partial, first_failed_at, last_failed_at, tags)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
             """)
         insert.bind(1, targetID)
         insert.bind(2, rows.seqs.first ?? 0)
@@ -199,6 +197,7 @@ struct DeliveryLedger: Sendable {
         insert.bind(12, failure.partial ? 1 : 0)
         insert.bind(13, failure.firstFailedAt.timeIntervalSince1970)
         insert.bind(14, now)
+        insert.bind(15, rows.tagRunsJSON)
         try rows.newlineSeparated.withUnsafeBytes { raw in
             insert.bindBlobNoCopy(5, raw)
             try insert.step()
@@ -320,7 +319,8 @@ struct DeliveryLedger: Sendable {
     /// Sorted seqs as contiguous ranges.
     static func runs(of seqs: [Int64]) -> [Range<Int64>] {
         var result: [Range<Int64>] = []
-        for seq in seqs.sorted() {
+        let ascending = zip(seqs, seqs.dropFirst()).allSatisfy { $0 < $1 }
+        for seq in ascending ? seqs : seqs.sorted() {
             if let last = result.last, last.upperBound == seq {
                 result[result.count - 1] = last.lowerBound..<(seq + 1)
             } else if result.last?.contains(seq) != true {

@@ -100,10 +100,12 @@ final class SpoolReader {
         return try select.step() ? select.double(0) : nil
     }
 
-    /// Reads records of `targetID` from `from` (inclusive) to at most `end` (exclusive), stopping before
-    /// `maxRows` records or `maxBytes` stored bytes would be passed (at least one record is read).
+    /// Reads records of `targetID` from `from` (inclusive) to at most `end` (exclusive), with their tags,
+    /// stopping before `maxRows` records, `maxBytes` stored bytes or `maxTagBytes` of tags (each run of tagged
+    /// records with other tags counts its tags and 32 bytes) would be passed; at least one record is read.
     /// Seqs inside delivered ranges are skipped. Returns the records and the seq after the last one read.
-    func read(targetID: Int64, from requested: Int64, end: Int64, maxRows: Int, maxBytes: Int) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
+    func read(targetID: Int64, from requested: Int64, end: Int64, maxRows: Int, maxBytes: Int,
+              maxTagBytes: Int = .max) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
         // Everything below delivered_seq has left the queue, including parts of a batch delivered or
         // dead-lettered on an earlier attempt and since folded into the position: never read it again.
         let position = try db.prepared("SELECT delivered_seq FROM targets WHERE id = ?1")
@@ -124,9 +126,10 @@ final class SpoolReader {
         if maxBytes < 64 << 20 { records.bytes.reserveCapacity(maxBytes + 4096) }
         var next = from
         let select = try db.prepared("""
-            SELECT first_seq, record_count, records FROM segments
+            SELECT first_seq, record_count, records, tags FROM segments
             WHERE target_id = ?1 AND first_seq + record_count > ?2 AND first_seq < ?3 ORDER BY first_seq
             """)
+        var tagBytes = 0
         defer { select.reset() }
         select.bind(1, targetID)
         select.bind(2, from)
@@ -134,6 +137,7 @@ final class SpoolReader {
         scan: while try select.step() {
             var seq = select.int64(0)
             let blob = select.blob(2)
+            let tags = select.string(3) ?? ""
             guard let base = blob.baseAddress else { continue }
             var start = 0
             while start < blob.count, let newline = memchr(base + start, Int32(UInt8(ascii: "\n")), blob.count - start) {
@@ -148,10 +152,14 @@ final class SpoolReader {
                     next = seq + 1
                     continue
                 }
-                if !records.isEmpty, records.count >= maxRows || records.bytes.count + (index - start) + 1 > maxBytes {
+                let newRun = tags != (records.tagRuns.last?.tags ?? "")
+                let runCost = newRun && !tags.isEmpty ? tags.utf8.count + 32 : 0
+                if !records.isEmpty,
+                   records.count >= maxRows || records.bytes.count + (index - start) + 1 > maxBytes || tagBytes + runCost > maxTagBytes {
                     break scan
                 }
-                records.append(seq: seq, UnsafeRawBufferPointer(rebasing: blob[start..<index]))
+                tagBytes += runCost
+                records.append(seq: seq, UnsafeRawBufferPointer(rebasing: blob[start..<index]), tags: tags)
                 next = seq + 1
             }
         }

@@ -105,6 +105,12 @@ enum SpoolSchema {
             request_id TEXT,
             PRIMARY KEY (batch_id, first_seq)
         ) WITHOUT ROWID;
+        -- A segment's records were written with these config.tags (compact JSON; '' for none): requests with
+        -- different tags share their target and are batched together. Targets with tags of their own come
+        -- from version 1 and keep them.
+        ALTER TABLE segments ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+        -- The tags of a dead letter's rows: [{"from":i,"to":j,"tags":{...}}] over its rows, or '' for none.
+        ALTER TABLE dead_letters ADD COLUMN tags TEXT NOT NULL DEFAULT '';
         """,
     ]
 }

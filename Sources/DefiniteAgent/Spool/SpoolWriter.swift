@@ -315,7 +315,7 @@ public final class SpoolWriter: @unchecked Sendable {
             let now = Date().timeIntervalSince1970
             for (batch, _) in batches {
                 for (index, target) in batch.targets.enumerated() where batch.counts[index] > 0 {
-                    try self.appendInSegments(batch.records[index], count: batch.counts[index], to: target, at: now, db: db)
+                    try self.append(batch, group: index, to: target, at: now, db: db)
                 }
             }
         }
@@ -372,56 +372,12 @@ public final class SpoolWriter: @unchecked Sendable {
         return Array(batches[..<admitted])
     }
 
-    /// Largest segment written, so that reading one back (SQLite materialises a whole blob) stays cheap
-    /// in memory whatever the size of the commit. A commit's records may span several segments of one
-    /// target; they are still appended in order, in the same transaction.
-    static let maxSegmentBytes = 1 << 20
-
-    private func appendInSegments(_ bytes: [UInt8], count: Int, to target: SpoolTarget, at now: Double, db: SQLiteConnection) throws {
-        guard bytes.count > Self.maxSegmentBytes else {
-            try append(bytes[...], count: count, to: target, at: now, db: db)
-            return
-        }
-        var start = 0
-        var records = 0
-        var index = 0
-        while index < bytes.count {
-            if bytes[index] == UInt8(ascii: "\n") {
-                records += 1
-                if index + 1 - start >= Self.maxSegmentBytes || index + 1 == bytes.count {
-                    try append(bytes[start...index], count: records, to: target, at: now, db: db)
-                    start = index + 1
-                    records = 0
-                }
-            }
-            index += 1
-        }
-    }
-
-    private func append(_ bytes: ArraySlice<UInt8>, count: Int, to target: SpoolTarget, at now: Double, db: SQLiteConnection) throws {
+    /// Appends a batch's records for `target` (a run of records per tag set), in order.
+    private func append(_ batch: IntakeBatch, group index: Int, to target: SpoolTarget, at now: Double, db: SQLiteConnection) throws {
         let id = try targetID(for: target, at: now, db: db)
-        let advance = try db.prepared(
-            "UPDATE targets SET next_seq = next_seq + ?1, pending_bytes = pending_bytes + ?2 WHERE id = ?3 RETURNING next_seq - ?1")
-        advance.bind(1, count)
-        advance.bind(2, bytes.count)
-        advance.bind(3, id)
-        guard try advance.step() else { throw SpoolError(.storage, path: path, "target \(target) vanished from the spool") }
-        let firstSeq = advance.int64(0)
-        advance.reset()
-        let end = firstSeq + Int64(count)
-        appended[id] = AppendedRange(targetID: id, target: target, range: (appended[id]?.range.lowerBound ?? firstSeq)..<end)
-
-        let insert = try db.prepared(
-            "INSERT INTO segments (target_id, first_seq, record_count, byte_count, appended_at, records) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-        insert.bind(1, id)
-        insert.bind(2, firstSeq)
-        insert.bind(3, count)
-        insert.bind(4, bytes.count)
-        insert.bind(5, now)
-        try bytes.withUnsafeBytes { raw in
-            insert.bindBlobNoCopy(6, raw)
-            try insert.step()
-            insert.reset()
+        for run in batch.runs(of: index) {
+            let seqs = try SegmentLog.append(batch.records[index][run.bytes], count: run.count, targetID: id, tags: run.tags, at: now, db: db)
+            appended[id] = AppendedRange(targetID: id, target: target, range: (appended[id]?.range.lowerBound ?? seqs.lowerBound)..<seqs.upperBound)
         }
     }
 

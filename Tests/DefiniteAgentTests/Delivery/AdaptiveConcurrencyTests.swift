@@ -11,7 +11,7 @@ struct AdaptiveConcurrencyTests {
     func answer(_ limiter: inout AdaptiveConcurrency, _ signal: AdaptiveConcurrency.Signal, count: Int,
                 roundTrip: Duration, from: Duration = .zero, spacing: Duration = .milliseconds(10)) {
         for i in 0..<count {
-            limiter.record(signal, roundTrip: roundTrip, inFlight: limiter.limit, now: start + from + spacing * i)
+            limiter.record(signal, roundTrip: roundTrip, saturated: true, now: start + from + spacing * i)
         }
     }
 
@@ -27,7 +27,7 @@ struct AdaptiveConcurrencyTests {
 
     @Test func itDoesNotGrowWhenTheLimitIsNotInUse() {
         var limiter = AdaptiveConcurrency(ceiling: 64, initial: 8)
-        for i in 0..<100 { limiter.record(.answered, roundTrip: rtt, inFlight: 3, now: start + .milliseconds(i)) }
+        for i in 0..<100 { limiter.record(.answered, roundTrip: rtt, saturated: false, now: start + .milliseconds(i)) }
         #expect(limiter.limit == 8)
     }
 
@@ -39,7 +39,7 @@ struct AdaptiveConcurrencyTests {
         answer(&limiter, .backPressure, count: 10, roundTrip: rtt, from: .seconds(1), spacing: .milliseconds(1))
         #expect(limiter.limit == grown / 2)
         // A round trip later it may halve again.
-        limiter.record(.backPressure, roundTrip: rtt, inFlight: limiter.limit, now: start + .seconds(2))
+        limiter.record(.backPressure, roundTrip: rtt, saturated: true, now: start + .seconds(2))
         #expect(limiter.limit == grown / 4)
         // Congestion avoidance: one more per round trip's worth of answers.
         let before = limiter.limit
@@ -51,20 +51,20 @@ struct AdaptiveConcurrencyTests {
         var limiter = AdaptiveConcurrency(ceiling: 64, initial: 40)
         answer(&limiter, .answered, count: 5, roundTrip: rtt)
         let before = limiter.limit
-        limiter.record(.answered, roundTrip: .milliseconds(600), inFlight: before, now: start + .seconds(1))
+        limiter.record(.answered, roundTrip: .milliseconds(600), saturated: true, now: start + .seconds(1))
         #expect(limiter.limit == before - before / 10)
         // Noise of a few milliseconds on a fast API is not a rise.
         var fast = AdaptiveConcurrency(ceiling: 64, initial: 8)
         answer(&fast, .answered, count: 3, roundTrip: .milliseconds(1))
         let limit = fast.limit
-        fast.record(.answered, roundTrip: .milliseconds(5), inFlight: 1, now: start + .seconds(1))
-        #expect(fast.limit == limit)
+        fast.record(.answered, roundTrip: .milliseconds(5), saturated: true, now: start + .seconds(1))
+        #expect(fast.limit == limit + 1)
     }
 
     @Test func itStaysBetweenOneAndTheCeiling() {
         var limiter = AdaptiveConcurrency(ceiling: 4, initial: 100)
         #expect(limiter.limit == 4)
-        for i in 0..<20 { limiter.record(.backPressure, roundTrip: rtt, inFlight: 1, now: start + .seconds(i)) }
+        for i in 0..<20 { limiter.record(.backPressure, roundTrip: rtt, saturated: true, now: start + .seconds(i)) }
         #expect(limiter.limit == 1)
         #expect(AdaptiveConcurrency(ceiling: 0).limit == 1)
     }

@@ -341,6 +341,22 @@ struct DeliveryMachineTests {
         expectDrained(simulation)
     }
 
+    @Test func idleTargetsAreDroppedAndComeBackWithTheirNextRows() {
+        let simulation = DeliverySimulation(settings: DeliverySimulation.settings(), seed: 9, workers: 2)
+        let targets = (0..<50).map { simulation.addTarget(SpoolTarget(table: "bronze.t\($0)", mode: .append)) }
+        for id in targets { simulation.append(id, [Row()]) }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        _ = simulation.machine.nextWakeUp(after: simulation.now)
+        simulation.act(0)
+        #expect(simulation.machine.targetCount == 0, "a decision costs what the active targets do, not every target seen")
+        simulation.append(targets[7], [Row(), Row()])
+        #expect(simulation.machine.targetCount == 1)
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.suffix(1).map(\.seqs) == [[1, 2]])
+    }
+
     @Test func batchesAreCutAtMaxRowsOrAfterLingerOrOnFlush() {
         let simulation = simulation(rows: 3, settings: DeliverySimulation.settings(maxRows: 3, linger: .seconds(5)))
         #expect(simulation.act(0), "max_rows rows wait: cut at once")

@@ -88,7 +88,8 @@ struct IntakeLineParserTests {
     @Test func requestBodyWithRowsAndTags() throws {
         let outcome = parse(#"{"ack":"r1","config":{"table":"LAKE.bronze.t","tags":{"src":"app"}},"data":[{"x":1},{"x":2}]}"#)
         #expect(outcome.rejection == nil)
-        #expect(outcome.batch.targets == [SpoolTarget(table: "LAKE.bronze.t", mode: .append, tags: #"{"src":"app"}"#)])
+        #expect(outcome.batch.targets == [SpoolTarget(table: "LAKE.bronze.t", mode: .append)])
+        #expect(outcome.batch.tagRuns == [[IntakeBatch.TagRun(record: 0, offset: 0, tags: #"{"src":"app"}"#)]])
         #expect(outcome.batch.counts == [2])
         #expect(outcome.stored == "{\"x\":1}\n{\"x\":2}\n")
     }

@@ -103,7 +103,7 @@ struct SpoolTests {
         while try rows.step() {
             segments += 1
             #expect(rows.int(0) == next)
-            #expect(rows.int(2) <= SpoolWriter.maxSegmentBytes + 1100)
+            #expect(rows.int(2) <= SegmentLog.maxSegmentBytes + 1100)
             let text = String(decoding: rows.blob(3), as: UTF8.self)
             let records = text.split(separator: "\n").map(String.init)
             #expect(records.count == rows.int(1))
