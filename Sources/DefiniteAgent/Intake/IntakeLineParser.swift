@@ -74,8 +74,38 @@ public struct IntakeLineParser {
                 batch.records[appended.index].removeSubrange(appended.length...)
                 batch.counts[appended.index] = appended.count
             }
+            if ack == nil, Self.isRefusedForWhatItSays(error) { ack = Self.ackRange(afterRefusalOf: line) }
             return ParsedLine(ackRange: ack, result: .failure(error))
         }
+    }
+
+    /// Whether `rejection` refuses what a well-formed line says (its config, rows, sizes, depth) rather than
+    /// the line not being JSON: such a line is answered with its ack id wherever the `"ack"` member stands.
+    private static func isRefusedForWhatItSays(_ rejection: IntakeRejection) -> Bool {
+        rejection.code != .invalidJSON && rejection.code != .invalidUTF8
+    }
+
+    /// The `"ack"` of a line refused before its `"ack"` member was reached (`{"data":…,"config":{bad},
+    /// "ack":"7"}`, the order Python's `json.dumps` gives a dict built that way): the line's top-level
+    /// members are skipped by their outline, without the limits that refused it. `nil` when there is none,
+    /// or when the line turns out not to be JSON before one is found.
+    static func ackRange(afterRefusalOf line: UnsafeRawBufferPointer) -> Range<Int>? {
+        var scanner = JSONScanner(line)
+        var found: Range<Int>?
+        do {
+            try scanner.beginObject()
+            while let name = try scanner.nextMember() {
+                if scanner.string(name, is: "ack"), scanner.peek() == UInt8(ascii: "\"") {
+                    let value = try scanner.scanString()
+                    found = value.start..<value.end
+                } else {
+                    try scanner.skipValueOutline()
+                }
+            }
+        } catch {
+            // Not JSON past this point: an ack found before it is still a valid JSON string.
+        }
+        return found
     }
 
     public mutating func parse(line: [UInt8], into batch: inout IntakeBatch) -> ParsedLine {

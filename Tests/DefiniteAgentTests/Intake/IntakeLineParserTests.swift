@@ -230,6 +230,37 @@ struct IntakeLineParserTests {
         #expect(outcome.rejection?.status == 400)
     }
 
+    /// Issue 17: a line refused for what it says carries its ack wherever the member stands, also after
+    /// the member that was refused (the order Python's `json.dumps` gives a dict built that way).
+    @Test(arguments: [
+        (#"{"data":{"id":2},"config":{"table":"bronze.t","mode":"merge"},"ack":"b2"}"#, "invalid_config"),
+        (#"{"data":{"id":2},"config":{"table":"not a table"},"ack":"b2"}"#, "invalid_table"),
+        (#"{"config":{"table":"bronze.t","mode":"upsert"},"data":{"id":2},"ack":"b2"}"#, "invalid_config"),
+        (#"{"config":{"table":"bronze.t","mode":"merge","primary_key":["id"]},"data":[{"x":1}],"ack":"b2"}"#, "missing_primary_key"),
+        (#"{"config":{"table":"bronze.t"},"data":[1,2],"ack":"b2"}"#, "invalid_row"),
+        (#"{"config":{"table":"bronze.t"},"ack2":"x","ack":"b2"}"#, "invalid_config"),
+        (#"{"x":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":1}}}}}}}}}}, "s":"}]{[", "ack" : "b2" }"#, "too_deep"),
+        (#"{"config":{"table":"bronze.t"},"data":{"deep":"# + String(repeating: "[", count: 70) + "1" + String(repeating: "]", count: 70) + #"},"n":-1.5e3,"t":true,"ack":"b2"}"#, "too_deep"),
+    ])
+    func aRefusedLineCarriesItsAckWhereverTheMemberStands(line: String, code: String) throws {
+        let outcome = parse(line, config: Self.configuration(defaultTable: nil))
+        #expect(outcome.rejection?.code.rawValue == code)
+        #expect(outcome.ack == "b2")
+        #expect(outcome.batch.totalRecords == 0)
+    }
+
+    /// Only a line that is not JSON may lose its ack: there is no telling where its members are.
+    @Test(arguments: [
+        #"{"config":{"table":"bronze.t"},"data":[{"x":1}] "ack":"b2"}"#,
+        #"{"data":{"id":2,},"ack":"b2"}"#,
+        #"{"config":{"table":"bronze.t","mode":"merge"},"data":{"id":2},"ack":5}"#,
+    ])
+    func aLineThatIsNotJSONMayLackItsAck(line: String) throws {
+        let outcome = parse(line)
+        #expect(outcome.rejection != nil)
+        #expect(outcome.ack == nil)
+    }
+
     @Test func aFailedLineLeavesTheBatchAsItWas() {
         var parser = IntakeLineParser(configuration: Self.configuration())
         var batch = IntakeBatch()
