@@ -2,7 +2,10 @@
 ack id wherever the member stands. Every daemon here ends with SIGTERM, and its exit status is asserted."""
 from __future__ import annotations
 
+import gzip
+import http.client
 import json
+import socket
 
 import pytest
 
@@ -40,3 +43,46 @@ def test_a_refused_line_carries_its_ack_wherever_the_member_stands(agent):
         reply = conn.reply()
         assert "ack" not in reply and reply["line"] == len(cases) + 1 and reply["code"] == "invalid_json", reply
     assert agent.spooled_records() == []
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix stream socket (the agent's `[intake] http_socket`)."""
+
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def post(agent, uri: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    conn = UnixHTTPConnection(agent.http_socket_path)
+    try:
+        conn.request("POST", uri, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_a_bare_json_array_body_takes_its_config_from_the_query(agent):
+    """Fluent Bit's out_http (`format json`) and Vector's http sink post `[{…},{…}]` with the config in the
+    query: the same limits and the same answers as any other body."""
+    rows = [{"id": i, "name": f"n{i}"} for i in range(30)]
+    status, answer = post(agent, "/v2/stream?table=bronze.arr&mode=merge&primary_key=id",
+                          gzip.compress(json.dumps(rows).encode()),
+                          {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 200 and answer["success"] is True and answer["successful_rows"] == 30, answer
+    assert answer["table"] == "bronze.arr"
+    assert agent.spooled_records("bronze.arr") == rows
+    status, answer = post(agent, "/v2/stream", json.dumps(rows).encode(), {"Content-Type": "application/json"})
+    assert status == 422 and "table" in answer["errors"][0], answer
+    status, answer = post(agent, "/v2/stream?table=bronze.arr&mode=merge&primary_key=id", b'[{"id":1},{"name":"x"}]',
+                          {"Content-Type": "application/json"})
+    assert status == 400 and "primary key" in answer["errors"][0], answer
+    status, answer = post(agent, "/v2/stream?table=bronze.arr", json.dumps([{"i": 1}] * 50_001).encode(),
+                          {"Content-Type": "application/json"})
+    assert status == 413, answer
+    assert len(agent.spooled_records("bronze.arr")) == 30

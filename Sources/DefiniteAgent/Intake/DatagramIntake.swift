@@ -123,8 +123,10 @@ final class DatagramIntakeServer: Service, Sendable {
             }
             writer.submit(batch, promise: promise)
         }
-        // Let the last batches commit before the counters are written for good.
+        // Let the last batches commit before the counters are written for good. The slots are handed back
+        // after: libdispatch traps on a semaphore released below its initial value.
         for _ in 0..<4 { slots.wait() }
+        for _ in 0..<4 { slots.signal() }
     }
 
     /// Adds what was counted since the last call to the spool's running totals.

@@ -102,6 +102,12 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             result = parser.target(query: query).flatMap { target in
                 bytes.withUnsafeBytes { parser.parse(ndjson: $0, target: target, into: &batch) }
             }
+        } else if bytes.first(where: { !Self.isWhitespace($0) }) == UInt8(ascii: "[") {
+            // A bare array of rows, config in the query parameters (Fluent Bit's `format json`, Vector).
+            wait = query["wait"] == "true"
+            result = parser.target(query: query).flatMap { target in
+                bytes.withUnsafeBytes { parser.parse(array: $0, target: target, into: &batch) }
+            }
         } else {
             wait = bytes.withUnsafeBytes { raw in
                 (try? JSONValue.parse(raw, maxDepth: 64))?["config"]?["wait"] == .bool(true)
@@ -184,6 +190,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     static func requestID() -> String {
         "agent_" + String(UInt64.random(in: 0..<(1 << 48)), radix: 16)
+    }
+
+    private static func isWhitespace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D
     }
 
     static func queryItems(_ uri: String) -> [String: String] {

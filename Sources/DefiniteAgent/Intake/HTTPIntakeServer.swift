@@ -25,48 +25,55 @@ final class HTTPIntakeServer: Service, Sendable {
 
     func run() async throws {
         let configuration = settings.current
-        let quiesce = ServerQuiescingHelper(group: group)
         let (settings, writer, logger) = (self.settings, self.writer, self.logger)
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+        // One quiescing helper per listening channel: a helper serves exactly one server channel.
+        func bootstrap(_ quiesce: ServerQuiescingHelper) -> ServerBootstrap {
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                    }
                 }
-            }
-            .childChannelInitializer { channel in
-                let configuration = settings.current
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(configuration: configuration, writer: writer, logger: logger))
+                .childChannelInitializer { channel in
+                    let configuration = settings.current
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(configuration: configuration, writer: writer, logger: logger))
+                    }
                 }
-            }
-        var channels: [any Channel] = []
+        }
+        var listeners: [(channel: any Channel, quiesce: ServerQuiescingHelper)] = []
         let path = configuration.intake.httpSocket
         if !path.isEmpty {
             try SocketPath.prepare(path)
-            let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
+            let quiesce = ServerQuiescingHelper(group: group)
+            let channel = try await bootstrap(quiesce).bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
             chmod(path, mode_t(configuration.intake.socketMode))
-            channels.append(channel)
+            listeners.append((channel, quiesce))
             logger.info("local Stream API listening", metadata: ["socket": "\(path)"])
         }
         if let listen = configuration.intake.httpListen, let (host, port) = HostPort.parse(listen) {
-            let channel = try await bootstrap.bind(host: host, port: port).get()
-            channels.append(channel)
+            let quiesce = ServerQuiescingHelper(group: group)
+            let channel = try await bootstrap(quiesce).bind(host: host, port: port).get()
+            listeners.append((channel, quiesce))
             logger.info("local Stream API listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? listen)"])
         }
-        guard !channels.isEmpty else {
+        guard !listeners.isEmpty else {
             try? await gracefulShutdown()
             return
         }
+        let bound = listeners
         try await withGracefulShutdownHandler {
-            for channel in channels { try await channel.closeFuture.get() }
+            for listener in bound { try await listener.channel.closeFuture.get() }
         } onGracefulShutdown: {
-            quiesce.initiateShutdown(promise: nil)
+            for listener in bound { listener.quiesce.initiateShutdown(promise: nil) }
         }
-        let drained = group.next().makePromise(of: Void.self)
-        quiesce.initiateShutdown(promise: drained)
-        try await drained.futureResult.get()
+        for listener in bound {
+            let drained = group.next().makePromise(of: Void.self)
+            listener.quiesce.initiateShutdown(promise: drained)
+            try await drained.futureResult.get()
+        }
         if !path.isEmpty { unlink(path) }
     }
 }
