@@ -9,6 +9,9 @@ public struct AgentConfiguration: Sendable, Equatable {
         public var url = "https://api.definite.app/v2/stream"
         /// A file holding the API key. When unset, `$DEFINITE_API_KEY`, then `$CREDENTIALS_DIRECTORY/api-key`.
         public var keyFile: String?
+        /// Where `key_file` was set, so an error about the key file names that file and line like every
+        /// other configuration error (the key is read after the file, at start and on SIGHUP).
+        public var keyFileLocation: ConfigurationLocation?
         public var timeout = HumanDuration.seconds(30)
     }
 
@@ -138,6 +141,17 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// The defaults configured for `table`, if any.
     public func tableDefaults(for table: String) -> TableDefaults? {
         tables.first { $0.name == table }
+    }
+}
+
+/// A place in a configuration file: the file (when there is one) and the 1-based line.
+public struct ConfigurationLocation: Sendable, Equatable {
+    public var file: String?
+    public var line: Int?
+
+    public init(file: String?, line: Int?) {
+        self.file = file
+        self.line = line
     }
 }
 

@@ -39,6 +39,9 @@ public enum ConfigurationLoader {
             error.file = file
             throw error
         }
+        if config.api.keyFile != nil {
+            config.api.keyFileLocation = ConfigurationLocation(file: file, line: locator.line(section: "api", key: "key_file"))
+        }
         return config
     }
 

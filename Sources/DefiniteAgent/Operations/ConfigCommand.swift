@@ -52,6 +52,7 @@ enum EffectiveConfiguration {
             "path = \(q(c.spool.path))",
             "max_bytes = \(q(c.spool.maxBytes.description))",
             "durability = \(q(c.spool.durability.rawValue))",
+            c.spool.diskReserve.map { "disk_reserve = \(q($0.description))" } ?? "disk_reserve = \"auto\"  # 5% of the spool's filesystem, at most 64MiB",
             "",
             "[intake]",
         ]
