@@ -33,6 +33,9 @@ public struct AgentConfiguration: Sendable, Equatable {
         /// drain a full disk; intake gets 507 before it would use it. `nil` ("auto"): 5% of the
         /// filesystem's size, at most 64 MiB.
         public var diskReserve: ByteSize?
+        /// A group (name or numeric id) that may read the spool: its files are then `0640` and belong to it.
+        /// `nil`: the daemon's user only (`0600`). See ``SpoolAccess``.
+        public var group: String?
     }
 
     /// `[intake]`: the Unix stream socket local programs write to.

@@ -36,6 +36,7 @@ public final class LiveConfiguration: Sendable {
             keep("spool.max_bytes", \.spool.maxBytes)
             keep("spool.durability", \.spool.durability)
             keep("spool.disk_reserve", \.spool.diskReserve)
+            keep("spool.group", \.spool.group)
             keep("intake.socket", \.intake.socket)
             keep("intake.socket_mode", \.intake.socketMode)
             keep("intake.http_socket", \.intake.httpSocket)

@@ -41,6 +41,10 @@ struct ConfigCheckCommand: AsyncParsableCommand {
 enum EffectiveConfiguration {
     static func render(_ c: AgentConfiguration, apiKey: String) -> String {
         func q(_ s: String) -> String { JSONCompactor.quote(s) }
+        let diskReserve: String = c.spool.diskReserve.map { "disk_reserve = \(q($0.description))" }
+            ?? "disk_reserve = \"auto\"  # 5% of the spool's filesystem, at most 64MiB"
+        let group: String = c.spool.group.map { "group = \(q($0))  # the spool's files are 0640, readable by this group" }
+            ?? "# group not set: the spool's files are 0600, readable by the daemon's user only"
         var lines = [
             "[api]",
             "url = \(q(c.api.url))",
@@ -52,7 +56,8 @@ enum EffectiveConfiguration {
             "path = \(q(c.spool.path))",
             "max_bytes = \(q(c.spool.maxBytes.description))",
             "durability = \(q(c.spool.durability.rawValue))",
-            c.spool.diskReserve.map { "disk_reserve = \(q($0.description))" } ?? "disk_reserve = \"auto\"  # 5% of the spool's filesystem, at most 64MiB",
+            diskReserve,
+            group,
             "",
             "[intake]",
         ]

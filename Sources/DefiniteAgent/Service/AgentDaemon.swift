@@ -43,7 +43,8 @@ public struct AgentDaemon {
         let settings = LiveConfiguration(configuration)
         let writer = try SpoolWriter(
             path: configuration.spool.path, durability: configuration.spool.durability,
-            maxBytes: configuration.spool.maxBytes.bytes, diskReserve: configuration.spool.diskReserve?.bytes, logger: logger)
+            maxBytes: configuration.spool.maxBytes.bytes, diskReserve: configuration.spool.diskReserve?.bytes,
+            access: try SpoolAccess(configuration: configuration.spool), logger: logger)
         logger.info("spool open", metadata: [
             "path": "\(configuration.spool.path)", "durability": "\(configuration.spool.durability.rawValue)",
             "held_bytes": "\(writer.capacity.usedBytes)", "open_files_limit": "\(openFiles)",

@@ -52,9 +52,19 @@ public final class SpoolWriter: @unchecked Sendable {
     ///
     /// - Parameter diskReserve: free space kept on the spool's filesystem for delivery (see
     ///   ``DiskHeadroom``); `nil` picks 5% of the filesystem, at most 64 MiB.
+    /// - Parameter access: who may read the spool's files (``SpoolAccess``); an existing spool is set to it,
+    ///   and each change is logged.
     public init(path: String, durability: AgentConfiguration.Durability, maxBytes: Int, diskReserve: Int? = nil,
-                logger: Logger) throws(SpoolError) {
-        self.connection = try SpoolDatabase.openForWriting(path: path, durability: durability)
+                access: SpoolAccess = .ownerOnly, logger: Logger) throws(SpoolError) {
+        let (connection, accessChanges) = try SpoolDatabase.openForWriting(path: path, durability: durability, access: access)
+        for change in accessChanges {
+            let narrowed = change.oldMode & ~change.newMode != 0
+            logger.warning(narrowed ? "a spool file could be read by others: its access was narrowed" : "a spool file was given the access [spool] group asks for", metadata: [
+                "file": "\(change.path)", "old_mode": "\(SpoolAccess.octal(change.oldMode))", "mode": "\(SpoolAccess.octal(change.newMode))",
+                "old_group": "\(change.oldGroup.map(SpoolAccess.groupName) ?? "unchanged")",
+            ])
+        }
+        self.connection = connection
         self.path = path
         self.logger = logger
         self.diskAdmission = DiskAdmission(spoolPath: path, configuredReserve: diskReserve)
