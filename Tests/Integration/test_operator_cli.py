@@ -68,3 +68,20 @@ def test_config_check_shows_the_disk_reserve(tmp_path):
     assert 'disk_reserve = "256MiB"' in shown.stdout.decode(), shown.stdout
     auto = Agent(tmp_path / "auto")
     assert 'disk_reserve = "auto"' in auto.cli("config", "check").stdout.decode()
+
+
+def test_a_tcp_listener_without_a_token_is_warned_about_at_start_and_by_config_check(tmp_path):
+    from agent_harness import free_port
+    port = free_port()
+    agent = Agent(tmp_path / "agent", extra_config=f'http_listen = "127.0.0.1:{port}"')
+    check = agent.cli("config", "check")
+    assert check.returncode == 0, check.stderr
+    assert b"warning: intake.http_listen:" in check.stderr and b"http_token" in check.stderr, check.stderr
+    assert b"# warning: intake.http_listen" in check.stdout
+    agent.start()
+    try:
+        assert "every local user can write records" in agent.log(), agent.log()
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+    guarded = Agent(tmp_path / "guarded", extra_config=f'http_listen = "127.0.0.1:{port}"\nhttp_token = "t0ken"')
+    assert b"warning" not in guarded.cli("config", "check").stderr

@@ -14,7 +14,10 @@ struct ConfigCheckCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
         abstract: "Validate the configuration and print the effective settings (the API key is redacted).",
-        discussion: "Exits 0 when the configuration is usable and 78 (EX_CONFIG) when it is not.")
+        discussion: """
+            Exits 0 when the configuration is usable (risky settings are printed as warnings on stderr and as \
+            comments in the output) and 78 (EX_CONFIG) when it is not.
+            """)
 
     @OptionGroup var global: GlobalOptions
 
@@ -32,7 +35,10 @@ struct ConfigCheckCommand: AsyncParsableCommand {
             printError("error: \(problem)")
             throw ExitCode(ConfigurationError.exitCode)
         }
+        let warnings = ConfigurationWarning.all(in: configuration)
+        for warning in warnings { printError("warning: \(warning)") }
         print("# effective configuration, from \(source)")
+        for warning in warnings { print("# warning: \(warning)") }
         print(EffectiveConfiguration.render(configuration, apiKey: key))
     }
 }
@@ -72,7 +78,9 @@ enum EffectiveConfiguration {
         lines.append("http_socket = \(q(c.intake.httpSocket))")
         lines.append(optional("http_listen", c.intake.httpListen))
         lines.append("http_allow_remote = \(c.intake.httpAllowRemote)")
-        lines.append(c.intake.httpToken == nil ? "# http_token not set" : "# http_token = <redacted>")
+        lines.append(c.intake.httpToken == nil
+            ? "# http_token not set\(c.intake.httpListen == nil ? "" : ": anyone who can reach http_listen can write records")"
+            : "# http_token = <redacted>")
         lines.append(optional("datagram_socket", c.intake.datagramSocket))
         lines.append("")
         for table in c.tables {

@@ -29,6 +29,9 @@ struct RunCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "definite-agent")
         logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "config": "\(source)"])
+        for warning in ConfigurationWarning.all(in: configuration) {
+            logger.warning("\(warning.message)", metadata: ["key": "\(warning.key)"])
+        }
         try await reportingErrors {
             try await AgentDaemon(configuration: configuration, configurationPath: global.configurationPath, logger: logger).run()
         }
