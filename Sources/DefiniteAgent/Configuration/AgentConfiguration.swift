@@ -127,6 +127,8 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// `[log]`: what the daemon writes to stderr.
     public struct Log: Sendable, Equatable {
         public var level = "info"
+        /// `logfmt` (message first, then `key=value`) or `json` (one object per line); see ``AgentLogHandler``.
+        public var format = AgentLogHandler.Format.logfmt
     }
 
     public var api = API()

@@ -142,6 +142,7 @@ public enum ConfigurationLoader {
         }
         if var log = try Section(root, "log", locator) {
             config.log.level = try log.choice("level", among: LogLevelName.allNames) ?? config.log.level
+            config.log.format = try log.choice("format") ?? config.log.format
             try log.finish()
         }
     }

@@ -46,6 +46,7 @@ public final class LiveConfiguration: Sendable {
             keep("batch.concurrency", \.batch.concurrency)
             keep("service.drain_timeout", \.service.drainTimeout)
             keep("log.level", \.log.level)
+            keep("log.format", \.log.format)
             keep("metrics.listen", \.metrics.listen)
             var applied: [String] = []
             func note<T: Equatable>(_ key: String, _ path: KeyPath<AgentConfiguration, T>) {

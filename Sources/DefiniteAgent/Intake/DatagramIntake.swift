@@ -92,6 +92,7 @@ final class DatagramIntakeServer: Service, Sendable {
                 guard n <= buffer.count else {
                     counters.add(rejected: 1)
                     AgentMetrics.rejected(.lineTooLong).increment()
+                    logRefusal(IntakeRejection(status: 413, code: .lineTooLong, message: "the datagram is \(n) bytes; at most \(Self.maxDatagramBytes) are taken"))
                     continue
                 }
                 var length = n
@@ -105,9 +106,11 @@ final class DatagramIntakeServer: Service, Sendable {
                     batch.counts[accepted.targetIndex] -= accepted.records
                     counters.add(dropped: 1)
                     AgentMetrics.rejected(.spoolFull).increment()
+                    logRefusal(IntakeRejection(status: 507, code: .spoolFull, message: "the spool is full ([spool] max_bytes); the datagram was dropped"))
                 case .failure(let rejection):
                     counters.add(rejected: 1)
                     AgentMetrics.rejected(rejection.code).increment()
+                    logRefusal(rejection)
                 }
             }
             guard requests > 0 else { continue }
@@ -127,6 +130,18 @@ final class DatagramIntakeServer: Service, Sendable {
         // after: libdispatch traps on a semaphore released below its initial value.
         for _ in 0..<4 { slots.wait() }
         for _ in 0..<4 { slots.signal() }
+    }
+
+    /// At most one debug line a second about refused datagrams: they are never answered, so the log is
+    /// where an operator can see why.
+    private let refusalLog = LogRateLimiter(interval: .seconds(1))
+
+    private func logRefusal(_ rejection: IntakeRejection) {
+        guard logger.logLevel <= .debug, let heldBack = refusalLog.admit() else { return }
+        logger.debug("refused a datagram", metadata: [
+            "status": "\(rejection.status)", "code": "\(rejection.code)", "error": "\(rejection.message)",
+            "similar_datagrams_not_logged": "\(heldBack)",
+        ])
     }
 
     /// Adds what was counted since the last call to the spool's running totals.

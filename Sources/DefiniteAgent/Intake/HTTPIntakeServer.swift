@@ -57,7 +57,7 @@ final class HTTPIntakeServer: Service, Sendable {
             let quiesce = ServerQuiescingHelper(group: group)
             let channel = try await bootstrap(quiesce).bind(host: host, port: port).get()
             listeners.append((channel, quiesce))
-            logger.info("local Stream API listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? listen)"])
+            logger.info("local Stream API listening", metadata: ["address": "\(channel.localAddress?.plainDescription ?? listen)"])
         }
         guard !listeners.isEmpty else {
             try? await gracefulShutdown()

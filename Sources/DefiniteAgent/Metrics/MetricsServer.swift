@@ -63,7 +63,7 @@ final class MetricsServer: Service, Sendable {
             }
             channel = try await bootstrap.bind(host: String(listen[..<colon]), port: port).get()
         }
-        logger.info("metrics listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? listen)"])
+        logger.info("metrics listening", metadata: ["address": "\(channel.localAddress?.plainDescription ?? listen)"])
         try await withGracefulShutdownHandler {
             try await channel.closeFuture.get()
         } onGracefulShutdown: {

@@ -111,6 +111,7 @@ enum EffectiveConfiguration {
             "",
             "[log]",
             "level = \(q(c.log.level))",
+            "format = \(q(c.log.format.rawValue))",
         ]
         return lines.joined(separator: "\n")
     }
