@@ -3,13 +3,12 @@ ack id wherever the member stands. Every daemon here ends with SIGTERM, and its 
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
-import socket
 
 import pytest
 
 from agent_harness import Agent
+from unix_http import request
 
 
 @pytest.fixture
@@ -45,26 +44,8 @@ def test_a_refused_line_carries_its_ack_wherever_the_member_stands(agent):
     assert agent.spooled_records() == []
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a Unix stream socket (the agent's `[intake] http_socket`)."""
-
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
 def post(agent, uri: str, body: bytes, headers: dict) -> tuple[int, dict]:
-    conn = UnixHTTPConnection(agent.http_socket_path)
-    try:
-        conn.request("POST", uri, body=body, headers=headers)
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
+    return request(agent.http_socket_path, "POST", uri, body, headers)
 
 
 def test_a_bare_json_array_body_takes_its_config_from_the_query(agent):

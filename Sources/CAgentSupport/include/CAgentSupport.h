@@ -15,4 +15,6 @@ int cagent_tune_malloc(int mmap_threshold, int arena_max);
 /// from another process ends it at once with its default action. Returns how many signals were hooked.
 int cagent_install_fatal_signal_handlers(void);
 
+#include "cagent_build_info.h"
+
 #endif

@@ -13,19 +13,21 @@ import ServiceLifecycle
 final class HTTPIntakeServer: Service, Sendable {
     private let settings: LiveConfiguration
     private let writer: SpoolWriter
+    private let readiness: IntakeReadiness?
     private let group: any EventLoopGroup
     private let logger: Logger
 
-    init(settings: LiveConfiguration, writer: SpoolWriter, group: any EventLoopGroup, logger: Logger) {
+    init(settings: LiveConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil, group: any EventLoopGroup, logger: Logger) {
         self.settings = settings
         self.writer = writer
+        self.readiness = readiness
         self.group = group
         self.logger = logger
     }
 
     func run() async throws {
         let configuration = settings.current
-        let (settings, writer, logger) = (self.settings, self.writer, self.logger)
+        let (settings, writer, readiness, logger) = (self.settings, self.writer, self.readiness, self.logger)
         // One quiescing helper per listening channel: a helper serves exactly one server channel.
         func bootstrap(_ quiesce: ServerQuiescingHelper) -> ServerBootstrap {
             ServerBootstrap(group: group)
@@ -39,7 +41,7 @@ final class HTTPIntakeServer: Service, Sendable {
                     let configuration = settings.current
                     return channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(configuration: configuration, writer: writer, logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(configuration: configuration, writer: writer, readiness: readiness, logger: logger))
                     }
                 }
         }

@@ -15,6 +15,7 @@ final class MetricsServer: Service, Sendable {
     private let registry: PrometheusCollectorRegistry
     private let spoolPath: String
     private let capacity: SpoolCapacity
+    private let readiness: IntakeReadiness?
     private let group: any EventLoopGroup
     private let logger: Logger
 
@@ -31,11 +32,12 @@ final class MetricsServer: Service, Sendable {
     }
 
     init(listen: String, registry: PrometheusCollectorRegistry, spoolPath: String, capacity: SpoolCapacity,
-         group: any EventLoopGroup, logger: Logger) {
+         readiness: IntakeReadiness? = nil, group: any EventLoopGroup, logger: Logger) {
         self.listen = listen
         self.registry = registry
         self.spoolPath = spoolPath
         self.capacity = capacity
+        self.readiness = readiness
         self.group = group
         self.logger = logger
     }
@@ -45,12 +47,13 @@ final class MetricsServer: Service, Sendable {
             Self.refreshGauges(spoolPath: spoolPath, capacity: capacity)
             return registry.emitToBuffer()
         }
+        let readiness = self.readiness
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(render: render))
+                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(render: render, readiness: readiness))
                 }
             }
         let channel: any Channel
@@ -89,16 +92,18 @@ final class MetricsServer: Service, Sendable {
     }
 }
 
-/// Answers `GET /metrics`; anything else is 404.
+/// Answers `GET /metrics`, and `GET /healthz` and `GET /readyz` (``HealthEndpoint``); anything else is 404.
 private final class MetricsHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let render: @Sendable () -> [UInt8]
+    private let readiness: IntakeReadiness?
     private var head: HTTPRequestHead?
 
-    init(render: @escaping @Sendable () -> [UInt8]) {
+    init(render: @escaping @Sendable () -> [UInt8], readiness: IntakeReadiness?) {
         self.render = render
+        self.readiness = readiness
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -107,12 +112,15 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
         case .body: break
         case .end:
             guard let head else { return }
-            let found = head.method == .GET && (head.uri == "/metrics" || head.uri.hasPrefix("/metrics?"))
-            let body = found ? render() : Array("not found: try GET /metrics\n".utf8)
+            let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+            let health = head.method == .GET ? HealthEndpoint.answer(path: path, readiness: readiness) : nil
+            let found = head.method == .GET && path == "/metrics"
+            let body = health.map { Array($0.body.utf8) } ?? (found ? render() : Array("not found: try GET /metrics, /healthz or /readyz\n".utf8))
+            let status = health.map { HTTPResponseStatus(statusCode: $0.status) } ?? (found ? .ok : .notFound)
             var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
+            headers.add(name: "Content-Type", value: health != nil ? "application/json" : found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
             headers.add(name: "Content-Length", value: "\(body.count)")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: found ? .ok : .notFound, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
             let keepAlive = head.isKeepAlive
             context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in

@@ -49,12 +49,14 @@ public struct AgentDaemon {
             "path": "\(configuration.spool.path)", "durability": "\(configuration.spool.durability.rawValue)",
             "held_bytes": "\(writer.capacity.usedBytes)", "open_files_limit": "\(openFiles)",
         ])
+        let readiness = IntakeReadiness(capacity: writer.capacity)
         let key = APIKeyBox(try loadKey())
         let delivery = try DeliveryService(settings: settings, writer: writer, key: key, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         IntakePriority.yieldToDelivery(group)
         let (ready, readyContinuation) = AsyncStream<Void>.makeStream()
         let intake = IntakeServer(settings: settings, writer: writer, group: group, logger: logger) {
+            readiness.markListening()
             readyContinuation.yield()
             readyContinuation.finish()
         }
@@ -71,7 +73,7 @@ public struct AgentDaemon {
         if let listen = configuration.metrics.listen, let metricsRegistry {
             extra.append(.init(service: MetricsServer(
                 listen: listen, registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity,
-                group: group, logger: logger)))
+                readiness: readiness, group: group, logger: logger)))
         }
         // Started in this order and stopped in reverse: systemd hears STOPPING=1 first, then intake stops
         // (answering what it read), then delivery, then the spool closes.
@@ -80,10 +82,15 @@ public struct AgentDaemon {
                 .init(service: SpoolWriterService(writer: writer)),
                 .init(service: delivery),
                 .init(service: intake),
-                .init(service: HTTPIntakeServer(settings: settings, writer: writer, group: group, logger: logger)),
+                .init(service: HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, group: group, logger: logger)),
                 .init(service: signals),
                 .init(service: notifications),
-            ] + extra,
+            ] + extra + [
+                // Last, so it is the first to hear of a shutdown (readiness goes at once).
+                .init(service: IntakeStateReporter(
+                    capacity: writer.capacity, readiness: readiness, spoolPath: configuration.spool.path,
+                    access: try SpoolAccess(configuration: configuration.spool), logger: logger)),
+            ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {

@@ -231,27 +231,21 @@ public final class SpoolWriter: @unchecked Sendable {
     }
 
     /// The batches, in order, that fit before the disk reserve (``DiskAdmission``); the others are
-    /// refused with 507 here. The refusal is logged when it starts (at most every 10 s), and the end of it.
+    /// refused with 507 here. Whether intake is refused for want of disk goes to ``capacity``, where the
+    /// daemon's reporter logs the start and the end of it (and `status` and the metrics show it).
     private func admitWithinDiskHeadroom(_ batches: [(IntakeBatch, EventLoopPromise<Void>)]) -> [(IntakeBatch, EventLoopPromise<Void>)] {
         let admitted: Int
         let refusal: DiskAdmission.Refusal
         switch diskAdmission.admit(batches.map { $0.0.totalBytes }, connection: connection) {
         case .all(let resumed):
-            if resumed {
-                logger.notice("disk space for the spool is available again; intake resumed", metadata: ["spool": "\(path)"])
-            }
+            if resumed { capacity.diskHasRoom() }
             return batches
         case .part(let count, let reason):
             (admitted, refusal) = (count, reason)
         }
-        let now = ContinuousClock.now
-        if refusal.starts, lastFailureLog.map({ now - $0 > .seconds(10) }) ?? true {
-            lastFailureLog = now
-            logger.error("the disk holding the spool is full: writers get 507 until delivery frees space in the spool", metadata: [
-                "spool": "\(path)", "filesystem_free": "\(refusal.filesystemFree)", "reserve_for_delivery": "\(refusal.reserve)",
-            ])
-        }
-        let rejection = Self.diskFull("\(refusal.filesystemFree) free, \(refusal.reserve) kept for delivery")
+        let figures = "\(refusal.filesystemFree) free, \(refusal.reserve) kept for delivery"
+        capacity.diskIsFull(figures)
+        let rejection = Self.diskFull(figures)
         for (batch, promise) in batches[admitted...] {
             capacity.cancelReservation(batch.totalBytes)
             promise.fail(rejection)
