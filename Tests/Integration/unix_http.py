@@ -1,27 +1,19 @@
-"""HTTP over a Unix stream socket with the standard library: the agent's `[intake] http_socket`."""
+"""HTTP over a Unix stream socket with the standard library (the agent's `[intake] http_socket`), through the
+documented client example's connection class, so the tests and the example share one."""
 from __future__ import annotations
 
-import http.client
 import json
-import socket
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs" / "clients" / "python"))
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a Unix stream socket."""
-
-    def __init__(self, path: str, timeout: float = 30):
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
+from http_client import UnixHTTPConnection  # noqa: E402
 
 
 def request(path: str, method: str, uri: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
     """One request on its own connection: (status, the JSON body)."""
-    conn = UnixHTTPConnection(path)
+    conn = UnixHTTPConnection(path, timeout=30)
     try:
         conn.request(method, uri, body=body, headers=headers or {})
         response = conn.getresponse()
