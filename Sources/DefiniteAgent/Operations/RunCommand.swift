@@ -25,7 +25,7 @@ struct RunCommand: AsyncParsableCommand {
         let format = configuration.log.format
         LoggingSystem.bootstrap { _ in AgentLogHandler(format: format, level: level) }
         let logger = Logger(label: "definite-agent")
-        logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "config": "\(source)"])
+        logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "commit": "\(AgentVersion.commit)", "config": "\(source)"])
         for warning in ConfigurationWarning.all(in: configuration) {
             logger.warning("\(warning.message)", metadata: ["key": "\(warning.key)"])
         }
