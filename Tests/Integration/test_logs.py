@@ -39,6 +39,7 @@ def test_refusals_nobody_is_told_about_are_logged_at_debug_a_line_a_second(tmp_p
     datagrams = str(tmp_path / "agent" / "agent.dgram")
     agent = Agent(tmp_path / "agent", extra_config=f'datagram_socket = "{datagrams}"\n[log]\nlevel = "debug"').start()
     try:
+        started = time.monotonic()
         with agent.connect() as conn:
             for i in range(200):
                 conn.send(b'{"broken": ')  # no ack: the writer may never read the 400 it gets
@@ -49,12 +50,13 @@ def test_refusals_nobody_is_told_about_are_logged_at_debug_a_line_a_second(tmp_p
             for i in range(200):
                 sender.sendto(b'{"config":{"table":"bronze.t","mode":"merge"},"data":{"id":1}}', datagrams)
         time.sleep(1.5)
+        bound = 2 + int(time.monotonic() - started)  # about a line a second, however slow the machine
         log = agent.log()
         lines = [line for line in log.splitlines() if "refused an intake line sent without an ack id" in line]
-        assert 1 <= len(lines) <= 3, lines
+        assert 1 <= len(lines) <= bound, lines
         assert "level=debug" in lines[0] and "code=invalid_json" in lines[0] and "line=1 " in lines[0], lines[0]
         dgram = [line for line in log.splitlines() if 'msg="refused a datagram"' in line]
-        assert 1 <= len(dgram) <= 3 and "code=invalid_config" in dgram[0], dgram
+        assert 1 <= len(dgram) <= bound and "code=invalid_config" in dgram[0], dgram
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]
     quiet = Agent(tmp_path / "quiet").start()

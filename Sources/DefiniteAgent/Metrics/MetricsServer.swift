@@ -113,12 +113,16 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-            let health = head.method == .GET ? HealthEndpoint.answer(path: path, readiness: readiness) : nil
-            let found = head.method == .GET && path == "/metrics"
-            let body = health.map { Array($0.body.utf8) } ?? (found ? render() : Array("not found: try GET /metrics, /healthz or /readyz\n".utf8))
-            let status = health.map { HTTPResponseStatus(statusCode: $0.status) } ?? (found ? .ok : .notFound)
+            let (status, contentType, body): (HTTPResponseStatus, String, [UInt8])
+            if head.method == .GET, let health = HealthEndpoint.answer(path: path, readiness: readiness) {
+                (status, contentType, body) = (HTTPResponseStatus(statusCode: health.status), "application/json", Array(health.body.utf8))
+            } else if head.method == .GET, path == "/metrics" {
+                (status, contentType, body) = (.ok, "text/plain; version=0.0.4; charset=utf-8", render())
+            } else {
+                (status, contentType, body) = (.notFound, "text/plain", Array("not found: try GET /metrics, /healthz or /readyz\n".utf8))
+            }
             var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: health != nil ? "application/json" : found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
+            headers.add(name: "Content-Type", value: contentType)
             headers.add(name: "Content-Length", value: "\(body.count)")
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
