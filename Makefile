@@ -39,8 +39,11 @@ LIVE = $(if $(DESTDIR),,$(shell [ -d /run/systemd/system ] && echo yes))
 
 all: build
 
+# The commit the binary reports in definite_agent_build_info{commit} ("unknown" outside a git checkout).
+COMMIT      ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+
 build:
-	$(SWIFT) build -c release --product definite-agent
+	$(SWIFT) build -c release --product definite-agent -Xcc '-DAGENT_BUILD_COMMIT="$(COMMIT)"'
 
 install:
 	@[ -x "$(BIN)" ] || { echo "error: $(BIN) not found: run 'make build' first (as your user, not root)" >&2; exit 1; }

@@ -28,4 +28,6 @@ int cagent_catch_early_signals(void);
 /// Whether `signo` arrived while only ``cagent_catch_early_signals`` was catching it; forgets it.
 int cagent_take_early_signal(int signo);
 
+#include "cagent_build_info.h"
+
 #endif

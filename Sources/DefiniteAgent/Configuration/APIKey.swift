@@ -21,7 +21,7 @@ public enum APIKeySource {
         environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws(ConfigurationError) -> APIKey? {
         if let path = config.keyFile {
-            return try read(path: path, key: "api.key_file")
+            return try read(path: path, key: "api.key_file", location: config.keyFileLocation)
         }
         if let value = environment["DEFINITE_API_KEY"], !value.trimmingWhitespace().isEmpty {
             return APIKey(secret: value.trimmingWhitespace(), source: "$DEFINITE_API_KEY")
@@ -29,7 +29,7 @@ public enum APIKeySource {
         if let directory = environment["CREDENTIALS_DIRECTORY"] {
             let path = directory + "/api-key"
             if FileManager.default.fileExists(atPath: path) {
-                return try read(path: path, key: nil)
+                return try read(path: path, key: nil, location: nil)
             }
         }
         return nil
@@ -42,16 +42,17 @@ public enum APIKeySource {
         return info.st_mode & 0o077 != 0
     }
 
-    private static func read(path: String, key: String?) throws(ConfigurationError) -> APIKey {
+    private static func read(path: String, key: String?, location: ConfigurationLocation?) throws(ConfigurationError) -> APIKey {
         let contents: String
         do {
             contents = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw ConfigurationError(.unusablePath, key: key, "cannot read the API key file \(path): \(ConfigurationLoader.describe(error))")
+            throw ConfigurationError(.unusablePath, key: key, line: location?.line, file: location?.file,
+                                     "cannot read the API key file \(path): \(ConfigurationLoader.describe(error))")
         }
         let secret = contents.trimmingWhitespace()
         guard !secret.isEmpty else {
-            throw ConfigurationError(.missingKey, key: key, "the API key file \(path) is empty")
+            throw ConfigurationError(.missingKey, key: key, line: location?.line, file: location?.file, "the API key file \(path) is empty")
         }
         return APIKey(secret: secret, source: path)
     }

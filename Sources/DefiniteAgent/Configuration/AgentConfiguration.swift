@@ -9,6 +9,9 @@ public struct AgentConfiguration: Sendable, Equatable {
         public var url = "https://api.definite.app/v2/stream"
         /// A file holding the API key. When unset, `$DEFINITE_API_KEY`, then `$CREDENTIALS_DIRECTORY/api-key`.
         public var keyFile: String?
+        /// Where `key_file` was set, so an error about the key file names that file and line like every
+        /// other configuration error (the key is read after the file, at start and on SIGHUP).
+        public var keyFileLocation: ConfigurationLocation?
         public var timeout = HumanDuration.seconds(30)
     }
 
@@ -30,6 +33,9 @@ public struct AgentConfiguration: Sendable, Equatable {
         /// drain a full disk; intake gets 507 before it would use it. `nil` ("auto"): 5% of the
         /// filesystem's size, at most 64 MiB.
         public var diskReserve: ByteSize?
+        /// A group (name or numeric id) that may read the spool: its files are then `0640` and belong to it.
+        /// `nil`: the daemon's user only (`0600`). See ``SpoolAccess``.
+        public var group: String?
     }
 
     /// `[intake]`: the Unix stream socket local programs write to.
@@ -123,6 +129,8 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// `[log]`: what the daemon writes to stderr.
     public struct Log: Sendable, Equatable {
         public var level = "info"
+        /// `logfmt` (message first, then `key=value`) or `json` (one object per line); see ``AgentLogHandler``.
+        public var format = AgentLogHandler.Format.logfmt
     }
 
     public var api = API()
@@ -140,6 +148,17 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// The defaults configured for `table`, if any.
     public func tableDefaults(for table: String) -> TableDefaults? {
         tables.first { $0.name == table }
+    }
+}
+
+/// A place in a configuration file: the file (when there is one) and the 1-based line.
+public struct ConfigurationLocation: Sendable, Equatable {
+    public var file: String?
+    public var line: Int?
+
+    public init(file: String?, line: Int?) {
+        self.file = file
+        self.line = line
     }
 }
 

@@ -39,6 +39,9 @@ public enum ConfigurationLoader {
             error.file = file
             throw error
         }
+        if config.api.keyFile != nil {
+            config.api.keyFileLocation = ConfigurationLocation(file: file, line: locator.line(section: "api", key: "key_file"))
+        }
         return config
     }
 
@@ -67,6 +70,7 @@ public enum ConfigurationLoader {
             case .size(let size): config.spool.diskReserve = size
             case nil: break
             }
+            config.spool.group = try spool.string("group") ?? config.spool.group
             try spool.finish()
         }
         if var intake = try Section(root, "intake", locator) {
@@ -139,6 +143,7 @@ public enum ConfigurationLoader {
         }
         if var log = try Section(root, "log", locator) {
             config.log.level = try log.choice("level", among: LogLevelName.allNames) ?? config.log.level
+            config.log.format = try log.choice("format") ?? config.log.format
             try log.finish()
         }
     }
@@ -157,6 +162,9 @@ public enum ConfigurationLoader {
 
         guard !config.spool.path.isEmpty else { throw fail("spool", "path", "must not be empty") }
         guard config.spool.maxBytes >= .mebibytes(1) else { throw fail("spool", "max_bytes", "must be at least 1MiB") }
+        if let group = config.spool.group, SpoolAccess.groupID(named: group) == nil {
+            throw fail("spool", "group", "\"\(group)\" is not a group on this machine (see `getent group`)")
+        }
 
         guard !config.intake.socket.isEmpty else { throw fail("intake", "socket", "must not be empty") }
         // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.

@@ -36,6 +36,7 @@ public final class LiveConfiguration: Sendable {
             keep("spool.max_bytes", \.spool.maxBytes)
             keep("spool.durability", \.spool.durability)
             keep("spool.disk_reserve", \.spool.diskReserve)
+            keep("spool.group", \.spool.group)
             keep("intake.socket", \.intake.socket)
             keep("intake.socket_mode", \.intake.socketMode)
             keep("intake.http_socket", \.intake.httpSocket)
@@ -45,6 +46,7 @@ public final class LiveConfiguration: Sendable {
             keep("batch.max_in_flight", \.batch.maxInFlight)
             keep("service.drain_timeout", \.service.drainTimeout)
             keep("log.level", \.log.level)
+            keep("log.format", \.log.format)
             keep("metrics.listen", \.metrics.listen)
             var applied: [String] = []
             func note<T: Equatable>(_ key: String, _ path: KeyPath<AgentConfiguration, T>) {

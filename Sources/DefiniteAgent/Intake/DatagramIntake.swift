@@ -30,7 +30,8 @@ struct DatagramIntakeServer: DaemonPart {
         var timeout = timeval(tv_sec: 0, tv_usec: 200_000)  // how soon the thread notices a stop
         setsockopt(socket.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let receiver = DatagramReceiver(
-            fd: socket.fd, parser: IntakeLineParser(configuration: settings.current), writer: writer, eventLoop: environment.eventLoops.next())
+            fd: socket.fd, parser: IntakeLineParser(configuration: settings.current), writer: writer, eventLoop: environment.eventLoops.next(),
+            logger: environment.logger)
         receiver.start()
         environment.logger.info("listening", metadata: ["part": "\(part)", "on": "\(socket.location)"])
         return Running(socket: socket, receiver: receiver, writer: writer, part: part, logger: environment.logger)
@@ -105,9 +106,11 @@ final class DatagramReceiver: @unchecked Sendable {
     private let eventLoop: any EventLoop
     private let stopping = Atomic<Bool>(false)
     private let inFlight = InFlightLimit(DatagramReceiver.maxBatchesInFlight)
+    private let logger: Logger
 
-    init(fd: Int32, parser: IntakeLineParser, writer: SpoolWriter, eventLoop: any EventLoop) {
+    init(fd: Int32, parser: IntakeLineParser, writer: SpoolWriter, eventLoop: any EventLoop, logger: Logger) {
         self.fd = fd
+        self.logger = logger
         self.parser = parser
         self.writer = writer
         self.eventLoop = eventLoop
@@ -139,6 +142,7 @@ final class DatagramReceiver: @unchecked Sendable {
                 guard n <= buffer.count else {
                     counters.add(rejected: 1)
                     AgentMetrics.rejected(.lineTooLong).increment()
+                    logRefusal(IntakeRejection(status: 413, code: .lineTooLong, message: "the datagram is \(n) bytes; at most \(Self.maxDatagramBytes) are taken"))
                     continue
                 }
                 var length = n
@@ -152,9 +156,11 @@ final class DatagramReceiver: @unchecked Sendable {
                     batch.counts[accepted.targetIndex] -= accepted.records
                     counters.add(dropped: 1)
                     AgentMetrics.rejected(.spoolFull).increment()
+                    logRefusal(IntakeRejection(status: 507, code: .spoolFull, message: "the spool is full ([spool] max_bytes); the datagram was dropped"))
                 case .failure(let rejection):
                     counters.add(rejected: 1)
                     AgentMetrics.rejected(rejection.code).increment()
+                    logRefusal(rejection)
                 }
             }
             guard requests > 0 else { continue }
@@ -172,6 +178,18 @@ final class DatagramReceiver: @unchecked Sendable {
         }
         // Let the last batches commit before the counters are written for good.
         inFlight.waitUntilEmpty()
+    }
+
+    /// At most one debug line a second about refused datagrams: they are never answered, so the log is
+    /// where an operator can see why.
+    private let refusalLog = LogRateLimiter(interval: .seconds(1))
+
+    private func logRefusal(_ rejection: IntakeRejection) {
+        guard logger.logLevel <= .debug, let heldBack = refusalLog.admit() else { return }
+        logger.debug("refused a datagram", metadata: [
+            "status": "\(rejection.status)", "code": "\(rejection.code)", "error": "\(rejection.message)",
+            "similar_datagrams_not_logged": "\(heldBack)",
+        ])
     }
 }
 

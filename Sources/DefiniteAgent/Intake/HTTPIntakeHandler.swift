@@ -15,15 +15,17 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private let configuration: AgentConfiguration
     private let writer: SpoolWriter
+    private let readiness: IntakeReadiness?
     private let logger: Logger
     private var head: HTTPRequestHead?
     private var body = ByteBuffer()
     /// Set once this request was answered early (auth, route, size): the rest of it is ignored.
     private var answered = false
 
-    init(configuration: AgentConfiguration, writer: SpoolWriter, logger: Logger) {
+    init(configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil, logger: Logger) {
         self.configuration = configuration
         self.writer = writer
+        self.readiness = readiness
         self.logger = logger
     }
 
@@ -53,8 +55,12 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The answer to give before reading the body, if any.
     private func check(_ head: HTTPRequestHead) -> Answer? {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        // Probes carry no token: the answers say nothing a local user could not learn otherwise.
+        if head.method == .GET, let health = HealthEndpoint.answer(path: path, readiness: readiness) {
+            return Answer(status: HTTPResponseStatus(statusCode: health.status), body: health.body, isProbe: true)
+        }
         guard path == "/v2/stream" else {
-            return Answer(status: .notFound, body: Self.errorBody("not found: the local Stream API serves POST /v2/stream", table: nil))
+            return Answer(status: .notFound, body: Self.errorBody("not found: the local Stream API serves POST /v2/stream, GET /healthz and GET /readyz", table: nil))
         }
         guard head.method == .POST else {
             return Answer(status: .methodNotAllowed, body: Self.errorBody("use POST", table: nil))
@@ -102,6 +108,12 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             result = parser.target(query: query).flatMap { target in
                 bytes.withUnsafeBytes { parser.parse(ndjson: $0, target: target, into: &batch) }
             }
+        } else if bytes.first(where: { !Self.isWhitespace($0) }) == UInt8(ascii: "[") {
+            // A bare array of rows, config in the query parameters (Fluent Bit's `format json`, Vector).
+            wait = query["wait"] == "true"
+            result = parser.target(query: query).flatMap { target in
+                bytes.withUnsafeBytes { parser.parse(array: $0, target: target, into: &batch) }
+            }
         } else {
             wait = bytes.withUnsafeBytes { raw in
                 (try? JSONValue.parse(raw, maxDepth: 64))?["config"]?["wait"] == .bool(true)
@@ -142,6 +154,8 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         var body: String
         var headers: [(String, String)] = []
         var close = false
+        /// The answer to a health probe: not a refused request, whatever its status.
+        var isProbe = false
     }
 
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, _ answer: Answer, close: Bool) {
@@ -157,7 +171,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
             if closing { context.close(promise: nil) }
         }
-        if !answer.status.code.description.hasPrefix("2") {
+        if !answer.isProbe, !answer.status.code.description.hasPrefix("2") {
             AgentMetrics.rejected(IntakeRejection.Code(rawValue: "http_\(answer.status.code)")).increment()
         }
     }
@@ -184,6 +198,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     static func requestID() -> String {
         "agent_" + String(UInt64.random(in: 0..<(1 << 48)), radix: 16)
+    }
+
+    private static func isWhitespace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D
     }
 
     static func queryItems(_ uri: String) -> [String: String] {

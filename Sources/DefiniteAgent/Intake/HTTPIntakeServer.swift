@@ -12,17 +12,19 @@ import NIOPosix
 struct HTTPIntakeServer: ConnectionPipeline {
     let settings: LiveConfiguration
     let writer: SpoolWriter
+    /// Answers `GET /readyz` (nil: always ready).
+    var readiness: IntakeReadiness?
     let logger: Logger
 
     var backlog: Int32 { 256 }
 
     func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
-        let (settings, writer, logger) = (settings, writer, logger)
+        let (settings, writer, readiness, logger) = (settings, writer, readiness, logger)
         return bootstrap.childChannelInitializer { channel in
             let configuration = settings.current
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(configuration: configuration, writer: writer, logger: logger))
+                try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(configuration: configuration, writer: writer, readiness: readiness, logger: logger))
             }
         }
     }

@@ -314,10 +314,9 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
                     switch (entry, outcome) {
                     case (.accepted(let ack, let records), .success):
                         IntakeReply.write(ack: bytes(ack), line: line, result: .success(Int(records)), to: &buffer)
-                    case (.accepted(let ack, _), .failure(let rejection)):
+                    case (.accepted(let ack, _), .failure(let rejection)), (.refused(let ack, let rejection), _):
                         IntakeReply.write(ack: bytes(ack), line: line, result: .failure(rejection), to: &buffer)
-                    case (.refused(let ack, let rejection), _):
-                        IntakeReply.write(ack: bytes(ack), line: line, result: .failure(rejection), to: &buffer)
+                        if ack.length < 0 { logRefusalWithoutAck(line: line, rejection) }
                     }
                 }
             }
@@ -330,6 +329,18 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         } else {
             resumeReadingIfPossible(context: context)
         }
+    }
+
+    /// One debug line a second, for all connections, about lines refused that carried no ack id: their
+    /// writers often do not read replies, so the log is where an operator can see why records went missing.
+    private static let refusalLog = LogRateLimiter(interval: .seconds(1))
+
+    private func logRefusalWithoutAck(line: Int, _ rejection: IntakeRejection) {
+        guard logger.logLevel <= .debug, let heldBack = Self.refusalLog.admit() else { return }
+        logger.debug("refused an intake line sent without an ack id", metadata: [
+            "line": "\(line)", "status": "\(rejection.status)", "code": "\(rejection.code)", "error": "\(rejection.message)",
+            "similar_lines_not_logged": "\(heldBack)",
+        ])
     }
 
     /// Metrics for one answered burst: records spooled, refusals by reason.

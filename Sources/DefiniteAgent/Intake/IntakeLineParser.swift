@@ -74,8 +74,38 @@ public struct IntakeLineParser {
                 batch.records[appended.index].removeSubrange(appended.length...)
                 batch.counts[appended.index] = appended.count
             }
+            if ack == nil, Self.isRefusedForWhatItSays(error) { ack = Self.ackRange(afterRefusalOf: line) }
             return ParsedLine(ackRange: ack, result: .failure(error))
         }
+    }
+
+    /// Whether `rejection` refuses what a well-formed line says (its config, rows, sizes, depth) rather than
+    /// the line not being JSON: such a line is answered with its ack id wherever the `"ack"` member stands.
+    private static func isRefusedForWhatItSays(_ rejection: IntakeRejection) -> Bool {
+        rejection.code != .invalidJSON && rejection.code != .invalidUTF8
+    }
+
+    /// The `"ack"` of a line refused before its `"ack"` member was reached (`{"data":…,"config":{bad},
+    /// "ack":"7"}`, the order Python's `json.dumps` gives a dict built that way): the line's top-level
+    /// members are skipped by their outline, without the limits that refused it. `nil` when there is none,
+    /// or when the line turns out not to be JSON before one is found.
+    static func ackRange(afterRefusalOf line: UnsafeRawBufferPointer) -> Range<Int>? {
+        var scanner = JSONScanner(line)
+        var found: Range<Int>?
+        do {
+            try scanner.beginObject()
+            while let name = try scanner.nextMember() {
+                if scanner.string(name, is: "ack"), scanner.peek() == UInt8(ascii: "\"") {
+                    let value = try scanner.scanString()
+                    found = value.start..<value.end
+                } else {
+                    try scanner.skipValueOutline()
+                }
+            }
+        } catch {
+            // Not JSON past this point: an ack found before it is still a valid JSON string.
+        }
+        return found
     }
 
     public mutating func parse(line: [UInt8], into batch: inout IntakeBatch) -> ParsedLine {
@@ -139,11 +169,31 @@ public struct IntakeLineParser {
         return .success(.init(targetIndex: index, records: rows, bytes: batch.records[index].count - before))
     }
 
-    /// The target an NDJSON request's query parameters name (`table`, `mode`, `primary_key`, `tags`).
+    /// Parses a bare JSON array of rows (`[{…},{…}]`), all for `target` (whose config came with the
+    /// request's query parameters): what Fluent Bit's `out_http` sends with `format json`, and Vector's
+    /// `http` sink with its JSON codec. The same rules and limits as `data` in a request body; all rows or none.
+    public func parse(array body: UnsafeRawBufferPointer, target: SpoolTarget, into batch: inout IntakeBatch) -> Result<ParsedLine.Accepted, IntakeRejection> {
+        let index = batch.index(for: target)
+        let before = (batch.records[index].count, batch.counts[index])
+        var scanner = JSONScanner(body)
+        do throws(IntakeRejection) {
+            let accepted = try appendRows(&scanner, target: target, index: index, into: &batch)
+            scanner.skipWhitespace()
+            guard scanner.isAtEnd else { throw Self.rejection(for: scanner.unexpected("the end of the body after the array"), row: nil) }
+            return .success(accepted)
+        } catch {
+            batch.records[index].removeSubrange(before.0...)
+            batch.counts[index] = before.1
+            return .failure(error)
+        }
+    }
+
+    /// The target a request's query parameters name (`table`, `mode`, `primary_key`, `tags`): the config of
+    /// an NDJSON body or of a bare JSON array.
     public func target(query: [String: String]) -> Result<SpoolTarget, IntakeRejection> {
         Result { () throws(IntakeRejection) in
             guard let table = query["table"], !table.isEmpty else {
-                throw IntakeRejection.invalidConfig("the table query parameter is required for an NDJSON body (?table=ns.table)")
+                throw IntakeRejection.invalidConfig("the table query parameter is required for an NDJSON body or a JSON array (?table=ns.table)")
             }
             var mode: AgentConfiguration.Mode?
             if let text = query["mode"] {

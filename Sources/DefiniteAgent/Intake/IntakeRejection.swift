@@ -22,6 +22,12 @@ public struct IntakeRejection: Error, Sendable, Equatable, CustomStringConvertib
         public static let spoolFull = Code(rawValue: "spool_full")
         public static let storageFailed = Code(rawValue: "storage_failed")
         public static let shuttingDown = Code(rawValue: "shutting_down")
+
+        /// Every code intake gives, in the README's order.
+        public static let all: [Code] = [
+            .invalidJSON, .invalidUTF8, .tooDeep, .invalidRow, .missingPrimaryKey, .invalidTable, .fieldTooLarge,
+            .tooManyRows, .lineTooLong, .invalidConfig, .spoolFull, .storageFailed, .shuttingDown,
+        ]
     }
 
     public var status: Int

@@ -102,6 +102,45 @@ struct JSONScanner {
         }
     }
 
+    /// Skips one value by its outline only: strings are scanned and validated (so a bracket inside one
+    /// does not count), brackets are matched at any depth, and nothing else is checked. It keeps no stack
+    /// and does not recurse, so no nesting is too deep for it.
+    ///
+    /// For a line already refused for what it says (too deep, a bad config, …): the members after the
+    /// point of refusal can still be found, e.g. its `"ack"`. The span it skips is exact for valid JSON.
+    mutating func skipValueOutline() throws(JSONScanError) {
+        skipWhitespace()
+        guard let first = peek() else { throw unexpected("a value") }
+        switch first {
+        case UInt8(ascii: "\""):
+            _ = try scanString()
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            var depth = 0
+            repeat {
+                guard let byte = peek() else { throw unexpected("the end of a value") }
+                switch byte {
+                case UInt8(ascii: "\""): _ = try scanString()
+                case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1; position += 1
+                case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1; position += 1
+                default: position += 1
+                }
+            } while depth > 0
+        default:
+            // A number or a literal: up to the next delimiter.
+            let start = position
+            while let byte = peek(), !Self.endsScalar(byte) { position += 1 }
+            guard position > start else { throw unexpected("a value") }
+        }
+    }
+
+    @inline(__always)
+    private static func endsScalar(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: ","), UInt8(ascii: "}"), UInt8(ascii: "]"), 0x20, 0x09, 0x0A, 0x0D: true
+        default: false
+        }
+    }
+
     private mutating func skipContainer(object: Bool, depth: Int, maxDepth: Int) throws(JSONScanError) {
         guard depth <= maxDepth else {
             throw error("nesting depth exceeds \(maxDepth)", kind: .tooDeep)

@@ -34,6 +34,28 @@ enum AgentMetrics {
 
     /// Bytes the spool holds (pending plus dead letters), against `[spool] max_bytes`.
     static let spoolBytes = Gauge(label: "definite_agent_spool_bytes")
+    /// `[spool] max_bytes`, to alert on `spool_bytes / spool_max_bytes`.
+    static let spoolMaxBytes = Gauge(label: "definite_agent_spool_max_bytes")
+    /// 1 while intake is refused for want of room, by reason (`max_bytes`, `disk_reserve`); else 0.
+    static func intakeRefusing(_ reason: IntakeRefusal.Reason) -> Gauge {
+        Gauge(label: "definite_agent_intake_refusing", dimensions: [("reason", reason.rawValue)])
+    }
+    /// Always 1; the labels say which build runs.
+    static let buildInfo = Gauge(label: "definite_agent_build_info", dimensions: [("version", AgentVersion.current), ("commit", AgentVersion.commit)])
+
+    /// Makes every counter and labelled gauge a dashboard or alert relies on appear at once, at 0 (a
+    /// Prometheus `rate()` or `absent()` alert needs the series before its first event), and records the
+    /// build and `max_bytes`. Call once metrics are bootstrapped.
+    static func announce(spoolMaxBytes limit: Int) {
+        for code in IntakeRejection.Code.all { rejected(code).increment(by: 0) }
+        for counter in [linesReceived, recordsSpooled, retries, recordsDelivered, recordsDeadLettered,
+                        datagramsReceived, datagramsRejected, datagramsDropped, bytesUncompressed, bytesSent] {
+            counter.increment(by: 0)
+        }
+        for reason in IntakeRefusal.Reason.allCases { intakeRefusing(reason).record(0) }
+        spoolMaxBytes.record(limit)
+        buildInfo.record(1)
+    }
     static func pendingRows(_ table: String) -> Gauge {
         Gauge(label: "definite_agent_pending_rows", dimensions: [("table", table)])
     }

@@ -18,6 +18,8 @@ struct MetricsServer: ConnectionPipeline {
     let spoolPath: String
     let capacity: SpoolCapacity
     let blocking: NIOThreadPool
+    /// Answers `GET /readyz` (nil: always ready).
+    var readiness: IntakeReadiness?
 
     /// Bootstraps swift-metrics with Prometheus. Call once, before any instrument is used.
     static func bootstrap() -> PrometheusCollectorRegistry {
@@ -45,11 +47,11 @@ struct MetricsServer: ConnectionPipeline {
             Self.refreshGauges(spoolPath: spoolPath, capacity: capacity)
             return registry.emitToBuffer()
         }
-        let blocking = self.blocking
+        let (blocking, readiness) = (self.blocking, self.readiness)
         return bootstrap.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(blocking: blocking, render: render))
+                try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(blocking: blocking, render: render, readiness: readiness))
             }
         }
     }
@@ -71,20 +73,22 @@ struct MetricsServer: ConnectionPipeline {
     }
 }
 
-/// Answers `GET /metrics` (rendered on the blocking pool, then written from the event loop); anything
-/// else is 404. Requests on one connection are answered in order (NIO's HTTP pipeline holds the next one
-/// until a response ends).
+/// Answers `GET /metrics` (rendered on the blocking pool, then written from the event loop), and
+/// `GET /healthz` and `GET /readyz` (``HealthEndpoint``); anything else is 404. Requests on one connection
+/// are answered in order (NIO's HTTP pipeline holds the next one until a response ends).
 private final class MetricsHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let blocking: NIOThreadPool
     private let render: @Sendable () -> [UInt8]
+    private let readiness: IntakeReadiness?
     private var head: HTTPRequestHead?
 
-    init(blocking: NIOThreadPool, render: @escaping @Sendable () -> [UInt8]) {
+    init(blocking: NIOThreadPool, render: @escaping @Sendable () -> [UInt8], readiness: IntakeReadiness?) {
         self.blocking = blocking
         self.render = render
+        self.readiness = readiness
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -94,8 +98,15 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            guard head.method == .GET, head.uri == "/metrics" || head.uri.hasPrefix("/metrics?") else {
-                respond(context: context, to: head, status: .notFound, contentType: "text/plain", body: Array("not found: try GET /metrics\n".utf8))
+            let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+            if head.method == .GET, let health = HealthEndpoint.answer(path: path, readiness: readiness) {
+                respond(context: context, to: head, status: HTTPResponseStatus(statusCode: health.status), contentType: "application/json",
+                        body: Array(health.body.utf8))
+                return
+            }
+            guard head.method == .GET, path == "/metrics" else {
+                respond(context: context, to: head, status: .notFound, contentType: "text/plain",
+                        body: Array("not found: try GET /metrics, /healthz or /readyz\n".utf8))
                 return
             }
             blocking.runIfActive(eventLoop: context.eventLoop, render).assumeIsolated().whenComplete { result in

@@ -14,7 +14,10 @@ struct ConfigCheckCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
         abstract: "Validate the configuration and print the effective settings (the API key is redacted).",
-        discussion: "Exits 0 when the configuration is usable and 78 (EX_CONFIG) when it is not.")
+        discussion: """
+            Exits 0 when the configuration is usable (risky settings are printed as warnings on stderr and as \
+            comments in the output) and 78 (EX_CONFIG) when it is not.
+            """)
 
     @OptionGroup var global: GlobalOptions
 
@@ -32,7 +35,10 @@ struct ConfigCheckCommand: AsyncParsableCommand {
             printError("error: \(problem)")
             throw ExitCode(ConfigurationError.exitCode)
         }
+        let warnings = ConfigurationWarning.all(in: configuration)
+        for warning in warnings { printError("warning: \(warning)") }
         print("# effective configuration, from \(source)")
+        for warning in warnings { print("# warning: \(warning)") }
         print(EffectiveConfiguration.render(configuration, apiKey: key))
     }
 }
@@ -41,6 +47,10 @@ struct ConfigCheckCommand: AsyncParsableCommand {
 enum EffectiveConfiguration {
     static func render(_ c: AgentConfiguration, apiKey: String) -> String {
         func q(_ s: String) -> String { JSONCompactor.quote(s) }
+        let diskReserve: String = c.spool.diskReserve.map { "disk_reserve = \(q($0.description))" }
+            ?? "disk_reserve = \"auto\"  # 5% of the spool's filesystem, at most 64MiB"
+        let group: String = c.spool.group.map { "group = \(q($0))  # the spool's files are 0640, readable by this group" }
+            ?? "# group not set: the spool's files are 0600, readable by the daemon's user only"
         var lines = [
             "[api]",
             "url = \(q(c.api.url))",
@@ -52,6 +62,8 @@ enum EffectiveConfiguration {
             "path = \(q(c.spool.path))",
             "max_bytes = \(q(c.spool.maxBytes.description))",
             "durability = \(q(c.spool.durability.rawValue))",
+            diskReserve,
+            group,
             "",
             "[intake]",
         ]
@@ -66,7 +78,9 @@ enum EffectiveConfiguration {
         lines.append("http_socket = \(q(c.intake.httpSocket))")
         lines.append(optional("http_listen", c.intake.httpListen))
         lines.append("http_allow_remote = \(c.intake.httpAllowRemote)")
-        lines.append(c.intake.httpToken == nil ? "# http_token not set" : "# http_token = <redacted>")
+        lines.append(c.intake.httpToken == nil
+            ? "# http_token not set\(c.intake.httpListen == nil ? "" : ": anyone who can reach http_listen can write records")"
+            : "# http_token = <redacted>")
         lines.append(optional("datagram_socket", c.intake.datagramSocket))
         lines.append("")
         for table in c.tables {
@@ -98,6 +112,7 @@ enum EffectiveConfiguration {
             "",
             "[log]",
             "level = \(q(c.log.level))",
+            "format = \(q(c.log.format.rawValue))",
         ]
         return lines.joined(separator: "\n")
     }

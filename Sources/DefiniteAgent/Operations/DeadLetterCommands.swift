@@ -8,6 +8,14 @@ struct DeadLetterCommand: AsyncParsableCommand {
         abstract: "Inspect, replay, export and purge dead-lettered rows (safe while the daemon runs).",
         subcommands: [List.self, Show.self, Replay.self, Purge.self, Export.self])
 
+    /// Ends the command with exit 1 when the ids it was given are not all in the queue (as `dlq show` does).
+    static func refuseMissing(_ missing: [Int64], doing verb: String) throws {
+        guard !missing.isEmpty else { return }
+        let list = missing.map(String.init).joined(separator: ", ")
+        printError("error: nothing \(verb): no dead letter with id \(list) (see dlq list)")
+        throw ExitCode(1)
+    }
+
     static func timestamp(_ date: Date) -> String {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime]
@@ -107,6 +115,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path
             let outcome = try await reportingErrors { try DeadLetterStore(path: path).replay(selection.value, includeWritten: includeWritten) }
+            try DeadLetterCommand.refuseMissing(outcome.missing, doing: "replayed")
             guard outcome.refusedPartial.isEmpty else {
                 let list = outcome.refusedPartial.map { "\($0.id) (\($0.rows) rows)" }.joined(separator: ", ")
                 printError("""
@@ -142,8 +151,9 @@ struct DeadLetterCommand: AsyncParsableCommand {
             let path = try global.loadConfiguration().0.spool.path
             let selection: DeadLetterStore.Selection =
                 !ids.isEmpty ? .ids(ids) : table.map { .table($0) } ?? (all ? .all : .olderThan(HumanDuration(parsing: olderThan!)!.seconds))
-            let (entries, rows) = try await reportingErrors { try DeadLetterStore(path: path).purge(selection) }
-            print("purged \(entries) entries (\(rows) rows)")
+            let outcome = try await reportingErrors { try DeadLetterStore(path: path).purge(selection) }
+            try DeadLetterCommand.refuseMissing(outcome.missing, doing: "purged")
+            print("purged \(outcome.entries) entries (\(outcome.rows) rows)")
         }
     }
 
@@ -176,8 +186,12 @@ struct QueueCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The oldest pending rows of each target, with their age and batch state.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Only this table.") var table: String?
-        @Option(help: "Rows per target.") var limit = 10
+        @Option(help: "Rows per target (at least 1).") var limit = 10
         @Flag(help: "One JSON object per line.") var json = false
+
+        func validate() throws {
+            guard limit >= 1 else { throw ValidationError("--limit must be at least 1") }
+        }
 
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path

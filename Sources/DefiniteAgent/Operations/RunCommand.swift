@@ -6,7 +6,7 @@ import Logging
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
-        abstract: "Run the agent in the foreground (logs go to stderr, one line per event).")
+        abstract: "Run the agent in the foreground (logs go to stderr, one line per event, as [log] format says).")
 
     @OptionGroup var global: GlobalOptions
 
@@ -23,13 +23,13 @@ struct RunCommand: AsyncParsableCommand {
         AgentDaemon.catchEarlySignals()
         let (configuration, source) = try global.loadConfiguration()
         let level = Logger.Level(name: logLevel ?? configuration.log.level)
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let format = configuration.log.format
+        LoggingSystem.bootstrap { _ in AgentLogHandler(format: format, level: level) }
         let logger = Logger(label: "definite-agent")
-        logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "config": "\(source)"])
+        logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "commit": "\(AgentVersion.commit)", "config": "\(source)"])
+        for warning in ConfigurationWarning.all(in: configuration) {
+            logger.warning("\(warning.message)", metadata: ["key": "\(warning.key)"])
+        }
         try await reportingErrors {
             try await AgentDaemon(configuration: configuration, configurationPath: global.configurationPath, logger: logger).run()
         }

@@ -118,12 +118,14 @@ public struct AgentDaemon: Sendable {
         let writer = try await blocking.runIfActive {
             try SpoolWriter(
                 path: configuration.spool.path, durability: configuration.spool.durability,
-                maxBytes: configuration.spool.maxBytes.bytes, diskReserve: configuration.spool.diskReserve?.bytes, logger: logger)
+                maxBytes: configuration.spool.maxBytes.bytes, diskReserve: configuration.spool.diskReserve?.bytes,
+                access: try SpoolAccess(configuration: configuration.spool), logger: logger)
         }
         logger.info("spool open", metadata: [
             "path": "\(configuration.spool.path)", "durability": "\(configuration.spool.durability.rawValue)",
             "held_bytes": "\(writer.capacity.usedBytes)", "open_files_limit": "\(openFiles)",
         ])
+        let readiness = IntakeReadiness(capacity: writer.capacity)
         let key = APIKeyBox(try await blocking.runIfActive { try loadKey() })
         let delivery = try await blocking.runIfActive { try DeliveryService(settings: settings, writer: writer, key: key, logger: logger) }
         let passedSockets = takePassedSockets()
@@ -147,21 +149,25 @@ public struct AgentDaemon: Sendable {
             case .lineSocket(let path):
                 return listener(kind, address(.intake, path: path), IntakeServer(settings: settings, writer: writer, logger: logger))
             case .httpSocket(let path):
-                return listener(kind, address(.http, path: path), HTTPIntakeServer(settings: settings, writer: writer, logger: logger))
+                return listener(kind, address(.http, path: path), HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, logger: logger))
             case .httpAddress(let listen):
                 return listener(kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
-                                HTTPIntakeServer(settings: settings, writer: writer, logger: logger))
+                                HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, logger: logger))
             case .datagramSocket(let path):
                 return DatagramIntakeServer(
                     part: kind, address: address(.datagram, path: path), settings: settings, writer: writer, environment: environment)
             case .metrics(let listen):
                 guard let metricsRegistry else { preconditionFailure("metrics are bootstrapped whenever [metrics] listen is set") }
                 return listener(kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
-                                MetricsServer(registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity, blocking: blocking))
+                                MetricsServer(registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity,
+                                              blocking: blocking, readiness: readiness))
             case .operatorSignals:
                 return SignalService(
                     configurationPath: configurationPath, settings: settings, key: key, delivery: delivery.loop,
                     notifier: notifier, blocking: blocking, logger: logger)
+            case .intakeState:
+                return IntakeStateReporter(capacity: writer.capacity, readiness: readiness, spoolPath: configuration.spool.path,
+                                           access: try SpoolAccess(configuration: configuration.spool), logger: logger)
             case .notifier:
                 return NotifyService(
                     notifier: notifier, writer: writer, delivery: delivery.loop, configuration: configuration, blocking: blocking, logger: logger)

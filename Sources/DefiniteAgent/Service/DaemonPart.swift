@@ -19,6 +19,8 @@ enum DaemonPartKind: Hashable, Sendable, CustomStringConvertible {
     case datagramSocket(String)
     case metrics(String)
     case operatorSignals
+    /// Readiness, refusal reports and the state file `status` reads.
+    case intakeState
     case notifier
 
     /// The parts `configuration` asks for, in start order.
@@ -28,7 +30,7 @@ enum DaemonPartKind: Hashable, Sendable, CustomStringConvertible {
         if let listen = configuration.intake.httpListen { parts.append(.httpAddress(listen)) }
         if let path = configuration.intake.datagramSocket { parts.append(.datagramSocket(path)) }
         if let listen = configuration.metrics.listen { parts.append(.metrics(listen)) }
-        return parts + [.operatorSignals, .notifier]
+        return parts + [.operatorSignals, .intakeState, .notifier]
     }
 
     /// The part as an operator knows it from the configuration, for logs and errors.
@@ -43,6 +45,7 @@ enum DaemonPartKind: Hashable, Sendable, CustomStringConvertible {
         case .datagramSocket(let path): "datagram socket \(path)"
         case .metrics(let listen): "metrics endpoint \(listen)"
         case .operatorSignals: "operator signals"
+        case .intakeState: "intake state reporter"
         case .notifier: "systemd notifier"
         }
     }

@@ -133,19 +133,48 @@ public struct DeadLetterStore {
         public var rows = 0
         /// Partial entries selected without `includeWritten` (id, rows): nothing was replayed.
         public var refusedPartial: [(id: Int64, rows: Int)] = []
+        /// Ids the selection names that are not in the dead-letter queue: nothing was replayed.
+        public var missing: [Int64] = []
 
         public static func == (lhs: Replay, rhs: Replay) -> Bool {
             lhs.entries == rhs.entries && lhs.rows == rhs.rows && lhs.refusedPartial.map(\.id) == rhs.refusedPartial.map(\.id)
+                && lhs.missing == rhs.missing
         }
+    }
+
+    /// What ``purge(_:)`` did.
+    public struct Purge: Sendable, Equatable {
+        public var entries = 0
+        public var rows = 0
+        /// Ids the selection names that are not in the dead-letter queue: nothing was purged.
+        public var missing: [Int64] = []
+    }
+
+    /// The ids `selection` names that no entry has (none unless it names ids), in the order given.
+    private static func missingIDs(_ selection: Selection, db: SQLiteConnection) throws -> [Int64] {
+        guard case .ids(let ids) = selection else { return [] }
+        let exists = try db.prepared("SELECT 1 FROM dead_letters WHERE id = ?1")
+        defer { exists.reset() }
+        var missing: [Int64] = []
+        for id in ids {
+            exists.bind(1, id)
+            if try !exists.step() { missing.append(id) }
+            exists.reset()
+        }
+        return missing
     }
 
     /// Puts the selected entries' rows back at the end of their target's queue, in their original order,
     /// and removes the entries — all in one transaction.
     ///
     /// - Important: A partial entry also holds rows the API wrote; replaying it writes them again. Unless
-    ///   `includeWritten` is set, a selection with a partial entry replays nothing and names them.
+    ///   `includeWritten` is set, a selection with a partial entry replays nothing and names them. A
+    ///   selection naming an id that is not in the queue replays nothing either (a mistyped id is not a
+    ///   success).
     public func replay(_ selection: Selection, includeWritten: Bool = false) throws(SpoolError) -> Replay {
         try withDatabase(write: true) { db in
+            let missing = try Self.missingIDs(selection, db: db)
+            guard missing.isEmpty else { return Replay(missing: missing) }
             let (clause, bind) = selection.sql
             let select = try db.prepared("""
                 SELECT d.id, d.target_id, d.record_count, d.records, d.partial, d.tags FROM dead_letters d
@@ -200,14 +229,17 @@ public struct DeadLetterStore {
         return result
     }
 
-    /// Deletes the selected entries for good. Returns (entries, rows) purged.
-    public func purge(_ selection: Selection) throws(SpoolError) -> (entries: Int, rows: Int) {
+    /// Deletes the selected entries for good. A selection naming an id that is not in the queue purges
+    /// nothing and names it.
+    public func purge(_ selection: Selection) throws(SpoolError) -> Purge {
         try withDatabase(write: true) { db in
+            let missing = try Self.missingIDs(selection, db: db)
+            guard missing.isEmpty else { return Purge(missing: missing) }
             let (clause, bind) = selection.sql
             let count = try db.prepared("SELECT count(*), coalesce(sum(d.record_count), 0) FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause)")
             bind(count)
             _ = try count.step()
-            let result = (count.int(0), count.int(1))
+            let result = Purge(entries: count.int(0), rows: count.int(1))
             count.reset()
             let delete = try db.prepared("DELETE FROM dead_letters WHERE id IN (SELECT d.id FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause))")
             bind(delete)

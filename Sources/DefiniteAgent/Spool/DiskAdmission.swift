@@ -8,18 +8,16 @@ import Logging
 struct DiskAdmission {
     /// What may be committed now.
     enum Outcome {
-        /// Every batch fits; `resumed` when this ends a refusal (worth a log line).
+        /// Every batch fits; `resumed` when this ends a refusal.
         case all(resumed: Bool)
         /// Only the first `count` batches fit; the others are refused.
         case part(count: Int, Refusal)
     }
 
-    /// Why a commit, or its tail, was refused: the figures for the writer's reply and log.
+    /// Why a commit, or its tail, was refused: the figures for the writer's reply and for `status`.
     struct Refusal: Error {
         var filesystemFree: String
         var reserve: String
-        /// First refusal since intake last had room: worth a log line.
-        var starts: Bool
     }
 
     private let headroom: DiskHeadroom
@@ -74,8 +72,7 @@ struct DiskAdmission {
         }
         let refusal = Refusal(
             filesystemFree: measurement.map { ByteSize(bytes: $0.filesystemFree).approximate } ?? "little",
-            reserve: measurement.map { ByteSize(bytes: headroom.reserve(filesystemSize: $0.filesystemSize)).approximate } ?? "the reserve",
-            starts: !isRefusing)
+            reserve: measurement.map { ByteSize(bytes: headroom.reserve(filesystemSize: $0.filesystemSize)).approximate } ?? "the reserve")
         isRefusing = true
         return .part(count: admitted, refusal)
     }

@@ -26,7 +26,7 @@ public enum QueuePeek {
             targets.reset()
             let now = Date().timeIntervalSince1970
             var rows: [Row] = []
-            for (id, name, delivered) in list {
+            for (id, name, delivered) in list where limit > 0 {
                 var batches: [(Range<Int64>, String, Int, Int?, String?)] = []
                 let open = try db.prepared("SELECT first_seq, end_seq, id, attempts, last_status, last_error FROM batches WHERE target_id = ?1")
                 open.bind(1, id)

@@ -13,10 +13,16 @@ enum SpoolDatabase {
     ///   commit that returned survives power loss.
     /// - `durability == .normal`: `synchronous=NORMAL`; a commit survives `kill -9` (it is in the WAL),
     ///   but the last commits may be lost on power loss.
-    static func openForWriting(path: String, durability: AgentConfiguration.Durability) throws(SpoolError) -> SQLiteConnection {
+    ///
+    /// The spool's files get `access` (``SpoolAccess``) before SQLite opens them; what had to change on an
+    /// existing spool is returned, for the log.
+    static func openForWriting(
+        path: String, durability: AgentConfiguration.Durability, access: SpoolAccess = .ownerOnly
+    ) throws(SpoolError) -> (connection: SQLiteConnection, accessChanges: [SpoolAccess.Change]) {
         try checkNotForeign(path: path)
-        return try mapErrors(path: path, .cannotOpen) {
-            try createParentDirectory(of: path)
+        try mapErrors(path: path, .cannotOpen) { try createParentDirectory(of: path) }
+        let accessChanges = try access.prepare(spoolAt: path)
+        let connection = try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readWrite)
             try db.execute("PRAGMA busy_timeout = 10000")
             // SQLite falls back to read-only when it cannot write (a read-only mount or directory, a file
@@ -47,6 +53,7 @@ enum SpoolDatabase {
             try migrate(db, path: path)
             return db
         }
+        return (connection, accessChanges)
     }
 
     /// The `synchronous` setting `durability` asks for: commits (and checkpoints) of every connection that

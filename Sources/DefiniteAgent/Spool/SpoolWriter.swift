@@ -73,9 +73,19 @@ public final class SpoolWriter: @unchecked Sendable {
     ///
     /// - Parameter diskReserve: free space kept on the spool's filesystem for delivery (see
     ///   ``DiskHeadroom``); `nil` picks 5% of the filesystem, at most 64 MiB.
+    /// - Parameter access: who may read the spool's files (``SpoolAccess``); an existing spool is set to it,
+    ///   and each change is logged.
     public init(path: String, durability: AgentConfiguration.Durability, maxBytes: Int, diskReserve: Int? = nil,
-                logger: Logger) throws(SpoolError) {
-        self.connection = try SpoolDatabase.openForWriting(path: path, durability: durability)
+                access: SpoolAccess = .ownerOnly, logger: Logger) throws(SpoolError) {
+        let (connection, accessChanges) = try SpoolDatabase.openForWriting(path: path, durability: durability, access: access)
+        for change in accessChanges {
+            let narrowed = change.oldMode & ~change.newMode != 0
+            logger.warning(narrowed ? "a spool file could be read by others: its access was narrowed" : "a spool file was given the access [spool] group asks for", metadata: [
+                "file": "\(change.path)", "old_mode": "\(SpoolAccess.octal(change.oldMode))", "mode": "\(SpoolAccess.octal(change.newMode))",
+                "old_group": "\(change.oldGroup.map(SpoolAccess.groupName) ?? "unchanged")",
+            ])
+        }
+        self.connection = connection
         self.path = path
         self.logger = logger
         self.diskAdmission = DiskAdmission(spoolPath: path, configuredReserve: diskReserve)
@@ -344,27 +354,21 @@ public final class SpoolWriter: @unchecked Sendable {
     }
 
     /// The batches, in order, that fit before the disk reserve (``DiskAdmission``); the others are
-    /// refused with 507 here. The refusal is logged when it starts (at most every 10 s), and the end of it.
+    /// refused with 507 here. Whether intake is refused for want of disk goes to ``capacity``, where the
+    /// daemon's reporter logs the start and the end of it (and `status` and the metrics show it).
     private func admitWithinDiskHeadroom(_ batches: [(IntakeBatch, EventLoopPromise<Void>)]) -> [(IntakeBatch, EventLoopPromise<Void>)] {
         let admitted: Int
         let refusal: DiskAdmission.Refusal
         switch diskAdmission.admit(batches.map { $0.0.totalBytes }, connection: connection) {
         case .all(let resumed):
-            if resumed {
-                logger.notice("disk space for the spool is available again; intake resumed", metadata: ["spool": "\(path)"])
-            }
+            if resumed { capacity.diskHasRoom() }
             return batches
         case .part(let count, let reason):
             (admitted, refusal) = (count, reason)
         }
-        let now = ContinuousClock.now
-        if refusal.starts, lastFailureLog.map({ now - $0 > .seconds(10) }) ?? true {
-            lastFailureLog = now
-            logger.error("the disk holding the spool is full: writers get 507 until delivery frees space in the spool", metadata: [
-                "spool": "\(path)", "filesystem_free": "\(refusal.filesystemFree)", "reserve_for_delivery": "\(refusal.reserve)",
-            ])
-        }
-        let rejection = Self.diskFull("\(refusal.filesystemFree) free, \(refusal.reserve) kept for delivery")
+        let figures = "\(refusal.filesystemFree) free, \(refusal.reserve) kept for delivery"
+        capacity.diskIsFull(figures)
+        let rejection = Self.diskFull(figures)
         for (batch, promise) in batches[admitted...] {
             capacity.cancelReservation(batch.totalBytes)
             promise.fail(rejection)

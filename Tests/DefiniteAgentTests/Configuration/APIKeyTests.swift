@@ -43,6 +43,25 @@ struct APIKeyTests {
         #expect(throws: ConfigurationError.self) { try APIKeySource.load(config: api, environment: ["DEFINITE_API_KEY": "x"]) }
     }
 
+    /// Issue 17: the key-file error names the configuration file and the line of `key_file`, as every other
+    /// configuration error does.
+    @Test func aKeyFileErrorNamesTheConfigurationFileAndLine() throws {
+        let config = try ConfigurationLoader.parse("[api]\nurl = \"https://x.example/v2/stream\"\n\nkey_file = \"/nonexistent/api-key\"\n", file: "/etc/agent.toml")
+        do {
+            _ = try APIKeySource.load(config: config.api, environment: [:])
+            Issue.record("an unreadable key file was accepted")
+        } catch {
+            #expect(error.file == "/etc/agent.toml" && error.line == 4 && error.key == "api.key_file")
+            #expect(error.description.hasPrefix("/etc/agent.toml:4: api.key_file: cannot read the API key file /nonexistent/api-key"))
+        }
+        let empty = try temporaryFile("\n")
+        defer { unlink(empty) }
+        let emptyConfig = try ConfigurationLoader.parse("[api]\nkey_file = \"\(empty)\"\n", file: "agent.toml")
+        #expect(throws: ConfigurationError(.missingKey, key: "api.key_file", line: 2, file: "agent.toml", "the API key file \(empty) is empty")) {
+            try APIKeySource.load(config: emptyConfig.api, environment: [:])
+        }
+    }
+
     @Test func groupReadableKeyFileIsFlagged() throws {
         let path = try temporaryFile("secret")
         defer { unlink(path) }

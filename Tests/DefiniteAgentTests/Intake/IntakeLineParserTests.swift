@@ -231,6 +231,84 @@ struct IntakeLineParserTests {
         #expect(outcome.rejection?.status == 400)
     }
 
+    /// Issue 17: a line refused for what it says carries its ack wherever the member stands, also after
+    /// the member that was refused (the order Python's `json.dumps` gives a dict built that way).
+    @Test(arguments: [
+        (#"{"data":{"id":2},"config":{"table":"bronze.t","mode":"merge"},"ack":"b2"}"#, "invalid_config"),
+        (#"{"data":{"id":2},"config":{"table":"not a table"},"ack":"b2"}"#, "invalid_table"),
+        (#"{"config":{"table":"bronze.t","mode":"upsert"},"data":{"id":2},"ack":"b2"}"#, "invalid_config"),
+        (#"{"config":{"table":"bronze.t","mode":"merge","primary_key":["id"]},"data":[{"x":1}],"ack":"b2"}"#, "missing_primary_key"),
+        (#"{"config":{"table":"bronze.t"},"data":[1,2],"ack":"b2"}"#, "invalid_row"),
+        (#"{"config":{"table":"bronze.t"},"ack2":"x","ack":"b2"}"#, "invalid_config"),
+        (#"{"x":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":1}}}}}}}}}}, "s":"}]{[", "ack" : "b2" }"#, "too_deep"),
+        (#"{"config":{"table":"bronze.t"},"data":{"deep":"# + String(repeating: "[", count: 70) + "1" + String(repeating: "]", count: 70) + #"},"n":-1.5e3,"t":true,"ack":"b2"}"#, "too_deep"),
+    ])
+    func aRefusedLineCarriesItsAckWhereverTheMemberStands(line: String, code: String) throws {
+        let outcome = parse(line, config: Self.configuration(defaultTable: nil))
+        #expect(outcome.rejection?.code.rawValue == code)
+        #expect(outcome.ack == "b2")
+        #expect(outcome.batch.totalRecords == 0)
+    }
+
+    /// Only a line that is not JSON may lose its ack: there is no telling where its members are.
+    @Test(arguments: [
+        #"{"config":{"table":"bronze.t"},"data":[{"x":1}] "ack":"b2"}"#,
+        #"{"data":{"id":2,},"ack":"b2"}"#,
+        #"{"config":{"table":"bronze.t","mode":"merge"},"data":{"id":2},"ack":5}"#,
+    ])
+    func aLineThatIsNotJSONMayLackItsAck(line: String) throws {
+        let outcome = parse(line)
+        #expect(outcome.rejection != nil)
+        #expect(outcome.ack == nil)
+    }
+
+    // MARK: HTTP bodies with the config in query parameters
+
+    func parseArray(_ body: String, query: [String: String] = ["table": "bronze.t"]) -> (Result<ParsedLine.Accepted, IntakeRejection>, IntakeBatch) {
+        let parser = IntakeLineParser(configuration: Self.configuration())
+        var batch = IntakeBatch()
+        let result = parser.target(query: query).flatMap { target in
+            Array(body.utf8).withUnsafeBytes { parser.parse(array: $0, target: target, into: &batch) }
+        }
+        return (result, batch)
+    }
+
+    /// Issue 17: Fluent Bit's `format json` and Vector's JSON codec post a bare array of rows.
+    @Test func aBareArrayOfRowsTakesItsConfigFromTheQuery() throws {
+        let (result, batch) = parseArray(" [ {\"a\": 1}, {\"a\": 2, \"b\": [1, 2]} ]\n", query: ["table": "bronze.users", "mode": "merge", "primary_key": "a"])
+        #expect(try result.get().records == 2)
+        #expect(batch.targets == [SpoolTarget(table: "bronze.users", mode: .merge, primaryKey: "a")])
+        #expect(String(decoding: batch.records[0], as: UTF8.self) == "{\"a\":1}\n{\"a\":2,\"b\":[1,2]}\n")
+    }
+
+    @Test(arguments: [
+        ("[]", "invalid_row"),
+        ("[1]", "invalid_row"),
+        (#"[{"a":1}] trailing"#, "invalid_json"),
+        (#"[{"a":1},]"#, "invalid_row"),
+        (#"[{"a":1} {"a":2}]"#, "invalid_json"),
+        ("[" + Array(repeating: #"{"a":1}"#, count: 50_001).joined(separator: ",") + "]", "too_many_rows"),
+        (#"[{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":{"j":{}}}}}}}}}}}]"#, "too_deep"),
+    ])
+    func aBareArrayIsHeldToTheSameRules(body: String, code: String) {
+        let (result, batch) = parseArray(body)
+        guard case .failure(let rejection) = result else {
+            Issue.record("accepted \(body.prefix(80))")
+            return
+        }
+        #expect(rejection.code.rawValue == code)
+        #expect(batch.totalRecords == 0 && batch.records.allSatisfy(\.isEmpty))
+    }
+
+    @Test func aBareArrayNeedsItsTableInTheQuery() {
+        let (result, _) = parseArray(#"[{"a":1}]"#, query: [:])
+        guard case .failure(let rejection) = result else {
+            Issue.record("accepted without a table")
+            return
+        }
+        #expect(rejection.status == 422)
+    }
+
     @Test func aFailedLineLeavesTheBatchAsItWas() {
         var parser = IntakeLineParser(configuration: Self.configuration())
         var batch = IntakeBatch()

@@ -87,4 +87,34 @@ struct JSONScannerTests {
         }
         #expect(names == [true, false, true, false, false])
     }
+
+    /// The outline skip (used to find an ack after a refusal) ends each value where the full scan does,
+    /// at any depth, without recursion.
+    @Test(arguments: [
+        (#"{"a":[1,{"b":"]}"}],"c":"x"} ,"#, 28),
+        (#"[[["\"]"]]] "#, 11),
+        (#""s\"}" ,"#, 6),
+        (#"-1.5e3,"#, 6),
+        (#"true}"#, 4),
+    ])
+    func outlineSkipEndsWhereTheValueEnds(text: String, end: Int) throws {
+        let bytes = Array(text.utf8)
+        let position = try bytes.withUnsafeBytes { raw in
+            var scanner = JSONScanner(raw)
+            try scanner.skipValueOutline()
+            return scanner.position
+        }
+        #expect(position == end)
+    }
+
+    @Test func outlineSkipTakesAnyDepth() throws {
+        let depth = 200_000
+        let bytes = Array((String(repeating: "[", count: depth) + String(repeating: "]", count: depth)).utf8)
+        let position = try bytes.withUnsafeBytes { raw in
+            var scanner = JSONScanner(raw)
+            try scanner.skipValueOutline()
+            return scanner.position
+        }
+        #expect(position == bytes.count)
+    }
 }

@@ -16,7 +16,7 @@ struct DaemonPartKindTests {
 
     @Test func theLineSocketAloneComesAfterTheSpoolAndDeliveryAndBeforeSignalsAndTheNotifier() {
         #expect(DaemonPartKind.startOrder(configuration()) == [
-            .writer, .checkpointer, .delivery, .lineSocket("/run/a.sock"), .operatorSignals, .notifier,
+            .writer, .checkpointer, .delivery, .lineSocket("/run/a.sock"), .operatorSignals, .intakeState, .notifier,
         ])
     }
 
@@ -25,7 +25,7 @@ struct DaemonPartKindTests {
             http: "/run/h.sock", httpListen: "127.0.0.1:8787", datagram: "/run/d.sock", metrics: "127.0.0.1:9464"))
         #expect(order == [
             .writer, .checkpointer, .delivery, .lineSocket("/run/a.sock"), .httpSocket("/run/h.sock"), .httpAddress("127.0.0.1:8787"),
-            .datagramSocket("/run/d.sock"), .metrics("127.0.0.1:9464"), .operatorSignals, .notifier,
+            .datagramSocket("/run/d.sock"), .metrics("127.0.0.1:9464"), .operatorSignals, .intakeState, .notifier,
         ])
     }
 

@@ -1,0 +1,8 @@
+#ifndef DEFINITE_AGENT_CAGENT_BUILD_INFO_H
+#define DEFINITE_AGENT_CAGENT_BUILD_INFO_H
+
+/// The commit the binary was built from: `-Xcc -DAGENT_BUILD_COMMIT='"abc1234"'` at build time (`make build`
+/// passes `git describe --always --dirty`), else "unknown".
+const char *cagent_build_commit(void);
+
+#endif

@@ -1,0 +1,80 @@
+import Foundation
+import Testing
+
+@testable import DefiniteAgent
+
+@Suite("Daemon state file and status report")
+struct DaemonStateTests {
+    let directory: String
+
+    init() throws {
+        directory = try makeTemporaryDirectory("daemon-state")
+    }
+
+    func state(pid: Int32 = getpid()) -> DaemonState {
+        DaemonState(pid: pid, processStart: DaemonStateFile.processStart(pid: pid) ?? 1, startedAt: Date(timeIntervalSince1970: 1_700_000_000.25),
+                    version: "0.1.0", stopping: false,
+                    intakeRefusal: IntakeRefusal(reason: .diskReserve, since: Date(timeIntervalSince1970: 1_700_000_100), detail: "2 MiB free \"quoted\""))
+    }
+
+    @Test func theStateFileRoundTripsAndTellsARunningDaemonFromAGoneOne() throws {
+        let spool = directory + "/spool.db"
+        try DaemonStateFile.write(state(), spoolPath: spool, access: .ownerOnly)
+        let read = try #require(DaemonStateFile.read(spoolPath: spool))
+        #expect(read.state == state() && read.running)
+        var mode = stat()
+        stat(DaemonStateFile.path(forSpoolAt: spool), &mode)
+        #expect(mode.st_mode & 0o777 == 0o600)
+        // The same pid with another start time: a process that got the pid after the daemon ended.
+        var reused = state()
+        reused.processStart += 1
+        try DaemonStateFile.write(reused, spoolPath: spool, access: .ownerOnly)
+        #expect(DaemonStateFile.read(spoolPath: spool)?.running == false)
+        #expect(DaemonStateFile.read(spoolPath: directory + "/other.db") == nil)
+    }
+
+    func target(_ table: String, pending: Int, age: Double?, state: String? = nil, until: Double? = nil) -> SpoolStatus.Target {
+        SpoolStatus.Target(table: table, mode: "append", primaryKey: "", tags: "", pending: pending, pendingBytes: pending * 10,
+                           oldestAgeSeconds: age, deadLetters: 0, lastError: nil, state: state, lastSuccessAt: nil, stateUntil: until)
+    }
+
+    @Test func checkFindsADownDaemonHeldTablesRefusalsAndOldRows() {
+        let now = Date()
+        let status = SpoolStatus(targets: [
+            target("bronze.a", pending: 5, age: 700), target("bronze.b", pending: 2, age: 3, state: "held: table not found", until: now.timeIntervalSince1970 + 60),
+            target("bronze.c", pending: 1, age: 1, state: "backing off", until: now.timeIntervalSince1970 + 5),
+        ])
+        var running = state()
+        running.intakeRefusal = nil
+        let healthy = StatusReport(status: SpoolStatus(targets: [target("bronze.a", pending: 5, age: 2)]), daemon: (running, true), now: now)
+        #expect(healthy.problems(maxAge: HumanDuration(parsing: "10m")).isEmpty)
+        let report = StatusReport(status: status, daemon: (state(), true), now: now)
+        #expect(report.problems(maxAge: HumanDuration(parsing: "10m")) == [
+            "intake refused: disk full (2 MiB free \"quoted\")", "bronze.b: held: table not found",
+            "the oldest pending row of bronze.a is 11m 40s old (over 10m)",
+        ])
+        let down = StatusReport(status: SpoolStatus(targets: []), daemon: (state(), false), now: now)
+        #expect(down.problems(maxAge: nil).count == 1 && down.problems(maxAge: nil)[0].hasPrefix("daemon not running"))
+        #expect(down.intakeRefusal == nil, "a stopped daemon refuses nothing")
+        #expect(StatusReport(status: SpoolStatus(targets: []), daemon: nil, now: now).problems(maxAge: nil).count == 1)
+    }
+
+    /// Issue 17: "auth failing until <a time already past>" said the opposite of what happens: the next try is due.
+    @Test func aStateEndTimeAlreadyPastIsNotShown() {
+        let now = Date()
+        let past = target("bronze.a", pending: 1, age: 1, state: "auth failing", until: now.timeIntervalSince1970 - 30)
+        let future = target("bronze.b", pending: 1, age: 1, state: "auth failing", until: now.timeIntervalSince1970 + 30)
+        let report = StatusReport(status: SpoolStatus(targets: [past, future]), daemon: nil, now: now)
+        #expect(report.stateUntil(past) == nil && report.stateUntil(future) != nil)
+        let text = report.table(spool: "/x")
+        #expect(text.components(separatedBy: " until ").count == 2)
+        #expect(report.json(problems: nil).contains("\"state_until\":null"))
+    }
+
+    @Test func durationsReadAsOperatorsWriteThem() {
+        #expect(StatusReport.duration(45.9) == "45s")
+        #expect(StatusReport.duration(725) == "12m 05s")
+        #expect(StatusReport.duration(3 * 3600 + 300) == "3h 05m")
+        #expect(StatusReport.duration(2 * 86_400 + 4 * 3600) == "2d 04h")
+    }
+}

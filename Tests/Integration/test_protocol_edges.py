@@ -1,0 +1,69 @@
+"""Protocol edges a new user runs into, through the real binary and its real socket: a refused line keeps its
+ack id wherever the member stands. Every daemon here ends with SIGTERM, and its exit status is asserted."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from agent_harness import Agent
+from unix_http import request
+
+
+@pytest.fixture
+def agent(tmp_path):
+    running = Agent(tmp_path / "agent").start()
+    yield running
+    assert running.stop() == 0, running.log()[-3000:]
+
+
+def test_a_refused_line_carries_its_ack_wherever_the_member_stands(agent):
+    """Python's json.dumps keeps a dict's insertion order, so "ack" often comes last, after the member the
+    line is refused for; a client correlating replies by id must still get its id back."""
+    cases = [
+        ({"data": {"id": 2}, "config": {"table": "bronze.t", "mode": "merge"}}, 422, "invalid_config"),
+        ({"data": {"id": 2}, "config": {"table": "not a table"}}, 400, "invalid_table"),
+        ({"data": {"id": 2}, "config": {"table": "bronze.t", "mode": "upsert"}}, 422, "invalid_config"),
+        ({"config": {"table": "bronze.t", "mode": "merge", "primary_key": ["id"]}, "data": [{"v": 1}]}, 400,
+         "missing_primary_key"),
+        ({"x": {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": {"a": 1}}}}}}}}}}}, 400, "too_deep"),
+    ]
+    with agent.connect() as conn:
+        for i, (body, status, code) in enumerate(cases):
+            line = json.dumps({**body, "ack": f"b{i}"})
+            assert line.endswith(f'"ack": "b{i}"}}')
+            reply = conn.request(line)
+            assert reply["ack"] == f"b{i}" and reply["ok"] is False, reply
+            assert (reply["status"], reply["code"]) == (status, code), reply
+            assert "line" not in reply, reply
+        # A line that is not JSON has no ack to give back: it is answered with its line number.
+        conn.send('{"data": {"id": 2,}, "ack": "lost"}')
+        reply = conn.reply()
+        assert "ack" not in reply and reply["line"] == len(cases) + 1 and reply["code"] == "invalid_json", reply
+    assert agent.spooled_records() == []
+
+
+def post(agent, uri: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    return request(agent.http_socket_path, "POST", uri, body, headers)
+
+
+def test_a_bare_json_array_body_takes_its_config_from_the_query(agent):
+    """Fluent Bit's out_http (`format json`) and Vector's http sink post `[{…},{…}]` with the config in the
+    query: the same limits and the same answers as any other body."""
+    rows = [{"id": i, "name": f"n{i}"} for i in range(30)]
+    status, answer = post(agent, "/v2/stream?table=bronze.arr&mode=merge&primary_key=id",
+                          gzip.compress(json.dumps(rows).encode()),
+                          {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 200 and answer["success"] is True and answer["successful_rows"] == 30, answer
+    assert answer["table"] == "bronze.arr"
+    assert agent.spooled_records("bronze.arr") == rows
+    status, answer = post(agent, "/v2/stream", json.dumps(rows).encode(), {"Content-Type": "application/json"})
+    assert status == 422 and "table" in answer["errors"][0], answer
+    status, answer = post(agent, "/v2/stream?table=bronze.arr&mode=merge&primary_key=id", b'[{"id":1},{"name":"x"}]',
+                          {"Content-Type": "application/json"})
+    assert status == 400 and "primary key" in answer["errors"][0], answer
+    status, answer = post(agent, "/v2/stream?table=bronze.arr", json.dumps([{"i": 1}] * 50_001).encode(),
+                          {"Content-Type": "application/json"})
+    assert status == 413, answer
+    assert len(agent.spooled_records("bronze.arr")) == 30

@@ -1,0 +1,149 @@
+"""`definite-agent send` accounts for every line: a line over max_line_bytes (the agent closes the connection),
+an agent restart in the middle of a file, and a full spool (wait and retry, or `--no-wait` with one summary
+line). Its options: --primary-key implies merge and names one column, --table defaults to
+[intake] default_table, an unreadable file exits 66 with the reason. Every daemon ends with SIGTERM and must
+exit 0."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
+
+from agent_harness import Agent, agent_binary, wait_until  # noqa: E402
+from harness import Emulator  # noqa: E402
+
+
+@pytest.fixture
+def make_agent(tmp_path):
+    made: list[Agent] = []
+
+    def make(name: str = "agent", **kwargs) -> Agent:
+        agent = Agent(tmp_path / name, **kwargs)
+        made.append(agent)
+        return agent.start()
+
+    yield make
+    for agent in made:
+        assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def write_lines(path: Path, records: list[dict | str]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def test_a_line_over_max_line_bytes_is_reported_and_every_other_line_lands_in_order(make_agent, tmp_path):
+    agent = make_agent(extra_config='max_line_bytes = "1KiB"')
+    records: list[dict | str] = [{"i": i} for i in range(100)]
+    records[50] = {"i": 50, "pad": "x" * 2000}
+    result = agent.cli("send", str(write_lines(tmp_path / "records.ndjson", records)))
+    assert result.returncode == 1, result.stderr.decode()
+    assert result.stdout.decode().strip() == "accepted 99, rejected 1"
+    stderr = result.stderr.decode()
+    assert "line 51: 413" in stderr and "max_line_bytes" in stderr, stderr
+    assert "not confirmed" not in stderr and "twice" not in stderr, stderr
+    assert [r["i"] for r in agent.spooled_records()] == [i for i in range(100) if i != 50]
+
+
+def test_send_reconnects_across_an_agent_restart_and_accounts_for_every_line(make_agent, tmp_path):
+    agent = make_agent()
+    lines = 3000
+    process = subprocess.Popen([agent_binary(), "send", "--config", agent.config_path], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def feed():
+        for i in range(lines):
+            process.stdin.write(json.dumps({"i": i}).encode() + b"\n")
+            if i % 50 == 49:
+                process.stdin.flush()
+                time.sleep(0.05)
+        process.stdin.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    wait_until(lambda: len(agent.spooled_records()) >= 300, timeout=30, message="a first part of the lines spooled")
+    assert agent.stop() == 0, agent.log()[-3000:]
+    time.sleep(0.5)
+    agent.start()
+    feeder.join(timeout=120)
+    assert process.wait(timeout=120) == 0, process.stderr.read().decode()
+    out, err = process.stdout.read(), process.stderr.read()
+    assert out.decode().strip() == f"accepted {lines}, rejected 0", err.decode()
+    spooled = [r["i"] for r in agent.spooled_records()]
+    assert set(spooled) == set(range(lines)), f"missing: {sorted(set(range(lines)) - set(spooled))[:20]}"
+
+
+def full_spool_agent(make_agent, emu: Emulator) -> Agent:
+    """An agent whose 1 MiB spool cannot drain while the emulator answers 503."""
+    emu.control(force={"status": 503, "count": 1_000_000})
+    return make_agent(spool_config='max_bytes = "1MiB"', env={"DEFINITE_API_KEY": emu.api_key},
+                      extra_config=f'[api]\nurl = "{emu.stream_url}"\n[batch]\nlinger = "50ms"\n[retry]\ninitial = "50ms"\nmax = "200ms"\n')
+
+
+def test_a_full_spool_makes_send_wait_and_retry_with_one_line_said(make_agent, tmp_path):
+    with Emulator(quiet=True) as emu:
+        agent = full_spool_agent(make_agent, emu)
+        path = write_lines(tmp_path / "records.ndjson", [{"i": i, "pad": "z" * 1000} for i in range(2000)])
+        process = subprocess.Popen([agent_binary(), "send", "--config", agent.config_path, str(path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_until(lambda: agent.status()["pending_bytes"] > 900_000, timeout=60, message="the spool filled")
+        time.sleep(2)  # send waits (and retries) while the spool stays full
+        assert process.poll() is None, process.communicate()
+        emu.control(force=None)  # delivery drains the spool; the waiting lines go again
+        out, err = process.communicate(timeout=180)
+        assert process.returncode == 0, err.decode()
+        assert out.decode().strip() == "accepted 2000, rejected 0"
+        said = err.decode().splitlines()
+        assert len(said) == 2, said
+        assert "spool is full" in said[0] and "waited for room" in said[1], said
+        wait_until(lambda: agent.status()["pending"] == 0, timeout=60, message="everything delivered")
+        assert emu.scalar("SELECT count(DISTINCT i) FROM lake.bronze.events") == 2000
+
+
+def test_no_wait_counts_lines_refused_for_room_in_one_summary_line(make_agent, tmp_path):
+    with Emulator(quiet=True) as emu:
+        agent = full_spool_agent(make_agent, emu)
+        path = write_lines(tmp_path / "records.ndjson", [{"i": i, "pad": "z" * 1000} for i in range(2000)])
+        result = agent.cli("send", "--no-wait", str(path))
+        assert result.returncode == 1
+        accepted, rejected = (int(part.split()[-1]) for part in result.stdout.decode().strip().split(", "))
+        assert accepted + rejected == 2000 and rejected > 500, result.stdout
+        said = result.stderr.decode().splitlines()
+        assert len(said) == 1 and f"{rejected} lines refused because the agent's spool is full" in said[0], said
+        assert len(agent.spooled_records()) == accepted
+
+
+def test_send_options_primary_key_default_table_and_unreadable_file(make_agent, tmp_path):
+    agent = make_agent(default_table="bronze.defaults")
+    merged = agent.cli("send", "--table", "bronze.users", "--primary-key", "id",
+                       input=b'{"id":1,"v":"a"}\n{"id":2,"v":"b"}\n')
+    assert merged.returncode == 0 and merged.stdout.decode().strip() == "accepted 2, rejected 0", merged.stderr
+    targets = {t["table"]: t for t in agent.status()["tables"]}
+    assert targets["bronze.users"]["mode"] == "merge" and targets["bronze.users"]["primary_key"] == ["id"]
+
+    composite = agent.cli("send", "--table", "bronze.users", "--primary-key", "id,name", input=b"")
+    assert composite.returncode == 64 and b"exactly one column" in composite.stderr, composite.stderr
+    contradiction = agent.cli("send", "--table", "bronze.users", "--mode", "append", "--primary-key", "id", input=b"")
+    assert contradiction.returncode == 64 and b"only to merge" in contradiction.stderr, contradiction.stderr
+
+    defaulted = agent.cli("send", input=b'{"d":1}\n')
+    assert defaulted.returncode == 0, defaulted.stderr
+    assert agent.spooled_records("bronze.defaults") == [{"d": 1}]
+
+    missing = agent.cli("send", str(tmp_path / "missing.ndjson"))
+    assert missing.returncode == 66
+    assert b"missing.ndjson" in missing.stderr and b"No such file" in missing.stderr, missing.stderr
+
+
+def test_send_without_a_table_or_a_default_table_says_so(make_agent):
+    agent = make_agent(default_table=None)
+    result = agent.cli("send", input=b'{"d":1}\n')
+    assert result.returncode == 64 and b"default_table" in result.stderr, result.stderr
