@@ -514,6 +514,8 @@ def test_5xx_backs_off_exponentially_forever_then_delivers(emu, make_agent):
     assert sorted(lake_values(emu, "bronze.events", "i")) == list(range(20))
     t = table_status(agent, "bronze.events")
     assert t["state"] == "idle" and t["last_error"] is None and dead_letters(agent) == []
+    resumed = [line for line in agent.log().splitlines() if "delivery resumed" in line]
+    assert len(resumed) == 1 and "bronze.events" in resumed[0] and "backing off" in resumed[0], resumed
 
 
 def test_connection_refused_backs_off_then_delivers_when_the_api_appears(make_emulator, make_agent):

@@ -67,9 +67,9 @@ def test_curl_over_the_unix_socket_lands_rows_that_reach_the_lake(setup, tmp_pat
 def test_requests_json_ndjson_and_gzip_over_the_loopback_port(setup):
     agent, emu, url = setup
     with requests.Session() as http:  # one keep-alive connection for all three
-        r = http.post(url, json={"data": {"id": 1}, "config": {"table": "bronze.http_py", "wait": True}})
+        r = http.post(url, json={"data": {"id": 1}, "config": {"table": "bronze.http_py"}})
         assert r.status_code == 200 and r.headers["X-Agent-Spooled"] == "true"
-        assert any("config.wait" in w for w in r.json()["warnings"])
+        assert any("config.wait" in w for w in r.json()["warnings"]) and r.json()["snapshot_id"] is None
         ndjson = "\n".join(json.dumps({"id": i}) for i in range(2, 12)) + "\n"
         r = http.post(url + "?table=bronze.http_py&mode=merge&primary_key=id", data=ndjson,
                       headers={"Content-Type": "application/x-ndjson"})
@@ -161,3 +161,94 @@ def test_token_and_full_spool_answers(tmp_path):
         assert codes[-1].startswith("HTTP/1.1 507") and "retry-after: 5" in codes[-1].lower()
     finally:
         full.finish()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# config.wait = true: answered once the Stream API committed the rows, with their snapshot
+
+
+def wait_agent(tmp_path, emu, timeout: str = "20s", **extra) -> tuple[Agent, str]:
+    port = free_port()
+    agent = Agent(tmp_path / "agent", env={"DEFINITE_API_KEY": emu.api_key}, extra_config=f"""
+http_listen = "127.0.0.1:{port}"
+wait_timeout = "{timeout}"
+[api]
+url = "{emu.stream_url}"
+[batch]
+linger = "50ms"
+[retry]
+initial = "50ms"
+max = "200ms"
+""").start()
+    return agent, f"http://127.0.0.1:{port}/v2/stream"
+
+
+def test_wait_true_is_answered_with_the_apis_snapshot_once_committed(tmp_path):
+    with Emulator(quiet=True) as emu:
+        agent, url = wait_agent(tmp_path, emu)
+        try:
+            with requests.Session() as http:
+                r = http.post(url, json={"data": [{"id": i} for i in range(20)], "config": {"table": "bronze.waited", "wait": True}})
+                answer = r.json()
+                assert r.status_code == 200 and answer["committed"] is True, answer
+                assert answer["successful_rows"] == 20 and answer["rejected_rows"] == 0 and answer["success"] is True
+                assert answer["snapshot_id"] is not None
+                # The rows are in the lake when the answer comes, and went upstream with wait: true.
+                assert rows(emu, "waited") == 20
+                upstream = [q for q in emu.requests() if q["table"] == "lake.bronze.waited"]
+                assert upstream and str(upstream[-1]["snapshot_id"]) == str(answer["snapshot_id"]), upstream
+                # NDJSON: ?wait=true; batched with rows that do not wait.
+                plain = http.post(url, json={"data": [{"id": 100}], "config": {"table": "bronze.waited"}})
+                assert plain.status_code == 200 and plain.json()["snapshot_id"] is None
+                r = http.post(url + "?table=bronze.waited&wait=true", data='{"id":200}\n{"id":201}\n',
+                              headers={"Content-Type": "application/x-ndjson"})
+                assert r.status_code == 200 and r.json()["committed"] is True and r.json()["successful_rows"] == 2, r.json()
+            wait_until(lambda: rows(emu, "waited") == 23)
+        finally:
+            agent.finish()
+
+
+def test_wait_true_reports_rows_the_api_refused(tmp_path):
+    with Emulator(quiet=True) as emu:
+        emu.control(reject_marker="bad", reject_marker_mode="row")
+        agent, url = wait_agent(tmp_path, emu)
+        try:
+            r = requests.post(url, json={"data": [{"id": 1}, {"id": 2, "bad": 1}, {"id": 3}],
+                                         "config": {"table": "bronze.waited_bad", "wait": True}})
+            answer = r.json()
+            assert r.status_code == 200 and answer["committed"] is True, answer
+            assert answer["successful_rows"] == 2 and answer["rejected_rows"] == 1, answer
+            assert any("reject marker" in e for e in answer["errors"]), answer
+        finally:
+            agent.finish()
+
+
+def test_wait_true_says_plainly_when_the_api_did_not_commit_in_time_and_the_rows_still_go(tmp_path):
+    with Emulator(quiet=True) as emu:
+        emu.control(error_rate=1.0)
+        agent, url = wait_agent(tmp_path, emu, timeout="1s")
+        try:
+            r = requests.post(url, json={"data": [{"id": 1}], "config": {"table": "bronze.waited_late", "wait": True}}, timeout=10)
+            answer = r.json()
+            assert r.status_code == 202 and answer["committed"] is False and answer["snapshot_id"] is None, answer
+            assert "not yet committed" in answer["warnings"][0] and "wait_timeout" in answer["warnings"][0]
+            assert agent.status()["pending"] == 1
+            emu.control(error_rate=0.0)
+            wait_until(lambda: rows(emu, "waited_late") == 1, 20)
+        finally:
+            agent.finish()
+
+
+def test_a_request_waiting_for_the_api_is_answered_when_the_daemon_stops(tmp_path):
+    import threading
+    with Emulator(quiet=True) as emu:
+        emu.control(error_rate=1.0)
+        agent, url = wait_agent(tmp_path, emu, timeout="60s")
+        answers = []
+        caller = threading.Thread(target=lambda: answers.append(requests.post(
+            url, json={"data": [{"id": 1}], "config": {"table": "bronze.waited_stop", "wait": True}}, timeout=30)))
+        caller.start()
+        wait_until(lambda: agent.status()["pending"] == 1, 10)
+        assert agent.stop() == 0
+        caller.join(timeout=30)
+        assert answers and answers[0].status_code == 202 and answers[0].json()["committed"] is False, answers

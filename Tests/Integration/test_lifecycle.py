@@ -500,7 +500,7 @@ def test_ready_comes_once_every_listener_accepts_and_listening_sockets_are_close
         assert answering_path(listeners.datagram_path, socket.SOCK_DGRAM)
         assert all(answering_port(p) for p in listeners.ports())
         log = agent.log()
-        assert log.count(" listening") == 5 and log.rindex(" listening") < log.index("told systemd we are ready"), log
+        assert log.count("msg=listening") == 5 and log.rindex("msg=listening") < log.index("told systemd we are ready"), log
         # Every listening socket is close-on-exec: a child process would not inherit it.
         listening = listening_inodes()
         found = 0

@@ -22,7 +22,7 @@ def test_logfmt_is_the_default_with_the_message_first_and_plain_addresses(tmp_pa
     lines = agent.log().splitlines()
     assert lines and all(LOGFMT.match(line) for line in lines), [line for line in lines if not LOGFMT.match(line)]
     assert any(line.split(" ", 2)[2].startswith('msg=starting') for line in lines), lines
-    assert any('msg="local Stream API listening"' in line and f"address=127.0.0.1:{port}" in line for line in lines), lines
+    assert any("msg=listening" in line and f"on=127.0.0.1:{port} " in line for line in lines), lines
     assert any(f"path={agent.spool_path}" in line for line in lines)
 
 

@@ -59,6 +59,9 @@ public struct AgentConfiguration: Sendable, Equatable {
         public var httpToken: String?
         /// A Unix datagram socket taking one request per datagram, never answered; unset: off.
         public var datagramSocket: String?
+        /// How long a local Stream API request with `config.wait = true` waits for the API to commit its rows
+        /// before it is answered 202 (durable here, not yet committed there).
+        public var waitTimeout = HumanDuration.seconds(30)
     }
 
     /// Ingestion mode of a target table, as the Stream API defines it.

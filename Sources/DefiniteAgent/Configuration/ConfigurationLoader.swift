@@ -85,6 +85,7 @@ public enum ConfigurationLoader {
             config.intake.httpAllowRemote = try intake.bool("http_allow_remote") ?? config.intake.httpAllowRemote
             config.intake.httpToken = try intake.string("http_token") ?? config.intake.httpToken
             config.intake.datagramSocket = try intake.string("datagram_socket") ?? config.intake.datagramSocket
+            config.intake.waitTimeout = try intake.duration("wait_timeout") ?? config.intake.waitTimeout
             try intake.finish()
         }
         if let tables = root["table"] {

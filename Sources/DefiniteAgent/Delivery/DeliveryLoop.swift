@@ -37,6 +37,8 @@ final class DeliveryLoop: @unchecked Sendable {
         var saturated = false
         /// The batch the chain works on, to read its rows again once their bytes were let go.
         var batch: (targetID: Int64, range: Range<Int64>)?
+        /// The snapshot the API gave for the chain's last request (with `wait: true`).
+        var snapshotID: String?
     }
 
     /// What comes back to the loop from other threads.
@@ -66,6 +68,8 @@ final class DeliveryLoop: @unchecked Sendable {
     private let settings: LiveConfiguration
     private let key: APIKeyBox
     private let writer: SpoolWriter
+    /// Local requests waiting for their rows' commit (`config.wait = true`), if any may.
+    private let confirmations: RemoteConfirmations?
     private let ledger: DeliveryLedger
     private let logger: Logger
     private let host = ProcessInfo.processInfo.hostName
@@ -90,9 +94,13 @@ final class DeliveryLoop: @unchecked Sendable {
     private var lastPoll = ContinuousClock.now
     private var polling = false
     private var lastLogged: [Int64: ContinuousClock.Instant] = [:]
+    /// Targets in a failure state (backing off, held, auth failing), since when: "delivery resumed" is
+    /// logged when rows of theirs go again.
+    private var failing: [Int64: (state: TargetState.Kind, since: ContinuousClock.Instant)] = [:]
 
     /// Reads the spool's targets and open batches (so: not on the cooperative pool).
-    init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, logger: Logger) throws(SpoolError) {
+    init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, confirmations: RemoteConfirmations? = nil,
+         logger: Logger) throws(SpoolError) {
         let configuration = settings.current
         let reader = try SpoolReader(path: configuration.spool.path)
         let restored: [DeliveryMachine.Restored]
@@ -104,6 +112,7 @@ final class DeliveryLoop: @unchecked Sendable {
         self.settings = settings
         self.key = key
         self.writer = writer
+        self.confirmations = confirmations
         self.ledger = DeliveryLedger(writer: writer)
         self.logger = logger
         self.machine = DeliveryMachine(restoring: restored, settings: .init(configuration), seed: .random(in: .min ... .max),
@@ -234,7 +243,13 @@ final class DeliveryLoop: @unchecked Sendable {
             switch result {
             case .success(let released):
                 writer.capacity.release(released)
-                if case .record(let record) = chain.step { report(record.change) }
+                switch chain.step {
+                case .record(let record), .register(let record):
+                    if case .record = chain.step { report(record.change) }
+                    settleWaiting(record.change, snapshotID: chain.snapshotID)
+                default:
+                    break
+                }
                 advance(id, .recorded, now: now)
             case .failure(let error):
                 if case .register = chain.step {
@@ -355,8 +370,9 @@ final class DeliveryLoop: @unchecked Sendable {
             }
             let configuration = settings.current
             let records = chain.records
+            let wait = confirmations?.awaits(targetID: send.targetID, seqs: send.seqs) ?? false
             workers.submit { [self] _ in
-                post(.built(chain: id, Self.request(send, records: records, key: apiKey, host: host, configuration: configuration)))
+                post(.built(chain: id, Self.request(send, records: records, key: apiKey, host: host, wait: wait, configuration: configuration)))
             }
         }
     }
@@ -409,7 +425,7 @@ final class DeliveryLoop: @unchecked Sendable {
     }
 
     /// The HTTP request for `send` (built on a worker: gzip is the costly part).
-    private static func request(_ send: DeliveryMachine.Send, records: SpooledRecords, key: APIKey, host: String,
+    private static func request(_ send: DeliveryMachine.Send, records: SpooledRecords, key: APIKey, host: String, wait: Bool,
                                 configuration: AgentConfiguration) -> Built {
         let indexes = send.seqs.compactMap(records.index(of:))
         guard indexes.count == send.seqs.count else {
@@ -421,7 +437,7 @@ final class DeliveryLoop: @unchecked Sendable {
             body = try RequestBody.make(
                 records: records, indexes: indexes, target: send.target, batchID: send.batchID, host: host,
                 format: configuration.batch.format, compression: configuration.batch.compression,
-                gzipLevel: configuration.batch.gzipLevel, reusing: &output)
+                gzipLevel: configuration.batch.gzipLevel, wait: wait, reusing: &output)
         } catch {
             return .unsent(.noAnswer("cannot compress the request: \(error)"))
         }
@@ -445,7 +461,9 @@ final class DeliveryLoop: @unchecked Sendable {
         case .success(let response):
             AgentMetrics.deliveryLatency.recordNanoseconds(Int64(completion.elapsed.seconds * 1e9))
             AgentMetrics.httpRequests(String(response.status)).increment()
-            outcome = .answered(status: response.status, answer: StreamAPIResponse(body: response.body), retryAfter: response.retryAfter())
+            let answer = StreamAPIResponse(body: response.body)
+            if answer.snapshotID != nil { chains[completion.id]!.snapshotID = answer.snapshotID }
+            outcome = .answered(status: response.status, answer: answer, retryAfter: response.retryAfter())
             signal = response.status == 429 || response.status >= 500 ? .backPressure : .answered
             logger.debug("request answered", metadata: ["status": "\(response.status)", "elapsed": "\(completion.elapsed)"])
         case .failure(let error):
@@ -455,6 +473,15 @@ final class DeliveryLoop: @unchecked Sendable {
         }
         concurrency.record(signal, roundTrip: completion.elapsed, saturated: chains[completion.id]!.saturated, now: now.instant)
         advance(completion.id, outcome, now: now)
+    }
+
+    /// Tells local requests waiting for these rows (`config.wait = true`) what became of them.
+    private func settleWaiting(_ change: DeliveryLedger.Change, snapshotID: String?) {
+        guard let confirmations else { return }
+        let committed = change.delivered + change.superseded
+        guard !committed.isEmpty || !change.deadLetters.isEmpty else { return }
+        confirmations.settle(targetID: change.targetID, committed: committed, snapshotID: snapshotID,
+                             rejected: change.deadLetters.map { ($0.seqs, $0.failure.reason) })
     }
 
     /// Logs and counts what a recorded change did.
@@ -468,6 +495,13 @@ final class DeliveryLoop: @unchecked Sendable {
                 "reason": "\(letter.failure.reason)"])
         }
         let error = change.lastError ?? ""
+        if let state = change.state?.kind, [.backingOff, .heldTableNotFound, .authFailing].contains(state) {
+            if failing[change.targetID] == nil { failing[change.targetID] = (state, .now) }
+        } else if change.succeededAt != nil, let failure = failing.removeValue(forKey: change.targetID) {
+            logger.notice("delivery resumed", metadata: [
+                "table": "\(table)", "after": "\(failure.state.rawValue)",
+                "for": "\(String(format: "%.1fs", (ContinuousClock.now - failure.since).seconds))"])
+        }
         switch change.state {
         case .backingOff(let until)?:
             AgentMetrics.retries.increment()

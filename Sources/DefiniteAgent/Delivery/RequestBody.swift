@@ -9,10 +9,12 @@ struct RequestBody {
     var query: String
     var compressed: Bool
 
-    /// The request's `config` object: the target, plus `tags` (see ``tags(of:target:batchID:host:)``).
-    static func configJSON(target: SpoolTarget, tags: String) -> String {
+    /// The request's `config` object: the target, `tags` (see ``tags(of:target:batchID:host:)``), and
+    /// `wait` when a local request waits for these rows' snapshot.
+    static func configJSON(target: SpoolTarget, tags: String, wait: Bool = false) -> String {
         var config = "{\"table\":\(JSONCompactor.quote(target.table)),\"mode\":\"\(target.mode.rawValue)\""
         if target.mode == .merge { config += ",\"primary_key\":[\(JSONCompactor.quote(target.primaryKey))]" }
+        if wait { config += ",\"wait\":true" }
         return config + ",\"tags\":\(tags)}"
     }
 
@@ -46,7 +48,7 @@ struct RequestBody {
     static func make(
         records: SpooledRecords, indexes: [Int], target: SpoolTarget, batchID: String, host: String,
         format: AgentConfiguration.BodyFormat, compression: AgentConfiguration.Compression, gzipLevel: Int,
-        reusing output: inout [UInt8]
+        wait: Bool = false, reusing output: inout [UInt8]
     ) throws -> RequestBody {
         var prefix: [UInt8] = []
         var suffix: [UInt8] = []
@@ -59,11 +61,12 @@ struct RequestBody {
         case .json:
             contentType = "application/json"
             prefix = Array("{\"data\":[".utf8)
-            suffix = Array("],\"config\":\(configJSON(target: target, tags: tags))}".utf8)
+            suffix = Array("],\"config\":\(configJSON(target: target, tags: tags, wait: wait))}".utf8)
         case .ndjson:
             contentType = "application/x-ndjson"
             var items = [URLQueryItem(name: "table", value: target.table), URLQueryItem(name: "mode", value: target.mode.rawValue)]
             if target.mode == .merge { items.append(URLQueryItem(name: "primary_key", value: target.primaryKey)) }
+            if wait { items.append(URLQueryItem(name: "wait", value: "true")) }
             items.append(URLQueryItem(name: "tags", value: tags))
             var components = URLComponents()
             components.queryItems = items

@@ -47,7 +47,7 @@ struct RefusalTracker {
 /// It is the part that starts after every listener: its start marks intake ready; being among the first to
 /// stop, it marks it not ready as soon as a shutdown begins.
 ///
-/// A dedicated thread (`intake-state`) looks at the spool's capacity at once when a refusal begins, and
+/// A dedicated thread (`state-reporter`) looks at the spool's capacity at once when a refusal begins, and
 /// four times a second for its end (a refusal that begins and ends between two looks is still reported,
 /// from the capacity's count of refusals); it also does the file writes, so neither an event loop nor the
 /// cooperative pool ever waits on them.
@@ -74,7 +74,7 @@ final class IntakeStateReporter: DaemonPart, RunningPart {
     func start() async throws -> any RunningPart {
         AgentMetrics.announce(spoolMaxBytes: capacity.limit)
         capacity.whenRefusalBegins { [wake] in wake.signal() }
-        NamedThread.start("intake-state") { [self] in
+        NamedThread.start("state-reporter") { [self] in
             watch()
             ended.signal()
         }

@@ -2,9 +2,12 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// Serves one connection of the local Stream API: `POST /v2/stream` with the request format, limits and
-/// status codes of the real API, answered once the rows are durable in the spool.
+/// status codes of the real API, answered once the rows are durable in the spool, or, with
+/// `config.wait = true`, once the Stream API committed them (with their `snapshot_id`), at most
+/// `[intake] wait_timeout` later: then 202 with `"committed":false` (durable here, not yet committed there).
 ///
 /// Bodies are refused with 413 as soon as they pass the 10 MB limit while streaming in (for gzip bodies,
 /// once the inflated size would), never buffered whole. HTTP/1.1 keep-alive and pipelining are handled by
@@ -16,17 +19,49 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let configuration: AgentConfiguration
     private let writer: SpoolWriter
     private let readiness: IntakeReadiness?
+    private let confirmations: RemoteConfirmations?
     private let logger: Logger
     private var head: HTTPRequestHead?
+    /// The request waiting for the API's commit, if any (the connection answers nothing else meanwhile).
+    private var waiting: Waiting?
+
+    /// A request with `config.wait = true` whose rows are durable and not yet committed upstream.
+    private struct Waiting {
+        let head: HTTPRequestHead
+        let rows: Int
+        let table: String
+        let ticket: WaitTicket
+        let timer: Scheduled<Void>
+    }
     private var body = ByteBuffer()
     /// Set once this request was answered early (auth, route, size): the rest of it is ignored.
     private var answered = false
 
-    init(configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil, logger: Logger) {
+    init(configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil,
+         confirmations: RemoteConfirmations? = nil, logger: Logger) {
         self.configuration = configuration
         self.writer = writer
         self.readiness = readiness
+        self.confirmations = confirmations
         self.logger = logger
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The daemon stops: a request still waiting for the API is answered now (its rows are durable).
+        if event is DaemonStopping {
+            answerNotYetCommitted(context: context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let waiting {
+            waiting.timer.cancel()
+            waiting.ticket.cancel()
+            self.waiting = nil
+        }
+        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -133,18 +168,59 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             let promise = context.eventLoop.makePromise(of: Void.self)
-            writer.submit(batch, promise: promise)
+            let ticket = wait ? registerWait(context: context) : nil
+            var appended: (@Sendable ([SpoolWriter.AppendedRange]) -> Void)?
+            if let ticket { appended = { ranges in ticket.register(ranges) } }
+            writer.submit(batch, promise: promise, appended: appended)
             promise.futureResult.assumeIsolated().whenComplete { [self] outcome in
                 switch outcome {
                 case .success:
                     AgentMetrics.recordsSpooled.increment(by: Int64(accepted.records))
-                    respond(context: context, head: head, Self.success(rows: accepted.records, table: table, wait: wait), close: false)
+                    if let ticket {
+                        let timeout = TimeAmount.milliseconds(configuration.intake.waitTimeout.milliseconds)
+                        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { self.answerNotYetCommitted(context: context) }
+                        waiting = Waiting(head: head, rows: accepted.records, table: table, ticket: ticket, timer: timer)
+                    } else {
+                        respond(context: context, head: head, Self.success(rows: accepted.records, table: table), close: false)
+                    }
                 case .failure(let error):
+                    ticket?.cancel()
                     let rejection = error as? IntakeRejection ?? IntakeRejection(status: 500, code: .storageFailed, message: "\(error)")
                     respond(context: context, head: head, Self.failure(rejection, table: table), close: false)
                 }
             }
         }
+    }
+
+    // MARK: Waiting for the API
+
+    /// A ticket for a request that waits for the API's commit; it registers once the rows have seqs.
+    private func registerWait(context: ChannelHandlerContext) -> WaitTicket? {
+        guard let confirmations else { return nil }
+        let handler = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        return WaitTicket(confirmations: confirmations) { [eventLoop = context.eventLoop] outcome in
+            eventLoop.execute {
+                let (handler, context) = handler.value
+                handler.answerCommitted(outcome, context: context)
+            }
+        }
+    }
+
+    private func answerCommitted(_ outcome: RemoteConfirmations.Outcome, context: ChannelHandlerContext) {
+        guard let waiting else { return }
+        self.waiting = nil
+        waiting.timer.cancel()
+        respond(context: context, head: waiting.head, Self.committed(rows: waiting.rows, table: waiting.table, outcome: outcome), close: false)
+    }
+
+    /// The wait is over (`wait_timeout`, or the daemon stops) before the API committed the rows.
+    private func answerNotYetCommitted(context: ChannelHandlerContext) {
+        guard let waiting else { return }
+        self.waiting = nil
+        waiting.timer.cancel()
+        waiting.ticket.cancel()
+        respond(context: context, head: waiting.head, Self.notYetCommitted(
+            rows: waiting.rows, table: waiting.table, timeout: configuration.intake.waitTimeout), close: false)
     }
 
     // MARK: Answers
@@ -176,13 +252,31 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    static func success(rows: Int, table: String, wait: Bool) -> Answer {
-        var warnings = ["spooled locally by definite-agent: the rows are durable on this host and will be delivered to the Stream API; snapshot_id is not known yet"]
-        if wait { warnings.append("config.wait is not supported by the local agent: it cannot wait for the remote snapshot; the rows were spooled") }
+    static func success(rows: Int, table: String) -> Answer {
+        let warning = "spooled locally by definite-agent: the rows are durable on this host and will be delivered to the Stream API; snapshot_id is not known yet (send config.wait = true to wait for it)"
         let body = "{\"success\":true,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(JSONCompactor.quote(table)),"
             + "\"accepted\":\(rows),\"successful_rows\":\(rows),\"rejected_rows\":0,\"partitions\":[],\"snapshot_id\":null,"
-            + "\"warnings\":[\(warnings.map(JSONCompactor.quote).joined(separator: ","))],\"errors\":[]}"
+            + "\"warnings\":[\(JSONCompactor.quote(warning))],\"errors\":[]}"
         return Answer(status: .ok, body: body, headers: [("X-Agent-Spooled", "true")])
+    }
+
+    /// `config.wait = true`, and the API committed (or dead-lettered) every row: its answer, as the API
+    /// would give it, with `"committed":true`.
+    static func committed(rows: Int, table: String, outcome: RemoteConfirmations.Outcome) -> Answer {
+        let body = "{\"success\":\(outcome.committed > 0 || rows == 0),\"request_id\":\"\(requestID())\",\"stream_id\":null,"
+            + "\"table\":\(JSONCompactor.quote(table)),\"accepted\":\(rows),\"successful_rows\":\(outcome.committed),"
+            + "\"rejected_rows\":\(outcome.rejected),\"partitions\":[],\"snapshot_id\":\(outcome.snapshotID.map(JSONCompactor.quote) ?? "null"),"
+            + "\"committed\":true,\"warnings\":[],\"errors\":[\(outcome.errors.map(JSONCompactor.quote).joined(separator: ","))]}"
+        return Answer(status: .ok, body: body)
+    }
+
+    /// `config.wait = true`, and `wait_timeout` passed first (or the daemon stops): 202, `"committed":false`.
+    static func notYetCommitted(rows: Int, table: String, timeout: HumanDuration) -> Answer {
+        let warning = "durable in definite-agent's spool on this host, but not yet committed by the Stream API within [intake] wait_timeout (\(timeout)); it will be delivered, and its snapshot_id is not known"
+        let body = "{\"success\":true,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(JSONCompactor.quote(table)),"
+            + "\"accepted\":\(rows),\"successful_rows\":0,\"rejected_rows\":0,\"partitions\":[],\"snapshot_id\":null,"
+            + "\"committed\":false,\"warnings\":[\(JSONCompactor.quote(warning))],\"errors\":[]}"
+        return Answer(status: .accepted, body: body, headers: [("X-Agent-Spooled", "true")])
     }
 
     static func failure(_ rejection: IntakeRejection, table: String?) -> Answer {
@@ -209,5 +303,37 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         var query: [String: String] = [:]
         for item in items { query[item.name] = item.value ?? "" }
         return query
+    }
+}
+
+/// A request's wait for the API's commit: registered with ``RemoteConfirmations`` from the writer's thread
+/// once its rows have seqs, cancelled from the event loop when the request is answered otherwise.
+final class WaitTicket: Sendable {
+    private let confirmations: RemoteConfirmations
+    private let settled: @Sendable (RemoteConfirmations.Outcome) -> Void
+    private let state = Mutex<(ticket: RemoteConfirmations.Ticket?, cancelled: Bool)>((nil, false))
+
+    init(confirmations: RemoteConfirmations, settled: @escaping @Sendable (RemoteConfirmations.Outcome) -> Void) {
+        self.confirmations = confirmations
+        self.settled = settled
+    }
+
+    /// The request's rows got these seqs (one range: a request names one table).
+    func register(_ ranges: [SpoolWriter.AppendedRange]) {
+        guard let range = ranges.first else { return }
+        let ticket = confirmations.register(targetID: range.targetID, seqs: range.range, settled: settled)
+        let cancelled = state.withLock { state in
+            state.ticket = ticket
+            return state.cancelled
+        }
+        if cancelled { confirmations.cancel(ticket) }
+    }
+
+    func cancel() {
+        let ticket = state.withLock { state in
+            state.cancelled = true
+            return state.ticket
+        }
+        if let ticket { confirmations.cancel(ticket) }
     }
 }

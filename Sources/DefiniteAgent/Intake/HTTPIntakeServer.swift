@@ -14,18 +14,37 @@ struct HTTPIntakeServer: ConnectionPipeline {
     let writer: SpoolWriter
     /// Answers `GET /readyz` (nil: always ready).
     var readiness: IntakeReadiness?
+    /// Where requests with `config.wait = true` wait for the API's commit (nil: they are answered at once).
+    var confirmations: RemoteConfirmations?
     let logger: Logger
 
     var backlog: Int32 { 256 }
 
     func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
-        let (settings, writer, readiness, logger) = (settings, writer, readiness, logger)
+        let (settings, writer, readiness, confirmations, logger) = (settings, writer, readiness, confirmations, logger)
         return bootstrap.childChannelInitializer { channel in
             let configuration = settings.current
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(configuration: configuration, writer: writer, readiness: readiness, logger: logger))
+                try channel.pipeline.syncOperations.addHandler(StopNotice(), position: .first)
+                try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(
+                    configuration: configuration, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
             }
         }
     }
 }
+
+/// Tells the connection's ``HTTPIntakeHandler`` that the daemon stops (``DaemonStopping``), ahead of NIO's
+/// HTTP pipeline handler, which keeps `ChannelShouldQuiesceEvent` to itself: a request waiting for the API's
+/// commit (`config.wait = true`) is then answered at once, and the connection closes after it.
+final class StopNotice: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent { context.fireUserInboundEventTriggered(DaemonStopping()) }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// The daemon began to stop (see ``StopNotice``).
+struct DaemonStopping: Sendable {}

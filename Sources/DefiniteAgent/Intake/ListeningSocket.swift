@@ -129,7 +129,7 @@ struct ListeningSocket: Sendable {
         // Restarting while old connections linger in TIME_WAIT must not fail; a port another process
         // listens on still does.
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
-        let socket = ListeningSocket(fd: fd, kind: .stream, origin: .address, ownedPath: nil, location: "\(address)", part: part)
+        let socket = ListeningSocket(fd: fd, kind: .stream, origin: .address, ownedPath: nil, location: address.plainDescription, part: part)
         guard address.withSockAddr({ Glibc.bind(fd, $0, socklen_t($1)) }) == 0 else {
             let error = errno
             socket.discard()

@@ -82,6 +82,7 @@ enum EffectiveConfiguration {
             ? "# http_token not set\(c.intake.httpListen == nil ? "" : ": anyone who can reach http_listen can write records")"
             : "# http_token = <redacted>")
         lines.append(optional("datagram_socket", c.intake.datagramSocket))
+        lines.append("wait_timeout = \(q(c.intake.waitTimeout.description))")
         lines.append("")
         for table in c.tables {
             lines += ["[[table]]", "name = \(q(table.name))", "mode = \(q(table.mode.rawValue))"]

@@ -126,8 +126,11 @@ public struct AgentDaemon: Sendable {
             "held_bytes": "\(writer.capacity.usedBytes)", "open_files_limit": "\(openFiles)",
         ])
         let readiness = IntakeReadiness(capacity: writer.capacity)
+        let confirmations = RemoteConfirmations()
         let key = APIKeyBox(try await blocking.runIfActive { try loadKey() })
-        let delivery = try await blocking.runIfActive { try DeliveryService(settings: settings, writer: writer, key: key, logger: logger) }
+        let delivery = try await blocking.runIfActive {
+            try DeliveryService(settings: settings, writer: writer, key: key, confirmations: confirmations, logger: logger)
+        }
         let passedSockets = takePassedSockets()
         let notifier = SystemdNotifier()
 
@@ -149,10 +152,11 @@ public struct AgentDaemon: Sendable {
             case .lineSocket(let path):
                 return listener(kind, address(.intake, path: path), IntakeServer(settings: settings, writer: writer, logger: logger))
             case .httpSocket(let path):
-                return listener(kind, address(.http, path: path), HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, logger: logger))
+                return listener(kind, address(.http, path: path), HTTPIntakeServer(
+                    settings: settings, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
             case .httpAddress(let listen):
                 return listener(kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
-                                HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, logger: logger))
+                                HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
             case .datagramSocket(let path):
                 return DatagramIntakeServer(
                     part: kind, address: address(.datagram, path: path), settings: settings, writer: writer, environment: environment)

@@ -13,8 +13,9 @@ import ServiceLifecycle
 final class DeliveryService: DaemonPart, RunningPart {
     let loop: DeliveryLoop
 
-    init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, logger: Logger) throws(SpoolError) {
-        loop = try DeliveryLoop(settings: settings, writer: writer, key: key, logger: logger)
+    init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, confirmations: RemoteConfirmations? = nil,
+         logger: Logger) throws(SpoolError) {
+        loop = try DeliveryLoop(settings: settings, writer: writer, key: key, confirmations: confirmations, logger: logger)
     }
 
     func start() async throws -> any RunningPart {

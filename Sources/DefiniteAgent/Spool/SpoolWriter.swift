@@ -31,7 +31,7 @@ public final class SpoolWriter: @unchecked Sendable {
     }
 
     private enum Job {
-        case append(IntakeBatch, EventLoopPromise<Void>)
+        case append(Pending)
         /// Work that must run on the write connection (delivery bookkeeping, maintenance).
         case transaction(@Sendable (SQLiteConnection) throws -> Void, @Sendable (Result<Void, any Error>) -> Void)
         /// Attaching or detaching the checkpointer, outside any transaction.
@@ -142,9 +142,21 @@ public final class SpoolWriter: @unchecked Sendable {
         }
     }
 
+    /// A batch queued for the next commit, and who hears of it.
+    private struct Pending {
+        var batch: IntakeBatch
+        var promise: EventLoopPromise<Void>
+        /// Told the seqs the batch's records got, on the writer thread, inside the transaction (so before any
+        /// reader can see the records); the commit may still fail, and then `promise` fails.
+        var appended: (@Sendable ([AppendedRange]) -> Void)?
+    }
+
     /// Queues a batch; `promise` succeeds once it is durable, or fails with an ``IntakeRejection``.
-    /// The batch's bytes must already be reserved in ``capacity``.
-    public func submit(_ batch: IntakeBatch, promise: EventLoopPromise<Void>) {
+    /// The batch's bytes must already be reserved in ``capacity``. `appended`, when given, hears the seqs
+    /// the records got (on the writer thread, before the commit makes them visible to any reader; if the
+    /// commit fails, `promise` fails after it).
+    public func submit(_ batch: IntakeBatch, promise: EventLoopPromise<Void>,
+                       appended: (@Sendable ([AppendedRange]) -> Void)? = nil) {
         condition.lock()
         guard !stopping else {
             condition.unlock()
@@ -152,7 +164,7 @@ public final class SpoolWriter: @unchecked Sendable {
             promise.fail(IntakeRejection(status: 503, code: .shuttingDown, message: "the agent is shutting down; retry shortly"))
             return
         }
-        queue.append(.append(batch, promise))
+        queue.append(.append(Pending(batch: batch, promise: promise, appended: appended)))
         condition.signal()
         condition.unlock()
     }
@@ -217,7 +229,7 @@ public final class SpoolWriter: @unchecked Sendable {
             condition.unlock()
 
             // Runs of appends and runs of transactions are each one commit, in queue order.
-            var appends: [(IntakeBatch, EventLoopPromise<Void>)] = []
+            var appends: [Pending] = []
             var transactions: [Transaction] = []
             func flush() {
                 if !appends.isEmpty {
@@ -232,9 +244,9 @@ public final class SpoolWriter: @unchecked Sendable {
             }
             for job in jobs {
                 switch job {
-                case .append(let batch, let promise):
+                case .append(let pending):
                     if !transactions.isEmpty { flush() }
-                    appends.append((batch, promise))
+                    appends.append(pending)
                 case .transaction(let body, let completion):
                     if !appends.isEmpty { flush() }
                     transactions.append((body, completion))
@@ -315,7 +327,7 @@ public final class SpoolWriter: @unchecked Sendable {
     }
 
     /// Appends every batch's records in one transaction, then completes the promises.
-    private func commit(_ queued: [(IntakeBatch, EventLoopPromise<Void>)]) {
+    private func commit(_ queued: [Pending]) {
         let batches = admitWithinDiskHeadroom(queued)
         guard !batches.isEmpty else { return }
         appended.removeAll(keepingCapacity: true)
@@ -323,17 +335,19 @@ public final class SpoolWriter: @unchecked Sendable {
             // Each batch's records go in as they are, target by target, in arrival order: no copy into a
             // per-commit buffer (memory stays what the batches already hold), and seqs stay in order.
             let now = Date().timeIntervalSince1970
-            for (batch, _) in batches {
-                for (index, target) in batch.targets.enumerated() where batch.counts[index] > 0 {
-                    try self.append(batch, group: index, to: target, at: now, db: db)
+            for pending in batches {
+                var ranges: [AppendedRange] = []
+                for (index, target) in pending.batch.targets.enumerated() where pending.batch.counts[index] > 0 {
+                    if let range = try self.append(pending.batch, group: index, to: target, at: now, db: db) { ranges.append(range) }
                 }
+                pending.appended?(ranges)
             }
         }
         switch result {
         case .success:
-            for (batch, promise) in batches {
-                capacity.commitReservation(batch.totalBytes)
-                promise.succeed(())
+            for pending in batches {
+                capacity.commitReservation(pending.batch.totalBytes)
+                pending.promise.succeed(())
             }
             if !appended.isEmpty {
                 condition.lock()
@@ -346,9 +360,9 @@ public final class SpoolWriter: @unchecked Sendable {
             targetIDs.removeAll()
             try? loadTargets()
             let rejection = rejection(for: error)
-            for (batch, promise) in batches {
-                capacity.cancelReservation(batch.totalBytes)
-                promise.fail(rejection)
+            for pending in batches {
+                capacity.cancelReservation(pending.batch.totalBytes)
+                pending.promise.fail(rejection)
             }
         }
     }
@@ -356,10 +370,10 @@ public final class SpoolWriter: @unchecked Sendable {
     /// The batches, in order, that fit before the disk reserve (``DiskAdmission``); the others are
     /// refused with 507 here. Whether intake is refused for want of disk goes to ``capacity``, where the
     /// daemon's reporter logs the start and the end of it (and `status` and the metrics show it).
-    private func admitWithinDiskHeadroom(_ batches: [(IntakeBatch, EventLoopPromise<Void>)]) -> [(IntakeBatch, EventLoopPromise<Void>)] {
+    private func admitWithinDiskHeadroom(_ batches: [Pending]) -> [Pending] {
         let admitted: Int
         let refusal: DiskAdmission.Refusal
-        switch diskAdmission.admit(batches.map { $0.0.totalBytes }, connection: connection) {
+        switch diskAdmission.admit(batches.map { $0.batch.totalBytes }, connection: connection) {
         case .all(let resumed):
             if resumed { capacity.diskHasRoom() }
             return batches
@@ -369,20 +383,25 @@ public final class SpoolWriter: @unchecked Sendable {
         let figures = "\(refusal.filesystemFree) free, \(refusal.reserve) kept for delivery"
         capacity.diskIsFull(figures)
         let rejection = Self.diskFull(figures)
-        for (batch, promise) in batches[admitted...] {
-            capacity.cancelReservation(batch.totalBytes)
-            promise.fail(rejection)
+        for pending in batches[admitted...] {
+            capacity.cancelReservation(pending.batch.totalBytes)
+            pending.promise.fail(rejection)
         }
         return Array(batches[..<admitted])
     }
 
-    /// Appends a batch's records for `target` (a run of records per tag set), in order.
-    private func append(_ batch: IntakeBatch, group index: Int, to target: SpoolTarget, at now: Double, db: SQLiteConnection) throws {
+    /// Appends a batch's records for `target` (a run of records per tag set), in order; returns the seqs
+    /// they got.
+    private func append(_ batch: IntakeBatch, group index: Int, to target: SpoolTarget, at now: Double,
+                        db: SQLiteConnection) throws -> AppendedRange? {
         let id = try targetID(for: target, at: now, db: db)
+        var these: Range<Int64>?
         for run in batch.runs(of: index) {
             let seqs = try SegmentLog.append(batch.records[index][run.bytes], count: run.count, targetID: id, tags: run.tags, at: now, db: db)
             appended[id] = AppendedRange(targetID: id, target: target, range: (appended[id]?.range.lowerBound ?? seqs.lowerBound)..<seqs.upperBound)
+            these = (these?.lowerBound ?? seqs.lowerBound)..<seqs.upperBound
         }
+        return these.map { AppendedRange(targetID: id, target: target, range: $0) }
     }
 
     private func targetID(for target: SpoolTarget, at now: Double, db: SQLiteConnection) throws -> Int64 {
