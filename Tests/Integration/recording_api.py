@@ -67,6 +67,8 @@ class RecordingAPI:
                 self.end_headers()
                 self.wfile.write(answer)
 
+        # A backlog that takes a burst of new connections (Python's default of 5 drops SYNs: 1 s each).
+        ThreadingHTTPServer.request_queue_size = 1024
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2/stream"

@@ -103,7 +103,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         public var gzipLevel = 6
         public var format = BodyFormat.json
         /// Batches in flight at once per append target (merge targets always have one).
-        public var concurrency = 4
+        public var concurrency = 6
         /// Requests in flight to the API at once, over all targets: the ceiling of the adaptive limit.
         public var maxInFlight = 64
     }

@@ -47,10 +47,10 @@ struct RefusalTracker {
 /// It is the part that starts after every listener: its start marks intake ready; being among the first to
 /// stop, it marks it not ready as soon as a shutdown begins.
 ///
-/// A dedicated thread (`state-reporter`) looks at the spool's capacity at once when a refusal begins, and
-/// four times a second for its end (a refusal that begins and ends between two looks is still reported,
-/// from the capacity's count of refusals); it also does the file writes, so neither an event loop nor the
-/// cooperative pool ever waits on them.
+/// A dedicated thread (`state-reporter`) sleeps until a refusal begins, looks at the spool's capacity at
+/// once, and then four times a second for its end (a refusal that begins and ends between two looks is
+/// still reported, from the capacity's count of refusals); it also does the file writes, so neither an
+/// event loop nor the cooperative pool ever waits on them. Idle, it never wakes up.
 final class IntakeStateReporter: DaemonPart, RunningPart {
     private let capacity: SpoolCapacity
     private let readiness: IntakeReadiness
@@ -98,7 +98,12 @@ final class IntakeStateReporter: DaemonPart, RunningPart {
         var tracker = RefusalTracker()
         write(state)
         while !stopping.load(ordering: .relaxed) {
-            _ = wake.wait(timeout: .now() + .milliseconds(250))
+            // Idle until a refusal begins (the capacity signals it); then four looks a second for its end.
+            if tracker.current == nil {
+                wake.wait()
+            } else {
+                _ = wake.wait(timeout: .now() + .milliseconds(250))
+            }
             let transitions = tracker.observe(capacity.observe(), now: Date())
             guard !transitions.isEmpty else { continue }
             transitions.forEach(report)

@@ -935,9 +935,12 @@ def main(argv=None):
     host, port = parse_listen(args.listen)
     Handler.emu = emu
     ThreadingHTTPServer.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # The listen backlog is set when the server is made (socketserver calls listen() in __init__): with
+    # Python's default of 5, a client opening many connections at once loses SYNs and waits a 1 s
+    # retransmission for each, which measures the emulator, not the client.
+    ThreadingHTTPServer.request_queue_size = 1024
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    server.request_queue_size = 128
     bound = server.server_address
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     sys.stdout.write(f"listening on {shown}:{bound[1]}\n")
