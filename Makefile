@@ -4,6 +4,7 @@
 #   sudo make install          # stripped binary, units, sysusers/tmpfiles entries, man page, completions,
 #                              # example config (never overwritten)
 #   sudo make uninstall        # binary and units only: the configuration, the API key and the spool stay
+#   make deb                   # build, then dist/definite-agent_<version>_amd64.deb (scripts/package-deb)
 #   make test                  # every test suite (bash .ci/run)
 #
 # `make install DESTDIR=/some/dir` stages the same files under /some/dir and touches nothing else (no
@@ -48,7 +49,7 @@ SUBST = sed -e 's|/usr/local/bin/definite-agent|$(BINDIR)/definite-agent|g' \
 # Whether this machine runs systemd (the test sd_booted(3) uses); never when staging into DESTDIR.
 LIVE = $(if $(DESTDIR),,$(shell [ -d /run/systemd/system ] && echo yes))
 
-.PHONY: all build man completions install uninstall test
+.PHONY: all build man completions install uninstall deb test
 
 all: build
 
@@ -154,6 +155,10 @@ endif
 	@echo "  /var/lib/definite-agent  (the spool: rows not yet delivered, and dead letters)"
 	@echo "  the definite-agent user and group"
 	@echo "Delete them by hand only if you are sure: rm -r $(CONFDIR) /var/lib/definite-agent; userdel definite-agent"
+
+# The package is made from the release build, with the script CI checks it with.
+deb: build
+	scripts/package-deb
 
 test:
 	bash .ci/run
