@@ -5,6 +5,7 @@
 #                              # example config (never overwritten)
 #   sudo make uninstall        # binary and units only: the configuration, the API key and the spool stay
 #   make deb                   # build, then dist/definite-agent_<version>_amd64.deb (scripts/package-deb)
+#   make image                 # build, then the OCI image definite-agent:<version> (scripts/build-image)
 #   make test                  # every test suite (bash .ci/run)
 #
 # `make install DESTDIR=/some/dir` stages the same files under /some/dir and touches nothing else (no
@@ -49,7 +50,7 @@ SUBST = sed -e 's|/usr/local/bin/definite-agent|$(BINDIR)/definite-agent|g' \
 # Whether this machine runs systemd (the test sd_booted(3) uses); never when staging into DESTDIR.
 LIVE = $(if $(DESTDIR),,$(shell [ -d /run/systemd/system ] && echo yes))
 
-.PHONY: all build man completions install uninstall deb test
+.PHONY: all build man completions install uninstall deb image test
 
 all: build
 
@@ -156,9 +157,12 @@ endif
 	@echo "  the definite-agent user and group"
 	@echo "Delete them by hand only if you are sure: rm -r $(CONFDIR) /var/lib/definite-agent; userdel definite-agent"
 
-# The package is made from the release build, with the script CI checks it with.
+# The package and the image are made from the release build, with the scripts CI checks them with.
 deb: build
 	scripts/package-deb
+
+image: build
+	scripts/build-image
 
 test:
 	bash .ci/run
