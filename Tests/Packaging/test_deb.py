@@ -23,6 +23,8 @@ from agent_harness import spooled_records, wait_until
 from conftest import ROOT, require_root, require_tools, run
 from harness import Emulator
 
+# Its installed path, not whatever `definite-agent` PATH finds first (a `make install` in /usr/local).
+AGENT = "/usr/bin/definite-agent"
 CONFIG = Path("/etc/definite-agent/agent.toml")
 SPOOL_DIR = Path("/var/lib/definite-agent")
 SOCKET = Path("/run/definite-agent/agent.sock")
@@ -154,7 +156,7 @@ def as_agent_user(*args: str) -> list[str]:
 
 
 def status(env: dict | None = None) -> dict:
-    return json.loads(run(*as_agent_user("definite-agent", "status", "--json"), env=env).stdout)
+    return json.loads(run(*as_agent_user(AGENT, "status", "--json"), env=env).stdout)
 
 
 @pytest.fixture
@@ -163,7 +165,8 @@ def machine():
     is purged and a user the package made is deleted again."""
     require_root("installing a package")
     require_tools("dpkg", "setpriv", "systemd-sysusers", "systemd-tmpfiles")
-    if run("dpkg-query", "--show", "--showformat=${Status}", "definite-agent", check=False).stdout.startswith("install"):
+    installed = run("dpkg-query", "--show", "--showformat=${Status}", "definite-agent", check=False).stdout
+    if installed.startswith("install"):
         pytest.skip("definite-agent is installed on this machine: the test would replace it")
     if CONFIG.parent.exists() or SPOOL_DIR.exists():
         pytest.skip(f"{CONFIG.parent} or {SPOOL_DIR} exists on this machine: the test would delete it")
@@ -184,15 +187,16 @@ def test_install_run_upgrade_remove_purge(deb, machine, tmp_path):
     # A first install enables nothing and says how to.
     assert "systemctl enable --now definite-agent.socket definite-agent.service" in installed.stdout
     assert pwd.getpwnam("definite-agent").pw_dir == str(SPOOL_DIR)
-    assert run("definite-agent", "--version").stdout.split()[0] == control(deb)["Version"]
-    assert re.fullmatch(r"\S+ \(commit \S+, built \d{4}-\d\d-\d\d\)\n", run("definite-agent", "--version").stdout)
-    run("definite-agent", "config", "check", "--config", CONFIG)
+    assert run(AGENT, "--version").stdout.split()[0] == control(deb)["Version"]
+    assert re.fullmatch(r"\S+ \(commit \S+, built \d{4}-\d\d-\d\d\)\n", run(AGENT, "--version").stdout)
+    run(AGENT, "config", "check", "--config", CONFIG)
     # The installed units, as installed (procps' /bin/kill for ExecReload=, the binary for ExecStart=).
     require_tools("systemd-analyze")
     verify = run("systemd-analyze", "verify", "/usr/lib/systemd/system/definite-agent.socket",
                  "/usr/lib/systemd/system/definite-agent.service", check=False)
     assert verify.returncode == 0 and "definite-agent" not in verify.stdout + verify.stderr, verify.stderr
-    assert run("man", "--where", "definite-agent").stdout.strip() == "/usr/share/man/man1/definite-agent.1.gz"
+    manual = run("man", "--pager=cat", "--local-file", "/usr/share/man/man1/definite-agent.1.gz").stdout
+    assert "definite-agent" in manual and "config" in manual
     completion = run("bash", "-c", "source /usr/share/bash-completion/completions/definite-agent && "
                      "complete -p definite-agent")
     assert "definite-agent" in completion.stdout
@@ -200,26 +204,28 @@ def test_install_run_upgrade_remove_purge(deb, machine, tmp_path):
     # What the boot (systemd-tmpfiles) and the service's StateDirectory= would do where systemd runs.
     run("systemd-tmpfiles", "--create", "definite-agent.conf")
     run("install", "-d", "-m", "0750", "-o", "definite-agent", "-g", "definite-agent", SPOOL_DIR)
-    assert oct(CONFIG.stat().st_mode & 0o777) == "0o640" and CONFIG.stat().st_gid == pwd.getpwnam("definite-agent").pw_gid
+    assert CONFIG.stat().st_mode & 0o777 == 0o640
+    assert CONFIG.stat().st_gid == pwd.getpwnam("definite-agent").pw_gid
 
     with Emulator() as emulator:
         # The operator's edit of the conffile: the emulator as the API, a default table, a short linger.
-        text = CONFIG.read_text().replace('url = "https://api.definite.app/v2/stream"', f'url = "{emulator.stream_url}"')
+        text = CONFIG.read_text().replace('url = "https://api.definite.app/v2/stream"',
+                                          f'url = "{emulator.stream_url}"')
         text = text.replace('# default_table = "bronze.events"', 'default_table = "bronze.packaged"')
         CONFIG.write_text(text.replace('linger = "1s"', 'linger = "100ms"'))
         env = dict(os.environ, DEFINITE_API_KEY=emulator.api_key)
         log = open(tmp_path / "agent.log", "w")
-        agent = subprocess.Popen(as_agent_user("definite-agent", "run"), env=env, stdout=log, stderr=log)
+        agent = subprocess.Popen(as_agent_user(AGENT, "run"), env=env, stdout=log, stderr=log)
         try:
             wait_until(SOCKET.exists, timeout=30, message="the installed agent's socket")
             records = tmp_path / "records.ndjson"
             records.write_text("".join(json.dumps({"id": i, "via": "deb"}) + "\n" for i in range(5)))
-            assert run("definite-agent", "send", records).stdout.strip() == "accepted 5, rejected 0"
+            assert run(AGENT, "send", records).stdout.strip() == "accepted 5, rejected 0"
             wait_until(lambda: emulator.scalar("SELECT count(*) FROM lake.bronze.packaged") == 5, timeout=60,
                        tolerate_errors=True, message="5 rows delivered to the emulator")
             emulator.stop()  # the API goes away: what comes now stays in the spool
             records.write_text("".join(json.dumps({"id": i, "via": "deb"}) + "\n" for i in range(5, 8)))
-            assert run("definite-agent", "send", records).stdout.strip() == "accepted 3, rejected 0"
+            assert run(AGENT, "send", records).stdout.strip() == "accepted 3, rejected 0"
             assert status(env)["pending"] == 3
         finally:
             agent.send_signal(signal.SIGTERM)
@@ -237,7 +243,7 @@ def test_install_run_upgrade_remove_purge(deb, machine, tmp_path):
 
     # remove: the binary and units go; the configuration, the spool and the user stay.
     run("dpkg", "--remove", "definite-agent")
-    assert not Path("/usr/bin/definite-agent").exists()
+    assert not Path(AGENT).exists()
     assert not Path("/usr/lib/systemd/system/definite-agent.service").exists()
     assert CONFIG.read_text() == edited
     assert sha256s(SPOOL_DIR) == spool

@@ -115,7 +115,8 @@ def test_image_holds_the_binary_its_libraries_and_nothing_else(rootfs, release_b
 
 def test_version_and_config_check_in_the_image(rootfs, release_binary):
     assert in_image(rootfs, "/usr/bin/definite-agent", "--version").stdout == run(release_binary, "--version").stdout
-    checked = in_image(rootfs, "/usr/bin/definite-agent", "config", "check", "--config", "/etc/definite-agent/agent.toml")
+    checked = in_image(rootfs, "/usr/bin/definite-agent", "config", "check",
+                       "--config", "/etc/definite-agent/agent.toml")
     assert 'listen = "0.0.0.0:9464"' in checked.stdout
 
 
