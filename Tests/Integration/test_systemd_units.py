@@ -4,7 +4,8 @@
 - `systemd-analyze security --offline=true` rates the service's exposure at most MAX_EXPOSURE;
 - the socket unit, the service, sysusers, tmpfiles and the example configuration agree on names, paths
   and modes;
-- `make install DESTDIR=…` puts every file where expected and never overwrites a configuration;
+- `make install DESTDIR=…` puts every file where expected (the binary stripped, the man page, the shell
+  completions) and never overwrites a configuration;
 - the real daemon runs under the service's own SystemCallFilter=, MemoryDenyWriteExecute= and
   RestrictAddressFamilies= (emulated with libseccomp, refused calls killing the process, so nothing the
   filter would refuse can hide), as an unprivileged user, socket-activated like systemd does it, and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gzip
 import os
 import pwd
 import re
@@ -70,15 +72,38 @@ def make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+def stand_in_build(base: Path) -> list[str]:
+    """What `make build` leaves for `make install`, made in `base` without Swift: an unstripped executable,
+    a man page and the three completion scripts. Returns the make variables that point install at them."""
+    compiler = shutil.which("cc") or shutil.which("clang")
+    if compiler is None:
+        pytest.skip("needs a C compiler for a stand-in binary")
+    base.mkdir(parents=True, exist_ok=True)
+    stub = base / "definite-agent.stub"
+    subprocess.run([compiler, "-g", "-x", "c", "-", "-o", str(stub)], input=b"int main(void) { return 0; }\n",
+                   check=True, capture_output=True)
+    share = base / "share"
+    (share / "man").mkdir(parents=True)
+    (share / "man/definite-agent.1").write_text(".Dd January 1, 2026\n.Dt DEFINITE-AGENT 1\n")
+    (share / "completions").mkdir()
+    for name in ("definite-agent.bash", "_definite-agent", "definite-agent.fish"):
+        (share / "completions" / name).write_text(f"# {name}\n")
+    return [f"BIN={stub}", f"SHARE={share}"]
+
+
+def has_symbols(path: Path) -> bool:
+    return ".symtab" in subprocess.run(["readelf", "--section-headers", "--wide", str(path)], capture_output=True,
+                                       text=True, check=True).stdout
+
+
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory) -> Path:
-    """`make install DESTDIR=…` with a stand-in binary (the layout does not depend on the build)."""
+    """`make install DESTDIR=…` with a stand-in build (the layout does not depend on the build)."""
     base = tmp_path_factory.mktemp("install")
-    stub = base / "definite-agent.stub"
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
+    build = stand_in_build(base)
+    assert has_symbols(base / "definite-agent.stub")
     destdir = base / "root"
-    result = make("install", f"DESTDIR={destdir}", f"BIN={stub}")
+    result = make("install", f"DESTDIR={destdir}", *build)
     assert result.returncode == 0, result.stdout + result.stderr
     return destdir
 
@@ -184,8 +209,13 @@ def test_make_install_puts_every_file_in_place(staged):
         f"{UNITDIR}/definite-agent.socket": 0o644,
         "usr/local/lib/sysusers.d/definite-agent.conf": 0o644,
         "usr/local/lib/tmpfiles.d/definite-agent.conf": 0o644,
+        "usr/local/share/doc/definite-agent/README.md": 0o644,
         "usr/local/share/doc/definite-agent/OPERATING.md": 0o644,
         "usr/local/share/doc/definite-agent/agent.toml.example": 0o644,
+        "usr/local/share/man/man1/definite-agent.1.gz": 0o644,
+        "usr/local/share/bash-completion/completions/definite-agent": 0o644,
+        "usr/local/share/zsh/site-functions/_definite-agent": 0o644,
+        "usr/local/share/fish/vendor_completions.d/definite-agent.fish": 0o644,
         "etc/definite-agent/agent.toml": 0o640,
     }
     for relative, mode in expected.items():
@@ -197,6 +227,9 @@ def test_make_install_puts_every_file_in_place(staged):
         (ROOT / "etc/definite-agent/agent.toml").read_text()
     # Nothing outside the install locations (the spool and key are never made by install).
     assert not (staged / "var").exists() and not (staged / "etc/definite-agent/api-key").exists()
+    # The installed binary is stripped; the man page compressed (what man and Debian expect).
+    assert not has_symbols(staged / "usr/local/bin/definite-agent")
+    assert gzip.decompress((staged / "usr/local/share/man/man1/definite-agent.1.gz").read_bytes()).startswith(b".Dd")
     # Installed as shipped, with the default PREFIX.
     assert (staged / UNITDIR / "definite-agent.service").read_text() == \
         (UNITS / "definite-agent.service").read_text()
@@ -204,14 +237,12 @@ def test_make_install_puts_every_file_in_place(staged):
 
 @needs_make
 def test_make_install_never_overwrites_a_configuration_and_follows_prefix(tmp_path):
-    stub = tmp_path / "stub"
-    stub.write_text("#!/bin/sh\n")
-    stub.chmod(0o755)
+    build = stand_in_build(tmp_path)
     destdir = tmp_path / "root"
     config = destdir / "etc/definite-agent/agent.toml"
     config.parent.mkdir(parents=True)
     config.write_text("# mine\n")
-    result = make("install", f"DESTDIR={destdir}", f"BIN={stub}", "PREFIX=/opt/da")
+    result = make("install", f"DESTDIR={destdir}", *build, "PREFIX=/opt/da")
     assert result.returncode == 0, result.stdout + result.stderr
     assert config.read_text() == "# mine\n"
     assert "kept the existing" in result.stdout
@@ -225,6 +256,8 @@ def test_make_install_never_overwrites_a_configuration_and_follows_prefix(tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (destdir / "opt/da/bin/definite-agent").exists()
     assert not (destdir / "opt/da/lib/systemd/system/definite-agent.service").exists()
+    assert not (destdir / "opt/da/share/man/man1/definite-agent.1.gz").exists()
+    assert not (destdir / "opt/da/share/bash-completion/completions/definite-agent").exists()
     assert config.read_text() == "# mine\n"
     assert "Kept, on purpose" in result.stdout
 
@@ -234,6 +267,15 @@ def test_make_install_without_a_binary_says_to_build(tmp_path):
     result = make("install", f"DESTDIR={tmp_path}", f"BIN={tmp_path}/missing")
     assert result.returncode != 0 and "make build" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+@needs_make
+def test_make_install_without_the_man_page_says_to_build(tmp_path):
+    build = stand_in_build(tmp_path / "build")
+    (tmp_path / "build/share/man/definite-agent.1").unlink()
+    result = make("install", f"DESTDIR={tmp_path}/root", *build)
+    assert result.returncode != 0 and "make build" in result.stderr
+    assert not (tmp_path / "root").exists()
 
 
 # -- the daemon under the service's sandbox

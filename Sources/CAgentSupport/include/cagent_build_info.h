@@ -5,4 +5,8 @@
 /// passes `git describe --always --dirty`), else "unknown".
 const char *cagent_build_commit(void);
 
+/// The day the binary was built (UTC, "YYYY-MM-DD"): `-Xcc -DAGENT_BUILD_DATE='"2026-01-31"'` at build time
+/// (`make build` passes it, from SOURCE_DATE_EPOCH when set), else "unknown".
+const char *cagent_build_date(void);
+
 #endif

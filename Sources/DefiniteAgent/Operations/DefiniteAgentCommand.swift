@@ -9,7 +9,7 @@ public struct DefiniteAgentCommand: AsyncParsableCommand {
             Local programs write JSON records to the agent's Unix socket; the agent makes them durable in a \
             SQLite spool at once, acknowledges them, and forwards them to the Stream API.
             """,
-        version: AgentVersion.current,
+        version: AgentVersion.description,
         subcommands: [RunCommand.self, SendCommand.self, StatusCommand.self, DeadLetterCommand.self, QueueCommand.self, ConfigCommand.self]
     )
 
