@@ -6,6 +6,7 @@
 //   definite-agent (executable)  → thin entry point, hands argv to the CLI
 //   DefiniteAgent (library)      → configuration, intake, spool, delivery, operations
 //   CSQLite / CCurl / CZlib      → the C libraries, reached through small shims
+//   CSpoolVFS                    → SQLite's default VFS with a spool's writes gathered until each sync
 import PackageDescription
 
 let package = Package(
@@ -46,12 +47,17 @@ let package = Package(
             linkerSettings: [.linkedLibrary("z")]
         ),
         .target(name: "CAgentSupport"),
+        .target(
+            name: "CSpoolVFS",
+            linkerSettings: [.linkedLibrary("sqlite3")]
+        ),
 
         // MARK: The agent
         .target(
             name: "DefiniteAgent",
             dependencies: [
                 "CSQLite",
+                "CSpoolVFS",
                 "CCurl",
                 "CZlib",
                 "CAgentSupport",
@@ -103,6 +109,7 @@ let package = Package(
             name: "DefiniteAgentTests",
             dependencies: [
                 "DefiniteAgent",
+                "CSpoolVFS",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ]

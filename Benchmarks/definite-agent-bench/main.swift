@@ -13,7 +13,8 @@ struct Bench: ParsableCommand {
             measures: the raw SQLite limit; acknowledged intake (1/8/64 clients, durability full/normal);
             ack latency at 20,000 records/s offered; delivery of a pre-filled spool (gzip and none, and with
             the API 150 ms away); intake and delivery together; peak RSS, and RSS and start-up time with a
-            large backlog; delivery at scale (200 tables, a trace id per request, 150 ms away) and idle.
+            large backlog; delivery at scale (200 tables, a trace id per request, 150 ms away) and idle;
+            disk writes per record when one client sends one acknowledged record at a time.
             Build first: swift build -c release --product definite-agent
             """)
 
@@ -36,11 +37,11 @@ struct Bench: ParsableCommand {
     var quick = false
 
     @Option(parsing: .upToNextOption,
-            help: "Run only these measurements (raw, intake, latency, delivery, e2e, backlog, scale), e.g. while profiling.")
+            help: "Run only these measurements (raw, intake, latency, delivery, e2e, backlog, scale, lowrate), e.g. while profiling.")
     var only: [Measurement] = Measurement.allCases
 
     enum Measurement: String, CaseIterable, ExpressibleByArgument {
-        case raw, intake, latency, delivery, e2e, backlog, scale
+        case raw, intake, latency, delivery, e2e, backlog, scale, lowrate
     }
 
     func run() throws {
@@ -98,7 +99,7 @@ struct Bench: ParsableCommand {
 
         // (4)–(6) need the emulator.
         var stream: Emulator?
-        report.measure("emulator", if: !Set(only).isDisjoint(with: [.delivery, .e2e, .backlog, .scale])) { stream = try Emulator(script: emulator) }
+        report.measure("emulator", if: !Set(only).isDisjoint(with: [.delivery, .e2e, .backlog, .scale, .lowrate])) { stream = try Emulator(script: emulator) }
         if let stream {
             defer { stream.stop() }
             report.measure("delivery", if: only.contains(.delivery)) {
@@ -158,6 +159,15 @@ struct Bench: ParsableCommand {
             }
             report.table.separator()
 
+            report.measure("low rate", if: only.contains(.lowrate)) {
+                let f = try LowRate(binary: binary, emulator: stream).measure(records: plan.lowRateRecords, perSecond: 250)
+                report.lowRateBytes = f.writtenPerRecord
+                report.table.add("one acked record at a time, \(Format.grouped(f.rate))/s, full", "\(Format.grouped(f.writtenPerRecord)) B/record written",
+                                 "\(Format.grouped(f.records)) records, write calls (/proc wchar); "
+                                     + "\(Format.grouped(f.storagePerRecord)) B/record to storage (write_bytes, whole 4 KiB blocks)")
+            }
+            report.table.separator()
+
             let peak = report.peaks.max { $0.1 < $1.1 }
             report.table.add("peak RSS of the daemon during 2–5", peak.map { Format.mib(kib: $0.1) } ?? "–",
                              peak.map { "VmHWM, highest in: \($0.0)" } ?? "")
@@ -203,6 +213,7 @@ struct Plan {
     var backlogRecords: Int
     var backlogWatchSeconds: Double
     var traceRequests: Int
+    var lowRateRecords: Int
 
     init(quick: Bool, intakeRecords: Int?) {
         rawRows = quick ? 50_000 : 500_000
@@ -213,6 +224,7 @@ struct Plan {
         backlogRecords = quick ? 500_000 : 5_000_000
         backlogWatchSeconds = quick ? 1 : 3
         traceRequests = quick ? 1_000 : 10_000
+        lowRateRecords = quick ? 100 : 500
         if quick { corpusRecords = 20_000 }
     }
 }
@@ -230,6 +242,7 @@ final class Report {
     var idleWakeups: Double?
     var endToEnd: (in: Double, out: Double)?
     var ready: (seconds: Double, pending: Int)?
+    var lowRateBytes: Double?
 
     /// Runs one measurement; a failure becomes a table row instead of ending the bench.
     func measure(_ label: String, if selected: Bool = true, _ body: () throws -> Void) {
@@ -261,6 +274,8 @@ final class Report {
         t.add("end to end, sustained (min of in, out)", "≥ 250,000 records/s",
               endToEnd.map { Format.grouped(min($0.in, $0.out)) } ?? "–",
               verdict(endToEnd.map { min($0.in, $0.out) >= 250_000 }))
+        t.add("disk writes, one acked record at a time (250/s)", "≤ 8,000 B/record", lowRateBytes.map { Format.grouped($0) } ?? "–",
+              verdict(lowRateBytes.map { $0 <= 8_000 }))
         let peak = peaks.map(\.1).max()
         t.add("RSS throughout (2–6)", "≤ 64.0 MiB", peak.map { Format.mib(kib: $0) } ?? "–",
               verdict(peak.map { $0 <= 64 * 1024 }))

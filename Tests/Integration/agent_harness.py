@@ -74,7 +74,9 @@ def spooled_records(spool_path: str, table: str | None = None) -> list[dict]:
     """Every pending record in the spool, read directly (read-only), per target in sequence order."""
     db = sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True, timeout=30)
     try:
-        query = ("SELECT s.records FROM segments s JOIN targets t ON t.id = s.target_id "
+        # A segment keeps small appends' records in its row and larger ones in segment_records.
+        query = ("SELECT coalesce(s.records, (SELECT r.records FROM segment_records r WHERE r.id = s.records_id)) "
+                 "FROM segments s JOIN targets t ON t.id = s.target_id "
                  + ("WHERE t.table_name = ? " if table else "") + "ORDER BY s.target_id, s.first_seq")
         rows = db.execute(query, (table,) if table else ()).fetchall()
     finally:

@@ -201,6 +201,7 @@ public struct DeadLetterStore {
                 try delete.step()
                 delete.reset()
             }
+            for target in Set(picked.map(\.target)) { try TargetLog.settle(target, db: db) }
             return Replay(entries: picked.count, rows: picked.reduce(0) { $0 + $1.count })
         }
     }

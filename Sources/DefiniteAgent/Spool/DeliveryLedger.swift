@@ -112,7 +112,7 @@ struct DeliveryLedger: Sendable {
             let letters = change.deadLetters.map { letter in
                 (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
             }
-            try Self.write(change, deliveredBytes: delivered, letters: letters, db: db)
+            try Self.write(change, letters: letters, db: db)
             released.set(.success(delivered))
         }, completion: { outcome in
             completion(outcome.flatMap { released.get() })
@@ -134,7 +134,7 @@ struct DeliveryLedger: Sendable {
 
     // MARK: SQL
 
-    private static func write(_ change: Change, deliveredBytes: Int, letters: [(DeadLetter, SpooledRecords)], db: SQLiteConnection) throws {
+    private static func write(_ change: Change, letters: [(DeadLetter, SpooledRecords)], db: SQLiteConnection) throws {
         let targetID = change.targetID
         let now = Date().timeIntervalSince1970
         if let batch = change.register {
@@ -163,8 +163,8 @@ struct DeliveryLedger: Sendable {
         } else if let progress = change.progress {
             try replaceParts(batchID: progress.batchID, with: progress.parts, db: db)
         }
-        if !leaving.isEmpty || deliveredBytes > 0 {
-            try markDelivered(db, targetID: targetID, ranges: leaving, bytes: deliveredBytes)
+        if !leaving.isEmpty {
+            try markDelivered(db, targetID: targetID, ranges: leaving)
         }
         if let attempt = change.attempt {
             let update = try db.prepared("UPDATE batches SET attempts = attempts + 1, last_attempt_at = ?2, last_status = ?3, last_error = ?4 WHERE id = ?1")
@@ -263,7 +263,7 @@ struct DeliveryLedger: Sendable {
 
     /// Adds delivered ranges, folds those contiguous with `delivered_seq` into it, and drops segments
     /// that are wholly behind it.
-    static func markDelivered(_ db: SQLiteConnection, targetID: Int64, ranges: [Range<Int64>], bytes: Int) throws {
+    static func markDelivered(_ db: SQLiteConnection, targetID: Int64, ranges: [Range<Int64>]) throws {
         let insert = try db.prepared("""
             INSERT INTO delivered_ranges (target_id, first_seq, end_seq) VALUES (?1, ?2, ?3)
             ON CONFLICT (target_id, first_seq) DO UPDATE SET end_seq = max(end_seq, excluded.end_seq)
@@ -275,10 +275,11 @@ struct DeliveryLedger: Sendable {
             try insert.step()
             insert.reset()
         }
-        let position = try db.prepared("SELECT delivered_seq FROM targets WHERE id = ?1")
+        let position = try db.prepared("SELECT delivered_seq, next_seq FROM targets WHERE id = ?1")
         position.bind(1, targetID)
         guard try position.step() else { return }
         var delivered = position.int64(0)
+        let settledBelow = position.int64(1)
         position.reset()
         let candidates = try db.prepared("SELECT first_seq, end_seq FROM delivered_ranges WHERE target_id = ?1 ORDER BY first_seq")
         candidates.bind(1, targetID)
@@ -297,24 +298,14 @@ struct DeliveryLedger: Sendable {
             try remove.step()
             remove.reset()
         }
+        let removedBytes = try TargetLog.removeSegments(of: targetID, below: delivered, settledBelow: settledBelow, db: db)
         let advance = try db.prepared("UPDATE targets SET delivered_seq = ?2, pending_bytes = max(0, pending_bytes - ?3) WHERE id = ?1")
         advance.bind(1, targetID)
         advance.bind(2, delivered)
-        advance.bind(3, bytes)
+        advance.bind(3, removedBytes)
         try advance.step()
         advance.reset()
-        let drop = try db.prepared(Self.dropDeliveredSegments)
-        drop.bind(1, targetID)
-        drop.bind(2, delivered)
-        try drop.step()
-        drop.reset()
     }
-
-    /// Removes the segments wholly below the delivery position. `first_seq < ?2` adds nothing to the
-    /// meaning (a segment holds at least one record) but lets SQLite search the index for the delivered
-    /// segments only: without it, every delivered batch scanned the rows of the target's whole backlog
-    /// (in the bench's end to end, with 15 M records pending, a fifth of the daemon's CPU).
-    static let dropDeliveredSegments = "DELETE FROM segments WHERE target_id = ?1 AND first_seq < ?2 AND first_seq + record_count <= ?2"
 
     /// Sorted seqs as contiguous ranges.
     static func runs(of seqs: [Int64]) -> [Range<Int64>] {

@@ -39,7 +39,7 @@ public enum QueuePeek {
                 ranges.bind(1, id)
                 while try ranges.step() { done.append(ranges.int64(0)..<ranges.int64(1)) }
                 ranges.reset()
-                let segments = try db.prepared("SELECT first_seq, appended_at, records FROM segments WHERE target_id = ?1 AND first_seq + record_count > ?2 ORDER BY first_seq")
+                let segments = try db.prepared("SELECT s.first_seq, s.appended_at, \(SegmentLog.records) FROM segments s WHERE s.target_id = ?1 AND s.first_seq + s.record_count > ?2 ORDER BY s.first_seq")
                 segments.bind(1, id)
                 segments.bind(2, delivered)
                 var taken = 0

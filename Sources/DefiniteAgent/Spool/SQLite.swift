@@ -1,4 +1,5 @@
 import CSQLite
+import CSpoolVFS
 
 /// An SQLite failure: what was being done, on which file, and SQLite's own code and message.
 public struct SQLiteError: Error, CustomStringConvertible, Sendable {
@@ -28,12 +29,31 @@ final class SQLiteConnection {
         case readOnly
     }
 
-    init(path: String, mode: OpenMode) throws(SQLiteError) {
+    /// How the connection's writes reach its files.
+    enum Writes {
+        /// SQLite's default: one write system call per WAL frame header, page or checkpointed page.
+        case direct
+        /// Consecutive writes gathered until the file is synced (``CSpoolVFS``). Only for connections
+        /// with `PRAGMA synchronous = FULL`, whose every commit syncs the WAL before other connections
+        /// can see it; the bytes on disk are the same, with a fraction of the system calls.
+        case coalescedUntilSync
+    }
+
+    init(path: String, mode: OpenMode, writes: Writes = .direct) throws(SQLiteError) {
         var db: OpaquePointer?
         let flags = mode == .readOnly
             ? SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX
             : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
-        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        var vfs: String?
+        if writes == .coalescedUntilSync {
+            let registered = cspool_register_coalescing_vfs()
+            guard registered == SQLITE_OK else {
+                throw SQLiteError(code: registered & 0xFF, extendedCode: registered, message: String(cString: sqlite3_errstr(registered)),
+                                  context: "registering the spool's write-coalescing VFS")
+            }
+            vfs = CSPOOL_COALESCING_VFS_NAME
+        }
+        let rc = sqlite3_open_v2(path, &db, flags, vfs)
         guard rc == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close_v2(db)
@@ -112,6 +132,7 @@ final class SQLiteStatement {
     func bind(_ index: Int32, _ value: Int?) {
         if let value { bind(index, value) } else { sqlite3_bind_null(handle, index) }
     }
+    func bindNull(_ index: Int32) { sqlite3_bind_null(handle, index) }
 
     /// Binds bytes without copying them: they must stay alive and unchanged until the statement is reset.
     func bindBlobNoCopy(_ index: Int32, _ bytes: UnsafeRawBufferPointer) {

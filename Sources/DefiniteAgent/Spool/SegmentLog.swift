@@ -1,12 +1,24 @@
 /// Appending records to a target's log: the one place that writes `segments`, for intake commits and
-/// for `dlq replay`.
+/// for `dlq replay`. An append writes the segment rows only (``TargetLog``).
 ///
 /// A segment holds consecutive records of one target, all written with the same `config.tags`, and at most
 /// ``maxSegmentBytes`` (so that reading one back, which SQLite does a whole blob at a time, stays cheap in
 /// memory whatever the size of a commit). Records keep their order and get consecutive seqs.
+///
+/// The records of a segment of at most ``maxInlineBytes`` are kept in its row (`segments.records`): a
+/// commit of a few records writes that one page. Larger ones are kept apart, in `segment_records`
+/// (`segments.records_id`): `segments` is keyed by (target, seq) without a rowid, and such a table repeats
+/// whole rows in its interior pages, so big rows there would make its tree deep and every lookup slow. Read
+/// a segment's records with ``records``.
 enum SegmentLog {
     /// Largest segment written.
     static let maxSegmentBytes = 1 << 20
+
+    /// Largest segment whose records stay in its row (a row then fits a 4 KiB page several times over).
+    static let maxInlineBytes = 512
+
+    /// SQL: segment `s`'s records, wherever they are kept.
+    static let records = "coalesce(s.records, (SELECT r.records FROM segment_records r WHERE r.id = s.records_id))"
 
     /// Appends `bytes` (`count` records, each followed by `\n`) to target `targetID`'s log, in segments of
     /// at most ``maxSegmentBytes``, all carrying `tags`. Returns the seqs the records got. Runs inside the
@@ -38,30 +50,41 @@ enum SegmentLog {
 
     private static func appendSegment(_ bytes: ArraySlice<UInt8>, count: Int, targetID: Int64, tags: String, at now: Double,
                                       db: SQLiteConnection) throws -> Range<Int64> {
-        let advance = try db.prepared(
-            "UPDATE targets SET next_seq = next_seq + ?1, pending_bytes = pending_bytes + ?2 WHERE id = ?3 RETURNING next_seq - ?1")
-        advance.bind(1, count)
-        advance.bind(2, bytes.count)
-        advance.bind(3, targetID)
-        guard try advance.step() else {
-            throw SQLiteError(code: 1, extendedCode: 1, message: "target \(targetID) vanished from the spool", context: "appending to the spool")
+        // The target's row is not written: see TargetLog.
+        let firstSeq = try TargetLog.end(of: targetID, db: db)
+        var recordsID: Int64?
+        if bytes.count > maxInlineBytes {
+            let keep = try db.prepared("INSERT INTO segment_records (records) VALUES (?1)")
+            defer { keep.reset() }
+            try bytes.withUnsafeBytes { raw in
+                keep.bindBlobNoCopy(1, raw)
+                try keep.step()
+            }
+            recordsID = db.lastInsertRowID
         }
-        let firstSeq = advance.int64(0)
-        advance.reset()
         let insert = try db.prepared("""
-            INSERT INTO segments (target_id, first_seq, record_count, byte_count, appended_at, records, tags)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            INSERT INTO segments (target_id, first_seq, record_count, byte_count, appended_at, records_id, tags, records)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
             """)
+        // Bindings outlive a reset: each append binds both places, one of them to NULL.
+        defer { insert.reset() }
         insert.bind(1, targetID)
         insert.bind(2, firstSeq)
         insert.bind(3, count)
         insert.bind(4, bytes.count)
         insert.bind(5, now)
         insert.bind(7, tags)
-        try bytes.withUnsafeBytes { raw in
-            insert.bindBlobNoCopy(6, raw)
+        if let recordsID {
+            insert.bind(6, recordsID)
+            insert.bindNull(8)
             try insert.step()
-            insert.reset()
+        } else {
+            insert.bindNull(6)
+            try bytes.withUnsafeBytes { raw in
+                insert.bindBlobNoCopy(8, raw)
+                try insert.step()
+                insert.bindNull(8)  // the bytes are not ours to keep pointing at
+            }
         }
         return firstSeq..<(firstSeq + Int64(count))
     }

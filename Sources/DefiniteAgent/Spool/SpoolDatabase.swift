@@ -23,7 +23,7 @@ enum SpoolDatabase {
         try mapErrors(path: path, .cannotOpen) { try createParentDirectory(of: path) }
         let accessChanges = try access.prepare(spoolAt: path)
         let connection = try mapErrors(path: path, .cannotOpen) {
-            let db = try SQLiteConnection(path: path, mode: .readWrite)
+            let db = try SQLiteConnection(path: path, mode: .readWrite, writes: writes(durability))
             try db.execute("PRAGMA busy_timeout = 10000")
             // SQLite falls back to read-only when it cannot write (a read-only mount or directory, a file
             // owned by someone else): refuse that at start rather than answer every write with an error.
@@ -34,7 +34,7 @@ enum SpoolDatabase {
             // Identity first: nothing below (journal mode, migrations) may touch a file that is not ours.
             try checkIdentity(db, path: path, allowEmpty: true)
             // Page size is fixed when the first table is written: a spool made by an earlier version
-            // keeps its 4 KiB pages, and everything below reads the size in force.
+            // keeps its pages, and everything below reads the size in force.
             try db.execute("PRAGMA page_size = \(Self.newSpoolPageSize)")
             let journal = try db.prepared("PRAGMA journal_mode = WAL")
             guard try journal.step(), journal.string(0) == "wal" else {
@@ -62,16 +62,24 @@ enum SpoolDatabase {
         "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")"
     }
 
-    /// Page size of a spool created by this version. Records are stored as blobs of up to 1 MiB, so
-    /// almost every page is a full overflow page: at 16 KiB the WAL takes a quarter of the frames (and
-    /// system calls) of SQLite's default 4 KiB for the same bytes. Intake, 8 clients: +12 % (BENCHMARKS.md).
-    static let newSpoolPageSize = 16_384
+    /// Write coalescing (``SQLiteConnection/Writes``) needs every commit synced, which only "full" does.
+    private static func writes(_ durability: AgentConfiguration.Durability) -> SQLiteConnection.Writes {
+        durability == .full ? .coalescedUntilSync : .direct
+    }
+
+    /// Page size of a spool created by this version: SQLite's 4 KiB. Every commit writes whole pages to
+    /// the WAL, so a writer acknowledging one record at a time pays a page per record (4 KiB rather than
+    /// 16, ``TargetLog``); bulk commits are mostly overflow pages, whose per-page cost was system calls,
+    /// which ``SQLiteConnection/Writes/coalescedUntilSync`` gathers (intake CPU per record with 4 KiB
+    /// pages and gathered writes ≤ 16 KiB pages without them, BENCHMARKS.md). A spool made by the release
+    /// before keeps its 16 KiB pages.
+    static let newSpoolPageSize = 4096
 
     /// Opens the connection of the ``SpoolCheckpointer``, after the writer opened the spool: it only ever
     /// checkpoints, and syncs the file at each checkpoint as the durability setting asks.
     static func openForCheckpointing(path: String, durability: AgentConfiguration.Durability) throws(SpoolError) -> SQLiteConnection {
         try mapErrors(path: path, .cannotOpen) {
-            let db = try SQLiteConnection(path: path, mode: .readWrite)
+            let db = try SQLiteConnection(path: path, mode: .readWrite, writes: writes(durability))
             // A checkpoint copies WAL frames to the file directly; it needs no page cache to speak of.
             try db.execute("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -256")
             try db.execute(synchronousPragma(durability))

@@ -33,7 +33,7 @@ final class SpoolReader {
     }
 
     func targets() throws(SQLiteError) -> [TargetRow] {
-        let select = try db.prepared("SELECT id, table_name, mode, primary_key, tags, next_seq, delivered_seq FROM targets")
+        let select = try db.prepared("SELECT t.id, t.table_name, t.mode, t.primary_key, t.tags, \(TargetLog.end), t.delivered_seq FROM targets t")
         defer { select.reset() }
         var rows: [TargetRow] = []
         while try select.step() {
@@ -126,8 +126,8 @@ final class SpoolReader {
         if maxBytes < 64 << 20 { records.bytes.reserveCapacity(maxBytes + 4096) }
         var next = from
         let select = try db.prepared("""
-            SELECT first_seq, record_count, records, tags FROM segments
-            WHERE target_id = ?1 AND first_seq + record_count > ?2 AND first_seq < ?3 ORDER BY first_seq
+            SELECT s.first_seq, s.record_count, \(SegmentLog.records), s.tags FROM segments s
+            WHERE s.target_id = ?1 AND s.first_seq + s.record_count > ?2 AND s.first_seq < ?3 ORDER BY s.first_seq
             """)
         var tagBytes = 0
         defer { select.reset() }

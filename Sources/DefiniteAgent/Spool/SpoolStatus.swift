@@ -41,9 +41,9 @@ public struct SpoolStatus: Sendable, Equatable {
             defer { try? db.execute("COMMIT") }
             let select = try db.prepared("""
                 SELECT t.table_name, t.mode, t.primary_key, t.tags,
-                       t.next_seq - t.delivered_seq
+                       \(TargetLog.end) - t.delivered_seq
                          - (SELECT coalesce(sum(end_seq - first_seq), 0) FROM delivered_ranges r WHERE r.target_id = t.id),
-                       t.pending_bytes,
+                       \(TargetLog.storedBytes),
                        (SELECT min(appended_at) FROM segments s WHERE s.target_id = t.id),
                        (SELECT coalesce(sum(record_count), 0) FROM dead_letters d WHERE d.target_id = t.id),
                        t.last_error, t.state, t.last_success_at, t.state_until

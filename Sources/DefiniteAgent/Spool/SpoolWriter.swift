@@ -61,6 +61,12 @@ public final class SpoolWriter: @unchecked Sendable {
     private var appendObserver: (@Sendable ([AppendedRange]) -> Void)?
     /// The targets the commit in progress appended to, and where.
     private var appended: [Int64: AppendedRange] = [:]
+    /// When each target's row was last settled (``TargetLog``), and the targets appended to since.
+    private var lastSettled: [Int64: ContinuousClock.Instant] = [:]
+    private var unsettled: Set<Int64> = []
+    /// How often an appended target's row is settled: a commit of a few records writes one page, and the
+    /// target's row once a second.
+    static let settleInterval = Duration.seconds(1)
 
     /// What one commit appended to one target's log: records `range` (seqs) of `target`.
     public struct AppendedRange: Sendable, Equatable {
@@ -229,6 +235,7 @@ public final class SpoolWriter: @unchecked Sendable {
             condition.unlock()
 
             // Runs of appends and runs of transactions are each one commit, in queue order.
+            if jobs.isEmpty { settle(unsettled) }
             var appends: [Pending] = []
             var transactions: [Transaction] = []
             func flush() {
@@ -270,6 +277,7 @@ public final class SpoolWriter: @unchecked Sendable {
     /// The writer thread's last act: the checkpointer stops, the WAL is copied into the file and truncated,
     /// and whoever waits for the stop hears of it.
     private func finish() {
+        settle(unsettled)
         checkpointer.stop(writer: connection)
         do {
             try connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -331,6 +339,8 @@ public final class SpoolWriter: @unchecked Sendable {
         let batches = admitWithinDiskHeadroom(queued)
         guard !batches.isEmpty else { return }
         appended.removeAll(keepingCapacity: true)
+        let started = ContinuousClock.now
+        var settledNow: [Int64] = []
         let result = runTransaction { db in
             // Each batch's records go in as they are, target by target, in arrival order: no copy into a
             // per-commit buffer (memory stays what the batches already hold), and seqs stay in order.
@@ -342,9 +352,18 @@ public final class SpoolWriter: @unchecked Sendable {
                 }
                 pending.appended?(ranges)
             }
+            for id in self.appended.keys where self.lastSettled[id].map({ started - $0 >= Self.settleInterval }) ?? true {
+                try TargetLog.settle(id, db: db)
+                settledNow.append(id)
+            }
         }
         switch result {
         case .success:
+            unsettled.formUnion(appended.keys)
+            for id in settledNow {
+                lastSettled[id] = started
+                unsettled.remove(id)
+            }
             for pending in batches {
                 capacity.commitReservation(pending.batch.totalBytes)
                 pending.promise.succeed(())
@@ -364,6 +383,17 @@ public final class SpoolWriter: @unchecked Sendable {
                 capacity.cancelReservation(pending.batch.totalBytes)
                 pending.promise.fail(rejection)
             }
+        }
+    }
+
+    /// Settles `targets`' rows (``TargetLog``) in a commit of their own: when the writer idles, and before it
+    /// stops. A failure leaves them as they were, which is still correct.
+    private func settle(_ targets: Set<Int64>) {
+        guard !targets.isEmpty else { return }
+        let now = ContinuousClock.now
+        if case .success = runTransaction({ db in for id in targets { try TargetLog.settle(id, db: db) } }) {
+            for id in targets { lastSettled[id] = now }
+            unsettled.subtract(targets)
         }
     }
 
@@ -438,7 +468,7 @@ public final class SpoolWriter: @unchecked Sendable {
     }
 
     static func storedBytes(_ db: SQLiteConnection) throws(SQLiteError) -> Int {
-        Int(try db.scalar("SELECT coalesce(sum(pending_bytes), 0) FROM targets"))
+        Int(try db.scalar("SELECT coalesce(sum(\(TargetLog.storedBytes)), 0) FROM targets t"))
             + Int(try db.scalar("SELECT coalesce(sum(byte_count), 0) FROM dead_letters"))
     }
 

@@ -1,0 +1,101 @@
+import CSpoolVFS
+import Foundation
+import Testing
+
+@testable import DefiniteAgent
+
+/// Writes gathered until each sync (``SQLiteConnection/Writes/coalescedUntilSync``): the same database,
+/// fewer system calls, and a write that fails still fails its commit.
+@Suite("Coalesced writes")
+struct CoalescedWritesTests {
+    let directory: String
+
+    init() throws {
+        directory = try makeTemporaryDirectory("coalesced-writes-tests")
+    }
+
+    func open(_ path: String, _ writes: SQLiteConnection.Writes) throws -> SQLiteConnection {
+        let db = try SQLiteConnection(path: path, mode: .readWrite, writes: writes)
+        try db.execute("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -128")
+        return db
+    }
+
+    /// Inserts `rows` blobs of `size` bytes in one transaction.
+    func insert(_ db: SQLiteConnection, rows: Int, size: Int, from first: Int) throws {
+        try db.execute("BEGIN IMMEDIATE")
+        let insert = try db.prepared("INSERT INTO t (id, body) VALUES (?1, ?2)")
+        for id in first..<first + rows {
+            let body = [UInt8](repeating: UInt8(truncatingIfNeeded: id), count: size)
+            insert.bind(1, id)
+            try body.withUnsafeBytes { raw in
+                insert.bindBlobNoCopy(2, raw)
+                try insert.step()
+                insert.reset()
+            }
+        }
+        try db.execute("COMMIT")
+    }
+
+    func check(_ path: String, rows: Int, size: Int) throws {
+        let reader = try SQLiteConnection(path: path, mode: .readOnly)
+        let integrity = try reader.prepared("PRAGMA integrity_check")
+        #expect(try integrity.step() && integrity.string(0) == "ok")
+        integrity.reset()
+        #expect(try reader.scalar("SELECT count(*) FROM t") == Int64(rows))
+        #expect(try reader.scalar("SELECT count(*) FROM t WHERE length(body) = \(size) AND substr(body, 1, 1) = substr(body, \(size), 1)") == Int64(rows))
+    }
+
+    @Test func otherConnectionsSeeEveryCommitAndTheWritesWereGathered() throws {
+        let path = directory + "/gathered.db"
+        let db = try open(path, .coalescedUntilSync)
+        try db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+        let before = cspool_coalesced_writes()
+        // 2 MiB per commit: ~500 overflow pages, 1,000 write calls without gathering.
+        for commit in 0..<4 {
+            try insert(db, rows: 32, size: 64 << 10, from: commit * 32)
+            try check(path, rows: (commit + 1) * 32, size: 64 << 10)
+        }
+        #expect(cspool_coalesced_writes() - before > 3_000)
+        // A checkpoint (database file writes, gathered too) and the file alone holds everything.
+        try db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try check(path, rows: 128, size: 64 << 10)
+    }
+
+    @Test(.enabled(if: getuid() == 0, "mounts a small tmpfs")) func aFullDiskFailsTheCommitAndLosesNothingCommitted() throws {
+        let mountPoint = directory + "/small"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        guard run("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mountPoint]) == 0 else {
+            Issue.record("could not mount a tmpfs at \(mountPoint)")
+            return
+        }
+        defer { _ = run("/bin/umount", ["-l", mountPoint]) }
+        let path = mountPoint + "/full.db"
+        let db = try open(path, .coalescedUntilSync)
+        try db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+        var committed = 0
+        var failure: SQLiteError?
+        while failure == nil, committed < 10_000 {
+            do {
+                try insert(db, rows: 4, size: 32 << 10, from: committed)
+                committed += 4
+            } catch let error as SQLiteError {
+                failure = error
+                try? db.execute("ROLLBACK")
+            }
+        }
+        let error = try #require(failure)
+        #expect(error.isDiskFull, "\(error)")
+        #expect(committed > 0)
+        try check(path, rows: committed, size: 32 << 10)
+    }
+
+    private func run(_ executable: String, _ arguments: [String]) -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return -1 }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
