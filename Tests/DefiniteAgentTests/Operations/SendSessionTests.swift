@@ -110,6 +110,49 @@ struct SendSessionTests {
         }
     }
 
+    static func isPlain(_ bytes: [UInt8], mergeKey: String? = nil) -> Bool {
+        bytes.withUnsafeBytes { line in
+            guard let mergeKey else { return SendLineCheck.isPlainRow(line, mergeKey: nil) }
+            return Array(mergeKey.utf8).withUnsafeBytes { SendLineCheck.isPlainRow(line, mergeKey: $0) }
+        }
+    }
+
+    /// The fast pass vouches for the common line (the bench's records among them) and for nothing the
+    /// agent's scanner refuses; what it cannot vouch for goes to the scanner.
+    @Test func theFastPassTakesPlainLinesAndLeavesTheRestToTheScanner() {
+        let plain = [
+            #"{}"#, #" { "a" : [ 1 , -0.5e+3 , true , false , null , { } , [ ] ] } "#,
+            #"{"ts":1732467712345,"host":"web-3","latency_ms":0.375,"ok":true,"meta":{"region":"eu-west-1","attempt":0},"msg":"request completed"}"#,
+            #"{"a":[[[[[[[[["deep"]]]]]]]]]}"#,
+        ]
+        for line in plain { #expect(Self.isPlain(Array(line.utf8)), "\(line)") }
+        let notVouched = [
+            #"{"a":"caf\u00e9"}"#, #"{"a":"café"}"#, #"{"a":[[[[[[[[[["deep"]]]]]]]]]]}"#, #"{"a":01}"#, #"{"a":1.}"#,
+            #"{"a":tru}"#, #"{"a":1,}"#, #"{"a":1}x"#, #"{"a" 1}"#, #"[1]"#, #"{"a":1"#, "",
+        ]
+        for line in notVouched { #expect(!Self.isPlain(Array(line.utf8)), "\(line)") }
+        #expect(Self.isPlain(Array(#"{"v":1,"id":7}"#.utf8), mergeKey: "id"))
+        #expect(!Self.isPlain(Array(#"{"v":1,"id":null}"#.utf8), mergeKey: "id"))
+        #expect(!Self.isPlain(Array(#"{"v":{"id":1}}"#.utf8), mergeKey: "id"))
+    }
+
+    @Test func whatTheFastPassVouchesForTheAgentTakes() async {
+        await propertyCheck(count: 3000, input: Gen<UInt64>.value()) { seed in
+            var random = SplitMix64(seed: seed)
+            let document = JSONDocument.object(depth: Int.random(in: 1...12, using: &random), using: &random)
+            var bytes = Array(document.render(spaced: Bool.random(using: &random), using: &random).utf8)
+            if !bytes.isEmpty, Bool.random(using: &random) {
+                let at = Int.random(in: 0..<bytes.count, using: &random)
+                bytes[at] = [UInt8.random(in: 0...255, using: &random), UInt8(ascii: "]"), UInt8(ascii: "}"), UInt8(ascii: ","),
+                             UInt8(ascii: "\""), UInt8(ascii: "0"), UInt8(ascii: "-"), UInt8(ascii: ".")].randomElement(using: &random)!
+            }
+            let mergeKey = Bool.random(using: &random) ? "id" : nil
+            if Self.isPlain(bytes, mergeKey: mergeKey) {
+                #expect(Self.rowVerdict(bytes, mergeKey: mergeKey) == nil, "\(String(decoding: bytes, as: UTF8.self))")
+            }
+        }
+    }
+
     // MARK: The input
 
     /// A pipe with `text` written to it; closed for writing when `close`.
