@@ -6,6 +6,8 @@ struct DaemonOptions {
     /// `[batch] compression` and `gzip_level`; nil keeps the defaults (gzip, level 6).
     var compression: String?
     var gzipLevel: Int?
+    /// `[batch] format` ("json" or "ndjson"); nil keeps the default (json).
+    var batchFormat: String?
     /// `[api] url` and `$DEFINITE_API_KEY`; without a key nothing is delivered (the spool only fills).
     var apiURL: String?
     var apiKey: String?
@@ -39,9 +41,10 @@ final class Daemon {
 
             """
         if let url = options.apiURL { config += "[api]\nurl = \"\(url)\"\n" }
-        if options.compression != nil || options.gzipLevel != nil { config += "[batch]\n" }
+        if options.compression != nil || options.gzipLevel != nil || options.batchFormat != nil { config += "[batch]\n" }
         if let compression = options.compression { config += "compression = \"\(compression)\"\n" }
         if let level = options.gzipLevel { config += "gzip_level = \(level)\n" }
+        if let format = options.batchFormat { config += "format = \"\(format)\"\n" }
         try config.write(toFile: directory + "/agent.toml", atomically: true, encoding: .utf8)
 
         let notify = try NotifySocket(path: directory + "/notify.sock")

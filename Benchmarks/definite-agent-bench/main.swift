@@ -11,10 +11,12 @@ struct Bench: ParsableCommand {
         discussion: """
             Starts the release daemon (and the Stream API emulator in null mode) on temporary paths and
             measures: the raw SQLite limit; acknowledged intake (1/8/64 clients, durability full/normal);
-            ack latency at 20,000 records/s offered; delivery of a pre-filled spool (gzip and none, and with
-            the API 150 ms away); intake and delivery together; peak RSS, and RSS and start-up time with a
-            large backlog; delivery at scale (200 tables, a trace id per request, 150 ms away) and idle;
-            disk writes per record when one client sends one acknowledged record at a time.
+            8 `definite-agent send` processes loading 8 files; ack latency at 20,000 records/s offered;
+            delivery of a pre-filled spool (gzip levels 6/3/1 and none, and with the API 150 ms away);
+            intake and delivery together; peak RSS, and RSS and start-up time with a large backlog; delivery
+            at scale (200 tables, a trace id per request, 150 ms away) and idle; disk writes per record when
+            one client sends one acknowledged record at a time; with --peer-fluent-bit, the agent against
+            Fluent Bit on the same records (socat writers, fsync, gzipped NDJSON over HTTP).
             Build first: swift build -c release --product definite-agent
             """)
 
@@ -33,15 +35,19 @@ struct Bench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Durability settings to measure intake with.")
     var durability: [String] = ["full", "normal"]
 
+    @Option(help: ArgumentHelp("A Fluent Bit binary to compare the agent with (the peer section; skipped without it).",
+                               valueName: "path"))
+    var peerFluentBit: String?
+
     @Flag(help: "Small counts and short runs: the whole table in under a minute.")
     var quick = false
 
     @Option(parsing: .upToNextOption,
-            help: "Run only these measurements (raw, intake, latency, delivery, e2e, backlog, scale, lowrate), e.g. while profiling.")
+            help: "Run only these measurements (raw, intake, send, latency, delivery, e2e, backlog, scale, lowrate, peer), e.g. while profiling.")
     var only: [Measurement] = Measurement.allCases
 
     enum Measurement: String, CaseIterable, ExpressibleByArgument {
-        case raw, intake, latency, delivery, e2e, backlog, scale, lowrate
+        case raw, intake, send, latency, delivery, e2e, backlog, scale, lowrate, peer
     }
 
     func run() throws {
@@ -79,6 +85,30 @@ struct Bench: ParsableCommand {
         }
         report.table.separator()
 
+        // (2b) The command line client, and the files it loads (the peer comparison loads them too).
+        let peerSelected = only.contains(.peer) && peerFluentBit != nil
+        var parts: PartFiles?
+        report.measure("part files", if: only.contains(.send) || peerSelected) {
+            progress("writing \(Format.grouped(plan.partRecords)) records of \(PartFiles.recordBytes) bytes in 8 files")
+            parts = try PartFiles(records: plan.partRecords)
+        }
+        defer { parts?.remove() }
+        if let parts {
+            report.measure("send", if: only.contains(.send)) {
+                let f = try SendLoad(binary: binary).measure(parts: parts)
+                let label = "8 send processes, \(Format.grouped(f.records)) records, full"
+                report.peaks.append((label, f.peakRSSKiB))
+                report.send = f.recordsPerSecond
+                report.table.add(label, "\(Format.grouped(f.recordsPerSecond)) records/s",
+                                 (raw.map { "\(Format.fixed(f.recordsPerSecond / $0, 2))× raw, " } ?? "")
+                                     + "send CPU \(Format.fixed(f.sendCPUMicrosPerRecord, 2)) µs/record, "
+                                     + "daemon CPU \(Format.fixed(f.daemonCPUMicrosPerRecord, 2)) µs/record, "
+                                     + "peak RSS \(Format.mib(kib: f.peakRSSKiB))"
+                                     + (f.problems.isEmpty ? "" : ", PROBLEMS: \(f.problems.prefix(2).joined(separator: "; "))"))
+            }
+        }
+        report.table.separator()
+
         // (3) Ack latency at a fixed offered load.
         report.measure("ack latency", if: only.contains(.latency)) {
             let f = try AckLatency(binary: binary, corpus: corpus)
@@ -99,15 +129,16 @@ struct Bench: ParsableCommand {
 
         // (4)–(6) need the emulator.
         var stream: Emulator?
-        report.measure("emulator", if: !Set(only).isDisjoint(with: [.delivery, .e2e, .backlog, .scale, .lowrate])) { stream = try Emulator(script: emulator) }
+        let needsEmulator = !Set(only).isDisjoint(with: [.delivery, .e2e, .backlog, .scale, .lowrate]) || (peerSelected && parts != nil)
+        report.measure("emulator", if: needsEmulator) { stream = try Emulator(script: emulator) }
         if let stream {
             defer { stream.stop() }
             report.measure("delivery", if: only.contains(.delivery)) {
                 let figures = try Delivery(binary: binary, corpus: corpus, emulator: stream)
                     .measure(records: plan.deliveryRecords, settings: [
                         .init(compression: "gzip"), .init(compression: "none"),
-                        // Not a target: shows what the gzip level costs (see BENCHMARKS.md).
-                        .init(compression: "gzip", gzipLevel: 1),
+                        // Not targets: what the gzip level costs and saves (see BENCHMARKS.md).
+                        .init(compression: "gzip", gzipLevel: 3), .init(compression: "gzip", gzipLevel: 1),
                         // A distant API: a WAN round trip plus a commit.
                         .init(compression: "gzip", latencyMs: 150),
                     ])
@@ -119,6 +150,7 @@ struct Bench: ParsableCommand {
                     }
                     report.table.add(label, "\(Format.grouped(f.recordsPerSecond)) records/s",
                                      "\(Format.fixed(f.seconds, 2)) s, \(Format.bytes(f.pendingBytes)) spooled → "
+                                         + "\(Format.fixed(Double(f.bytesSent) / Double(max(1, f.records)), 1)) B/record, "
                                          + "\(Format.bytes(f.bytesSent)) sent (\(Format.fixed(f.compressionRatio, 1))×) in \(f.requests) requests, "
                                          + "peak RSS \(Format.mib(kib: f.peakRSSKiB)), CPU s: daemon "
                                          + "\(Format.fixed(f.daemonCPU, 2)), emulator \(Format.fixed(f.emulatorCPU, 2))")
@@ -188,6 +220,32 @@ struct Bench: ParsableCommand {
                                  "VmHWM after \(Format.fixed(f.deliveringSeconds, 0)) s, "
                                      + "\(Format.grouped(f.deliveredWhileWatched)) delivered by then")
             }
+
+            if let parts, let peerFluentBit, only.contains(.peer) {
+                report.table.separator()
+                let comparison = PeerComparison(binary: binary, emulator: stream, parts: parts)
+                var agent: PeerComparison.Side?
+                var peer: PeerComparison.Side?
+                report.measure("peer: definite-agent") { agent = try comparison.agent() }
+                report.measure("peer: Fluent Bit") { peer = try comparison.fluentBit(path: peerFluentBit) }
+                report.peer = (agent, peer)
+                let label = "vs Fluent Bit, \(Format.grouped(parts.records)) × \(PartFiles.recordBytes) B, 8 socat"
+                for (i, side) in [agent, peer].compactMap({ $0 }).enumerated() {
+                    report.table.add(i == 0 ? label : "", "\(side.name) \(Format.grouped(side.recordsPerSecond)) records/s",
+                                     "\(Format.fixed(side.seconds, 2)) s end to end, CPU \(Format.fixed(side.cpuMicrosPerRecord, 2)) µs/record, "
+                                         + "peak RSS \(Format.mib(kib: side.peakRSSKiB)), \(Format.bytes(side.bytesSent)) sent "
+                                         + "in \(side.requests) requests, emulator CPU \(Format.fixed(side.emulatorCPU, 2)) s")
+                }
+                if let agent, let peer {
+                    report.table.add("", "ratio \(Format.fixed(agent.recordsPerSecond / peer.recordsPerSecond, 2))×",
+                                     "agent / Fluent Bit, records/s end to end; CPU per record "
+                                         + "\(Format.fixed(agent.cpuMicrosPerRecord / peer.cpuMicrosPerRecord, 2))×, peak RSS "
+                                         + "\(Format.fixed(Double(agent.peakRSSKiB) / Double(max(1, peer.peakRSSKiB)), 2))×")
+                }
+            }
+        }
+        if peerFluentBit == nil && only.contains(.peer) && only.count < Measurement.allCases.count {
+            report.table.add("vs Fluent Bit", "skipped", "give --peer-fluent-bit PATH")
         }
 
         print(report.table.render())
@@ -210,6 +268,8 @@ struct Plan {
     var latencySeconds: Double
     var deliveryRecords: Int
     var endToEndSeconds: Double
+    /// Records of the part files `send` and the peer comparison load.
+    var partRecords: Int
     var backlogRecords: Int
     var backlogWatchSeconds: Double
     var traceRequests: Int
@@ -221,6 +281,7 @@ struct Plan {
         latencySeconds = quick ? 2 : 10
         deliveryRecords = quick ? 100_000 : 1_000_000
         endToEndSeconds = quick ? 5 : 60
+        partRecords = quick ? 200_000 : 2_000_000
         backlogRecords = quick ? 500_000 : 5_000_000
         backlogWatchSeconds = quick ? 1 : 3
         traceRequests = quick ? 1_000 : 10_000
@@ -234,6 +295,8 @@ final class Report {
     var table = Table(["measurement", "result", "detail"], alignments: [.left, .right, .left])
     var peaks: [(String, Int)] = []
     var intake8Full: Double?
+    var send: Double?
+    var peer: (agent: PeerComparison.Side?, peer: PeerComparison.Side?)?
     var p99: UInt64?
     var deliveryGzip: Double?
     var deliveryDistant: Double?
@@ -259,6 +322,9 @@ final class Report {
         let ratio = intake8Full.flatMap { i in raw.map { i / $0 } }
         t.add("  … relative to the raw limit", "≥ 1.70× raw", ratio.map { Format.fixed($0, 2) + "×" } ?? "–",
               verdict(ratio.map { $0 >= 1.7 }))
+        let sendRatio = send.flatMap { s in raw.map { s / $0 } }
+        t.add("8 send processes, relative to the raw limit", "≥ 1.50× raw", sendRatio.map { Format.fixed($0, 2) + "×" } ?? "–",
+              verdict(sendRatio.map { $0 >= 1.5 }))
         t.add("ack p99 at 20,000 records/s offered", "≤ 5 ms", p99.map { Format.ms(nanos: $0) } ?? "–",
               verdict(p99.map { $0 <= 5_000_000 }))
         t.add("delivery to the null emulator, gzip", "≥ 400,000 records/s", deliveryGzip.map { Format.grouped($0) } ?? "–",
@@ -281,6 +347,14 @@ final class Report {
               verdict(peak.map { $0 <= 64 * 1024 }))
         t.add("ready with \(Format.grouped(ready?.pending ?? backlog)) pending\(quick ? " (full run: 5,000,000)" : "")", "≤ 1,000 ms",
               ready.map { "\(Format.fixed($0.seconds * 1000, 0)) ms" } ?? "–", verdict(ready.map { $0.seconds <= 1 }))
+        let agent = peer?.agent
+        let peerRatio = agent.flatMap { a in peer?.peer.map { a.recordsPerSecond / $0.recordsPerSecond } }
+        t.add("end to end vs Fluent Bit (records/s)", "≥ 2.00× Fluent Bit", peerRatio.map { Format.fixed($0, 2) + "×" } ?? "–",
+              verdict(peerRatio.map { $0 >= 2 }))
+        t.add("  … CPU per record (agent)", "≤ 1.2 µs", agent.map { Format.fixed($0.cpuMicrosPerRecord, 2) + " µs" } ?? "–",
+              verdict(agent.map { $0.cpuMicrosPerRecord <= 1.2 }))
+        t.add("  … peak RSS (agent)", "≤ 48.0 MiB", agent.map { Format.mib(kib: $0.peakRSSKiB) } ?? "–",
+              verdict(agent.map { $0.peakRSSKiB <= 48 * 1024 }))
         return t
     }
 }

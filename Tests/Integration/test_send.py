@@ -1,8 +1,9 @@
 """`definite-agent send` accounts for every line: a line over max_line_bytes (the agent closes the connection),
-an agent restart in the middle of a file, and a full spool (wait and retry, or `--no-wait` with one summary
-line). Its options: --primary-key implies merge and names one column, --table defaults to
-[intake] default_table, an unreadable file exits 66 with the reason. Every daemon ends with SIGTERM and must
-exit 0."""
+an agent restart in the middle of a file, a full spool (wait and retry, or `--no-wait` with one summary
+line), and a row the agent refuses in a request of many lines (a merge key only the agent's configuration asks
+for). Lines written slowly to its standard input go without waiting for more. Its options: --primary-key
+implies merge and names one column, --table defaults to [intake] default_table, an unreadable file exits 66
+with the reason. Every daemon ends with SIGTERM and must exit 0."""
 from __future__ import annotations
 
 import json
@@ -79,6 +80,35 @@ def test_send_reconnects_across_an_agent_restart_and_accounts_for_every_line(mak
     assert out.decode().strip() == f"accepted {lines}, rejected 0", err.decode()
     spooled = [r["i"] for r in agent.spooled_records()]
     assert set(spooled) == set(range(lines)), f"missing: {sorted(set(range(lines)) - set(spooled))[:20]}"
+
+
+def test_a_merge_key_only_the_agent_knows_refuses_each_line_without_it_by_its_number(make_agent, tmp_path):
+    agent = make_agent(extra_config='[[table]]\nname = "bronze.users"\nmode = "merge"\nprimary_key = ["id"]')
+    records: list[dict | str] = [{"id": i, "v": i} for i in range(3000)]
+    records[10] = {"v": "no id"}
+    records[2500] = {"v": "no id"}
+    path = write_lines(tmp_path / "users.ndjson", records)
+    # With --socket and --table send reads no configuration: only the agent knows that the table merges.
+    result = agent.cli("send", "--socket", agent.socket_path, "--table", "bronze.users", str(path))
+    assert result.returncode == 1, result.stderr.decode()
+    assert result.stdout.decode().strip() == "accepted 2998, rejected 2"
+    stderr = result.stderr.decode()
+    assert "line 11: 400" in stderr and "line 2501: 400" in stderr and "primary key" in stderr, stderr
+    assert stderr.count("sending every line alone") == 1, stderr
+    assert sorted(r["id"] for r in agent.spooled_records("bronze.users")) == [i for i in range(3000) if i not in (10, 2500)]
+
+
+def test_lines_written_slowly_go_without_waiting_for_more(make_agent):
+    agent = make_agent()
+    process = subprocess.Popen([agent_binary(), "send", "--config", agent.config_path], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdin.write(b"".join(json.dumps({"i": i}).encode() + b"\n" for i in range(5)))
+    process.stdin.flush()
+    wait_until(lambda: len(agent.spooled_records()) == 5, timeout=30, message="the first lines spooled while stdin is open")
+    process.stdin.write(b'{"i": 5}\n')
+    process.stdin.close()
+    assert process.wait(timeout=60) == 0, process.stderr.read().decode()
+    assert process.stdout.read().decode().strip() == "accepted 6, rejected 0"
 
 
 def full_spool_agent(make_agent, emu: Emulator) -> Agent:

@@ -17,6 +17,8 @@ final class AgentSocket {
     }
 
     private let fd: Int32
+    /// What one `recv` reads into, kept between calls.
+    private var chunk = [UInt8](repeating: 0, count: 1 << 16)
 
     init(path: String) throws(ConnectError) {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -62,7 +64,6 @@ final class AgentSocket {
 
     /// Reads what has arrived, appending it to `buffer`.
     func receive(into buffer: inout [UInt8]) -> Received {
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n > 0 {
@@ -79,42 +80,82 @@ final class AgentSocket {
     }
 }
 
-/// Reads `\n`-terminated lines from a file descriptor (the final line may lack its newline).
+/// Reads `\n`-terminated lines from a file descriptor in large reads and hands each out where it lies in
+/// the read buffer, without copying it (the final line may lack its newline).
 struct LineReader {
+    /// What ``next(blocking:_:)`` found.
+    enum Next {
+        case line
+        /// Without blocking: no whole line has arrived yet.
+        case wouldBlock
+        case end
+    }
+
     let fd: Int32
-    private var buffer: [UInt8] = []
+    private var buffer: [UInt8]
+    /// Unread bytes are `buffer[start..<end]`.
     private var start = 0
+    private var end = 0
+    /// Where the search for the next newline goes on (bytes before it were searched already).
+    private var searched = 0
     private var eof = false
 
-    init(fd: Int32) { self.fd = fd }
+    init(fd: Int32, readSize: Int = 1 << 20) {
+        self.fd = fd
+        buffer = [UInt8](repeating: 0, count: readSize)
+    }
 
-    mutating func next() -> [UInt8]? {
-        var searchFrom = start
+    /// Calls `body` with the next line (without its newline; valid only during the call) and returns
+    /// `.line`; or returns `.end` at the end of the input, or `.wouldBlock` when `blocking` is false and
+    /// the input has no whole line ready now. When `body` returns false the line is left unread: the next
+    /// call hands it out again.
+    mutating func next(blocking: Bool, _ body: (UnsafeRawBufferPointer) -> Bool) -> Next {
         while true {
-            if let newline = buffer[searchFrom...].firstIndex(of: UInt8(ascii: "\n")) {
-                let line = Array(buffer[start..<newline])
-                start = newline + 1
-                return line
+            let found: Int? = buffer.withUnsafeBytes { raw in
+                guard searched < end,
+                      let hit = memchr(raw.baseAddress! + searched, Int32(UInt8(ascii: "\n")), end - searched) else { return nil }
+                return raw.baseAddress!.distance(to: UnsafeRawPointer(hit))
             }
+            if let newline = found {
+                if buffer.withUnsafeBytes({ body(UnsafeRawBufferPointer(rebasing: $0[start..<newline])) }) {
+                    start = newline + 1
+                    searched = start
+                } else {
+                    searched = newline
+                }
+                return .line
+            }
+            searched = end
             if eof {
-                guard start < buffer.count else { return nil }
-                let line = Array(buffer[start...])
-                start = buffer.count
-                return line
+                guard start < end else { return .end }
+                if buffer.withUnsafeBytes({ body(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }) { start = end }
+                return .line
             }
-            if start > 0 {
-                buffer.removeFirst(start)
-                start = 0
+            if !blocking {
+                var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&entry, 1, 0) == 0 { return .wouldBlock }
             }
-            searchFrom = buffer.count
-            var chunk = [UInt8](repeating: 0, count: 1 << 16)
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0, errno == EINTR { continue }
-            if n <= 0 {
-                eof = true
-                continue
-            }
-            buffer.append(contentsOf: chunk[0..<n])
+            fill()
         }
+    }
+
+    /// Reads more: the unfinished line moves to the front, and the buffer doubles when it alone fills it.
+    private mutating func fill() {
+        if start > 0 {
+            buffer.withUnsafeMutableBytes { raw in
+                _ = memmove(raw.baseAddress!, raw.baseAddress! + start, end - start)
+            }
+            end -= start
+            searched -= start
+            start = 0
+        }
+        if end == buffer.count { buffer.append(contentsOf: repeatElement(0, count: buffer.count)) }
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + end, $0.count - end) }
+        if n < 0, errno == EINTR { return }
+        if n <= 0 {
+            eof = true
+            return
+        }
+        end += n
     }
 }

@@ -3,8 +3,12 @@ import Foundation
 
 /// `definite-agent send`: sends NDJSON records through the agent's line socket, with acknowledgements.
 ///
-/// Each input line goes as one request with its line number as the ack id, pipelined on one connection,
-/// so each refusal names its line. ``SendLedger`` keeps the books; this command does the I/O.
+/// Input lines go in requests of many lines (`"data":[…]`), pipelined on one connection, each with the
+/// number of its first line as the ack id. Each line is first checked by the agent's own rules for a row,
+/// so that the agent takes or refuses a request for reasons common to its lines (spool full, storage
+/// failed); when it still refuses one for a single line, or as too long, its lines go again in smaller
+/// requests, down to one line a request, so every refusal names its line. ``SendLedger`` keeps the books;
+/// this command does the I/O.
 ///
 /// - Important: Every input line is accounted for: accepted, rejected (with its reason), or — only when
 ///   the agent stays unreachable — counted as not sent or not confirmed. A lost connection is re-made and
@@ -66,6 +70,16 @@ struct SendCommand: ParsableCommand {
         var config = "{\"table\":\(JSONCompactor.quote(table))"
         if let primaryKey { config += ",\"mode\":\"merge\",\"primary_key\":[\(JSONCompactor.quote(primaryKey))]" } else if let mode { config += ",\"mode\":\(JSONCompactor.quote(mode))" }
         config += "}"
+        // The merge key every line must carry: given, or the table's [[table]] default as far as send
+        // knows the agent's configuration (the agent has the last word: see SendLedger).
+        var mergeKey = primaryKey
+        if mode == nil, mergeKey == nil, let defaults = configuration?.0.tableDefaults(for: table), defaults.mode == .merge {
+            mergeKey = defaults.primaryKey
+        }
+        // Requests of several lines stay within the agent's max_line_bytes when send knows it (the ledger
+        // learns it otherwise).
+        var requestBytes = SendSession.requestBytes
+        if let limit = configuration?.0.intake.maxLineBytes { requestBytes = min(requestBytes, limit.bytes) }
 
         let input: FileHandle
         if let file, file != "-" {
@@ -84,8 +98,9 @@ struct SendCommand: ParsableCommand {
             printError("error: cannot connect to the agent at \(path): \(error) (is it running? see --socket)")
             throw ExitCode(69)  // EX_UNAVAILABLE
         }
-        var session = SendSession(path: path, socket: socket, input: LineReader(fd: input.fileDescriptor),
-                                  prefix: Array(",\"config\":\(config),\"data\":".utf8), waitsForRoom: !noWait)
+        let ledger = SendLedger(waitsForRoom: !noWait, format: SendRequestFormat(config: config), maxRequestBytes: requestBytes)
+        var session = SendSession(path: path, socket: socket, input: LineReader(fd: input.fileDescriptor), ledger: ledger,
+                                  mergeKey: mergeKey)
         let outcome = session.run()
         try Self.report(outcome)
     }
@@ -115,6 +130,11 @@ struct SendCommand: ParsableCommand {
 }
 
 /// One run of `send`: the input, the connection (re-made when lost) and the ledger, driven by one loop.
+///
+/// Input lines go in requests of up to ``requestBytes`` (``SendRequestFormat``): the agent then parses one
+/// `config` and writes one reply per request instead of per line, and `send` reads and checks each line
+/// where it lies in a large read buffer. A request is sent as soon as the input has nothing more ready, so
+/// lines written slowly to standard input do not wait for others.
 struct SendSession {
     /// How it ended.
     struct Outcome {
@@ -130,22 +150,30 @@ struct SendSession {
 
     /// A lost connection is made again for this long before giving up.
     static let reconnectPatience = Duration.seconds(60)
+    /// How large a request of several lines is made (and at most `[intake] max_line_bytes`).
+    static let requestBytes = 64 << 10
+    /// At most this many lines in one request (the Stream API takes 50,000 rows a request).
+    static let requestLines = 2_000
+    /// Requests are written while less than this is waiting to be written.
+    static let outputBytes = 256 << 10
 
     let path: String
     private var socket: AgentSocket
     private var input: LineReader
-    private let prefix: [UInt8]
     private var ledger: SendLedger
+    /// The merge key every line must carry, when send knows the table merges.
+    private let mergeKey: String?
     private var lineNumber = 0
     private var inputEnded = false
     private var toldAboutWaiting = false
+    private var toldAboutSplitting = false
 
-    init(path: String, socket: AgentSocket, input: LineReader, prefix: [UInt8], waitsForRoom: Bool) {
+    init(path: String, socket: AgentSocket, input: LineReader, ledger: SendLedger, mergeKey: String?) {
         self.path = path
         self.socket = socket
         self.input = input
-        self.prefix = prefix
-        self.ledger = SendLedger(waitsForRoom: waitsForRoom)
+        self.ledger = ledger
+        self.mergeKey = mergeKey
     }
 
     mutating func run() -> Outcome {
@@ -185,9 +213,15 @@ struct SendSession {
         var written = 0
         var replies: [UInt8] = []
         while true {
-            while output.count - written < 1 << 16, ledger.mayWrite {
-                // The next input line is read before the ledger is asked: reading may refuse lines locally.
-                var fresh = ledger.hasLinesToSendAgain ? nil : readRequest()
+            if written > 0, written >= output.count / 2 {
+                // What was written goes; what was not moves to the front (at most as much as went).
+                output.removeSubrange(..<written)
+                written = 0
+            }
+            while output.count - written < Self.outputBytes, ledger.mayWrite {
+                // Fresh lines are read before the ledger is asked: reading may refuse lines locally. The
+                // input is waited for only when nothing else is left to write.
+                var fresh = ledger.hasLinesToSendAgain ? nil : readRequest(mayBlock: written == output.count)
                 guard let request = ledger.next(fresh: { fresh.take() }) else { break }
                 output.append(contentsOf: request.bytes)
             }
@@ -201,10 +235,6 @@ struct SendSession {
             if ready.writable {
                 guard let n = socket.send(output[written...]) else { return .connectionLost }
                 written += n
-                if written == output.count {
-                    output.removeAll(keepingCapacity: true)
-                    written = 0
-                }
             }
             if ready.readable {
                 let received = socket.receive(into: &replies)
@@ -227,12 +257,18 @@ struct SendSession {
             switch ledger.receive(reply) {
             case .accepted:
                 break
-            case .rejected(let line, let status, let code, let message):
-                if status != 507 || code != IntakeRejection.Code.spoolFull.rawValue { printError("line \(line): \(status): \(message)") }
+            case .rejected(let lines, let status, let code, let message):
+                guard status != 507 || code != IntakeRejection.Code.spoolFull.rawValue else { break }
+                for line in lines { printError("line \(line): \(status): \(message)") }
             case .waitingForRoom:
                 if !toldAboutWaiting {
                     toldAboutWaiting = true
                     printError("the agent's spool is full (507 spool_full): waiting for room and sending those lines again, with backoff (--no-wait: count them as rejected instead)")
+                }
+            case .split(let line, let lines, let code):
+                if code != IntakeRejection.Code.lineTooLong.rawValue, !toldAboutSplitting {
+                    toldAboutSplitting = true
+                    printError("warning: the agent refused the \(lines) lines from line \(line) on for one of them (\(code)), which send's own check let through; sending every line alone from here on, each with its own answer (lines already sent behind these may be stored before them)")
                 }
             case .outOfStep(let problem):
                 return problem
@@ -241,34 +277,50 @@ struct SendSession {
         return nil
     }
 
-    /// The next input line as a request; lines that cannot be one record are refused here and skipped.
-    private mutating func readRequest() -> SendLedger.Request? {
-        while !inputEnded {
-            guard var line = input.next() else {
-                inputEnded = true
-                return nil
+    /// The next request of fresh input lines: as many as fit the ledger's bounds and are ready without
+    /// waiting (the first is waited for when `mayBlock`). Lines that cannot be one record are refused here
+    /// and skipped.
+    private mutating func readRequest(mayBlock: Bool) -> SendLedger.Request? {
+        let maxBytes = ledger.maxRequestBytes
+        let maxLines = ledger.batches ? Self.requestLines : 1
+        var builder: SendRequestFormat.Builder?
+        var lines = 0
+        while !inputEnded, lines < maxLines {
+            var full = false
+            let next = input.next(blocking: mayBlock && builder == nil) { raw -> Bool in
+                var line = raw
+                if line.last == UInt8(ascii: "\r") { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
+                if let builder, builder.count + line.count + 2 > maxBytes {
+                    full = true
+                    return false  // the next request's first line
+                }
+                lineNumber += 1
+                if line.first.map({ $0 == 0x20 || $0 == 0x09 }) ?? true, line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { return true }
+                if let problem = SendLineCheck.problem(line, mergeKey: mergeKey) {
+                    ledger.rejectLocally()
+                    printError("line \(lineNumber): \(problem.status): \(problem.message)")
+                    return true
+                }
+                if builder == nil {
+                    builder = SendRequestFormat.Builder(format: ledger.format, firstLine: lineNumber,
+                                                        capacity: min(maxBytes, Self.requestBytes) + 64, buffer: ledger.spareBuffer())
+                }
+                builder!.append(line: lineNumber, record: line)
+                lines += 1
+                return true
             }
-            lineNumber += 1
-            if line.last == UInt8(ascii: "\r") { line.removeLast() }
-            if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
-            if let problem = Self.localProblem(line) {
-                ledger.rejectLocally()
-                printError("line \(lineNumber): \(problem.status): \(problem.message)")
-                continue
+            switch next {
+            case .line: if full { return builder?.finish() }
+            case .wouldBlock: return builder?.finish()
+            case .end: inputEnded = true
             }
-            var bytes = Array("{\"ack\":\"\(lineNumber)\"".utf8)
-            bytes.reserveCapacity(bytes.count + prefix.count + line.count + 2)
-            bytes.append(contentsOf: prefix)
-            bytes.append(contentsOf: line)
-            bytes.append(contentsOf: [UInt8(ascii: "}"), UInt8(ascii: "\n")])
-            return SendLedger.Request(line: lineNumber, bytes: bytes)
         }
-        return nil
+        return builder?.finish()
     }
 
     private mutating func giveUp(_ failure: String, unreachable: Bool) -> Outcome {
         var unsent = 0
-        while readRequest() != nil { unsent += 1 }
+        while let request = readRequest(mayBlock: true) { unsent += request.rows.count }
         return Outcome(totals: ledger.totals, unconfirmed: ledger.unconfirmed, unsent: unsent, failure: failure, agentUnreachable: unreachable)
     }
 
@@ -303,22 +355,5 @@ struct SendSession {
         var message = ""
         if case .string(let text)? = value["error"] { message = text }
         return .refused(ack: ack, status: status, code: code, message: message)
-    }
-
-    /// Refuses locally what cannot be one record, so it cannot change the request it is wrapped in.
-    static func localProblem(_ line: [UInt8]) -> IntakeRejection? {
-        line.withUnsafeBytes { raw -> IntakeRejection? in
-            var scanner = JSONScanner(raw)
-            do throws(JSONScanError) {
-                scanner.skipWhitespace()
-                guard scanner.peek() == UInt8(ascii: "{") else { return .badRequest(.invalidRow, "each line must be a JSON object") }
-                try scanner.skipValue(depth: 1, maxDepth: StreamAPILimits.maxDepth)
-                scanner.skipWhitespace()
-                guard scanner.isAtEnd else { throw scanner.unexpected("end of line after the JSON object") }
-                return nil
-            } catch {
-                return IntakeLineParser.rejection(for: error, row: nil)
-            }
-        }
     }
 }
