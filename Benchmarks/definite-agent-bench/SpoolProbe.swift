@@ -5,7 +5,7 @@ import Foundation
 /// runs; it never writes, so it cannot disturb the daemon's WAL).
 final class SpoolProbe {
     struct Totals {
-        /// Records spooled and not yet delivered: `sum(next_seq - delivered_seq)`.
+        /// Records spooled and not yet delivered: per target, where its log ends less `delivered_seq`.
         var pending: Int
         /// Their bytes (newline-separated compact JSON).
         var pendingBytes: Int
@@ -23,9 +23,16 @@ final class SpoolProbe {
             throw BenchError("cannot open \(path) read-only: \(String(cString: sqlite3_errmsg(db)))")
         }
         sqlite3_busy_timeout(db, 2000)
+        // A target's row is settled at most once a second; the segments appended since complete it (the
+        // daemon's TargetLog, whose expressions these are).
         let sql = """
-            SELECT coalesce(sum(next_seq - delivered_seq), 0), coalesce(sum(pending_bytes), 0),
-                   coalesce(sum(delivered_seq), 0) FROM targets
+            SELECT coalesce(sum(log_end - delivered_seq), 0), coalesce(sum(stored), 0), coalesce(sum(delivered_seq), 0)
+            FROM (SELECT t.delivered_seq,
+                         max(t.next_seq, t.delivered_seq, coalesce((SELECT s.first_seq + s.record_count FROM segments s
+                             WHERE s.target_id = t.id ORDER BY s.first_seq DESC LIMIT 1), 0)) AS log_end,
+                         t.pending_bytes + coalesce((SELECT sum(s.byte_count) FROM segments s
+                             WHERE s.target_id = t.id AND s.first_seq >= t.next_seq), 0) AS stored
+                  FROM targets t)
             """
         guard sqlite3_prepare_v2(db, sql, -1, &query, nil) == SQLITE_OK else {
             defer { sqlite3_close(db) }

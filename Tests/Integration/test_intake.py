@@ -366,7 +366,7 @@ def test_other_processes_opening_the_spool_always_see_the_latest_commit(agent):
             sent += 101
             # A separate connection, opened and closed each time, as `sqlite3` or a backup tool would.
             db = sqlite3.connect(agent.spool_path)
-            seen = db.execute("SELECT sum(next_seq) FROM targets").fetchone()[0]
+            seen = db.execute("SELECT sum(record_count) FROM segments").fetchone()[0]
             db.close()
             assert seen == sent, f"round {round_}: another process sees {seen} records, {sent} were acknowledged"
     assert agent.status()["pending"] == sent
