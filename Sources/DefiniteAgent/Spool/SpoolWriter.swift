@@ -65,8 +65,8 @@ public final class SpoolWriter: @unchecked Sendable {
     private var lastSettled: [Int64: ContinuousClock.Instant] = [:]
     private var unsettled: Set<Int64> = []
     /// How often an appended target's row is settled: a commit of a few records writes one page, and the
-    /// target's row once a second.
-    static let settleInterval = Duration.seconds(1)
+    /// target's row at most once per interval (by default a second).
+    private let settleInterval: Duration
 
     /// What one commit appended to one target's log: records `range` (seqs) of `target`.
     public struct AppendedRange: Sendable, Equatable {
@@ -81,8 +81,9 @@ public final class SpoolWriter: @unchecked Sendable {
     ///   ``DiskHeadroom``); `nil` picks 5% of the filesystem, at most 64 MiB.
     /// - Parameter access: who may read the spool's files (``SpoolAccess``); an existing spool is set to it,
     ///   and each change is logged.
+    /// - Parameter settleInterval: how often at most a target's row is settled (``TargetLog``).
     public init(path: String, durability: AgentConfiguration.Durability, maxBytes: Int, diskReserve: Int? = nil,
-                access: SpoolAccess = .ownerOnly, logger: Logger) throws(SpoolError) {
+                access: SpoolAccess = .ownerOnly, settleInterval: Duration = .seconds(1), logger: Logger) throws(SpoolError) {
         let (connection, accessChanges) = try SpoolDatabase.openForWriting(path: path, durability: durability, access: access)
         for change in accessChanges {
             let narrowed = change.oldMode & ~change.newMode != 0
@@ -92,6 +93,7 @@ public final class SpoolWriter: @unchecked Sendable {
             ])
         }
         self.connection = connection
+        self.settleInterval = settleInterval
         self.path = path
         self.logger = logger
         self.diskAdmission = DiskAdmission(spoolPath: path, configuredReserve: diskReserve)
@@ -235,7 +237,7 @@ public final class SpoolWriter: @unchecked Sendable {
             condition.unlock()
 
             // Runs of appends and runs of transactions are each one commit, in queue order.
-            if jobs.isEmpty { settle(unsettled) }
+            if jobs.isEmpty { settle(due(at: .now)) }
             var appends: [Pending] = []
             var transactions: [Transaction] = []
             func flush() {
@@ -352,7 +354,7 @@ public final class SpoolWriter: @unchecked Sendable {
                 }
                 pending.appended?(ranges)
             }
-            for id in self.appended.keys where self.lastSettled[id].map({ started - $0 >= Self.settleInterval }) ?? true {
+            for id in self.appended.keys where self.isDue(id, at: started) {
                 try TargetLog.settle(id, db: db)
                 settledNow.append(id)
             }
@@ -384,6 +386,16 @@ public final class SpoolWriter: @unchecked Sendable {
                 pending.promise.fail(rejection)
             }
         }
+    }
+
+    /// Whether target `id`'s row was last settled at least ``settleInterval`` before `now` (or never).
+    private func isDue(_ id: Int64, at now: ContinuousClock.Instant) -> Bool {
+        lastSettled[id].map { now - $0 >= settleInterval } ?? true
+    }
+
+    /// The targets appended to since their row was settled, and settled longer than ``settleInterval`` ago.
+    private func due(at now: ContinuousClock.Instant) -> Set<Int64> {
+        unsettled.filter { isDue($0, at: now) }
     }
 
     /// Settles `targets`' rows (``TargetLog``) in a commit of their own: when the writer idles, and before it

@@ -99,11 +99,11 @@ struct TargetLogTests {
     }
 
     @Test func positionsAndBytesAreRightBetweenSettlementsAndAfterDeliveryRemovesSegments() async throws {
-        let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, logger: Logger(label: "test"))
+        let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, settleInterval: .seconds(3600), logger: Logger(label: "test"))
         writer.start()
         let first = batch((0..<10).map { #"{"i":\#($0)}"# })
         let second = batch((10..<25).map { #"{"i":\#($0)}"# })
-        // The first append settles the target's row at once; the second, within the second, does not.
+        // The first append settles the target's row at once; the second, within the interval, does not.
         try await commit(first, to: writer)
         try await commit(second, to: writer)
         let db = try SpoolDatabase.openForReading(path: path)
@@ -140,8 +140,8 @@ struct TargetLogTests {
         #expect(settled.nextSeq == 26 && Int(settled.pendingBytes) == stored)
     }
 
-    @Test func anIdleWriterSettlesWhatItAppendedWithinAboutASecond() async throws {
-        let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, logger: Logger(label: "test"))
+    @Test func anIdleWriterSettlesWhatItAppendedOnceTheIntervalIsOver() async throws {
+        let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, settleInterval: .seconds(2), logger: Logger(label: "test"))
         writer.start()
         defer { writer.shutdown() }
         try await commit(batch([#"{"i":0}"#]), to: writer)
