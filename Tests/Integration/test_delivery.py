@@ -361,6 +361,9 @@ def test_a_spool_written_by_the_previous_release_is_migrated_and_everything_in_i
     db = sqlite3.connect(f"file:{agent.spool_path}?mode=ro", uri=True)
     try:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        # The migrated segments kept their records apart (segment_records); delivered, both are gone.
+        assert db.execute("SELECT count(*) FROM segments").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM segment_records").fetchone()[0] == 0
     finally:
         db.close()
     assert agent.stop() == 0
