@@ -1,5 +1,7 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -197,7 +199,7 @@ final class DatagramReceiver: @unchecked Sendable {
 /// (its own thread: that wait is the back-pressure on senders); commits ``release()`` from any thread.
 final class InFlightLimit: @unchecked Sendable {
     private let limit: Int
-    private let condition = NSCondition()
+    private let condition = ConditionLock()
     private var count = 0
 
     init(_ limit: Int) {

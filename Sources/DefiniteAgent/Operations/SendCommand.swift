@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `definite-agent send`: sends NDJSON records through the agent's line socket, with acknowledgements.
 ///
@@ -67,16 +68,15 @@ struct SendCommand: ParsableCommand {
         if let primaryKey { config += ",\"mode\":\"merge\",\"primary_key\":[\(JSONCompactor.quote(primaryKey))]" } else if let mode { config += ",\"mode\":\(JSONCompactor.quote(mode))" }
         config += "}"
 
-        let input: FileHandle
+        var input = STDIN_FILENO
         if let file, file != "-" {
-            guard let handle = FileHandle(forReadingAtPath: file) else {
+            input = open(file, O_RDONLY | O_CLOEXEC)
+            guard input >= 0 else {
                 printError("error: cannot read \(file): \(String(cString: strerror(errno)))")
                 throw ExitCode(66)  // EX_NOINPUT
             }
-            input = handle
-        } else {
-            input = FileHandle.standardInput
         }
+        defer { if input != STDIN_FILENO { close(input) } }
         let socket: AgentSocket
         do {
             socket = try AgentSocket(path: path)
@@ -84,7 +84,7 @@ struct SendCommand: ParsableCommand {
             printError("error: cannot connect to the agent at \(path): \(error) (is it running? see --socket)")
             throw ExitCode(69)  // EX_UNAVAILABLE
         }
-        var session = SendSession(path: path, socket: socket, input: LineReader(fd: input.fileDescriptor),
+        var session = SendSession(path: path, socket: socket, input: LineReader(fd: input),
                                   prefix: Array(",\"config\":\(config),\"data\":".utf8), waitsForRoom: !noWait)
         let outcome = session.run()
         try Self.report(outcome)
@@ -285,7 +285,7 @@ struct SendSession {
     }
 
     private static func pause(_ duration: Duration) {
-        Thread.sleep(forTimeInterval: Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+        NamedThread.sleep(for: duration)
     }
 
     /// A reply line as the ledger reads it; `nil` when it is not one.

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Synchronization
 
 /// What the spool may still take: bytes of records held (pending plus dead letters) against
@@ -21,7 +22,7 @@ public final class SpoolCapacity: Sendable {
     private let refusedRequestBytes = Atomic<Int>(0)
     private let refusals = Mutex(Refusals())
     /// Called when a refusal begins (outside any lock), so an observer need not wait for its next look.
-    private let refusalBegan = Mutex<(@Sendable () -> Void)?>(nil)
+    private let refusalBegan = Mutex<[@Sendable () -> Void]>([])
 
     private struct Refusals {
         var maxBytesSince: Date?
@@ -90,7 +91,7 @@ public final class SpoolCapacity: Sendable {
     /// Calls `wake` whenever a refusal begins, on the thread that refused (keep it short: it may be an event
     /// loop or the writer thread).
     func whenRefusalBegins(_ wake: @escaping @Sendable () -> Void) {
-        refusalBegan.withLock { $0 = wake }
+        refusalBegan.withLock { $0.append(wake) }
     }
 
     private func refusedForMaxBytes(_ bytes: Int) {
@@ -104,7 +105,7 @@ public final class SpoolCapacity: Sendable {
             refusals.latest = IntakeRefusal(reason: .maxBytes, since: now, detail: detail)
             return true
         }
-        if began { refusalBegan.withLock { $0 }?() }
+        if began { refusalBegan.withLock { $0 }.forEach { $0() } }
     }
 
     private var maxBytesDetail: String {
@@ -123,7 +124,7 @@ public final class SpoolCapacity: Sendable {
             refusals.latest = refusals.disk
             return true
         }
-        if began { refusalBegan.withLock { $0 }?() }
+        if began { refusalBegan.withLock { $0 }.forEach { $0() } }
     }
 
     /// The writer admits intake again.
