@@ -79,9 +79,10 @@ let package = Package(
             dependencies: ["DefiniteAgent"],
             // The release daemon carries its Swift runtime: it runs without the toolchain installed (no
             // RUNPATH into it) and keeps ~4 MiB fewer library pages resident. It links FoundationEssentials,
-            // not Foundation (whose ICU data alone is ~30 MB), and exports no symbols: `-static-stdlib`
-            // would export every Swift symbol of every module (1.6 MB of dynamic symbol table that nothing
-            // looks up; the unstripped build in .build keeps the full symbol table for debugging).
+            // not Foundation (whose ICU data alone is ~30 MB; Tests/Packaging/test_footprint.py checks),
+            // and exports no symbols: `-static-stdlib` alone exports every Swift symbol of every module,
+            // 1.6 MB of dynamic symbol table that nothing looks up (the unstripped build in .build keeps
+            // its full symbol table for debugging).
             swiftSettings: [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux], configuration: .release))],
             linkerSettings: [
                 .unsafeFlags(["-static-stdlib", "-Xlinker", "--no-export-dynamic"], .when(platforms: [.linux], configuration: .release)),

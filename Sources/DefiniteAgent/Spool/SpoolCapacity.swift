@@ -8,8 +8,9 @@ import Synchronization
 /// Intake reserves a request's bytes before queueing it for the writer; a request that would pass the
 /// limit is refused with 507 and nothing already spooled is touched. The writer turns reservations into
 /// stored bytes when it commits (or cancels them when the commit fails); delivery releases stored bytes
-/// as rows leave the spool. The writer periodically re-reads the stored total from the database, so
-/// changes made by other processes (`dlq purge`) are seen without a restart.
+/// as rows leave the spool. The writer re-reads the stored total from the database every few seconds
+/// while it commits or intake is refused, and at once when a refusal begins, so changes made by other
+/// processes (`dlq purge`) are seen without a restart.
 ///
 /// It also knows whether intake is being refused (``refusal``): for `max_bytes`, from the first refused
 /// request until that request would fit; for the disk, as the writer reports it (``diskIsFull(_:)``,

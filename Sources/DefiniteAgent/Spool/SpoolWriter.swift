@@ -252,6 +252,8 @@ public final class SpoolWriter: @unchecked Sendable {
             let jobs = queue
             queue.removeAll(keepingCapacity: true)
             condition.unlock()
+            // Working from now on: a commit that hangs (a lock held elsewhere, a stuck disk) ages this.
+            heartbeat.withLockedValue { $0 = ContinuousClock.now }
 
             // Runs of appends and runs of transactions are each one commit, in queue order.
             var appends: [Pending] = []
