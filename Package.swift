@@ -74,16 +74,25 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
-            ]
+            ],
+            // Members of extensions are visible only from the modules a file imports: a dependency that
+            // imports all of Foundation (TOMLKit does) would otherwise lend its members (`String(format:)`)
+            // to files that import only FoundationEssentials, and the daemon would link Foundation's ICU.
+            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
         .executableTarget(
             name: "definite-agent",
             dependencies: ["DefiniteAgent"],
             // The release daemon carries its Swift runtime: it runs without the toolchain installed (no
-            // RUNPATH into it) and keeps ~4 MiB fewer library pages resident. Compiling the entry point
-            // with the flag too makes it link the static Foundation's own dependencies.
+            // RUNPATH into it) and keeps ~4 MiB fewer library pages resident. It links FoundationEssentials,
+            // not Foundation (whose ICU data alone is ~30 MB; Tests/Packaging/test_footprint.py checks),
+            // and exports no symbols: `-static-stdlib` alone exports every Swift symbol of every module,
+            // 1.6 MB of dynamic symbol table that nothing looks up (the unstripped build in .build keeps
+            // its full symbol table for debugging).
             swiftSettings: [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux], configuration: .release))],
-            linkerSettings: [.unsafeFlags(["-static-stdlib"], .when(platforms: [.linux], configuration: .release))]
+            linkerSettings: [
+                .unsafeFlags(["-static-stdlib", "-Xlinker", "--no-export-dynamic"], .when(platforms: [.linux], configuration: .release)),
+            ]
         ),
 
         // MARK: Benchmarks

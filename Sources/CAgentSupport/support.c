@@ -9,7 +9,13 @@
 int cagent_tune_malloc(int mmap_threshold, int arena_max) {
     return mallopt(M_MMAP_THRESHOLD, mmap_threshold) && mallopt(M_ARENA_MAX, arena_max);
 }
+int cagent_trim_heap(void) {
+    return malloc_trim(0);
+}
 #else
+int cagent_trim_heap(void) {
+    return 0;
+}
 int cagent_tune_malloc(int mmap_threshold, int arena_max) {
     (void)mmap_threshold;
     (void)arena_max;

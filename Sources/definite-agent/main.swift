@@ -2,4 +2,6 @@ import DefiniteAgent
 
 // Before anything starts a thread (see MemoryTuning.apply).
 MemoryTuning.apply()
+// Before anything awaits: tasks run on the daemon's own threads, not libdispatch's (see GlobalExecutor).
+GlobalExecutor.install()
 await DefiniteAgentCommand.runFromCommandLine()

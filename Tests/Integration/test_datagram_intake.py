@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
 
-from agent_harness import Agent  # noqa: E402
+from agent_harness import Agent, free_port  # noqa: E402
 from harness import Emulator  # noqa: E402
 
 
@@ -66,3 +66,33 @@ linger = "100ms"
             assert emu.scalar("SELECT count(DISTINCT (w, i)) FROM lake.bronze.dgram") == delivered
         finally:
             agent.finish()
+
+
+def test_sigterm_stops_the_datagram_thread_at_once_and_every_count_is_kept(tmp_path):
+    """The thread sleeps until a datagram or the stop comes (no receive timeout to notice it by): SIGTERM
+    ends the daemon promptly, with the last datagrams spooled and counted."""
+    path = str(tmp_path / "dgram.sock")
+    agent = Agent(tmp_path / "agent", extra_config=f"""
+datagram_socket = "{path}"
+[api]
+url = "http://127.0.0.1:{free_port()}"
+""").start()
+    try:
+        time.sleep(1.5)  # idle: the thread is asleep in poll
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            for i in range(3):
+                sock.send(json.dumps({"config": {"table": "bronze.dgram"}, "data": {"i": i}}).encode())
+            sock.send(b'{"broken": ')
+        time.sleep(0.2)
+        started = time.monotonic()
+        code = agent.stop()
+        took = time.monotonic() - started
+    finally:
+        agent.kill9()
+    assert code == 0, agent.log()[-3000:]
+    print(f"SIGTERM to exit: {took:.2f} s")
+    assert took < 2.0, f"SIGTERM took {took:.2f} s"
+    assert agent.status()["datagrams"] == {"received": 4, "rejected": 1, "dropped": 0}
+    assert sorted(r["i"] for r in agent.spooled_records("bronze.dgram")) == [0, 1, 2]
+    assert not Path(path).exists(), "the socket file is left behind"

@@ -5,6 +5,9 @@
 /// Returns 0 where glibc's mallopt is unavailable.
 int cagent_tune_malloc(int mmap_threshold, int arena_max);
 
+/// Hands the heap's free pages back to the system (glibc's malloc_trim); returns whether any were.
+int cagent_trim_heap(void);
+
 /// Names the calling thread (what `top -H` and `/proc/PID/task/*/comm` show); `name` must fit in 15 bytes.
 /// Returns 0 on success. (`pthread_setname_np` is a GNU extension Swift's Glibc module does not export.)
 int cagent_name_current_thread(const char *name);
@@ -27,6 +30,19 @@ int cagent_catch_early_signals(void);
 
 /// Whether `signo` arrived while only ``cagent_catch_early_signals`` was catching it; forgets it.
 int cagent_take_early_signal(int signo);
+
+/// Unmaps the pages of the process's read-only file mappings (code and constants of the binary and its
+/// libraries) that hold nothing of their own (no page copied on write): they stay in the page cache and
+/// map again, without reading the disk, at their next use. Start-up touches much code it never runs
+/// again, and the kernel maps it in 64 KiB windows. Returns the KiB unmapped, or -1 when
+/// /proc/self/smaps cannot be read.
+long cagent_release_clean_file_pages(void);
+
+/// Runs Swift concurrency's global executor on `threads` threads of our own (`async-N`) instead of
+/// libdispatch's worker threads, whose first start arms a pool monitor that wakes the process every second
+/// for good. Call it before anything is enqueued on the global executor. Returns the threads started
+/// (0: not installed, a hook was already set or no thread could start).
+int cagent_install_global_executor(int threads);
 
 #include "cagent_build_info.h"
 

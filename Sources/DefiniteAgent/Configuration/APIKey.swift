@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The Stream API key. Its `description` is redacted, so it cannot leak through logs or string interpolation.
 public struct APIKey: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
@@ -43,14 +44,14 @@ public enum APIKeySource {
     }
 
     private static func read(path: String, key: String?, location: ConfigurationLocation?) throws(ConfigurationError) -> APIKey {
-        let contents: String
+        let contents: [UInt8]
         do {
-            contents = try String(contentsOfFile: path, encoding: .utf8)
+            contents = try FileSystem.contents(of: path)
         } catch {
             throw ConfigurationError(.unusablePath, key: key, line: location?.line, file: location?.file,
-                                     "cannot read the API key file \(path): \(ConfigurationLoader.describe(error))")
+                                     "cannot read the API key file \(path): \(error)")
         }
-        let secret = contents.trimmingWhitespace()
+        let secret = String(decoding: contents, as: UTF8.self).trimmingWhitespace()
         guard !secret.isEmpty else {
             throw ConfigurationError(.missingKey, key: key, line: location?.line, file: location?.file, "the API key file \(path) is empty")
         }

@@ -100,7 +100,11 @@ public struct HumanDuration: Hashable, Comparable, Sendable, CustomStringConvert
 }
 
 extension StringProtocol {
-    func trimmingWhitespace() -> String {
-        String(self.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    func trimmingWhitespace() -> String { trimming(where: \.isWhitespace) }
+
+    /// Without the characters at either end for which `isTrimmed` holds.
+    func trimming(where isTrimmed: (Character) -> Bool) -> String {
+        guard let first = firstIndex(where: { !isTrimmed($0) }), let last = lastIndex(where: { !isTrimmed($0) }) else { return "" }
+        return String(self[first...last])
     }
 }

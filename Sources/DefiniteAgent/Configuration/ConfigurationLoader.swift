@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import TOMLKit
 
 /// Reads `agent.toml` into an ``AgentConfiguration``, strictly.
@@ -11,12 +12,13 @@ public enum ConfigurationLoader {
 
     /// Loads the file at `path`.
     public static func load(path: String) throws(ConfigurationError) -> AgentConfiguration {
-        let text: String
+        let text: String?
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            text = try FileSystem.text(of: path)
         } catch {
-            throw ConfigurationError(.unreadableFile, file: path, "cannot read the configuration file: \(describe(error))")
+            throw ConfigurationError(.unreadableFile, file: path, "cannot read the configuration file: \(error)")
         }
+        guard let text else { throw ConfigurationError(.syntax, file: path, "invalid TOML: the file is not valid UTF-8") }
         return try parse(text, file: path)
     }
 
@@ -223,14 +225,6 @@ public enum ConfigurationLoader {
         }
     }
 
-    static func describe(_ error: any Error) -> String {
-        if let cocoa = error as? CocoaError, let underlying = cocoa.userInfo[NSUnderlyingErrorKey] as? POSIXError {
-            return String(cString: strerror(underlying.code.rawValue))
-        }
-        if let cocoa = error as? CocoaError, cocoa.code == .fileReadNoSuchFile { return "no such file" }
-        if let cocoa = error as? CocoaError, cocoa.code == .fileReadNoPermission { return "permission denied" }
-        return "\(error.localizedDescription)"
-    }
 }
 
 /// `host:port` addresses in the configuration.
@@ -410,7 +404,7 @@ struct LineLocator: Sendable {
         for (index, raw) in lines.enumerated() {
             let line = raw.trimmingWhitespace()
             if line.hasPrefix("[") {
-                let name = line.trimmingCharacters(in: CharacterSet(charactersIn: "[] \t"))
+                let name = line.trimming { "[] \t".contains($0) }
                 current = name
                 if line.hasPrefix("[[") {
                     currentOccurrence = seen[name, default: -1] + 1

@@ -1,5 +1,7 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 
 /// The API key delivery uses now; replaced on reload without a restart.
@@ -500,13 +502,13 @@ final class DeliveryLoop: @unchecked Sendable {
         } else if change.succeededAt != nil, let failure = failing.removeValue(forKey: change.targetID) {
             logger.notice("delivery resumed", metadata: [
                 "table": "\(table)", "after": "\(failure.state.rawValue)",
-                "for": "\(String(format: "%.1fs", (ContinuousClock.now - failure.since).seconds))"])
+                "for": "\((ContinuousClock.now - failure.since).seconds.fixed(1))s"])
         }
         switch change.state {
         case .backingOff(let until)?:
             AgentMetrics.retries.increment()
             logOnce(change.targetID, "delivery failed; will retry", [
-                "table": "\(table)", "error": "\(error)", "retry_in": "\(String(format: "%.3fs", max(0, until.timeIntervalSinceNow)))"])
+                "table": "\(table)", "error": "\(error)", "retry_in": "\(max(0, until.timeIntervalSinceNow).fixed(3))s"])
         case .authFailing?:
             logOnce(0, error == DeliveryMachine.missingKeyError
                 ? "no API key: delivery is paused, intake continues (set [api] key_file, $DEFINITE_API_KEY or the api-key credential)"

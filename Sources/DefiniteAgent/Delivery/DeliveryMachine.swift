@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Every decision of delivery, apart from the I/O that carries it out: which batch a worker takes next,
 /// when a batch is cut, what an answer means for its rows, when a target waits and for how long.

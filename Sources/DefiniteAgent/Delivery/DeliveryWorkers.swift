@@ -1,11 +1,12 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The blocking work delivery hands off its loop: spool reads (each thread owns its own read connection)
 /// and building request bodies (gzip). Threads `delivery-1` … `delivery-N` take jobs in order.
 final class DeliveryWorkers: @unchecked Sendable {
     typealias Job = @Sendable (SpoolReader) -> Void
 
-    private let condition = NSCondition()
+    private let condition = ConditionLock()
     private var jobs: [Job] = []
     private var stopping = false
 

@@ -1,5 +1,6 @@
 import CCurl
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// An HTTP answer: status, the headers delivery cares about, and the body.
 struct HTTPResponse: Sendable {
@@ -11,12 +12,11 @@ struct HTTPResponse: Sendable {
     func retryAfter(now: Date = Date()) -> Double? {
         guard let value = headers["retry-after"]?.trimmingWhitespace() else { return nil }
         if let seconds = Double(value) { return max(0, seconds) }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
-        guard let date = formatter.date(from: value) else { return nil }
-        return max(0, date.timeIntervalSince(now))
+        // An HTTP date ("Wed, 21 Oct 2015 07:28:00 GMT"), parsed by libcurl, which reads the three forms
+        // RFC 9110 allows.
+        let date = curl_getdate(value, nil)
+        guard date >= 0 else { return nil }
+        return max(0, Double(date) - now.timeIntervalSince1970)
     }
 }
 

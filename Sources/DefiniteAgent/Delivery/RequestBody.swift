@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Builds a Stream API request from spooled records by concatenating their stored JSON: records are
 /// never decoded and re-encoded.
@@ -70,7 +71,7 @@ struct RequestBody {
             items.append(URLQueryItem(name: "tags", value: tags))
             var components = URLComponents()
             components.queryItems = items
-            query = components.percentEncodedQuery?.replacingOccurrences(of: "+", with: "%2B") ?? ""
+            query = components.percentEncodedQuery?.replacing("+", with: "%2B") ?? ""
         }
         // JSON: the records with their commas, less the last one. NDJSON: one record per line.
         let recordBytes = format == .json ? selected.bytes : selected.newlineSeparated

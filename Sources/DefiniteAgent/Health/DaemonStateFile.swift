@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 #if canImport(Glibc)
 import Glibc
@@ -38,10 +38,10 @@ public enum DaemonStateFile {
         unlink(temporary)
         try access.create(temporary)
         do {
-            try Data(encode(state).utf8).write(to: URL(fileURLWithPath: temporary))
+            try FileSystem.write(Array(encode(state).utf8), to: temporary)
         } catch {
             unlink(temporary)
-            throw SpoolError(.storage, path: spoolPath, "cannot write the daemon state file \(temporary): \(ConfigurationLoader.describe(error))")
+            throw SpoolError(.storage, path: spoolPath, "cannot write the daemon state file \(temporary): \(error)")
         }
         guard rename(temporary, path) == 0 else {
             let reason = String(cString: strerror(errno))
@@ -53,14 +53,15 @@ public enum DaemonStateFile {
     /// The state the last daemon on this spool wrote, and whether that daemon still runs; `nil` when no
     /// daemon ever ran on it with this version (or the file cannot be read by this user).
     public static func read(spoolPath: String) -> (state: DaemonState, running: Bool)? {
-        guard let data = FileManager.default.contents(atPath: path(forSpoolAt: spoolPath)),
+        guard let data = try? FileSystem.contents(of: path(forSpoolAt: spoolPath)),
               let state = decode(data) else { return nil }
         return (state, processStart(pid: state.pid) == state.processStart)
     }
 
     /// The start of process `pid` in clock ticks since boot, or `nil` when there is no such process.
     public static func processStart(pid: Int32) -> UInt64? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        guard let bytes = try? FileSystem.contents(of: "/proc/\(pid)/stat"),
+              case let stat = String(decoding: bytes, as: UTF8.self),
               let end = stat.lastIndex(of: ")") else { return nil }
         // After the command name (which may hold spaces and parentheses): field 3 onwards; 22 is the start.
         let fields = stat[stat.index(after: end)...].split(separator: " ")
@@ -75,8 +76,8 @@ public enum DaemonStateFile {
             + "\"version\":\(JSONCompactor.quote(state.version)),\"stopping\":\(state.stopping),\"intake_refused\":\(refusal)}\n"
     }
 
-    static func decode(_ data: Data) -> DaemonState? {
-        guard let value = try? Array(data).withUnsafeBytes({ try JSONValue.parse($0) }),
+    static func decode(_ data: [UInt8]) -> DaemonState? {
+        guard let value = try? data.withUnsafeBytes({ try JSONValue.parse($0) }),
               case .number(let pid)? = value["pid"], let pidValue = Int32(pid),
               case .number(let start)? = value["process_start"], let startValue = UInt64(start),
               case .number(let startedAt)? = value["started_at"], let startedSeconds = Double(startedAt),

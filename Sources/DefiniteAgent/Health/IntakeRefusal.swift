@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Intake refused for want of room: what operators see in the log, in `status`, in the
 /// `definite_agent_intake_refusing{reason}` gauge and from `GET /readyz`.

@@ -1,5 +1,8 @@
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
 
@@ -128,7 +131,7 @@ final class IntakeStateReporter: DaemonPart, RunningPart {
         case .ended(let refusal, let lasted):
             AgentMetrics.intakeRefusing(refusal.reason).record(0)
             logger.notice("intake resumed: the spool takes records again", metadata: [
-                "reason": "\(refusal.reason.rawValue)", "refused_for": "\(String(format: "%.1fs", lasted))",
+                "reason": "\(refusal.reason.rawValue)", "refused_for": "\(lasted.fixed(1))s",
             ])
         }
     }

@@ -1,5 +1,7 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -12,10 +14,10 @@ import Synchronization
 /// (valid, but the spool was full or the commit failed). The totals are kept in the spool, so `status`
 /// shows them whether or not the daemon runs. A datagram that is neither rejected nor dropped is spooled.
 ///
-/// A dedicated thread (`datagram`, a ``DatagramReceiver``) reads the socket with blocking `recv` (senders
-/// are usually unnamed sockets, which a plain `recv` takes as they are) and hands each burst to the spool
-/// writer as one batch. Stopped, the thread finishes its burst and waits for its batches' commits; then
-/// the counts are written and the socket closed.
+/// A dedicated thread (`datagram`, a ``DatagramReceiver``) sleeps in `poll` until a datagram comes, reads
+/// what is queued with `recv` (senders are usually unnamed sockets, which a plain `recv` takes as they are)
+/// and hands each burst to the spool writer as one batch. Stopped, the thread finishes its burst and waits
+/// for its batches' commits; then the last counts are written and the socket closed.
 struct DatagramIntakeServer: DaemonPart {
     let part: DaemonPartKind
     let address: ListenerAddress
@@ -27,60 +29,38 @@ struct DatagramIntakeServer: DaemonPart {
         let socket = try await address.makeSocket(kind: .datagram, backlog: 0, part: part, environment: environment)
         var bufferSize: Int32 = 4 << 20
         setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUF, &bufferSize, socklen_t(MemoryLayout<Int32>.size))
-        var timeout = timeval(tv_sec: 0, tv_usec: 200_000)  // how soon the thread notices a stop
-        setsockopt(socket.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let receiver = DatagramReceiver(
             fd: socket.fd, parser: IntakeLineParser(configuration: settings.current), writer: writer, eventLoop: environment.eventLoops.next(),
             logger: environment.logger)
         receiver.start()
         environment.logger.info("listening", metadata: ["part": "\(part)", "on": "\(socket.location)"])
-        return Running(socket: socket, receiver: receiver, writer: writer, part: part, logger: environment.logger)
+        return Running(socket: socket, receiver: receiver, part: part, logger: environment.logger)
     }
 
     private struct Running: RunningPart {
         let socket: ListeningSocket
         let receiver: DatagramReceiver
-        let writer: SpoolWriter
         let part: DaemonPartKind
         let logger: Logger
 
         func run(drainDeadline: DrainDeadline) async throws {
             let stop = CompletionSignal()
             await withTaskCancellationOrGracefulShutdownHandler {
-                // Every second, and once more at the end, the counts go into the spool's totals.
-                while !stop.hasHappened, !Task.isCancelled {
-                    _ = await stop.wait(until: .now + .seconds(1))
-                    await persistCounters()
-                }
+                // The receiving thread writes the counts down itself (see DatagramReceiver); nothing here
+                // runs until the stop.
+                _ = await stop.wait()
             } onCancelOrGracefulShutdown: {
                 stop.signal()
             }
             receiver.stop()
-            // The thread ends within the receive timeout, once its last batches committed; it owns the
-            // socket until then (stopping at once, it keeps it until the process ends).
+            // The thread ends at once, once its last batches committed; it owns the socket until then
+            // (stopping at once, it keeps it until the process ends). Then the last counts are written.
             if await receiver.ended.wait() {
                 close(socket.fd)
-                await persistCounters()
+                await receiver.persistCounters()
             }
             socket.removeOwnedPath()
             logger.info("stopped", metadata: ["part": "\(part)"])
-        }
-
-        /// Adds what was counted since the last call to the spool's running totals (on the writer's thread).
-        private func persistCounters() async {
-            let delta = receiver.counters.take()
-            guard delta.received > 0 else { return }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                writer.perform({ db in
-                    let add = try db.prepared("INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value")
-                    for (name, value) in [("datagrams_received", delta.received), ("datagrams_rejected", delta.rejected), ("datagrams_dropped", delta.dropped)] {
-                        add.bind(1, name)
-                        add.bind(2, value)
-                        try add.step()
-                        add.reset()
-                    }
-                }, completion: { _ in continuation.resume() })
-            }
         }
     }
 }
@@ -89,8 +69,15 @@ struct DatagramIntakeServer: DaemonPart {
 /// ``maxBatchesInFlight`` batches await their commit it stops reading: the kernel queue fills and blocking
 /// senders wait.
 ///
-/// - Note: Thread confinement: `fd` and `parser` are used only by the thread (`@unchecked Sendable`);
-///   `stopping` and `inFlight` are shared and synchronised.
+/// It adds its counts to the spool's totals at most once a second, and within a second of the last
+/// datagram: waiting for datagrams with counts not yet written, it wakes when they are due; with none, it
+/// sleeps until a datagram comes or ``stop()`` (a pipe it polls beside the socket), so an idle daemon with
+/// a datagram socket does not wake.
+///
+/// - Note: Thread confinement: `fd`, `parser` and `lastPersisted` are used only by the thread
+///   (`@unchecked Sendable`); `stopping`, `counters` and `inFlight` are shared and synchronised. The stop
+///   pipe is made in `init` and closed in `deinit`, once: the thread holds the receiver while it runs, so
+///   neither end is closed under it.
 final class DatagramReceiver: @unchecked Sendable {
     /// Longest datagram taken; a longer one is rejected (`line_too_long`).
     static let maxDatagramBytes = 1 << 20
@@ -105,6 +92,9 @@ final class DatagramReceiver: @unchecked Sendable {
     private let writer: SpoolWriter
     private let eventLoop: any EventLoop
     private let stopping = Atomic<Bool>(false)
+    /// Written to by ``stop()``; the thread polls its reading end beside the socket. (Not private: the
+    /// tests check that it is closed with the receiver.)
+    let stopPipe: (read: Int32, write: Int32)
     private let inFlight = InFlightLimit(DatagramReceiver.maxBatchesInFlight)
     private let logger: Logger
 
@@ -114,6 +104,18 @@ final class DatagramReceiver: @unchecked Sendable {
         self.parser = parser
         self.writer = writer
         self.eventLoop = eventLoop
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { fatalError("cannot make the datagram thread's stop pipe: \(SystemCallError())") }
+        for end in ends {  // (Glibc's module has no pipe2)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+        }
+        stopPipe = (ends[0], ends[1])
+    }
+
+    deinit {
+        close(stopPipe.read)
+        close(stopPipe.write)
     }
 
     func start() {
@@ -123,21 +125,84 @@ final class DatagramReceiver: @unchecked Sendable {
         }
     }
 
-    /// Asks the thread to finish (within the socket's receive timeout).
+    /// Asks the thread to finish: it does at once, once its last batches committed.
     func stop() {
         stopping.store(true, ordering: .relaxed)
+        var byte: UInt8 = 1
+        _ = write(stopPipe.write, &byte, 1)
+    }
+
+    /// Adds what was counted since the last call to the spool's running totals (on the writer's thread);
+    /// returns once they are committed.
+    func persistCounters() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            writeDownCounters { continuation.resume() }
+        }
+    }
+
+    /// ``persistCounters()`` without waiting: `done` is called once committed (at once when there is
+    /// nothing to add).
+    private func writeDownCounters(then done: @escaping @Sendable () -> Void = {}) {
+        let delta = counters.take()
+        guard delta.received > 0 || delta.dropped > 0 else { return done() }
+        writer.perform({ db in
+            let add = try db.prepared("INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value")
+            for (name, value) in [("datagrams_received", delta.received), ("datagrams_rejected", delta.rejected), ("datagrams_dropped", delta.dropped)] {
+                add.bind(1, name)
+                add.bind(2, value)
+                try add.step()
+                add.reset()
+            }
+        }, completion: { _ in done() })
+    }
+
+    /// Waits until a datagram is there (`true`) or ``stop()`` was called (`false`). Counts not yet written
+    /// are written once a second has passed since the last time: until then it waits at most that long,
+    /// with none it waits without a timeout.
+    private func waitForDatagram() -> Bool {
+        var ready = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0)]
+        while !stopping.load(ordering: .relaxed) {
+            var timeout: Int32 = -1
+            if counters.hasPending {
+                let now = ContinuousClock.now
+                let due = lastPersisted + Self.counterInterval
+                if now >= due {
+                    writeDownCounters()
+                    lastPersisted = now
+                } else {
+                    timeout = Self.milliseconds(roundingUp: due - now)
+                }
+            }
+            let count = poll(&ready, 2, timeout)
+            if count > 0 { return ready[1].revents == 0 && ready[0].revents & Int16(POLLNVAL) == 0 }
+            if count < 0, errno != EINTR {
+                logger.error("the datagram socket cannot be polled; datagram intake stops", metadata: ["error": "\(SystemCallError())"])
+                return false
+            }
+        }
+        return false
+    }
+
+    /// How often, at most, the counts are written to the spool.
+    static let counterInterval = Duration.seconds(1)
+
+    /// When the counts were last written (the thread's own).
+    private var lastPersisted = ContinuousClock.now - DatagramReceiver.counterInterval
+
+    private static func milliseconds(roundingUp duration: Duration) -> Int32 {
+        let (seconds, attoseconds) = duration.components
+        let milliseconds = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        return Int32(clamping: max(1, milliseconds))
     }
 
     private func receive() {
         var buffer = [UInt8](repeating: 0, count: Self.maxDatagramBytes)
-        while !stopping.load(ordering: .relaxed) {
+        while waitForDatagram() {
             var batch = IntakeBatch()
             var requests = 0
-            var flags: Int32 = 0
             while requests < Self.maxRequestsPerBatch {
-                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, flags | Int32(MSG_TRUNC)) }
-                if n < 0 { break }  // timeout (EAGAIN) or interrupted: submit what we have
-                flags = Int32(MSG_DONTWAIT)
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT) | Int32(MSG_TRUNC)) }
+                if n < 0 { break }  // none left (EAGAIN) or interrupted: submit what we have
                 counters.add(received: 1)
                 guard n <= buffer.count else {
                     counters.add(rejected: 1)
@@ -167,10 +232,13 @@ final class DatagramReceiver: @unchecked Sendable {
             inFlight.acquire()
             let promise = eventLoop.makePromise(of: Void.self)
             let (counters, inFlight, records, submitted) = (self.counters, self.inFlight, batch.totalRecords, requests)
-            promise.futureResult.whenComplete { result in
+            promise.futureResult.whenComplete { [weak self] result in
                 switch result {
                 case .success: AgentMetrics.recordsSpooled.increment(by: Int64(records))
-                case .failure: counters.add(dropped: submitted)
+                case .failure:
+                    counters.add(dropped: submitted)
+                    // The thread may be asleep by now, its counts written: these are written at once.
+                    self?.writeDownCounters()
                 }
                 inFlight.release()
             }
@@ -197,7 +265,7 @@ final class DatagramReceiver: @unchecked Sendable {
 /// (its own thread: that wait is the back-pressure on senders); commits ``release()`` from any thread.
 final class InFlightLimit: @unchecked Sendable {
     private let limit: Int
-    private let condition = NSCondition()
+    private let condition = ConditionLock()
     private var count = 0
 
     init(_ limit: Int) {
@@ -244,6 +312,11 @@ final class DatagramCounters: Sendable {
             dropped.add(d, ordering: .relaxed)
             AgentMetrics.datagramsDropped.increment(by: Int64(d))
         }
+    }
+
+    /// Whether anything was counted since the last ``take()``.
+    var hasPending: Bool {
+        received.load(ordering: .relaxed) > 0 || dropped.load(ordering: .relaxed) > 0
     }
 
     func take() -> (received: Int, rejected: Int, dropped: Int) {

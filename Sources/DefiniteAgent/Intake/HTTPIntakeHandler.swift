@@ -1,5 +1,7 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
+import Metrics
 import NIOCore
 import NIOHTTP1
 import Synchronization

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOCore
 
 #if canImport(Glibc)
@@ -176,12 +176,12 @@ enum SocketPath {
     /// this one (which is then named, since the daemon would otherwise blame "another process" for its own
     /// descriptor).
     static func prepare(_ path: String, kind: SocketKind, part: String, passedSockets: PassedSockets) throws(StartupError) {
-        let directory = (path as NSString).deletingLastPathComponent
-        if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
+        let directory = FileSystem.parentDirectory(of: path)
+        if !directory.isEmpty, !FileSystem.exists(directory) {
             do {
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                try FileSystem.createDirectories(directory)
             } catch {
-                throw StartupError(.pathUnusable, part: part, "cannot create its directory \(directory): \(ConfigurationLoader.describe(error))")
+                throw StartupError(.pathUnusable, part: part, "cannot create its directory \(directory): \(error)")
             }
         }
         var info = stat()

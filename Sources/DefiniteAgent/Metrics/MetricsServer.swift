@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import Metrics
 import NIOCore
@@ -43,7 +44,7 @@ struct MetricsServer: ConnectionPipeline {
 
     func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
         let render: @Sendable () -> [UInt8] = { [registry, spoolPath, capacity] in
-            if let delay = Self.testScrapeDelay { Thread.sleep(forTimeInterval: Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18) }
+            if let delay = Self.testScrapeDelay { NamedThread.sleep(for: delay) }
             Self.refreshGauges(spoolPath: spoolPath, capacity: capacity)
             return registry.emitToBuffer()
         }

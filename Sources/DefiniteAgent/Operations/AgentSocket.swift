@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// A Unix stream connection to the agent's line socket, for the CLI: non-blocking once connected, driven
 /// with `poll(2)` so one thread can write requests and read replies as either becomes possible.
@@ -26,13 +27,13 @@ final class AgentSocket {
         let result = SocketPath.withAddress(of: path) { connect(fd, $0, $1) }
         guard result == 0 else {
             let reason = result == nil ? "the socket path is too long (at most 107 bytes)" : String(cString: strerror(errno))
-            Foundation.close(fd)
+            Glibc.close(fd)
             throw ConnectError(description: reason)
         }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
     }
 
-    deinit { Foundation.close(fd) }
+    deinit { Glibc.close(fd) }
 
     /// Waits until the socket can be read, or written when `writing`, or `timeout` passed. Returns whether
     /// reading (or learning that the agent closed) and writing are possible now.

@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `definite-agent config …`
 struct ConfigCommand: AsyncParsableCommand {
@@ -134,18 +135,17 @@ enum PathCheck {
 
     /// Why a file at `path` could not be created or written, or `nil` if it could.
     static func problem(creatingFileAt path: String) -> String? {
-        if FileManager.default.fileExists(atPath: path) {
+        if FileSystem.exists(path) {
             return access(path, W_OK) == 0 ? nil : "\(path) exists but is not writable by this user"
         }
-        var directory = (path as NSString).deletingLastPathComponent
+        var directory = FileSystem.parentDirectory(of: path)
         if directory.isEmpty { directory = "." }
-        while !FileManager.default.fileExists(atPath: directory) {
-            let parent = (directory as NSString).deletingLastPathComponent
+        while !FileSystem.exists(directory) {
+            let parent = FileSystem.parentDirectory(of: directory)
             if parent == directory || parent.isEmpty { break }
             directory = parent
         }
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+        guard FileSystem.isDirectory(directory) else {
             return "\(directory) is not a directory, so \(path) cannot be created"
         }
         return access(directory, W_OK | X_OK) == 0 ? nil : "cannot create \(path): \(directory) is not writable by this user"

@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `definite-agent dlq …`: inspect and repair the dead-letter queue.
 struct DeadLetterCommand: AsyncParsableCommand {
@@ -17,9 +18,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
     }
 
     static func timestamp(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.string(from: date)
+        date.formatted(Date.ISO8601FormatStyle())
     }
 
     struct List: AsyncParsableCommand {
@@ -78,7 +77,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 rows follow:
 
                 """
-            FileHandle.standardOutput.write(Data(header.utf8) + Data(e.records))
+            writeOutput(Array(header.utf8) + e.records)
         }
     }
 
@@ -168,7 +167,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
             let path = try global.loadConfiguration().0.spool.path
             try await reportingErrors {
                 try DeadLetterStore(path: path).export(table: table, rejectedOnly: rejectedOnly) {
-                    FileHandle.standardOutput.write(Data($0.records))
+                    writeOutput($0.records)
                 }
             }
         }
@@ -198,13 +197,13 @@ struct QueueCommand: AsyncParsableCommand {
             let rows = try await reportingErrors { try QueuePeek.read(path: path, table: table, limit: limit) }
             for row in rows {
                 if json {
-                    print("{\"table\":\(JSONCompactor.quote(row.table)),\"seq\":\(row.seq),\"age_s\":\(String(format: "%.3f", row.ageSeconds)),"
+                    print("{\"table\":\(JSONCompactor.quote(row.table)),\"seq\":\(row.seq),\"age_s\":\(row.ageSeconds.fixed(3)),"
                         + "\"batch\":\(row.batchID.map(JSONCompactor.quote) ?? "null"),\"attempts\":\(row.attempts),"
                         + "\"last_status\":\(row.lastStatus.map(String.init) ?? "null"),\"last_error\":\(row.lastError.map(JSONCompactor.quote) ?? "null"),"
                         + "\"record\":\(row.record)}")
                 } else {
                     let batch = row.batchID.map { "batch \($0), \(row.attempts) attempts\(row.lastStatus.map { ", last \($0)" } ?? "")" } ?? "not yet batched"
-                    print("\(row.table)\tseq \(row.seq)\t\(String(format: "%.1fs", row.ageSeconds))\t\(batch)\t\(row.record)")
+                    print("\(row.table)\tseq \(row.seq)\t\(row.ageSeconds.fixed(1))s\t\(batch)\t\(row.record)")
                 }
             }
             if rows.isEmpty { print("nothing pending") }

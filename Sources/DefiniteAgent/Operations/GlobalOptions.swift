@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 
 /// Options every command takes.
@@ -30,7 +31,13 @@ struct GlobalOptions: ParsableArguments {
 }
 
 func printError(_ message: String) {
-    FileHandle.standardError.write(Data((message + "\n").utf8))
+    try? FileSystem.write(Array((message + "\n").utf8), to: STDERR_FILENO)
+}
+
+/// Writes `bytes` to standard output as they are, after whatever `print` wrote before.
+func writeOutput(_ bytes: [UInt8]) {
+    fflush(nil)
+    try? FileSystem.write(bytes, to: STDOUT_FILENO)
 }
 
 /// Runs `body`, turning the agent's own errors into a message on stderr and their exit code.

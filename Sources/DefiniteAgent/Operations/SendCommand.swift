@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `definite-agent send`: sends NDJSON records through the agent's line socket, with acknowledgements.
 ///
@@ -81,16 +82,15 @@ struct SendCommand: ParsableCommand {
         var requestBytes = SendSession.requestBytes
         if let limit = configuration?.0.intake.maxLineBytes { requestBytes = min(requestBytes, limit.bytes) }
 
-        let input: FileHandle
+        var input = STDIN_FILENO
         if let file, file != "-" {
-            guard let handle = FileHandle(forReadingAtPath: file) else {
+            input = open(file, O_RDONLY | O_CLOEXEC)
+            guard input >= 0 else {
                 printError("error: cannot read \(file): \(String(cString: strerror(errno)))")
                 throw ExitCode(66)  // EX_NOINPUT
             }
-            input = handle
-        } else {
-            input = FileHandle.standardInput
         }
+        defer { if input != STDIN_FILENO { close(input) } }
         let socket: AgentSocket
         do {
             socket = try AgentSocket(path: path)
@@ -99,7 +99,7 @@ struct SendCommand: ParsableCommand {
             throw ExitCode(69)  // EX_UNAVAILABLE
         }
         let ledger = SendLedger(waitsForRoom: !noWait, format: SendRequestFormat(config: config), maxRequestBytes: requestBytes)
-        var session = SendSession(path: path, socket: socket, input: LineReader(fd: input.fileDescriptor), ledger: ledger,
+        var session = SendSession(path: path, socket: socket, input: LineReader(fd: input), ledger: ledger,
                                   mergeKey: mergeKey)
         let outcome = session.run()
         try Self.report(outcome)
@@ -337,7 +337,7 @@ struct SendSession {
     }
 
     private static func pause(_ duration: Duration) {
-        Thread.sleep(forTimeInterval: Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+        NamedThread.sleep(for: duration)
     }
 
     /// A reply line as the ledger reads it; `nil` when it is not one.

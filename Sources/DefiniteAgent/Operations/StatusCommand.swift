@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `definite-agent status`: whether the daemon runs, whether it takes records, and what is queued per
 /// target, read from the spool file and the daemon's state file beside it (``DaemonStateFile``).
@@ -120,7 +121,7 @@ struct StatusReport {
     func json(problems: [String]?) -> String {
         func number(_ value: Double?) -> String {
             guard let value else { return "null" }
-            return String(format: "%.3f", value)
+            return value.fixed(3)
         }
         func time(_ seconds: Double?) -> String { seconds.map { "\"\(Self.timestamp(Date(timeIntervalSince1970: $0)))\"" } ?? "null" }
         let tables = status.targets.map { t in
@@ -177,13 +178,13 @@ struct StatusReport {
             var table = t.table
             if !t.tags.isEmpty { table += " \(t.tags)" }
             return [table, mode, "\(t.pending)", ByteSize(bytes: t.pendingBytes).description,
-                    t.oldestAgeSeconds.map { String(format: "%.1fs", $0) } ?? "-", "\(t.deadLetters)",
+                    t.oldestAgeSeconds.map { $0.fixed(1) + "s" } ?? "-", "\(t.deadLetters)",
                     Self.state(t) + (stateUntil(t).map { " until \(Self.timestamp(Date(timeIntervalSince1970: $0)))" } ?? ""),
                     t.lastSuccessAt.map { Self.timestamp(Date(timeIntervalSince1970: $0)) } ?? "-", t.lastError ?? "-"]
         }
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
         let render: ([String]) -> String = { cells in
-            cells.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
+            cells.enumerated().map { $0.element.padded(to: widths[$0.offset]) }
                 .joined(separator: "  ").trimmingWhitespace()
         }
         return out + ([header] + rows).map(render).joined(separator: "\n")

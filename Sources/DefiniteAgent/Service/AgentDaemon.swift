@@ -1,5 +1,6 @@
 import CAgentSupport
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle

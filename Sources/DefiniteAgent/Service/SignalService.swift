@@ -1,5 +1,6 @@
 import CAgentSupport
 import Logging
+import NIOConcurrencyHelpers
 import NIOPosix
 import ServiceLifecycle
 import UnixSignals

@@ -88,6 +88,7 @@ final class Supervisor: Sendable {
         next?.resume(returning: true)
         if action == .ready {
             logger.info("ready: every listener accepts")
+            MemoryTuning.releaseStartupPages()
         }
     }
 

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The dead-letter queue, for the operator's `dlq` commands. Each call is one transaction on its own
 /// connection, so it is safe while the daemon runs (SQLite makes the two writers take turns).

@@ -1,4 +1,7 @@
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
+import Synchronization
 
 /// The spool writes delivery makes: each ``Change`` is one transaction on the writer thread
 /// (``SpoolWriter/perform``), so delivery bookkeeping and intake commits never interleave half-way.
@@ -323,9 +326,8 @@ struct DeliveryLedger: Sendable {
 }
 
 /// A result handed from the writer thread to whoever waits for it.
-private final class LockedResult: @unchecked Sendable {
-    private let lock = NSLock()
-    private var result: Result<Int, any Error> = .success(0)
-    func set(_ value: Result<Int, any Error>) { lock.withLock { result = value } }
-    func get() -> Result<Int, any Error> { lock.withLock { result } }
+private final class LockedResult: Sendable {
+    private let result = Mutex<Result<Int, any Error>>(.success(0))
+    func set(_ value: Result<Int, any Error>) { result.withLock { $0 = value } }
+    func get() -> Result<Int, any Error> { result.withLock { $0 } }
 }

@@ -30,7 +30,7 @@ struct DiskAdmission {
     private var lastMeasurement: ContinuousClock.Instant?
     private var lastCheckpointAttempt: ContinuousClock.Instant?
     /// Intake is refused for want of disk; ends at the next commit that fits.
-    private var isRefusing = false
+    private(set) var isRefusing = false
 
     init(spoolPath: String, configuredReserve: Int?) {
         headroom = DiskHeadroom(spoolPath: spoolPath, configuredReserve: configuredReserve)

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The oldest pending rows of each target, with their age and the state of the batch holding them, so
 /// an operator can see what is stuck without opening SQLite.

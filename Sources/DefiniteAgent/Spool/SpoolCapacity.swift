@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Synchronization
 
 /// What the spool may still take: bytes of records held (pending plus dead letters) against
@@ -7,8 +8,9 @@ import Synchronization
 /// Intake reserves a request's bytes before queueing it for the writer; a request that would pass the
 /// limit is refused with 507 and nothing already spooled is touched. The writer turns reservations into
 /// stored bytes when it commits (or cancels them when the commit fails); delivery releases stored bytes
-/// as rows leave the spool. The writer periodically re-reads the stored total from the database, so
-/// changes made by other processes (`dlq purge`) are seen without a restart.
+/// as rows leave the spool. The writer re-reads the stored total from the database every few seconds
+/// while it commits or intake is refused, and at once when a refusal begins, so changes made by other
+/// processes (`dlq purge`) are seen without a restart.
 ///
 /// It also knows whether intake is being refused (``refusal``): for `max_bytes`, from the first refused
 /// request until that request would fit; for the disk, as the writer reports it (``diskIsFull(_:)``,
@@ -21,7 +23,7 @@ public final class SpoolCapacity: Sendable {
     private let refusedRequestBytes = Atomic<Int>(0)
     private let refusals = Mutex(Refusals())
     /// Called when a refusal begins (outside any lock), so an observer need not wait for its next look.
-    private let refusalBegan = Mutex<(@Sendable () -> Void)?>(nil)
+    private let refusalBegan = Mutex<[@Sendable () -> Void]>([])
 
     private struct Refusals {
         var maxBytesSince: Date?
@@ -90,7 +92,7 @@ public final class SpoolCapacity: Sendable {
     /// Calls `wake` whenever a refusal begins, on the thread that refused (keep it short: it may be an event
     /// loop or the writer thread).
     func whenRefusalBegins(_ wake: @escaping @Sendable () -> Void) {
-        refusalBegan.withLock { $0 = wake }
+        refusalBegan.withLock { $0.append(wake) }
     }
 
     private func refusedForMaxBytes(_ bytes: Int) {
@@ -104,7 +106,7 @@ public final class SpoolCapacity: Sendable {
             refusals.latest = IntakeRefusal(reason: .maxBytes, since: now, detail: detail)
             return true
         }
-        if began { refusalBegan.withLock { $0 }?() }
+        if began { refusalBegan.withLock { $0 }.forEach { $0() } }
     }
 
     private var maxBytesDetail: String {
@@ -123,7 +125,7 @@ public final class SpoolCapacity: Sendable {
             refusals.latest = refusals.disk
             return true
         }
-        if began { refusalBegan.withLock { $0 }?() }
+        if began { refusalBegan.withLock { $0 }.forEach { $0() } }
     }
 
     /// The writer admits intake again.

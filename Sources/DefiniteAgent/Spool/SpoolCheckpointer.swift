@@ -1,5 +1,6 @@
 import CSQLite
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 
 /// Copies committed pages from the spool's WAL into the spool file on a thread and connection of its
@@ -36,7 +37,7 @@ final class SpoolCheckpointer: @unchecked Sendable {
     private let logger: Logger
     private let stepFrames: Int
     private let limitFrames: Int
-    private let condition = NSCondition()
+    private let condition = ConditionLock()
     /// WAL size, in frames, at the last wake-up (guarded by `condition`).
     private var signalledFrames = 0
     private var pending = false

@@ -1,5 +1,6 @@
 import CSQLite
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Opens the spool file: checks that it is ours, applies migrations, and sets the pragmas the
 /// durability setting promises.
@@ -132,11 +133,13 @@ enum SpoolDatabase {
     ///   WAL under us. Later opens (the delivery readers, the CLI's) rely on SQLite's own `SQLITE_NOTADB`
     ///   and on the `application_id` check instead.
     private static func checkNotForeign(path: String) throws(SpoolError) {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return }
-        defer { try? handle.close() }
-        let header = (try? handle.read(upToCount: 16)) ?? Data()
-        guard !header.isEmpty else { return }
-        guard header.elementsEqual(Array("SQLite format 3\u{0}".utf8)) else {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        var header = [UInt8](repeating: 0, count: 16)
+        let count = header.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard count > 0 else { return }
+        guard header[..<count].elementsEqual(Array("SQLite format 3\u{0}".utf8)) else {
             throw SpoolError(.notASpool, path: path,
                              "this file is not a SQLite database, so not a definite-agent spool; it was left untouched. Move it away or set [spool] path to another file")
         }
@@ -177,12 +180,12 @@ enum SpoolDatabase {
     }
 
     private static func createParentDirectory(of path: String) throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        guard !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) else { return }
+        let directory = FileSystem.parentDirectory(of: path)
+        guard !directory.isEmpty, !FileSystem.exists(directory) else { return }
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+            try FileSystem.createDirectories(directory, mode: 0o750)
         } catch {
-            throw SpoolError(.cannotOpen, path: path, "cannot create the spool directory \(directory): \(ConfigurationLoader.describe(error))")
+            throw SpoolError(.cannotOpen, path: path, "cannot create the spool directory \(directory): \(error)")
         }
     }
 

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// What the spool holds, read straight from the file (the daemon need not run).
 public struct SpoolStatus: Sendable, Equatable {

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -44,15 +45,19 @@ public final class SpoolWriter: @unchecked Sendable {
     private let path: String
     private let logger: Logger
     public let capacity: SpoolCapacity
-    private let condition = NSCondition()
+    private let condition = ConditionLock()
     private var queue: [Job] = []
     private var stopping = false
     private var stopped = false
     /// Signalled by the writer thread once it stopped and the WAL is checkpointed.
     private let finished = CompletionSignal()
     private var targetIDs: [SpoolTarget: Int64] = [:]
-    /// Monotonic time of the writer's last sign of life (a commit, or an idle wake-up), for the watchdog.
-    private let heartbeat = NIOLockedValueBox<ContinuousClock.Instant>(ContinuousClock.now)
+    /// Monotonic time of the writer's last sign of life (a commit, or a wake-up), for the watchdog; `nil`
+    /// while it waits for work, which is not a stall however long it lasts.
+    private let heartbeat = NIOLockedValueBox<ContinuousClock.Instant?>(ContinuousClock.now)
+    /// Set (under `condition`) when a refusal of intake began: the writer re-reads the stored total at
+    /// once, since another process may have made room the last reading does not know of.
+    private var refusalBegan = false
     private var lastFailureLog: ContinuousClock.Instant?
     private var lastResynchronization = ContinuousClock.now
     /// Whether the disk still has room for intake beyond the reserve kept for delivery.
@@ -192,8 +197,10 @@ public final class SpoolWriter: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// How long since the writer last showed progress or idled normally.
-    public var timeSinceHeartbeat: Duration { ContinuousClock.now - heartbeat.withLockedValue { $0 } }
+    /// How long since the writer last showed progress; zero while it waits for work.
+    public var timeSinceHeartbeat: Duration {
+        heartbeat.withLockedValue { $0 }.map { ContinuousClock.now - $0 } ?? .zero
+    }
 
     /// Refuses new work, commits everything queued, stops the checkpointer and the thread, and checkpoints
     /// the WAL; returns once that is done (or at once when the task is cancelled: stopping at once, the
@@ -222,11 +229,33 @@ public final class SpoolWriter: @unchecked Sendable {
     // MARK: The writer thread
 
     private func run() {
+        capacity.whenRefusalBegins { [weak self] in
+            guard let self else { return }
+            condition.withLock {
+                refusalBegan = true
+                condition.signal()
+            }
+        }
         while true {
             condition.lock()
-            while queue.isEmpty && !stopping {
-                if !condition.wait(until: Date(timeIntervalSinceNow: 1)) { break }
+            // With nothing to commit the thread sleeps until work comes: an idle daemon does not wake it.
+            // Only while intake is refused (the disk, or max_bytes) does it look every second, to keep the
+            // WAL small and re-read the stored total, so that the refusal ends as soon as room appears
+            // (room `dlq purge` in another process made too); and once after appends, when the first
+            // target appended to is due to be settled (TargetLog).
+            if queue.isEmpty && !stopping && !refusalBegan {
+                heartbeat.withLockedValue { $0 = nil }
+                let settling = nextSettlement().map { $0 - ContinuousClock.now }
+                if capacity.refusal != nil || diskAdmission.isRefusing {
+                    condition.wait(timeout: min(.seconds(1), settling ?? .seconds(1)))
+                } else if let settling {
+                    condition.wait(timeout: settling)
+                } else {
+                    condition.wait()
+                }
             }
+            let resynchronizeNow = refusalBegan
+            refusalBegan = false
             if queue.isEmpty && stopping {
                 condition.unlock()
                 finish()
@@ -235,6 +264,8 @@ public final class SpoolWriter: @unchecked Sendable {
             let jobs = queue
             queue.removeAll(keepingCapacity: true)
             condition.unlock()
+            // Working from now on: a commit that hangs (a lock held elsewhere, a stuck disk) ages this.
+            heartbeat.withLockedValue { $0 = ContinuousClock.now }
 
             // Runs of appends and runs of transactions are each one commit, in queue order.
             if jobs.isEmpty { settle(due(at: .now)) }
@@ -269,7 +300,7 @@ public final class SpoolWriter: @unchecked Sendable {
             diskAdmission.relievePressure(connection)
             let now = ContinuousClock.now
             heartbeat.withLockedValue { $0 = now }
-            if now - lastResynchronization > .seconds(5) {
+            if resynchronizeNow || now - lastResynchronization > .seconds(5) {
                 lastResynchronization = now
                 if let stored = try? Self.storedBytes(connection) { capacity.resynchronize(stored: stored) }
             }
@@ -391,6 +422,11 @@ public final class SpoolWriter: @unchecked Sendable {
     /// Whether target `id`'s row was last settled at least ``settleInterval`` before `now` (or never).
     private func isDue(_ id: Int64, at now: ContinuousClock.Instant) -> Bool {
         lastSettled[id].map { now - $0 >= settleInterval } ?? true
+    }
+
+    /// When the first target appended to since its row was settled is due to be settled again, if any is.
+    private func nextSettlement() -> ContinuousClock.Instant? {
+        unsettled.lazy.map { self.lastSettled[$0].map { $0 + self.settleInterval } ?? .now }.min()
     }
 
     /// The targets appended to since their row was settled, and settled longer than ``settleInterval`` ago.

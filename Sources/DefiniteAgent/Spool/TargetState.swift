@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// What delivery is doing with one target, as the spool records it for `status`, `STATUS=` and metrics.
 ///

@@ -1,24 +1,49 @@
 import CAgentSupport
-import Foundation
+import Glibc
 
 /// The daemon's own threads, named so that `top -H`, `ps -L` and `/proc/PID/task/*/comm` tell them
 /// apart: `writer`, `checkpointer`, `delivery` and its workers `delivery-N`, `datagram`, and the event loops
 /// `intake-N`.
 ///
-/// Foundation's `Thread.name` does not reach the kernel on Linux (a new thread keeps its creator's name),
-/// so each thread names itself first thing.
+/// Plain detached pthreads (the binary links no Foundation, so no `Thread`); each names itself first thing.
 enum NamedThread {
     /// The kernel keeps 15 bytes of a thread's name.
     static let maximumNameBytes = 15
 
+    private final class Start {
+        let name: String
+        let body: @Sendable () -> Void
+        init(name: String, body: @escaping @Sendable () -> Void) {
+            self.name = name
+            self.body = body
+        }
+    }
+
     /// Starts `body` on a new thread called `name`.
     static func start(_ name: String, _ body: @escaping @Sendable () -> Void) {
-        let thread = Thread {
-            nameCurrentThread(name)
-            body()
+        let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        var thread = pthread_t()
+        let result = pthread_create(&thread, &attributes, { context in
+            let start = Unmanaged<Start>.fromOpaque(context!).takeRetainedValue()
+            NamedThread.nameCurrentThread(start.name)
+            start.body()
+            return nil
+        }, start)
+        guard result == 0 else {
+            fatalError("cannot start the thread \(name): \(SystemCallError(result))")
         }
-        thread.name = name
-        thread.start()
+    }
+
+    /// Blocks the calling thread for `duration` (not for async code).
+    static func sleep(for duration: Duration) {
+        let (seconds, attoseconds) = max(duration, .zero).components
+        var request = timespec(tv_sec: Int(clamping: seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) != 0, errno == EINTR { request = remaining }
     }
 
     /// Names the calling thread (cut to ``maximumNameBytes``).

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import NIOPosix
 import Logging
 import ServiceLifecycle
@@ -21,7 +22,8 @@ struct NotifyService: DaemonPart {
     let blocking: NIOThreadPool
     let logger: Logger
 
-    /// How long the writer may go without a sign of life: a commit, or an idle wake-up (every second).
+    /// How long the writer may go without a sign of life (a commit) while it has work; waiting for work
+    /// is not silence.
     static let writerStallLimit = Duration.seconds(5)
 
     /// The delivery loop goes round at least every few seconds, whatever its requests do; a margin of a

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Speaks systemd's notification protocol (`sd_notify(3)`) without libsystemd: one datagram per message
 /// to the `AF_UNIX` socket named by `$NOTIFY_SOCKET` (a path, or an abstract name starting with `@`).

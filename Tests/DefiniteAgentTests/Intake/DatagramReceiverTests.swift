@@ -1,0 +1,77 @@
+import Foundation
+import Glibc
+import Logging
+import NIOCore
+import NIOPosix
+import Testing
+
+@testable import DefiniteAgent
+
+/// The datagram thread on a socket pair and a real spool: it counts, writes its counts down while it
+/// runs, stops at once, and its stop pipe goes with it.
+@Suite("Datagram receiver")
+struct DatagramReceiverTests {
+    /// What this process's descriptors are open on (`pipe:[inode]`, `socket:[inode]`, paths): other tests
+    /// run meanwhile, so a descriptor is told by what it is, not by its number.
+    static func openFiles() throws -> Set<String> {
+        let directory = "/proc/self/fd"
+        return Set(try FileManager.default.contentsOfDirectory(atPath: directory).compactMap {
+            try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)
+        })
+    }
+
+    static func pipeName(_ fd: Int32) -> String {
+        var info = stat()
+        #expect(fstat(fd, &info) == 0)
+        return "pipe:[\(info.st_ino)]"
+    }
+
+    @Test func countsAreWrittenWhileItRunsItStopsAtOnceAndLeavesNoDescriptorOpen() async throws {
+        let path = try makeTemporaryDirectory("datagram-tests") + "/spool.db"
+        let writer = try SpoolWriter(path: path, durability: .normal, maxBytes: 1 << 30, logger: Logger(label: "test"))
+        writer.start()
+        defer { writer.shutdown() }
+        var config = AgentConfiguration()
+        config.intake.defaultTable = "bronze.events"
+
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &pair) == 0)
+        defer { close(pair[1]) }
+        var receiver: DatagramReceiver? = DatagramReceiver(
+            fd: pair[0], parser: IntakeLineParser(configuration: config), writer: writer,
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        let ended = receiver!.ended
+        let stopPipe = [Self.pipeName(receiver!.stopPipe.read), Self.pipeName(receiver!.stopPipe.write)]
+        #expect(try Self.openFiles().isSuperset(of: stopPipe))
+        receiver!.start()
+
+        for datagram in [#"{"data": {"i": 1}}"#, #"{"data": {"i": 2}}"#, #"{"broken": "#] {
+            #expect(Array(datagram.utf8).withUnsafeBytes { send(pair[1], $0.baseAddress, $0.count, 0) } == datagram.utf8.count)
+        }
+        // Written within a second of the last datagram, with the daemon running on.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while try SpoolStatus.read(path: path).datagrams != (3, 1, 0) {
+            try #require(ContinuousClock.now < deadline, "the counts never reached the spool")
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(try SpoolStatus.read(path: path).pending == 2)
+
+        // Asleep in poll with nothing to do; the stop wakes it at once.
+        try await Task.sleep(for: .milliseconds(100))
+        let stopped = ContinuousClock.now
+        receiver!.stop()
+        #expect(await ended.wait(until: .now + .seconds(2)))
+        #expect(ContinuousClock.now - stopped < .milliseconds(500))
+        receiver!.stop()  // a second stop does no harm
+        await receiver!.persistCounters()
+        receiver = nil
+        // Its stop pipe goes with it, once the thread has let go of it too (the socket is the caller's).
+        let released = ContinuousClock.now + .seconds(2)
+        while try !Self.openFiles().isDisjoint(with: stopPipe) {
+            try #require(ContinuousClock.now < released, "the stop pipe is still open")
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(fcntl(pair[0], F_GETFD) >= 0)
+        close(pair[0])
+    }
+}
