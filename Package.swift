@@ -5,7 +5,8 @@
 // Targets, in the order a record meets them:
 //   definite-agent (executable)  → thin entry point, hands argv to the CLI
 //   DefiniteAgent (library)      → configuration, intake, spool, delivery, operations
-//   CSQLite / CCurl / CZlib      → the C libraries, reached through small shims
+//   CSQLite / CCurl / CZlib /
+//   CLibDeflate                  → the C libraries, reached through small shims
 //   CSpoolVFS                    → SQLite's default VFS with a spool's writes gathered until each sync
 import PackageDescription
 
@@ -46,6 +47,10 @@ let package = Package(
             name: "CZlib",
             linkerSettings: [.linkedLibrary("z")]
         ),
+        .target(
+            name: "CLibDeflate",
+            linkerSettings: [.linkedLibrary("deflate")]
+        ),
         .target(name: "CAgentSupport"),
         .target(
             name: "CSpoolVFS",
@@ -60,6 +65,7 @@ let package = Package(
                 "CSpoolVFS",
                 "CCurl",
                 "CZlib",
+                "CLibDeflate",
                 "CAgentSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "DequeModule", package: "swift-collections"),

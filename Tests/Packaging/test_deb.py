@@ -121,7 +121,7 @@ def test_depends_names_the_package_of_every_library_the_binary_links(deb, tmp_pa
     binary.chmod(0o755)
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", run("readelf", "--dynamic", binary).stdout)
     resolved = dict(re.findall(r"^\s*(\S+) => (\S+)", run("ldd", binary).stdout, re.M))
-    assert {"libcurl.so.4", "libsqlite3.so.0", "libz.so.1", "libc.so.6"} <= set(needed)
+    assert {"libcurl.so.4", "libsqlite3.so.0", "libz.so.1", "libdeflate.so.0", "libc.so.6"} <= set(needed)
     for library in needed:
         path = resolved.get(library) or f"/lib64/{library}"
         owner = run("dpkg-query", "--search", os.path.realpath(path), check=False).stdout or \
