@@ -18,8 +18,9 @@
  * with these set, every such job runs here instead, and no libdispatch worker thread (nor its monitor) is
  * ever started. (The main actor's jobs still go to the main queue, which libdispatch does not monitor.)
  *
- * A fixed pool: the threads wait on one condition variable, for a job or the earliest delayed job, so an
- * idle pool never wakes. Jobs run in the order they came; delayed jobs (`Task.sleep`) when due.
+ * A fixed pool. Idle threads wait for a job; at most one of them (the timer thread) waits with a timeout, for
+ * the earliest delayed job (`Task.sleep`), so a sleep that ends wakes one thread, not the pool, and an idle
+ * pool without sleeps never wakes. Jobs run in the order they came; delayed jobs when due.
  */
 
 /* The runtime's types, as its headers declare them (swift/ABI/Executor.h, swift/Runtime/Concurrency.h). */
@@ -52,7 +53,10 @@ struct pending_job {
 };
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pool_wake;
+/* Idle threads wait here for a job (`idle_waiters` of them); the timer thread on `timer_wake`. */
+static pthread_cond_t pool_wake, timer_wake;
+static int idle_waiters;
+static int timer_waiting;
 /* Jobs that may run now, first in first out. */
 static struct pending_job *ready_head, *ready_tail;
 /* Delayed jobs, earliest first. */
@@ -76,6 +80,12 @@ static struct pending_job *new_pending(SwiftJob *job, uint64_t due) {
     return pending;
 }
 
+/* With the lock held: a thread for a job that may run now, the timer thread when no other is idle. */
+static void wake_one_for_work(void) {
+    if (idle_waiters > 0) pthread_cond_signal(&pool_wake);
+    else if (timer_waiting) pthread_cond_signal(&timer_wake);
+}
+
 static SWIFT_CC void enqueue_global(SwiftJob *job, enqueue_global_original original) {
     (void)original;
     struct pending_job *pending = new_pending(job, 0);
@@ -83,7 +93,7 @@ static SWIFT_CC void enqueue_global(SwiftJob *job, enqueue_global_original origi
     if (ready_tail) ready_tail->next = pending;
     else ready_head = pending;
     ready_tail = pending;
-    pthread_cond_signal(&pool_wake);
+    wake_one_for_work();
     pthread_mutex_unlock(&pool_lock);
 }
 
@@ -94,8 +104,11 @@ static void enqueue_at(SwiftJob *job, uint64_t due) {
     while (*slot && (*slot)->due <= pending->due) slot = &(*slot)->next;
     pending->next = *slot;
     *slot = pending;
-    /* A new earliest deadline: one waiter must wait less long. */
-    if (delayed == pending) pthread_cond_signal(&pool_wake);
+    /* A new earliest deadline: the timer thread must wait less long, or an idle thread become it. */
+    if (delayed == pending) {
+        if (timer_waiting) pthread_cond_signal(&timer_wake);
+        else if (idle_waiters > 0) pthread_cond_signal(&pool_wake);
+    }
     pthread_mutex_unlock(&pool_lock);
 }
 
@@ -137,8 +150,9 @@ static void *pool_thread(void *context) {
             struct pending_job *next = ready_head;
             ready_head = next->next;
             if (ready_head == NULL) ready_tail = NULL;
-            /* More work, or a deadline to keep: let another thread see to it. */
-            if (ready_head || delayed) pthread_cond_signal(&pool_wake);
+            /* More work, or a deadline nobody watches: let another thread see to it. */
+            if (ready_head) wake_one_for_work();
+            else if (delayed && !timer_waiting && idle_waiters > 0) pthread_cond_signal(&pool_wake);
             pthread_mutex_unlock(&pool_lock);
             SwiftJob *job = next->job;
             free(next);
@@ -146,11 +160,15 @@ static void *pool_thread(void *context) {
             pthread_mutex_lock(&pool_lock);
             continue;
         }
-        if (delayed) {
+        if (delayed && !timer_waiting) {
             struct timespec until = {(time_t)(delayed->due / 1000000000u), (long)(delayed->due % 1000000000u)};
-            pthread_cond_timedwait(&pool_wake, &pool_lock, &until);
+            timer_waiting = 1;
+            pthread_cond_timedwait(&timer_wake, &pool_lock, &until);
+            timer_waiting = 0;
         } else {
+            idle_waiters++;
             pthread_cond_wait(&pool_wake, &pool_lock);
+            idle_waiters--;
         }
     }
     return NULL;
@@ -164,6 +182,7 @@ int cagent_install_global_executor(int threads) {
     pthread_condattr_init(&attributes);
     pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
     pthread_cond_init(&pool_wake, &attributes);
+    pthread_cond_init(&timer_wake, &attributes);
     pthread_condattr_destroy(&attributes);
     int started = 0;
     for (int index = 0; index < threads; index++) {
