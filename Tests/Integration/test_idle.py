@@ -80,3 +80,21 @@ listen = "{tmp_path / 'metrics.sock'}"
         assert_sleeps(agent)
     finally:
         agent.finish()
+
+
+def test_under_systemd_the_status_loop_sleeps_too(tmp_path):
+    """With NOTIFY_SOCKET set (Type=notify), the daemon sends STATUS= every 5 s and nothing else wakes it.
+    Before: its status loop slept in a task every 2 s, which started libdispatch's worker threads; in the
+    window libdispatch's manager thread woke 29 times and each of the 4 async threads 18-22 times."""
+    notify = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(notify))
+        systemd.settimeout(10)
+        agent = Agent(tmp_path / "agent", env={"NOTIFY_SOCKET": str(notify)}).start()
+        try:
+            assert b"READY=1" in systemd.recv(4096)
+            time.sleep(2)
+            assert_sleeps(agent)
+            assert systemd.recv(4096).startswith(b"STATUS="), "STATUS= still comes"
+        finally:
+            agent.finish()

@@ -7,7 +7,8 @@ import NIOCore
 /// those starts libdispatch's pool monitor, a timer that wakes the process every second for as long as it
 /// runs: an idle daemon could never sleep longer. The pool here waits on a condition variable for a job or
 /// the next `Task.sleep` deadline, so an idle daemon does not wake at all. The daemon's own blocking work
-/// never runs on it (it has its threads: the writer, delivery, the event loops, the thread pool).
+/// never runs on it (it has its threads: the writer, delivery, the event loops, the thread pool), and its
+/// periodic loops wait on threads of their own rather than in sleeping tasks (see ``NotifyService``).
 public enum GlobalExecutor {
     /// Takes over the global executor. Call it first thing in `main`, before anything awaits; the main
     /// actor stays on the main queue.

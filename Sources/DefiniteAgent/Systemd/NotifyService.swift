@@ -12,8 +12,11 @@ import ServiceLifecycle
 ///   both show progress or are idle, so a wedged thread stops the pings and systemd restarts the daemon;
 /// - `STOPPING=1` as soon as a graceful shutdown begins (this part is the first to stop).
 ///
-/// The status line reads the spool and the health check reads locked state: both run on the
-/// blocking thread pool, never on the cooperative pool.
+/// The status line reads the spool and the health check reads locked state: both run on a thread of this
+/// part's own ("notify", ``Ticker``), never on the cooperative pool. It waits between ticks on a condition
+/// variable rather than in a sleeping task: when this loop slept in a task, each tick started libdispatch
+/// worker threads, and with them libdispatch's manager woke the daemon every second (measured with
+/// `NOTIFY_SOCKET` set, i.e. under systemd; `Tests/Integration/test_idle.py`).
 struct NotifyService: DaemonPart {
     let notifier: SystemdNotifier
     let writer: SpoolWriter
@@ -25,6 +28,9 @@ struct NotifyService: DaemonPart {
     /// How long the writer may go without a sign of life (a commit) while it has work; waiting for work
     /// is not silence.
     static let writerStallLimit = Duration.seconds(5)
+
+    /// How often `STATUS=` is sent.
+    static let statusInterval = Duration.seconds(5)
 
     /// The delivery loop goes round at least every few seconds, whatever its requests do; a margin of a
     /// whole HTTP timeout keeps a slow machine from being called wedged.
@@ -48,29 +54,73 @@ struct NotifyService: DaemonPart {
                 try? await gracefulShutdown()
                 return
             }
-            let stop = CompletionSignal()
+            let ticker = Ticker(service: service)
+            ticker.start()
             await withTaskCancellationOrGracefulShutdownHandler {
-                let tick = notifier.watchdogInterval.map { min($0 / 2, .seconds(2)) } ?? .seconds(2)
-                var sinceStatus = Duration.zero
-                var wasHealthy = true
-                while !(await stop.wait(until: .now + tick)), !Task.isCancelled {
-                    sinceStatus += tick
-                    let wantsStatus = sinceStatus >= .seconds(5)
-                    guard let (problem, status) = try? await service.blocking.runIfActive({
-                        let problem = service.health()
-                        return (problem, wantsStatus && problem == nil ? service.statusLine() : nil)
-                    }) else { continue }
-                    if notifier.watchdogInterval != nil, problem == nil { notifier.notify("WATCHDOG=1") }
-                    if let problem, wasHealthy { service.logger.error("withholding watchdog pings: \(problem)") }
-                    wasHealthy = problem == nil
-                    if wantsStatus {
-                        sinceStatus = .zero
-                        notifier.notify("STATUS=\(problem.map { "stalled: \($0)" } ?? status ?? "running")")
-                    }
-                }
+                _ = await ticker.ended.wait()
             } onCancelOrGracefulShutdown: {
-                stop.signal()
+                ticker.stop()
                 notifier.notify("STOPPING=1\nSTATUS=stopping: answering what was read, keeping undelivered rows in the spool")
+            }
+        }
+    }
+
+    /// The thread that checks health and sends `WATCHDOG=1` at half the watchdog interval (at most every
+    /// 2 s) when systemd watches, and `STATUS=` every ``statusInterval``; when systemd does not watch it
+    /// wakes only for `STATUS=`.
+    ///
+    /// - Note: Thread confinement: the loop's state lives on the thread; `stopping` is guarded by
+    ///   `condition`.
+    final class Ticker: @unchecked Sendable {
+        private let service: NotifyService
+        private let condition = ConditionLock()
+        private var stopping = false
+        /// Signalled when the thread ended.
+        let ended = CompletionSignal()
+
+        init(service: NotifyService) {
+            self.service = service
+        }
+
+        func start() {
+            NamedThread.start("notify") { [self] in
+                run()
+                ended.signal()
+            }
+        }
+
+        /// Ends the thread within a moment (it is waiting or checking health).
+        func stop() {
+            condition.withLock {
+                stopping = true
+                condition.signal()
+            }
+        }
+
+        private func run() {
+            let notifier = service.notifier
+            let tick = notifier.watchdogInterval.map { min($0 / 2, .seconds(2)) } ?? NotifyService.statusInterval
+            var sinceStatus = Duration.zero
+            var wasHealthy = true
+            while !waitOrStop(tick) {
+                sinceStatus += tick
+                let wantsStatus = sinceStatus >= NotifyService.statusInterval
+                let problem = service.health()
+                if notifier.watchdogInterval != nil, problem == nil { notifier.notify("WATCHDOG=1") }
+                if let problem, wasHealthy { service.logger.error("withholding watchdog pings: \(problem)") }
+                wasHealthy = problem == nil
+                if wantsStatus {
+                    sinceStatus = .zero
+                    notifier.notify("STATUS=\(problem.map { "stalled: \($0)" } ?? service.statusLine())")
+                }
+            }
+        }
+
+        /// Waits `interval` unless stopped; returns whether it was stopped.
+        private func waitOrStop(_ interval: Duration) -> Bool {
+            condition.withLock {
+                if !stopping { condition.wait(timeout: interval) }
+                return stopping
             }
         }
     }
