@@ -340,7 +340,7 @@ def test_400_splits_the_batch_and_dead_letters_only_the_offending_rows(emu, make
     assert agent.stop() == 0
 
 
-def test_a_spool_written_by_the_previous_release_is_migrated_and_everything_in_it_delivered(emu, make_agent):
+def test_a_spool_of_schema_1_is_migrated_and_everything_in_it_delivered(emu, make_agent):
     """`Tests/Fixtures/spool-v1.db` (schema 1, see `make-spool-v1.py`): 50 rows of bronze.events in an open batch
     that failed, 30 upserts of 7 keys of bronze.users (20 in an open batch registered without dedupe), one dead
     letter."""
@@ -360,10 +360,53 @@ def test_a_spool_written_by_the_previous_release_is_migrated_and_everything_in_i
     assert len(entries) == 1 and entries[0]["records"] == [{"i": 3, "text": "delivered 3", "poison": 1}], entries
     db = sqlite3.connect(f"file:{agent.spool_path}?mode=ro", uri=True)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         # The migrated segments kept their records apart (segment_records); delivered, both are gone.
         assert db.execute("SELECT count(*) FROM segments").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM segment_records").fetchone()[0] == 0
+    finally:
+        db.close()
+    assert agent.stop() == 0
+
+
+def test_a_spool_written_by_the_previous_release_is_migrated_and_everything_in_it_delivered(emu, make_agent):
+    """`Tests/Fixtures/spool-v2.db` (schema 2, the last landed release, 16 KiB pages; see `make-spool-v2.py`):
+    60 one-row requests of bronze.events, every other one with its own trace id, a 400-row request, 30 upserts
+    of 7 keys of bronze.users, one dead letter. Schema 3 moves the segments into the (target, seq) keyed table;
+    every record is read back as it was spooled, with its tags, and delivered once."""
+    agent = make_agent(emu.stream_url, start=False,
+                       tables=({"name": "bronze.users", "mode": "merge", "primary_key": ["id"]},))
+    shutil.copy(ROOT / "Tests" / "Fixtures" / "spool-v2.db", agent.spool_path)
+    fixture = sqlite3.connect(f"file:{agent.spool_path}?mode=ro", uri=True)
+    try:
+        before = [bytes(blob) for (blob,) in fixture.execute("SELECT records FROM segments ORDER BY target_id, first_seq")]
+        assert fixture.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        fixture.close()
+    agent.start()
+    wait_delivered(agent)
+
+    expected = [json.loads(line) for blob in before for line in blob.split(b"\n") if line]
+    events = [r for r in expected if "i" in r]
+    assert sorted(lake_values(emu, "bronze.events", "i")) == sorted(r["i"] for r in events) == \
+        list(range(100, 160)) + list(range(1000, 1400))
+    users = {r["id"]: r["v"] for r in emu.query("SELECT id, v FROM lake.bronze.users")}
+    assert users == {k: max(v for v in range(30) if v % 7 == k) for k in range(7)}, users
+    # The trace ids travelled with their rows: each odd row's request says which rows had which tags.
+    traced = set()
+    for r in requests_for(emu, "bronze.events"):
+        tags = r.get("tags") or {} if r["status"] == 200 else {}
+        traced.add(tags.get("trace_id"))  # one tag set for the whole request: its members, flat
+        traced.update(run["tags"].get("trace_id") for run in tags.get("client_tags") or [])
+    assert {f"t-{i}" for i in range(101, 160, 2)} <= traced, sorted(t for t in traced if t)[:5]
+    assert len(dead_letters(agent)) == 1
+    db = sqlite3.connect(f"file:{agent.spool_path}?mode=ro", uri=True)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 16384, "an existing spool keeps its pages"
+        assert db.execute("SELECT count(*) FROM segments").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM segment_records").fetchone()[0] == 0
+        assert db.execute("SELECT sum(pending_bytes) FROM targets").fetchone()[0] == 0
     finally:
         db.close()
     assert agent.stop() == 0

@@ -13,11 +13,11 @@
 enum SpoolSchema {
     /// Identifies a definite-agent spool (`PRAGMA application_id`), ASCII "DFAG".
     static let applicationID: Int32 = 0x4446_4147
-    static let currentVersion = 2
+    static let currentVersion = 3
 
     /// Migrations from version `index` to `index + 1`, applied in one transaction each. A spool written by an
-    /// earlier version is migrated when the daemon opens it; `Tests/Fixtures/spool-v1.db` (written by the
-    /// release before version 2) checks that nothing in it is lost.
+    /// earlier version is migrated when the daemon opens it; `Tests/Fixtures/spool-v1.db` and `spool-v2.db`
+    /// (written by the releases before versions 2 and 3) check that nothing in them is lost.
     static let migrations: [String] = [
         // 0 → 1
         """
@@ -93,11 +93,9 @@ enum SpoolSchema {
             value INTEGER NOT NULL
         ) WITHOUT ROWID;
         """,
-        // 1 → 2: isolation of refused rows survives restarts (batch_parts); tags travel with rows; segments
-        // are keyed by (target, seq) and appended without rewriting their target's row.
+        // 1 → 2: isolation of refused rows survives restarts. A batch without parts is one part, not yet
+        // sent (or sent and failed transiently). Batches open in a version-1 spool are resumed as that.
         """
-        -- A batch without parts is one part, not yet sent (or sent and failed transiently). Batches open in
-        -- a version-1 spool are resumed as that.
         CREATE TABLE batch_parts (
             batch_id   TEXT    NOT NULL REFERENCES batches (id),
             first_seq  INTEGER NOT NULL,
@@ -111,17 +109,24 @@ enum SpoolSchema {
             request_id TEXT,
             PRIMARY KEY (batch_id, first_seq)
         ) WITHOUT ROWID;
+        -- A segment's records were written with these config.tags (compact JSON; '' for none): requests with
+        -- different tags share their target and are batched together. Targets with tags of their own come
+        -- from version 1 and keep them.
+        ALTER TABLE segments ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+        -- The tags of a dead letter's rows: [{"from":i,"to":j,"tags":{...}}] over its rows, or '' for none.
+        ALTER TABLE dead_letters ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+        """,
+        // 2 → 3: segments are keyed by (target, seq) and appended without rewriting their target's row.
+        """
         -- Segments keyed by (target, first seq) in the table itself: appending a few records writes one
         -- page, the row's, where a rowid table wrote its own page and its index's. A table keyed this way
         -- repeats whole rows in its interior pages, so only small appends keep their records in the row
         -- (`records`, at most 512 bytes: SegmentLog.maxInlineBytes); larger ones go to segment_records
-        -- (`records_id`), which a trigger empties with the segment. `tags`: the config.tags the segment's
-        -- records were written with (compact JSON; '' for none): requests with different tags share their
-        -- target and are batched together. Targets with tags of their own come from version 1 and keep them.
+        -- (`records_id`), which a trigger empties with the segment.
         --
         -- From here on a target's next_seq and pending_bytes are settled at most once a second rather than
         -- at every commit: next_seq is at most where the log ends, pending_bytes counts the segments below
-        -- next_seq (TargetLog in the sources has the rest). Version 1 kept pending_bytes by delivered
+        -- next_seq (TargetLog in the sources has the rest). Version 2 kept pending_bytes by delivered
         -- batches rather than by removed segments: count it afresh.
         CREATE TABLE segment_records (
             id      INTEGER PRIMARY KEY,
@@ -140,16 +145,14 @@ enum SpoolSchema {
             CHECK ((records IS NULL) <> (records_id IS NULL))
         ) WITHOUT ROWID;
         INSERT INTO segment_records (id, records) SELECT id, records FROM segments;
-        INSERT INTO segments_keyed (target_id, first_seq, record_count, byte_count, appended_at, records_id)
-            SELECT target_id, first_seq, record_count, byte_count, appended_at, id FROM segments;
+        INSERT INTO segments_keyed (target_id, first_seq, record_count, byte_count, appended_at, records_id, tags)
+            SELECT target_id, first_seq, record_count, byte_count, appended_at, id, tags FROM segments;
         DROP TABLE segments;
         ALTER TABLE segments_keyed RENAME TO segments;
         CREATE TRIGGER segments_drop_records AFTER DELETE ON segments WHEN old.records_id IS NOT NULL BEGIN
             DELETE FROM segment_records WHERE id = old.records_id;
         END;
         UPDATE targets SET pending_bytes = (SELECT coalesce(sum(byte_count), 0) FROM segments s WHERE s.target_id = targets.id);
-        -- The tags of a dead letter's rows: [{"from":i,"to":j,"tags":{...}}] over its rows, or '' for none.
-        ALTER TABLE dead_letters ADD COLUMN tags TEXT NOT NULL DEFAULT '';
         """,
     ]
 }
