@@ -393,10 +393,7 @@ public final class SpoolWriter: @unchecked Sendable {
         switch result {
         case .success:
             unsettled.formUnion(appended.keys)
-            for id in settledNow {
-                lastSettled[id] = started
-                unsettled.remove(id)
-            }
+            recordSettled(settledNow, at: started)
             for pending in batches {
                 capacity.commitReservation(pending.batch.totalBytes)
                 pending.promise.succeed(())
@@ -440,9 +437,19 @@ public final class SpoolWriter: @unchecked Sendable {
         guard !targets.isEmpty else { return }
         let now = ContinuousClock.now
         if case .success = runTransaction({ db in for id in targets { try TargetLog.settle(id, db: db) } }) {
-            for id in targets { lastSettled[id] = now }
-            unsettled.subtract(targets)
+            recordSettled(targets, at: now)
         }
+    }
+
+    /// Notes that `targets`' rows were settled at `instant`, and forgets the settlements whose interval is
+    /// over (a target not in ``lastSettled`` is due), so the map holds only targets settled within it.
+    private func recordSettled(_ targets: some Collection<Int64>, at instant: ContinuousClock.Instant) {
+        guard !targets.isEmpty else { return }  // most commits settle nothing
+        for id in targets {
+            lastSettled[id] = instant
+            unsettled.remove(id)
+        }
+        lastSettled = lastSettled.filter { unsettled.contains($0.key) || instant - $0.value < settleInterval }
     }
 
     /// The batches, in order, that fit before the disk reserve (``DiskAdmission``); the others are
