@@ -2,9 +2,15 @@
 //
 // definite-agent: a durable local forwarding agent for Definite's Stream API.
 //
-// Targets, in the order a record meets them:
-//   definite-agent (executable)  → thin entry point, hands argv to the CLI
-//   DefiniteAgent (library)      → configuration, intake, spool, delivery, operations
+// Targets, each depending only on those above it in this list:
+//   Core        → the shared vocabulary: configuration, targets and table names, limits, JSON, sizes and
+//                 durations, gzip, metrics names, the life-cycle protocol every part implements
+//   Spool       → the SQLite write-ahead queue (knows nothing of HTTP or sockets)
+//   Intake      → listeners and protocols that put records into the spool
+//   Delivery    → reads the spool per table and sends it to the Stream API
+//   Daemon      → wires the layers into one supervised process (systemd, metrics, health)
+//   Operations  → the command line: run, send, status, queue, dlq, config
+//   definite-agent (executable) → thin entry point, hands argv to the CLI
 //   CSQLite / CCurl / CZlib /
 //   CLibDeflate                  → the C libraries, reached through small shims
 //   CSpoolVFS                    → SQLite's default VFS with a spool's writes gathered until each sync
@@ -15,7 +21,6 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "definite-agent", targets: ["definite-agent"]),
-        .library(name: "DefiniteAgent", targets: ["DefiniteAgent"]),
         .executable(name: "definite-agent-bench", targets: ["definite-agent-bench"]),
         .executable(name: "definite-agent-fuzz", targets: ["definite-agent-fuzz"]),
     ],
@@ -57,38 +62,102 @@ let package = Package(
             linkerSettings: [.linkedLibrary("sqlite3")]
         ),
 
-        // MARK: The agent
+        // MARK: The agent, one target per layer; each depends only on the layers below it.
+        // The compiler keeps the direction: Spool cannot name an HTTP status, Intake and Delivery cannot
+        // reach into each other, and only Daemon and Operations see every layer.
         .target(
-            name: "DefiniteAgent",
+            name: "Core",
             dependencies: [
-                "CSQLite",
-                "CSpoolVFS",
-                "CCurl",
+                "CAgentSupport",
                 "CZlib",
                 "CLibDeflate",
-                "CAgentSupport",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: agentSwiftSettings
+        ),
+        .target(
+            name: "Spool",
+            dependencies: [
+                "Core",
+                "CSQLite",
+                "CSpoolVFS",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: agentSwiftSettings
+        ),
+        .target(
+            name: "Intake",
+            dependencies: [
+                "Core",
+                "Spool",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
-            // Members of extensions are visible only from the modules a file imports: a dependency that
-            // imports all of Foundation (TOMLKit does) would otherwise lend its members (`String(format:)`)
-            // to files that import only FoundationEssentials, and the daemon would link Foundation's ICU.
-            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
+            swiftSettings: agentSwiftSettings
+        ),
+        .target(
+            name: "Delivery",
+            dependencies: [
+                "Core",
+                "Spool",
+                "CCurl",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: agentSwiftSettings
+        ),
+        .target(
+            name: "Daemon",
+            dependencies: [
+                "Core",
+                "Spool",
+                "Intake",
+                "Delivery",
+                "CAgentSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: agentSwiftSettings
+        ),
+        .target(
+            name: "Operations",
+            dependencies: [
+                "Core",
+                "Spool",
+                "Intake",
+                "Delivery",
+                "Daemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: agentSwiftSettings
         ),
         .executableTarget(
             name: "definite-agent",
-            dependencies: ["DefiniteAgent"],
+            dependencies: ["Operations"],
             // The release daemon carries its Swift runtime: it runs without the toolchain installed (no
             // RUNPATH into it) and keeps ~4 MiB fewer library pages resident. It links FoundationEssentials,
             // not Foundation (whose ICU data alone is ~30 MB; Tests/Packaging/test_footprint.py checks),
@@ -117,14 +186,20 @@ let package = Package(
         .target(name: "CFuzzerDriver", path: "Tests/Fuzz/CFuzzerDriver"),
         .executableTarget(
             name: "definite-agent-fuzz",
-            dependencies: ["DefiniteAgent", "CFuzzerDriver"],
+            dependencies: ["Core", "Spool", "Intake", "CFuzzerDriver"],
             path: "Tests/Fuzz/IntakeFuzzer"
         ),
         .testTarget(
             name: "DefiniteAgentTests",
             dependencies: [
-                "DefiniteAgent",
+                "Core",
+                "Spool",
+                "Intake",
+                "Delivery",
+                "Daemon",
+                "Operations",
                 "CSpoolVFS",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ]
@@ -132,3 +207,9 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+/// Every agent target: members of extensions are visible only from the modules a file imports. A
+/// dependency that imports all of Foundation (TOMLKit does) would otherwise lend its members
+/// (`String(format:)`) to files that import only FoundationEssentials, and the daemon would link
+/// Foundation's ICU.
+var agentSwiftSettings: [SwiftSetting] { [.enableUpcomingFeature("MemberImportVisibility")] }

@@ -1,4 +1,6 @@
-import DefiniteAgent
+import Core
+import Daemon
+import Operations
 
 // Before anything starts a thread (see MemoryTuning.apply).
 MemoryTuning.apply()

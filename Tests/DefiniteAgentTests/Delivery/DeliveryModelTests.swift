@@ -1,7 +1,12 @@
 import Foundation
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// Randomized, model-based test of delivery, in the spirit of Vector's disk-buffer model tests: random
 /// schedules of rows (append and merge, some refused by the API), transient failures, drops after the

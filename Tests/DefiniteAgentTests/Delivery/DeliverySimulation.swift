@@ -1,6 +1,11 @@
 import Foundation
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// A ``DeliveryMachine`` with its I/O faked in memory: a spool (rows per target, batches, what left and
 /// why) and a Stream API (what was written, how often, in what order), driven by workers that act one at

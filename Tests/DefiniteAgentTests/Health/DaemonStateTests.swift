@@ -1,7 +1,12 @@
 import Foundation
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 @Suite("Daemon state file and status report")
 struct DaemonStateTests {

@@ -5,7 +5,12 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// The datagram thread on a socket pair and a real spool: it counts, writes its counts down while it
 /// runs, stops at once, and its stop pipe goes with it.

@@ -1,6 +1,11 @@
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 @Suite("Intake line validation")
 struct IntakeLineParserTests {
@@ -14,7 +19,7 @@ struct IntakeLineParserTests {
     struct Outcome {
         var line: [UInt8]
         var parsed: ParsedLine
-        var batch: IntakeBatch
+        var batch: SpoolBatch
         var ack: String? { line.withUnsafeBytes { parsed.ack(in: $0) } }
         var rejection: IntakeRejection? {
             if case .failure(let rejection) = parsed.result { return rejection }
@@ -29,7 +34,7 @@ struct IntakeLineParserTests {
 
     func parse(_ line: [UInt8], config: AgentConfiguration = configuration()) -> Outcome {
         var parser = IntakeLineParser(configuration: config)
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         let parsed = parser.parse(line: line, into: &batch)
         return Outcome(line: line, parsed: parsed, batch: batch)
     }
@@ -89,7 +94,7 @@ struct IntakeLineParserTests {
         let outcome = parse(#"{"ack":"r1","config":{"table":"LAKE.bronze.t","tags":{"src":"app"}},"data":[{"x":1},{"x":2}]}"#)
         #expect(outcome.rejection == nil)
         #expect(outcome.batch.targets == [SpoolTarget(table: "LAKE.bronze.t", mode: .append)])
-        #expect(outcome.batch.tagRuns == [[IntakeBatch.TagRun(record: 0, offset: 0, tags: #"{"src":"app"}"#)]])
+        #expect(outcome.batch.tagRuns == [[SpoolBatch.TagRun(record: 0, offset: 0, tags: #"{"src":"app"}"#)]])
         #expect(outcome.batch.counts == [2])
         #expect(outcome.stored == "{\"x\":1}\n{\"x\":2}\n")
     }
@@ -264,9 +269,9 @@ struct IntakeLineParserTests {
 
     // MARK: HTTP bodies with the config in query parameters
 
-    func parseArray(_ body: String, query: [String: String] = ["table": "bronze.t"]) -> (Result<ParsedLine.Accepted, IntakeRejection>, IntakeBatch) {
+    func parseArray(_ body: String, query: [String: String] = ["table": "bronze.t"]) -> (Result<ParsedLine.Accepted, IntakeRejection>, SpoolBatch) {
         let parser = IntakeLineParser(configuration: Self.configuration())
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         let result = parser.target(query: query).flatMap { target in
             Array(body.utf8).withUnsafeBytes { parser.parse(array: $0, target: target, into: &batch) }
         }
@@ -311,7 +316,7 @@ struct IntakeLineParserTests {
 
     @Test func aFailedLineLeavesTheBatchAsItWas() {
         var parser = IntakeLineParser(configuration: Self.configuration())
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         _ = parser.parse(line: Array(#"{"a":1}"#.utf8), into: &batch)
         _ = parser.parse(line: Array(#"{"config":{"table":"bronze.events"},"data":[{"a":2},{"a":3},{"bad":]}"#.utf8), into: &batch)
         _ = parser.parse(line: Array(#"{"a":4}"#.utf8), into: &batch)
@@ -328,7 +333,7 @@ struct IntakeLineParserTests {
     ])
     func aLineThatFailsAfterItsDataLeavesNoCount(line: String) {
         var parser = IntakeLineParser(configuration: Self.configuration())
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         _ = parser.parse(line: Array(#"{"a":1}"#.utf8), into: &batch)
         let failed = parser.parse(line: Array(line.utf8), into: &batch)
         guard case .failure = failed.result else {
@@ -347,11 +352,11 @@ struct IntakeLineParserTests {
         }
         // Ack ids are the bytes between the request's quotes, escapes as sent.
         write(ack: #"x\"1"#, line: 3, result: .success(2))
-        write(ack: nil, line: 4, result: .failure(.badRequest(.invalidJSON, "bad")))
+        write(ack: nil, line: 4, result: .failure(IntakeRejection(.invalidJSON, "bad")))
         write(ack: nil, line: 5, result: .success(1))
         write(ack: "plain-7 é", line: 6, result: .success(50_000))
         write(ack: #"tab\there"#, line: 7, result: .success(1))
-        write(ack: #"\u0061b"#, line: 8, result: .failure(.badRequest(.invalidRow, "no")))
+        write(ack: #"\u0061b"#, line: 8, result: .failure(IntakeRejection(.invalidRow, "no")))
         #expect(buffer.readString(length: buffer.readableBytes) == """
             {"ack":"x\\"1","ok":true,"accepted":2}
             {"ok":false,"line":4,"status":400,"code":"invalid_json","error":"bad"}

@@ -1,7 +1,12 @@
 import PropertyBased
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// Property-based tests of the intake parser and validator: whatever the bytes, it never crashes, a
 /// line is all or nothing, valid documents are accepted and stored compactly, and what it stores is
@@ -14,15 +19,15 @@ struct IntakeParserPropertyTests {
         return config
     }()
 
-    func parse(_ bytes: [UInt8]) -> (ParsedLine, IntakeBatch) {
+    func parse(_ bytes: [UInt8]) -> (ParsedLine, SpoolBatch) {
         var parser = IntakeLineParser(configuration: Self.configuration)
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         let parsed = parser.parse(line: bytes, into: &batch)
         return (parsed, batch)
     }
 
     /// What the agent stores must parse again to exactly itself (valid, compact, stable).
-    func expectStoredIsValid(_ batch: IntakeBatch) {
+    func expectStoredIsValid(_ batch: SpoolBatch) {
         for records in batch.records {
             for record in records.split(separator: UInt8(ascii: "\n")) {
                 let (again, batchAgain) = parse(Array(record))

@@ -1,6 +1,11 @@
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// The string scanner skips plain ASCII eight bytes at a time; these tests put each byte that needs a
 /// closer look at every offset (inside a word, on a word's edges, in the tail shorter than a word) and

@@ -5,7 +5,12 @@ import NIOPosix
 import ServiceLifecycleTestKit
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// A stream listener's stop, in-process (ServiceLifecycleTestKit's graceful shutdown, no service group).
 @Suite("Stream listener")

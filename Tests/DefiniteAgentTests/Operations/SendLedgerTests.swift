@@ -1,6 +1,11 @@
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 @Suite("send's ledger")
 struct SendLedgerTests {
@@ -66,7 +71,7 @@ struct SendLedgerTests {
         var configuration = AgentConfiguration()
         configuration.intake.defaultTable = "bronze.other"
         var parser = IntakeLineParser(configuration: configuration)
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         let request = Self.request([1, 2, 5])
         let parsed = parser.parse(line: Array(request.bytes.dropLast()), into: &batch)
         guard case .success(let accepted) = parsed.result else {

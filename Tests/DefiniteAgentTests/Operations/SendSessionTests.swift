@@ -2,7 +2,12 @@ import Foundation
 import PropertyBased
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// `send` checks every line by the agent's own rules for a row before it goes into a request of many
 /// lines, and reads its input in place.
@@ -19,7 +24,7 @@ struct SendSessionTests {
         line.withUnsafeBytes { builder.append(line: 1, record: $0) }
         let request = builder.finish()!
         var parser = IntakeLineParser(configuration: AgentConfiguration())
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         if case .failure(let rejection) = parser.parse(line: Array(request.bytes.dropLast()), into: &batch).result { return rejection }
         return nil
     }
@@ -30,7 +35,7 @@ struct SendSessionTests {
         let parser = IntakeLineParser(configuration: AgentConfiguration())
         var query = ["table": "bronze.t"]
         if let mergeKey { query["mode"] = "merge"; query["primary_key"] = mergeKey }
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         let result = line.withUnsafeBytes { parser.parse(ndjson: $0, target: try! parser.target(query: query).get(), into: &batch) }
         if case .failure(let rejection) = result { return rejection }
         return nil

@@ -3,7 +3,12 @@ import ServiceLifecycle
 import Synchronization
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// The life cycle's wiring, in-process: real service groups made by ``Supervisor/makeServiceGroup(_:overrun:cancellationLimit:)``
 /// running parts that record what happens to them.

@@ -2,7 +2,12 @@ import CSpoolVFS
 import Foundation
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// Writes gathered until each sync (``SQLiteConnection/Writes/coalescedUntilSync``): the same database,
 /// fewer system calls, and a write that fails still fails its commit.

@@ -4,7 +4,12 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// The ledger's transactions on a real spool, and the spool written by the previous release.
 @Suite("DeliveryLedger")
@@ -23,7 +28,7 @@ struct DeliveryLedgerTests {
         var config = AgentConfiguration()
         config.intake.defaultTable = "bronze.events"
         var parser = IntakeLineParser(configuration: config)
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         for i in 0..<count { _ = parser.parse(line: Array("{\"i\":\(i)}".utf8), into: &batch) }
         #expect(writer.capacity.reserve(batch.totalBytes))
         let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)

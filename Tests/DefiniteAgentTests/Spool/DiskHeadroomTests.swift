@@ -1,6 +1,11 @@
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 @Suite("Disk headroom")
 struct DiskHeadroomTests {

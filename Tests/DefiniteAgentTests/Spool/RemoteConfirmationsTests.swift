@@ -1,7 +1,12 @@
 import Synchronization
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 @Suite("RemoteConfirmations")
 struct RemoteConfirmationsTests {

@@ -2,7 +2,12 @@ import Foundation
 import Logging
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 @Suite("Spool access", .serialized)
 struct SpoolAccessTests {
@@ -24,7 +29,7 @@ struct SpoolAccessTests {
 
     /// A group other than the process's, to give the spool to.
     var otherGroup: gid_t? {
-        ["daemon", "adm", "nogroup", "users"].lazy.compactMap { SpoolAccess.groupID(named: $0) }.first { $0 != getgid() }
+        ["daemon", "adm", "nogroup", "users"].lazy.compactMap { FileSystem.groupID(named: $0) }.first { $0 != getgid() }
     }
 
     /// Issue 17: SQLite makes a database 0644 under umask 022, so any local user could read every pending
@@ -78,9 +83,9 @@ struct SpoolAccessTests {
     }
 
     @Test func aGroupIsANameOrANumericID() {
-        #expect(SpoolAccess.groupID(named: "root") == 0)
-        #expect(SpoolAccess.groupID(named: "0") == 0)
-        #expect(SpoolAccess.groupID(named: "no-such-group-here") == nil)
+        #expect(FileSystem.groupID(named: "root") == 0)
+        #expect(FileSystem.groupID(named: "0") == 0)
+        #expect(FileSystem.groupID(named: "no-such-group-here") == nil)
     }
 
     @Test func anUnknownGroupIsAConfigurationErrorWithItsLine() {

@@ -4,7 +4,12 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 @Suite("Spool")
 struct SpoolTests {
@@ -14,9 +19,9 @@ struct SpoolTests {
         directory = try makeTemporaryDirectory("spool-tests")
     }
 
-    func batch(_ lines: [String], config: AgentConfiguration) -> IntakeBatch {
+    func batch(_ lines: [String], config: AgentConfiguration) -> SpoolBatch {
         var parser = IntakeLineParser(configuration: config)
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         for line in lines { _ = parser.parse(line: Array(line.utf8), into: &batch) }
         return batch
     }
@@ -28,14 +33,14 @@ struct SpoolTests {
     }
 
     /// `count` padded records for `bronze.events`, numbered from `first`.
-    func paddedBatch(_ first: Int, _ count: Int) -> IntakeBatch {
+    func paddedBatch(_ first: Int, _ count: Int) -> SpoolBatch {
         var config = AgentConfiguration()
         config.intake.defaultTable = "bronze.events"
         return batch(paddedLines(first..<first + count), config: config)
     }
 
     /// Submits `batch` and waits until it is durable.
-    func commit(_ batch: IntakeBatch, to writer: SpoolWriter) async throws {
+    func commit(_ batch: SpoolBatch, to writer: SpoolWriter) async throws {
         let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
         writer.submit(batch, promise: promise)
         try await promise.futureResult.get()

@@ -4,7 +4,12 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// `config.tags` kept per run of records: requests with different tags share their target, keep their
 /// order, and are batched together; each request says which of its rows had which tags.
@@ -25,9 +30,9 @@ struct TagRunsTests {
         #"{"data":{"n":6},"config":{"table":"bronze.t","tags":{"trace_id":"b"}}}"#,
     ]
 
-    func batch(_ lines: [String]) -> IntakeBatch {
+    func batch(_ lines: [String]) -> SpoolBatch {
         var parser = IntakeLineParser(configuration: AgentConfiguration())
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         for line in lines { _ = parser.parse(line: Array(line.utf8), into: &batch) }
         return batch
     }

@@ -4,7 +4,12 @@ import NIOCore
 import NIOPosix
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// What a commit writes, and a target's position and bytes between settlements (``TargetLog``).
 @Suite("Target log")
@@ -17,16 +22,16 @@ struct TargetLogTests {
         path = directory + "/spool.db"
     }
 
-    func batch(_ lines: [String], table: String = "bronze.events") -> IntakeBatch {
+    func batch(_ lines: [String], table: String = "bronze.events") -> SpoolBatch {
         var config = AgentConfiguration()
         config.intake.defaultTable = table
         var parser = IntakeLineParser(configuration: config)
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         for line in lines { _ = parser.parse(line: Array(line.utf8), into: &batch) }
         return batch
     }
 
-    func commit(_ batch: IntakeBatch, to writer: SpoolWriter) async throws {
+    func commit(_ batch: SpoolBatch, to writer: SpoolWriter) async throws {
         #expect(writer.capacity.reserve(batch.totalBytes))
         let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
         writer.submit(batch, promise: promise)

@@ -2,7 +2,12 @@ import Foundation
 import Logging
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 @Suite("Log lines")
 struct AgentLogHandlerTests {

@@ -1,4 +1,6 @@
-import DefiniteAgent
+import Core
+import Intake
+import Spool
 import Foundation
 
 #if FUZZING
@@ -29,7 +31,7 @@ enum IntakeContract {
         guard let selector = input.first else { return }
         let bytes = UnsafeRawBufferPointer(rebasing: input.dropFirst())
         var parser = IntakeLineParser(configuration: configuration)
-        var batch = IntakeBatch()
+        var batch = SpoolBatch()
         let result: Result<ParsedLine.Accepted, IntakeRejection>
         switch selector % 3 {
         case 0: result = parser.parse(line: bytes, into: &batch).result
@@ -49,7 +51,7 @@ enum IntakeContract {
                 for record in records.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).dropLast() {
                     // Re-read as a row (NDJSON): as a line of the socket protocol, a row that happens to have
                     // "data" and "config" keys would be taken for an envelope.
-                    var again = IntakeBatch()
+                    var again = SpoolBatch()
                     let reparsed = Array(record).withUnsafeBytes {
                         reparser.parse(ndjson: $0, target: Self.target, into: &again)
                     }

@@ -1,0 +1,110 @@
+/// A size in bytes, written by humans as `"512"`, `"64KiB"`, `"8MiB"`, `"1GiB"`, `"10MB"` or `"1.5GB"`.
+///
+/// Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`) are powers of 1024; decimal ones (`kB`/`KB`, `MB`, `GB`, `TB`)
+/// are powers of 1000, the way the Stream API states its limits ("10 MB").
+public struct ByteSize: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var bytes: Int
+
+    public init(bytes: Int) { self.bytes = bytes }
+
+    public static func kibibytes(_ n: Int) -> ByteSize { ByteSize(bytes: n << 10) }
+    public static func mebibytes(_ n: Int) -> ByteSize { ByteSize(bytes: n << 20) }
+    public static func gibibytes(_ n: Int) -> ByteSize { ByteSize(bytes: n << 30) }
+
+    private static let units: [(suffix: String, factor: Double)] = [
+        ("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("TiB", 1_099_511_627_776),
+        ("kB", 1e3), ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12),
+        ("B", 1),
+    ]
+
+    /// Parses a human-readable size; returns `nil` when the text is not one.
+    public init?(parsing text: String) {
+        let trimmed = text.trimmingWhitespace()
+        var number = Substring(trimmed)
+        var factor = 1.0
+        for unit in Self.units where trimmed.hasSuffix(unit.suffix) {
+            number = trimmed.dropLast(unit.suffix.count)
+            factor = unit.factor
+            break
+        }
+        let digits = number.trimmingWhitespace()
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber || $0 == "." }),
+              let value = Double(digits), value >= 0
+        else { return nil }
+        let total = (value * factor).rounded()
+        guard total < Double(Int.max) else { return nil }
+        self.bytes = Int(total)
+    }
+
+    public static func < (lhs: ByteSize, rhs: ByteSize) -> Bool { lhs.bytes < rhs.bytes }
+
+    /// Binary units for rendering, largest first, as powers of two.
+    private static let binaryShifts = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)]
+
+    /// The shortest exact rendering, preferring binary units: `8MiB`, `1GiB`, `10000000`.
+    public var description: String {
+        for (suffix, shift) in Self.binaryShifts where bytes != 0 {
+            if bytes % (1 << shift) == 0 { return "\(bytes >> shift)\(suffix)" }
+        }
+        return "\(bytes)"
+    }
+
+    /// A rounded rendering for messages: `"412.5KiB"`, `"3.1GiB"`, `"900B"`.
+    public var approximate: String {
+        for (suffix, shift) in Self.binaryShifts where bytes >= 1 << shift {
+            let tenths = (bytes * 10 + (1 << shift) / 2) >> shift
+            return tenths % 10 == 0 ? "\(tenths / 10)\(suffix)" : "\(tenths / 10).\(tenths % 10)\(suffix)"
+        }
+        return "\(bytes)B"
+    }
+}
+
+/// A span of time, written by humans as `"250ms"`, `"30s"`, `"5m"`, `"2h"` or `"7d"`.
+public struct HumanDuration: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var milliseconds: Int64
+
+    public init(milliseconds: Int64) { self.milliseconds = milliseconds }
+    public static func seconds(_ s: Int64) -> HumanDuration { HumanDuration(milliseconds: s * 1000) }
+
+    private static let units: [(suffix: String, ms: Double)] = [
+        ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000),
+    ]
+
+    /// Parses a human-readable duration; returns `nil` when the text is not one.
+    public init?(parsing text: String) {
+        let trimmed = text.trimmingWhitespace()
+        for unit in Self.units where trimmed.hasSuffix(unit.suffix) {
+            let digits = trimmed.dropLast(unit.suffix.count)
+            // "5m" must not be read as "5" + "m" of "ms": the loop tries "ms" first.
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber || $0 == "." }),
+                  let value = Double(digits), value >= 0
+            else { return nil }
+            self.milliseconds = Int64((value * unit.ms).rounded())
+            return
+        }
+        return nil
+    }
+
+    public var seconds: Double { Double(milliseconds) / 1000 }
+    public var duration: Duration { .milliseconds(milliseconds) }
+
+    public static func < (lhs: HumanDuration, rhs: HumanDuration) -> Bool { lhs.milliseconds < rhs.milliseconds }
+
+    public var description: String {
+        for (suffix, ms) in [("d", Int64(86_400_000)), ("h", 3_600_000), ("m", 60_000), ("s", 1000)]
+        where milliseconds != 0 && milliseconds % ms == 0 {
+            return "\(milliseconds / ms)\(suffix)"
+        }
+        return "\(milliseconds)ms"
+    }
+}
+
+extension StringProtocol {
+    package func trimmingWhitespace() -> String { trimming(where: \.isWhitespace) }
+
+    /// Without the characters at either end for which `isTrimmed` holds.
+    package func trimming(where isTrimmed: (Character) -> Bool) -> String {
+        guard let first = firstIndex(where: { !isTrimmed($0) }), let last = lastIndex(where: { !isTrimmed($0) }) else { return "" }
+        return String(self[first...last])
+    }
+}

@@ -1,0 +1,109 @@
+import Glibc
+
+/// A system call that failed: its `errno`, described as the system describes it ("No such file or
+/// directory"), which is what error messages quote.
+package struct SystemCallError: Error, CustomStringConvertible, Sendable, Equatable {
+    package var code: Int32
+
+    package init(_ code: Int32 = errno) { self.code = code }
+
+    package var description: String { String(cString: strerror(code)) }
+}
+
+/// The few file operations the daemon and its commands need, on the system calls themselves (the
+/// binary links no Foundation): their errors carry `errno`.
+package enum FileSystem {
+    /// The group id a `[spool] group` value names: a group name, or a numeric id; `nil` if there is none.
+    package static func groupID(named name: String) -> gid_t? {
+        if let id = gid_t(name), getgrgid(id) != nil { return id }
+        return getgrnam(name).map { $0.pointee.gr_gid }
+    }
+
+    /// The whole file at `path`.
+    package static func contents(of path: String) throws(SystemCallError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError() }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count == 0 { return bytes }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError()
+            }
+            bytes.append(contentsOf: chunk[..<count])
+        }
+    }
+
+    /// The file at `path` as text; `nil` when it is not valid UTF-8.
+    package static func text(of path: String) throws(SystemCallError) -> String? {
+        String(validating: try contents(of: path), as: UTF8.self)
+    }
+
+    /// Writes `bytes` to the file at `path`, replacing what it held (created with `mode` if missing).
+    package static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o600) throws(SystemCallError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw SystemCallError() }
+        defer { close(fd) }
+        try write(bytes, to: fd)
+    }
+
+    /// Writes all of `bytes` to the descriptor `fd` (retrying short writes and interruptions).
+    package static func write(_ bytes: [UInt8], to fd: Int32) throws(SystemCallError) {
+        let failure: Int32? = bytes.withUnsafeBytes { buffer in
+            var written = 0
+            while written < buffer.count {
+                let count = Glibc.write(fd, buffer.baseAddress! + written, buffer.count - written)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    return errno
+                }
+                written += count
+            }
+            return nil
+        }
+        if let failure { throw SystemCallError(failure) }
+    }
+
+    /// Whether something (a file, a directory, a socket) is at `path`; a dangling symbolic link is not.
+    package static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0
+    }
+
+    /// Whether `path` is a directory (or a symbolic link to one).
+    package static func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
+    }
+
+    /// Creates the directory at `path` and any missing parents, each with `mode` (less the umask); a
+    /// directory already there is fine.
+    package static func createDirectories(_ path: String, mode: mode_t = 0o755) throws(SystemCallError) {
+        if isDirectory(path) { return }
+        let parent = parentDirectory(of: path)
+        if !parent.isEmpty, parent != path { try createDirectories(parent, mode: mode) }
+        guard mkdir(path, mode) == 0 || (errno == EEXIST && isDirectory(path)) else { throw SystemCallError() }
+    }
+
+    /// The directory part of `path`, as `dirname` but `""` for a bare name: `/a/b` → `/a`, `/a` → `/`,
+    /// `a` → `""`; trailing slashes are ignored.
+    package static func parentDirectory(of path: String) -> String {
+        var trimmed = Substring(path)
+        while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
+        guard let slash = trimmed.lastIndex(of: "/") else { return "" }
+        var parent = trimmed[..<slash]
+        while parent.count > 1, parent.hasSuffix("/") { parent.removeLast() }
+        return parent.isEmpty ? "/" : String(parent)
+    }
+
+    /// The last component of `path`: `/a/b.db` → `b.db`.
+    package static func lastComponent(of path: String) -> String {
+        var trimmed = Substring(path)
+        while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
+        guard let slash = trimmed.lastIndex(of: "/"), trimmed != "/" else { return String(trimmed) }
+        return String(trimmed[trimmed.index(after: slash)...])
+    }
+}

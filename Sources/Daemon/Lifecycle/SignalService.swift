@@ -1,0 +1,98 @@
+import Core
+import Delivery
+import CAgentSupport
+import Logging
+import NIOConcurrencyHelpers
+import NIOPosix
+import ServiceLifecycle
+import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Operator signals other than the shutdown ones (SIGTERM and SIGINT are the daemon's, see ``AgentDaemon``):
+///
+/// - SIGHUP: read the configuration file and the API key again. Batch, retry, table, API and intake
+///   settings take effect at once (intake settings for new connections); settings only a restart can
+///   change (spool, socket path and mode, `max_in_flight`, drain bound, log level) keep their old values and
+///   are logged as such. An invalid file is rejected with a log line and the old configuration keeps
+///   running. systemd hears `RELOADING=1` and then `READY=1`.
+/// - SIGUSR1: deliver everything pending now, ignoring `[batch] linger` and any backoff.
+///
+/// Reloading reads files: it runs on the blocking thread pool, not on the cooperative pool.
+struct SignalService: DaemonPart {
+    let configurationPath: String?
+    let settings: LiveConfiguration
+    let key: APIKeyBox
+    let delivery: DeliveryLoop
+    let notifier: SystemdNotifier
+    let blocking: NIOThreadPool
+    let logger: Logger
+
+    /// Traps the signals (from here on a SIGHUP no longer waits, blocked, for the daemon to be up).
+    func start() async throws -> any RunningPart {
+        Running(service: self, signals: await UnixSignalsSequence(trapping: .sighup, .sigusr1))
+    }
+
+    private struct Running: RunningPart {
+        let service: SignalService
+        let signals: UnixSignalsSequence
+
+        func run(drainDeadline: DrainDeadline) async throws {
+            // One that came during start-up, caught until now (see AgentDaemon.catchEarlySignals()).
+            for (number, signal) in [(SIGHUP, UnixSignal.sighup), (SIGUSR1, .sigusr1)] where cagent_take_early_signal(number) != 0 {
+                try? await service.blocking.runIfActive { service.handle(signal) }
+            }
+            for await signal in signals.cancelOnGracefulShutdown() {
+                try? await service.blocking.runIfActive { service.handle(signal) }
+            }
+        }
+    }
+
+    private func handle(_ signal: UnixSignal) {
+        switch signal {
+        case .sighup:
+            notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
+            reload()
+            notifier.notify("READY=1")
+        case .sigusr1:
+            logger.info("SIGUSR1: delivering everything pending now")
+            delivery.flushNow()
+        default:
+            break
+        }
+    }
+
+    func reload() {
+        var configuration = settings.current
+        if let configurationPath {
+            do {
+                configuration = try ConfigurationLoader.load(path: configurationPath)
+            } catch {
+                logger.error("SIGHUP: the new configuration is invalid; the old one keeps running", metadata: ["error": "\(error)"])
+                return
+            }
+            let outcome = settings.reload(configuration)
+            if !outcome.needRestart.isEmpty {
+                logger.warning("SIGHUP: these settings changed but take effect only after a restart; their old values stay in force",
+                               metadata: ["keys": "\(outcome.needRestart.joined(separator: ", "))"])
+            }
+            logger.info("SIGHUP: configuration reloaded",
+                        metadata: ["applied": "\(outcome.applied.isEmpty ? "nothing changed" : outcome.applied.joined(separator: ", "))"])
+        }
+        do {
+            let fresh = try APIKeySource.load(config: settings.current.api)
+            key.withLockedValue { $0 = fresh }
+            if let fresh {
+                logger.info("SIGHUP: API key reloaded", metadata: ["source": "\(fresh.source)"])
+            } else {
+                logger.warning("SIGHUP: no API key found; delivery stays paused")
+            }
+        } catch {
+            logger.error("SIGHUP: cannot read the API key; keeping the one in use", metadata: ["error": "\(error)"])
+        }
+        // Whatever waits on a refused key or an old setting may go now.
+        delivery.flushNow()
+    }
+}

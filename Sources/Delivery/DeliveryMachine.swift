@@ -1,0 +1,699 @@
+import Core
+import Spool
+import FoundationEssentials
+import Glibc
+
+/// Every decision of delivery, apart from the I/O that carries it out: which batch a worker takes next,
+/// when a batch is cut, what an answer means for its rows, when a target waits and for how long.
+///
+/// Pure: no I/O, no locks, no clock reads, no threads. The caller passes the time (``Now``) and what its
+/// I/O returned (``Outcome``); the machine answers with the next ``Step`` for that worker. Randomness
+/// (backoff jitter, batch ids) comes from a seeded generator, so a run is reproducible from its seed.
+///
+/// Guarantees (``DeliveryScheduler`` relies on them; the unit and model tests check them):
+/// - A merge target has at most one batch in flight, and an open batch goes before any new one, so upserts
+///   reach the API in spool order. Within a merge batch only the last write of each key is sent; the
+///   earlier ones leave the queue when the batch is registered.
+/// - An append target has at most ``Settings/appendConcurrency`` batches in flight.
+/// - A transient failure (429, 5xx, no answer) makes its batch wait (`Retry-After`, else exponential
+///   backoff with full jitter) and then repeats the same request; other batches and targets keep flowing,
+///   but no new batch is cut for a target while one of its batches waits (so an outage does not pile up
+///   batches). A 404 holds its table only; a refused or missing API key pauses every table. No row is
+///   given up on for a transient failure; rows older than `retry.max_age` are dead-lettered as expired.
+/// - Rows leave only through a ``DeliveryLedger/Change`` in a ``Step/register(_:)`` or ``Step/record(_:)``
+///   step. Those the API confirmed are recorded before anything else happens to their batch.
+/// - Isolating refused rows keeps its progress (``BatchIsolation``) across transient failures and, through
+///   the parts recorded in the spool, across restarts.
+struct DeliveryMachine {
+    // MARK: Vocabulary
+
+    /// The settings decisions depend on; replaced on reload.
+    struct Settings: Sendable {
+        var maxRows: Int
+        /// Stored bytes of a batch's rows: `[batch] max_bytes` less room for the envelope and the tags.
+        var maxBytes: Int
+        /// Bytes of tags a batch may carry (``RequestBody/tagBudget(_:)``).
+        var maxTagBytes: Int
+        var linger: Duration
+        var appendConcurrency: Int
+        var retry: RetryPolicy
+        var maxAge: HumanDuration
+
+        init(_ configuration: AgentConfiguration) {
+            maxRows = configuration.batch.maxRows
+            maxTagBytes = RequestBody.tagBudget(configuration.batch.format)
+            maxBytes = max(1, configuration.batch.maxBytes.bytes - RequestBody.envelopeAllowance - maxTagBytes)
+            linger = configuration.batch.linger.duration
+            appendConcurrency = max(1, configuration.batch.concurrency)
+            retry = RetryPolicy(configuration.retry)
+            maxAge = configuration.retry.maxAge
+        }
+    }
+
+    /// The time, as the caller read it: monotonic for waiting, wall-clock for what is recorded.
+    struct Now: Sendable {
+        var instant: ContinuousClock.Instant
+        var date: Date
+
+        static func + (now: Now, duration: Duration) -> Now {
+            Now(instant: now.instant + duration, date: now.date.addingTimeInterval(duration.seconds))
+        }
+    }
+
+    /// One piece of I/O for a worker.
+    enum Step: Sendable, Equatable {
+        /// Read a new batch: the target's rows from `from`, before `end`, within the size limits.
+        case cut(Cut)
+        /// Read an open batch back (after a wait, or after a restart).
+        case load(Load)
+        /// Register the batch just cut (its change also removes the rows a later write supersedes).
+        case register(Record)
+        /// Record the outcome of a step in the spool. Rows the API confirmed are in it: keep trying until
+        /// it is written (or the daemon stops).
+        case record(Record)
+        /// Send these rows of the batch to the API.
+        case send(Send)
+    }
+
+    struct Cut: Sendable, Equatable {
+        var targetID: Int64
+        var target: SpoolTarget
+        var from: Int64
+        var end: Int64
+        var maxRows: Int
+        var maxBytes: Int
+        var maxTagBytes: Int
+    }
+
+    struct Load: Sendable, Equatable {
+        var targetID: Int64
+        var target: SpoolTarget
+        var batch: DeliveryLedger.Batch
+    }
+
+    struct Record: Sendable, Equatable {
+        var change: DeliveryLedger.Change
+        /// The batch the change is about, if any.
+        var batchID: String?
+    }
+
+    struct Send: Sendable, Equatable {
+        var targetID: Int64
+        var target: SpoolTarget
+        var batchID: String
+        var seqs: [Int64]
+    }
+
+    /// What the I/O of a step returned.
+    enum Outcome: Sendable {
+        /// `cut` or `load`: the rows read.
+        case read(ReadResult)
+        case readFailed(String)
+        /// `send`: the API's answer.
+        case answered(status: Int, answer: StreamAPIResponse, retryAfter: Double?)
+        /// `send`: no answer (connection refused, timeout, dropped, the body could not be built).
+        case noAnswer(String)
+        /// `send`: the API key went away before the request.
+        case missingKey
+        /// `register` or `record`: committed.
+        case recorded
+        /// `register` or `record`: not committed (for a `record`, only when the daemon is stopping).
+        case notRecorded(String)
+    }
+
+    /// Rows read for a batch.
+    struct ReadResult: Sendable {
+        /// Seqs of the rows read, ascending (rows already out of the queue are skipped).
+        var seqs: [Int64]
+        /// For a cut: the seq after the last one read (where the batch ends).
+        var next: Int64
+        /// For a merge cut: each row's primary key value (its raw JSON), `nil` where it has none.
+        var keys: [ArraySlice<UInt8>?] = []
+        /// Wall-clock time the oldest row was spooled, if known.
+        var oldestAppendedAt: Double?
+    }
+
+    /// Where a target's log ends now, and from where this is news (`start`: the first seq of an append,
+    /// or the delivery position when read from the spool).
+    struct LogEnd: Sendable, Equatable {
+        var targetID: Int64
+        var target: SpoolTarget
+        var start: Int64
+        var end: Int64
+    }
+
+    /// A target as the spool holds it at start.
+    struct Restored: Sendable {
+        var row: SpoolReader.TargetRow
+        /// Where new batches start: past every open batch and delivered range.
+        var assignedEnd: Int64
+        var batches: [SpoolReader.BatchRow]
+    }
+
+    // MARK: State
+
+    private enum Holder: Equatable {
+        case free
+        case loading
+        case working(Held)
+    }
+
+    /// A batch a worker is working on.
+    private struct Held: Equatable {
+        var isolation: BatchIsolation
+        var oldestAppendedAt: Double?
+        var inFlight: BatchIsolation.Request?
+        /// After the record step in progress: give the batch up (it waits) rather than go on.
+        var releaseAfterRecord = false
+        /// The record step in progress closes the batch. It stays until that is committed, so a merge
+        /// target's next batch cannot overtake it (a batch not recorded as resolved is sent again).
+        var finishing = false
+    }
+
+    /// A registered batch not yet resolved.
+    private struct OpenBatch {
+        let id: String
+        let range: Range<Int64>
+        var attempts: Int
+        var firstFailedAt: Date?
+        /// After a transient failure: not sent again before this.
+        var notBefore: ContinuousClock.Instant?
+        /// Consecutive transient failures of the batch: the backoff exponent.
+        var failures = 0
+        /// The parts as the spool has them (empty: one whole part).
+        var recordedParts: [DeliveryLedger.Part]
+        var holder: Holder = .free
+
+        var ledgerBatch: DeliveryLedger.Batch { DeliveryLedger.Batch(id: id, range: range) }
+    }
+
+    private struct TargetProgress {
+        let id: Int64
+        let target: SpoolTarget
+        /// The end of the target's log (`next_seq`).
+        var logEnd: Int64
+        /// Where the next batch starts.
+        var assignedEnd: Int64
+        var pendingSince: ContinuousClock.Instant?
+        var flushThrough: Int64 = 0
+        /// Registered batches, in seq order.
+        var batches: [OpenBatch] = []
+        var cutting = false
+        /// A 404 hold, or a pause after a storage failure.
+        var pausedUntil: ContinuousClock.Instant?
+        /// Consecutive holds (404, refused key): the exponent of the wait.
+        var failures = 0
+        var missingKeyNoted = false
+
+        var inFlight: Int { batches.count { $0.holder != .free } + (cutting ? 1 : 0) }
+        var hasWork: Bool { logEnd > assignedEnd || !batches.isEmpty }
+    }
+
+    private(set) var settings: Settings
+    private var targets: [Int64: TargetProgress] = [:]
+    private var order: [Int64] = []
+    private var cursor = 0
+    private var authPausedUntil: ContinuousClock.Instant?
+    private var stopping = false
+    private var flushRequested = false
+    private var random: SplitMix64
+
+    /// How long a target waits after a spool read or registration failed.
+    static let storagePause = Duration.seconds(1)
+
+    init(restoring restored: [Restored], settings: Settings, seed: UInt64, now: Now) {
+        self.settings = settings
+        self.random = SplitMix64(seed: seed)
+        for entry in restored {
+            var target = TargetProgress(id: entry.row.id, target: entry.row.target, logEnd: entry.row.nextSeq,
+                                        assignedEnd: max(entry.row.deliveredSeq, entry.assignedEnd))
+            target.batches = entry.batches.sorted { $0.firstSeq < $1.firstSeq }.map {
+                OpenBatch(id: $0.id, range: $0.firstSeq..<$0.endSeq, attempts: $0.attempts, recordedParts: $0.parts)
+            }
+            // Rows left by a previous run have waited long enough.
+            if target.logEnd > target.assignedEnd { target.pendingSince = now.instant - settings.linger }
+            targets[target.id] = target
+            order.append(target.id)
+        }
+    }
+
+    /// Batches resumed from the spool at start.
+    var openBatchCount: Int { targets.values.reduce(0) { $0 + $1.batches.count } }
+
+    // MARK: Inputs
+
+    /// Takes in the targets' log ends (new rows, new targets). A target the machine does not know (new,
+    /// or dropped while idle) starts at `start`: every row before it was resolved.
+    mutating func observe(_ ends: [LogEnd], now: Now) {
+        for end in ends {
+            if targets[end.targetID] == nil {
+                guard end.end > end.start else { continue }
+                targets[end.targetID] = TargetProgress(id: end.targetID, target: end.target, logEnd: end.end, assignedEnd: end.start)
+                order.append(end.targetID)
+            }
+            let flush = flushRequested
+            update(end.targetID) { target in
+                target.logEnd = max(target.logEnd, end.end)
+                if target.logEnd > target.assignedEnd, target.pendingSince == nil { target.pendingSince = now.instant }
+                if flush { target.flushThrough = target.logEnd }
+            }
+        }
+        flushRequested = false
+    }
+
+    /// ``observe(_:now:)`` for rows read from the spool's `targets` table.
+    mutating func observe(_ rows: [SpoolReader.TargetRow], now: Now) {
+        observe(rows.map { LogEnd(targetID: $0.id, target: $0.target, start: $0.deliveredSeq, end: $0.nextSeq) }, now: now)
+    }
+
+    /// The table of a target the machine knows.
+    func table(of targetID: Int64) -> String? { targets[targetID]?.target.table }
+
+    /// Targets the machine keeps: those with rows to cut, open batches, or work in progress. An idle target
+    /// is dropped, so that the cost of a decision follows the work, not every table and tag set ever seen.
+    var targetCount: Int { targets.count }
+
+    mutating func reconfigure(_ settings: Settings) {
+        self.settings = settings
+    }
+
+    /// Everything pending becomes due now: linger, backoff, holds and the auth pause are waived once
+    /// (SIGUSR1, SIGHUP). Rows the next ``observe(_:now:)`` brings in are included.
+    mutating func flushNow() {
+        flushRequested = true
+        for id in order {
+            update(id) { target in
+                target.flushThrough = target.logEnd
+                target.pausedUntil = nil
+                for index in target.batches.indices { target.batches[index].notBefore = nil }
+            }
+        }
+        authPausedUntil = nil
+    }
+
+    /// No new step starts; a step that returns still gets its outcome recorded.
+    mutating func stop() {
+        stopping = true
+    }
+
+    // MARK: Steps
+
+    /// Work for an idle worker, if any is due.
+    mutating func nextStep(now: Now, hasKey: Bool) -> Step? {
+        guard !stopping else { return nil }
+        guard hasKey else { return noteMissingKey() }
+        if let until = authPausedUntil {
+            guard now.instant >= until else { return nil }
+            authPausedUntil = nil
+        }
+        var idle: [Int64] = []
+        defer { drop(idle) }
+        for step in 0..<order.count {
+            let id = order[(cursor + step) % order.count]
+            if let work = take(id, now: now) {
+                cursor = (cursor + step + 1) % order.count
+                return work
+            }
+            if let target = targets[id], !target.hasWork, target.inFlight == 0 { idle.append(id) }
+        }
+        return nil
+    }
+
+    /// Forgets targets with nothing to do; the writer's next append (or the spool) brings them back.
+    private mutating func drop(_ idle: [Int64]) {
+        guard !idle.isEmpty else { return }
+        let gone = Set(idle)
+        for id in idle { targets[id] = nil }
+        order.removeAll { gone.contains($0) }
+        cursor = order.isEmpty ? 0 : cursor % order.count
+    }
+
+    /// When something next becomes due by itself (a backoff, a hold, linger), if anything waits for a time
+    /// after `now`. What is due already but not taken waits for a worker, whose return wakes the caller.
+    func nextWakeUp(after now: Now) -> ContinuousClock.Instant? {
+        var earliest: ContinuousClock.Instant?
+        func consider(_ instant: ContinuousClock.Instant?) {
+            guard let instant, instant > now.instant else { return }
+            earliest = min(earliest ?? instant, instant)
+        }
+        consider(authPausedUntil)
+        for target in targets.values where target.hasWork {
+            consider(target.pausedUntil)
+            for batch in target.batches where batch.holder == .free { consider(batch.notBefore) }
+            if target.logEnd > target.assignedEnd { consider(target.pendingSince.map { $0 + settings.linger }) }
+        }
+        return earliest
+    }
+
+    /// Takes what a step's I/O returned; returns the same worker's next step, or `nil` when it is free.
+    mutating func complete(_ step: Step, with outcome: Outcome, now: Now) -> Step? {
+        switch step {
+        case .cut(let cut): completeCut(cut, outcome, now: now)
+        case .load(let load): completeLoad(load, outcome, now: now)
+        case .register(let record): completeRecord(record, outcome, registration: true, now: now)
+        case .record(let record): completeRecord(record, outcome, registration: false, now: now)
+        case .send(let send): completeSend(send, outcome, now: now)
+        }
+    }
+
+    // MARK: Choosing
+
+    private mutating func take(_ id: Int64, now: Now) -> Step? {
+        guard var target = targets[id] else { return nil }
+        defer { targets[id] = target }
+        if let until = target.pausedUntil {
+            guard now.instant >= until else { return nil }
+            target.pausedUntil = nil
+        }
+        let limit = target.target.mode == .merge ? 1 : settings.appendConcurrency
+        guard target.inFlight < limit else { return nil }
+        // Open batches first, in seq order (for merge the limit of one makes this the oldest, and nothing
+        // else goes while it waits).
+        for index in target.batches.indices where target.batches[index].holder == .free {
+            if let notBefore = target.batches[index].notBefore, now.instant < notBefore {
+                if target.target.mode == .merge { return nil }
+                continue
+            }
+            target.batches[index].notBefore = nil
+            target.batches[index].holder = .loading
+            return .load(Load(targetID: id, target: target.target, batch: target.batches[index].ledgerBatch))
+        }
+        // A new batch only while none waits for a retry.
+        guard !target.batches.contains(where: { $0.holder == .free }), !target.cutting,
+              target.batches.isEmpty || target.target.mode == .append
+        else { return nil }
+        let waiting = target.logEnd - target.assignedEnd
+        guard waiting > 0 else { return nil }
+        let lingered = target.pendingSince.map { now.instant - $0 >= settings.linger } ?? false
+        guard waiting >= Int64(settings.maxRows) || lingered || target.flushThrough > target.assignedEnd else { return nil }
+        target.cutting = true
+        return .cut(Cut(targetID: id, target: target.target, from: target.assignedEnd, end: target.logEnd,
+                        maxRows: settings.maxRows, maxBytes: settings.maxBytes, maxTagBytes: settings.maxTagBytes))
+    }
+
+    /// Without an API key nothing is sent; each target with rows waiting says why once, in the spool.
+    private mutating func noteMissingKey() -> Step? {
+        for id in order {
+            guard let target = targets[id], !target.missingKeyNoted, target.inFlight == 0, target.hasWork else { continue }
+            targets[id]?.missingKeyNoted = true
+            var change = DeliveryLedger.Change(targetID: id)
+            change.state = .authFailing(until: nil)
+            change.lastError = Self.missingKeyError
+            return .record(Record(change: change, batchID: nil))
+        }
+        return nil
+    }
+
+    static let missingKeyError = "no API key configured"
+
+    // MARK: Completions
+
+    private mutating func completeCut(_ cut: Cut, _ outcome: Outcome, now: Now) -> Step? {
+        guard var target = targets[cut.targetID] else { return nil }
+        defer { targets[cut.targetID] = target }
+        guard case .read(let result) = outcome, result.next > cut.from else {
+            target.cutting = false
+            target.pausedUntil = now.instant + Self.storagePause
+            return nil
+        }
+        guard !stopping, !result.seqs.isEmpty else {
+            target.cutting = false
+            if !stopping { target.assignedEnd = max(target.assignedEnd, result.next) }
+            return nil
+        }
+        // `cutting` stays set until the batch is registered: a later batch registered first would leave
+        // these rows behind every recorded batch if the daemon stopped in between.
+        target.assignedEnd = max(target.assignedEnd, result.next)
+        if target.assignedEnd >= target.logEnd { target.pendingSince = nil }
+        let batch = DeliveryLedger.Batch(id: makeBatchID(now.date), range: cut.from..<result.next)
+        let (live, superseded) = Self.lastWrites(result)
+        var open = OpenBatch(id: batch.id, range: batch.range, attempts: 0, recordedParts: [])
+        open.holder = .working(Held(isolation: BatchIsolation(range: batch.range, parts: [], live: live),
+                                    oldestAppendedAt: result.oldestAppendedAt))
+        target.batches.append(open)
+        var change = DeliveryLedger.Change(targetID: cut.targetID)
+        change.register = batch
+        change.superseded = superseded
+        return .register(Record(change: change, batchID: batch.id))
+    }
+
+    private mutating func completeLoad(_ load: Load, _ outcome: Outcome, now: Now) -> Step? {
+        guard let index = batchIndex(load.targetID, load.batch.id) else { return nil }
+        guard case .read(let result) = outcome else {
+            updateBatch(load.targetID, index) { $0.holder = .free }
+            targets[load.targetID]?.pausedUntil = now.instant + Self.storagePause
+            return nil
+        }
+        // A merge batch registered by an earlier version still holds the writes its later ones supersede.
+        let (live, superseded) = Self.lastWrites(result)
+        updateBatch(load.targetID, index) { batch in
+            batch.holder = .working(Held(
+                isolation: BatchIsolation(range: batch.range, parts: batch.recordedParts, live: live),
+                oldestAppendedAt: result.oldestAppendedAt))
+        }
+        guard superseded.isEmpty else {
+            var change = DeliveryLedger.Change(targetID: load.targetID)
+            change.superseded = superseded
+            return .record(Record(change: change, batchID: load.batch.id))
+        }
+        return decide(load.targetID, index, now: now)
+    }
+
+    private mutating func completeRecord(_ record: Record, _ outcome: Outcome, registration: Bool, now: Now) -> Step? {
+        let targetID = record.change.targetID
+        if registration { update(targetID) { $0.cutting = false } }
+        guard let batchID = record.batchID, let index = batchIndex(targetID, batchID),
+              case .working(let held) = targets[targetID]?.batches[index].holder
+        else { return nil }  // a note, or the batch was resolved by this record
+        guard case .recorded = outcome else {
+            if registration {
+                // Not registered: forget the batch; its rows are cut again after a pause.
+                update(targetID) { target in
+                    target.batches.remove(at: index)
+                    target.assignedEnd = min(target.assignedEnd, record.change.register?.range.lowerBound ?? target.assignedEnd)
+                    if target.logEnd > target.assignedEnd, target.pendingSince == nil { target.pendingSince = now.instant }
+                    target.pausedUntil = now.instant + Self.storagePause
+                }
+            } else {
+                release(targetID, index)
+            }
+            return nil
+        }
+        if held.finishing {
+            update(targetID) { $0.batches.remove(at: index) }
+            return nil
+        }
+        if let progress = record.change.progress { updateBatch(targetID, index) { $0.recordedParts = progress.parts } }
+        guard !held.releaseAfterRecord else {
+            release(targetID, index)
+            return nil
+        }
+        return decide(targetID, index, now: now)
+    }
+
+    private mutating func completeSend(_ send: Send, _ outcome: Outcome, now: Now) -> Step? {
+        guard let index = batchIndex(send.targetID, send.batchID), var target = targets[send.targetID],
+              case .working(var held) = target.batches[index].holder, let request = held.inFlight
+        else { return nil }
+        held.inFlight = nil
+        target.batches[index].attempts += 1
+        let attempts = target.batches[index].attempts
+        var change = DeliveryLedger.Change(targetID: send.targetID)
+
+        func wait(_ state: TargetState, error: String, status: Int?) -> Step? {
+            change.attempt = DeliveryLedger.Attempt(batchID: send.batchID, status: status, error: error)
+            change.state = state
+            change.lastError = error
+            held.releaseAfterRecord = true
+            target.batches[index].holder = .working(held)
+            targets[send.targetID] = target
+            return .record(Record(change: change, batchID: send.batchID))
+        }
+
+        let verdict: DeliveryVerdict
+        let answer: StreamAPIResponse
+        let status: Int?
+        let error: String
+        switch outcome {
+        case .answered(let code, let body, let retryAfter):
+            verdict = DeliveryVerdict(status: code, answer: body, retryAfter: retryAfter, sentRows: request.seqs.count)
+            (answer, status) = (body, code)
+            error = body.summary.isEmpty ? "HTTP \(code)" : "HTTP \(code): \(body.summary)"
+        case .noAnswer(let message):
+            verdict = .transient(retryAfter: nil)
+            (answer, status, error) = (StreamAPIResponse(body: []), nil, message)
+        case .missingKey:
+            let until = now + settings.retry.delay(attempt: target.failures + 3, using: &random)
+            target.failures += 1
+            authPausedUntil = until.instant
+            return wait(.authFailing(until: until.date), error: Self.missingKeyError, status: nil)
+        case .read, .readFailed, .recorded, .notRecorded:
+            release(send.targetID, index)
+            return nil
+        }
+        switch verdict {
+        case .transient(let retryAfter):
+            let delay = retryAfter ?? settings.retry.delay(attempt: target.batches[index].failures, using: &random)
+            target.batches[index].failures += 1
+            target.batches[index].notBefore = now.instant + delay
+            return wait(.backingOff(until: (now + delay).date), error: error, status: status)
+        case .authRefused:
+            let until = now + settings.retry.delay(attempt: target.failures + 3, using: &random)
+            target.failures += 1
+            authPausedUntil = until.instant
+            return wait(.authFailing(until: until.date), error: error, status: status)
+        case .tableNotFound:
+            let until = now + settings.retry.delay(attempt: target.failures + 3, using: &random)
+            target.failures += 1
+            target.pausedUntil = until.instant
+            return wait(.heldTableNotFound(until: until.date), error: error, status: status)
+        case .delivered, .partlyRejected, .refused, .tooLarge, .invalid:
+            target.failures = 0
+            target.batches[index].failures = 0
+            let effect = held.isolation.resolve(request, verdict: verdict, status: status ?? 0, answer: answer, mode: send.target.mode)
+            if !effect.rejected.isEmpty {
+                change.lastError = error
+                if target.batches[index].firstFailedAt == nil { target.batches[index].firstFailedAt = now.date }
+            }
+            target.batches[index].holder = .working(held)
+            targets[send.targetID] = target
+            return .record(record(effect, targetID: send.targetID, index: index, attempts: attempts,
+                                  warnings: answer.warnings, status: status, error: error, into: change, now: now))
+        }
+    }
+
+    // MARK: A held batch
+
+    /// The next step for a batch a worker holds: send its next part, or finish it.
+    private mutating func decide(_ targetID: Int64, _ index: Int, now: Now) -> Step? {
+        guard let target = targets[targetID], case .working(var held) = target.batches[index].holder else { return nil }
+        let paused = (target.pausedUntil.map { now.instant < $0 } ?? false) || authPausedUntil.map { now.instant < $0 } ?? false
+        guard !stopping, !paused else {
+            release(targetID, index)
+            return nil
+        }
+        let batch = target.batches[index]
+        if let appended = held.oldestAppendedAt, now.date.timeIntervalSince1970 - appended > settings.maxAge.seconds {
+            let effect = held.isolation.expire(BatchIsolation.Refusal(
+                status: nil, reason: "expired: not delivered within retry.max_age (\(settings.maxAge))", errors: [], requestID: nil))
+            updateBatch(targetID, index) { $0.holder = .working(held) }
+            return .record(record(effect, targetID: targetID, index: index, attempts: batch.attempts, warnings: [],
+                                  status: nil, error: nil, into: DeliveryLedger.Change(targetID: targetID), now: now))
+        }
+        switch held.isolation.next() {
+        case .send(let request):
+            held.inFlight = request
+            updateBatch(targetID, index) { $0.holder = .working(held) }
+            return .send(Send(targetID: targetID, target: target.target, batchID: batch.id, seqs: request.seqs))
+        case .resolved:
+            updateBatch(targetID, index) { $0.holder = .working(held) }
+            return .record(record(BatchIsolation.Effect(), targetID: targetID, index: index, attempts: batch.attempts,
+                                  warnings: [], status: nil, error: nil, into: DeliveryLedger.Change(targetID: targetID), now: now))
+        }
+    }
+
+    /// The record of what `effect` resolved in batch `index`: rows delivered and dead-lettered, and either
+    /// the parts left or, when none are, the batch finished (it leaves the machine once that is recorded).
+    private mutating func record(_ effect: BatchIsolation.Effect, targetID: Int64, index: Int, attempts: Int, warnings: [String],
+                                 status: Int?, error: String?, into change: DeliveryLedger.Change, now: Now) -> Record {
+        var change = change
+        let batch = targets[targetID]!.batches[index]
+        guard case .working(var held) = batch.holder else { return Record(change: change, batchID: batch.id) }
+        change.delivered = effect.delivered
+        change.deadLetters = effect.rejected.map { rejection in
+            DeliveryLedger.DeadLetter(seqs: rejection.seqs, failure: DeliveryLedger.Failure(
+                reason: rejection.refusal.reason, status: rejection.refusal.status, errors: rejection.refusal.errors,
+                warnings: warnings, requestID: rejection.refusal.requestID, attempts: attempts, partial: rejection.partial,
+                firstFailedAt: batch.firstFailedAt ?? now.date))
+        }
+        if !effect.delivered.isEmpty { change.succeededAt = now.date }
+        if held.isolation.isResolved {
+            change.finished = batch.ledgerBatch
+            change.state = .delivering
+            held.finishing = true
+            updateBatch(targetID, index) { $0.holder = .working(held) }
+        } else {
+            let parts = held.isolation.parts == [DeliveryLedger.Part(range: batch.range, refusal: nil)] ? [] : held.isolation.parts
+            if parts != batch.recordedParts { change.progress = DeliveryLedger.Progress(batchID: batch.id, parts: parts) }
+            change.attempt = status.map { DeliveryLedger.Attempt(batchID: batch.id, status: $0, error: error ?? "HTTP \($0)") }
+            change.state = held.isolation.isIsolating ? .isolating : .delivering
+        }
+        return Record(change: change, batchID: batch.id)
+    }
+
+    private mutating func release(_ targetID: Int64, _ index: Int) {
+        updateBatch(targetID, index) { batch in
+            if case .working(let held) = batch.holder, !held.isolation.isResolved {
+                let parts = held.isolation.parts == [DeliveryLedger.Part(range: batch.range, refusal: nil)] ? [] : held.isolation.parts
+                batch.recordedParts = parts
+            }
+            batch.holder = .free
+        }
+    }
+
+    // MARK: Helpers
+
+    private func batchIndex(_ targetID: Int64, _ batchID: String) -> Int? {
+        targets[targetID]?.batches.firstIndex { $0.id == batchID }
+    }
+
+    private mutating func update(_ id: Int64, _ body: (inout TargetProgress) -> Void) {
+        guard var target = targets[id] else { return }
+        body(&target)
+        targets[id] = target
+    }
+
+    private mutating func updateBatch(_ targetID: Int64, _ index: Int, _ body: (inout OpenBatch) -> Void) {
+        update(targetID) { target in body(&target.batches[index]) }
+    }
+
+    /// A batch id unique across hosts and restarts: time, then randomness.
+    private mutating func makeBatchID(_ date: Date) -> String {
+        let millis = UInt64(max(0, date.timeIntervalSince1970 * 1000))
+        return "b" + String(millis, radix: 36) + "-" + String(random.next() >> 14, radix: 36)
+    }
+
+    /// The rows of a read to send, and those superseded by a later write of their key (merge reads come
+    /// with keys; other reads send every row).
+    private static func lastWrites(_ read: ReadResult) -> (live: [Int64], superseded: [Int64]) {
+        guard !read.keys.isEmpty, read.keys.count == read.seqs.count else { return (read.seqs, []) }
+        let kept = lastWritePerKey(read.keys)
+        guard kept.count < read.seqs.count else { return (read.seqs, []) }
+        let live = kept.map { read.seqs[$0] }
+        let keptSet = Set(live)
+        return (live, read.seqs.filter { !keptSet.contains($0) })
+    }
+
+    /// Indexes of the rows to send for a merge batch: for each primary key value only the last write, in
+    /// order (upserts applied in order give exactly that, and the API refuses a key twice in one request).
+    /// Rows without a key are all kept (the API rejects them, and they are dead-lettered).
+    static func lastWritePerKey<Key: Hashable>(_ keys: [Key?]) -> [Int] {
+        var last: [Key: Int] = [:]
+        for (index, key) in keys.enumerated() {
+            if let key { last[key] = index }
+        }
+        return keys.indices.filter { index in keys[index].map { last[$0] == index } ?? true }
+    }
+}
+
+/// SplitMix64: a small, fast, seedable generator, so the machine's choices are reproducible in tests.
+struct SplitMix64: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+
+    init(seed: UInt64) {
+        state = seed
+    }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a floating-point number.
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

@@ -1,0 +1,343 @@
+import Core
+import Spool
+import FoundationEssentials
+import Glibc
+import Logging
+import Metrics
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// Serves one connection of the local Stream API: `POST /v2/stream` with the request format, limits and
+/// status codes of the real API, answered once the rows are durable in the spool, or, with
+/// `config.wait = true`, once the Stream API committed them (with their `snapshot_id`), at most
+/// `[intake] wait_timeout` later: then 202 with `"committed":false` (durable here, not yet committed there).
+///
+/// Bodies are refused with 413 as soon as they pass the 10 MB limit while streaming in (for gzip bodies,
+/// once the inflated size would), never buffered whole. HTTP/1.1 keep-alive and pipelining are handled by
+/// NIO's pipelining assistance: one request is processed at a time, answers go out in order.
+final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let configuration: AgentConfiguration
+    private let writer: SpoolWriter
+    private let readiness: IntakeReadiness?
+    private let confirmations: RemoteConfirmations?
+    private let logger: Logger
+    private var head: HTTPRequestHead?
+    /// The request waiting for the API's commit, if any (the connection answers nothing else meanwhile).
+    private var waiting: Waiting?
+
+    /// A request with `config.wait = true` whose rows are durable and not yet committed upstream.
+    private struct Waiting {
+        let head: HTTPRequestHead
+        let rows: Int
+        let table: String
+        let ticket: WaitTicket
+        let timer: Scheduled<Void>
+    }
+    private var body = ByteBuffer()
+    /// Set once this request was answered early (auth, route, size): the rest of it is ignored.
+    private var answered = false
+
+    init(configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil,
+         confirmations: RemoteConfirmations? = nil, logger: Logger) {
+        self.configuration = configuration
+        self.writer = writer
+        self.readiness = readiness
+        self.confirmations = confirmations
+        self.logger = logger
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The daemon stops: a request still waiting for the API is answered now (its rows are durable).
+        if event is DaemonStopping {
+            answerNotYetCommitted(context: context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let waiting {
+            waiting.timer.cancel()
+            waiting.ticket.cancel()
+            self.waiting = nil
+        }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            body.clear()
+            answered = false
+            if let early = check(head) { respond(context: context, head: head, early, close: false) }
+        case .body(var part):
+            guard !answered, let head else { return }
+            body.writeBuffer(&part)
+            if body.readableBytes > StreamAPILimits.maxBodyBytes {
+                // Refused as it streams in: the rest is not read; the connection closes after the answer.
+                respond(context: context, head: head, Self.failure(IntakeRejection(.bodyTooLarge,
+                    "the request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)"), table: nil), close: true)
+                body = ByteBuffer()
+            }
+        case .end:
+            guard let head else { return }
+            if !answered { process(context: context, head: head) }
+            self.head = nil
+        }
+    }
+
+    /// The answer to give before reading the body, if any.
+    private func check(_ head: HTTPRequestHead) -> Answer? {
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        // Probes carry no token: the answers say nothing a local user could not learn otherwise.
+        if head.method == .GET, let health = HealthEndpoint.answer(path: path, readiness: readiness) {
+            return Answer(status: HTTPResponseStatus(statusCode: health.status), body: health.body)
+        }
+        guard path == "/v2/stream" else {
+            return Self.failure(IntakeRejection(.notFound, "not found: the local Stream API serves POST /v2/stream, GET /healthz and GET /readyz"), table: nil)
+        }
+        guard head.method == .POST else {
+            return Self.failure(IntakeRejection(.methodNotAllowed, "use POST"), table: nil)
+        }
+        if let token = configuration.intake.httpToken {
+            let given = head.headers["Authorization"].first ?? ""
+            guard given == "Bearer \(token)" else {
+                return Self.failure(IntakeRejection(.unauthorized, "invalid or missing API key: send Authorization: Bearer <[intake] http_token>"), table: nil)
+            }
+        }
+        if let length = head.headers["Content-Length"].first.flatMap(Int.init), length > StreamAPILimits.maxBodyBytes {
+            var answer = Self.failure(IntakeRejection(
+                .bodyTooLarge, "the request body is \(length) bytes; the Stream API's limit is \(StreamAPILimits.maxBodyBytes)"), table: nil)
+            answer.close = true
+            return answer
+        }
+        return nil
+    }
+
+    private func process(context: ChannelHandlerContext, head: HTTPRequestHead) {
+        var bytes = Array(body.readableBytesView)
+        body = ByteBuffer()
+        let encoding = head.headers["Content-Encoding"].first?.lowercased()
+        if encoding == "gzip" {
+            do {
+                bytes = try Gzip.decompress(bytes, limit: StreamAPILimits.maxBodyBytes)
+            } catch {
+                let tooLarge = (error as? Gzip.Error)?.kind == .overLimit
+                respond(context: context, head: head, Self.failure(tooLarge
+                    ? IntakeRejection(.bodyTooLarge, "the inflated request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)")
+                    : IntakeRejection(.invalidEncoding, "the body is not valid gzip (Content-Encoding: gzip): \(error)"), table: nil), close: false)
+                return
+            }
+        } else if let encoding, encoding != "identity" {
+            respond(context: context, head: head, Self.failure(IntakeRejection(.invalidEncoding, "unsupported Content-Encoding \(encoding): use gzip"), table: nil), close: false)
+            return
+        }
+
+        var parser = IntakeLineParser(configuration: configuration)
+        var batch = SpoolBatch()
+        let contentType = head.headers["Content-Type"].first?.lowercased() ?? "application/json"
+        let query = Self.queryItems(head.uri)
+        let result: Result<ParsedLine.Accepted, IntakeRejection>
+        var wait = false
+        if contentType.contains("ndjson") {
+            wait = query["wait"] == "true"
+            result = parser.target(query: query).flatMap { target in
+                bytes.withUnsafeBytes { parser.parse(ndjson: $0, target: target, into: &batch) }
+            }
+        } else if bytes.first(where: { !Self.isWhitespace($0) }) == UInt8(ascii: "[") {
+            // A bare array of rows, config in the query parameters (Fluent Bit's `format json`, Vector).
+            wait = query["wait"] == "true"
+            result = parser.target(query: query).flatMap { target in
+                bytes.withUnsafeBytes { parser.parse(array: $0, target: target, into: &batch) }
+            }
+        } else {
+            wait = bytes.withUnsafeBytes { raw in
+                (try? JSONValue.parse(raw, maxDepth: 64))?["config"]?["wait"] == .bool(true)
+            }
+            result = bytes.withUnsafeBytes { parser.parse(body: $0, into: &batch) }.result
+        }
+        switch result {
+        case .failure(let rejection):
+            respond(context: context, head: head, Self.failure(rejection, table: batch.targets.first?.table), close: false)
+        case .success(let accepted):
+            let table = batch.targets[accepted.targetIndex].table
+            guard writer.capacity.reserve(accepted.bytes) else {
+                var answer = Self.failure(IntakeRejection(.spoolFull, "the agent's spool is full ([spool] max_bytes); nothing from this request was stored, retry later"), table: table)
+                answer.headers.append(("Retry-After", "5"))
+                respond(context: context, head: head, answer, close: false)
+                return
+            }
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            let ticket = wait ? registerWait(context: context) : nil
+            var appended: (@Sendable ([SpoolWriter.AppendedRange]) -> Void)?
+            if let ticket { appended = { ranges in ticket.register(ranges) } }
+            writer.submit(batch, promise: promise, appended: appended)
+            promise.futureResult.assumeIsolated().whenComplete { [self] outcome in
+                switch outcome {
+                case .success:
+                    AgentMetrics.recordsSpooled.increment(by: Int64(accepted.records))
+                    if let ticket {
+                        let timeout = TimeAmount.milliseconds(configuration.intake.waitTimeout.milliseconds)
+                        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { self.answerNotYetCommitted(context: context) }
+                        waiting = Waiting(head: head, rows: accepted.records, table: table, ticket: ticket, timer: timer)
+                    } else {
+                        respond(context: context, head: head, Self.success(rows: accepted.records, table: table), close: false)
+                    }
+                case .failure(let error):
+                    ticket?.cancel()
+                    let rejection = IntakeRejection(submissionFailure: error)
+                    respond(context: context, head: head, Self.failure(rejection, table: table), close: false)
+                }
+            }
+        }
+    }
+
+    // MARK: Waiting for the API
+
+    /// A ticket for a request that waits for the API's commit; it registers once the rows have seqs.
+    private func registerWait(context: ChannelHandlerContext) -> WaitTicket? {
+        guard let confirmations else { return nil }
+        let handler = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        return WaitTicket(confirmations: confirmations) { [eventLoop = context.eventLoop] outcome in
+            eventLoop.execute {
+                let (handler, context) = handler.value
+                handler.answerCommitted(outcome, context: context)
+            }
+        }
+    }
+
+    private func answerCommitted(_ outcome: RemoteConfirmations.Outcome, context: ChannelHandlerContext) {
+        guard let waiting else { return }
+        self.waiting = nil
+        waiting.timer.cancel()
+        respond(context: context, head: waiting.head, Self.committed(rows: waiting.rows, table: waiting.table, outcome: outcome), close: false)
+    }
+
+    /// The wait is over (`wait_timeout`, or the daemon stops) before the API committed the rows.
+    private func answerNotYetCommitted(context: ChannelHandlerContext) {
+        guard let waiting else { return }
+        self.waiting = nil
+        waiting.timer.cancel()
+        waiting.ticket.cancel()
+        respond(context: context, head: waiting.head, Self.notYetCommitted(
+            rows: waiting.rows, table: waiting.table, timeout: configuration.intake.waitTimeout), close: false)
+    }
+
+    // MARK: Answers
+
+    struct Answer {
+        var status: HTTPResponseStatus
+        /// Why the request was refused (counted in `definite_agent_intake_rejected_total`); `nil` when it
+        /// was not.
+        var refusal: IntakeRejection.Code?
+        var body: String
+        var headers: [(String, String)] = []
+        var close = false
+    }
+
+    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, _ answer: Answer, close: Bool) {
+        answered = true
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: "\(answer.body.utf8.count)")
+        for (name, value) in answer.headers { headers.add(name: name, value: value) }
+        let closing = close || answer.close || !head.isKeepAlive
+        if closing { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: answer.status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: answer.body)))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            if closing { context.close(promise: nil) }
+        }
+        if let refusal = answer.refusal { AgentMetrics.rejected(refusal).increment() }
+    }
+
+    static func success(rows: Int, table: String) -> Answer {
+        let warning = "spooled locally by definite-agent: the rows are durable on this host and will be delivered to the Stream API; snapshot_id is not known yet (send config.wait = true to wait for it)"
+        let body = "{\"success\":true,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(JSONCompactor.quote(table)),"
+            + "\"accepted\":\(rows),\"successful_rows\":\(rows),\"rejected_rows\":0,\"partitions\":[],\"snapshot_id\":null,"
+            + "\"warnings\":[\(JSONCompactor.quote(warning))],\"errors\":[]}"
+        return Answer(status: .ok, body: body, headers: [("X-Agent-Spooled", "true")])
+    }
+
+    /// `config.wait = true`, and the API committed (or dead-lettered) every row: its answer, as the API
+    /// would give it, with `"committed":true`.
+    static func committed(rows: Int, table: String, outcome: RemoteConfirmations.Outcome) -> Answer {
+        let body = "{\"success\":\(outcome.committed > 0 || rows == 0),\"request_id\":\"\(requestID())\",\"stream_id\":null,"
+            + "\"table\":\(JSONCompactor.quote(table)),\"accepted\":\(rows),\"successful_rows\":\(outcome.committed),"
+            + "\"rejected_rows\":\(outcome.rejected),\"partitions\":[],\"snapshot_id\":\(outcome.snapshotID.map(JSONCompactor.quote) ?? "null"),"
+            + "\"committed\":true,\"warnings\":[],\"errors\":[\(outcome.errors.map(JSONCompactor.quote).joined(separator: ","))]}"
+        return Answer(status: .ok, body: body)
+    }
+
+    /// `config.wait = true`, and `wait_timeout` passed first (or the daemon stops): 202, `"committed":false`.
+    static func notYetCommitted(rows: Int, table: String, timeout: HumanDuration) -> Answer {
+        let warning = "durable in definite-agent's spool on this host, but not yet committed by the Stream API within [intake] wait_timeout (\(timeout)); it will be delivered, and its snapshot_id is not known"
+        let body = "{\"success\":true,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(JSONCompactor.quote(table)),"
+            + "\"accepted\":\(rows),\"successful_rows\":0,\"rejected_rows\":0,\"partitions\":[],\"snapshot_id\":null,"
+            + "\"committed\":false,\"warnings\":[\(JSONCompactor.quote(warning))],\"errors\":[]}"
+        return Answer(status: .accepted, body: body, headers: [("X-Agent-Spooled", "true")])
+    }
+
+    static func failure(_ rejection: IntakeRejection, table: String?) -> Answer {
+        Answer(status: HTTPResponseStatus(statusCode: rejection.status), refusal: rejection.code, body: errorBody(rejection.message, table: table))
+    }
+
+    /// The documented response fields, for a request that wrote nothing.
+    static func errorBody(_ message: String, table: String?) -> String {
+        "{\"success\":false,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(table.map(JSONCompactor.quote) ?? "null"),"
+            + "\"accepted\":0,\"successful_rows\":0,\"rejected_rows\":0,\"partitions\":[],\"snapshot_id\":null,\"warnings\":[],"
+            + "\"errors\":[\(JSONCompactor.quote(message))]}"
+    }
+
+    static func requestID() -> String {
+        "agent_" + String(UInt64.random(in: 0..<(1 << 48)), radix: 16)
+    }
+
+    private static func isWhitespace(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D
+    }
+
+    static func queryItems(_ uri: String) -> [String: String] {
+        guard let components = URLComponents(string: uri), let items = components.queryItems else { return [:] }
+        var query: [String: String] = [:]
+        for item in items { query[item.name] = item.value ?? "" }
+        return query
+    }
+}
+
+/// A request's wait for the API's commit: registered with ``RemoteConfirmations`` from the writer's thread
+/// once its rows have seqs, cancelled from the event loop when the request is answered otherwise.
+final class WaitTicket: Sendable {
+    private let confirmations: RemoteConfirmations
+    private let settled: @Sendable (RemoteConfirmations.Outcome) -> Void
+    private let state = Mutex<(ticket: RemoteConfirmations.Ticket?, cancelled: Bool)>((nil, false))
+
+    init(confirmations: RemoteConfirmations, settled: @escaping @Sendable (RemoteConfirmations.Outcome) -> Void) {
+        self.confirmations = confirmations
+        self.settled = settled
+    }
+
+    /// The request's rows got these seqs (one range: a request names one table).
+    func register(_ ranges: [SpoolWriter.AppendedRange]) {
+        guard let range = ranges.first else { return }
+        let ticket = confirmations.register(targetID: range.targetID, seqs: range.range, settled: settled)
+        let cancelled = state.withLock { state in
+            state.ticket = ticket
+            return state.cancelled
+        }
+        if cancelled { confirmations.cancel(ticket) }
+    }
+
+    func cancel() {
+        let ticket = state.withLock { state in
+            state.cancelled = true
+            return state.ticket
+        }
+        if let ticket { confirmations.cancel(ticket) }
+    }
+}

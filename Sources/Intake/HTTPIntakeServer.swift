@@ -1,0 +1,60 @@
+import Core
+import Spool
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// The local Stream API's connections: `POST /v2/stream` on `[intake] http_socket` and on `http_listen`
+/// (each its own listener), so a program that already calls the Stream API gains the agent's durability
+/// by changing its base URL.
+///
+/// Stopped gracefully, each connection finishes the request it is on (NIO's HTTP pipeline handles the
+/// quiescing) and closes.
+package struct HTTPIntakeServer: ConnectionPipeline {
+    let settings: LiveConfiguration
+    let writer: SpoolWriter
+    /// Answers `GET /readyz` (nil: always ready).
+    var readiness: IntakeReadiness?
+    /// Where requests with `config.wait = true` wait for the API's commit (nil: they are answered at once).
+    var confirmations: RemoteConfirmations?
+    let logger: Logger
+
+    package var backlog: Int32 { 256 }
+
+    package func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
+        let (settings, writer, readiness, confirmations, logger) = (settings, writer, readiness, confirmations, logger)
+        return bootstrap.childChannelInitializer { channel in
+            let configuration = settings.current
+            return channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                try channel.pipeline.syncOperations.addHandler(StopNotice(), position: .first)
+                try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(
+                    configuration: configuration, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
+            }
+        }
+    }
+
+    package init(settings: LiveConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil, confirmations: RemoteConfirmations? = nil, logger: Logger) {
+        self.settings = settings
+        self.writer = writer
+        self.readiness = readiness
+        self.confirmations = confirmations
+        self.logger = logger
+    }
+}
+
+/// Tells the connection's ``HTTPIntakeHandler`` that the daemon stops (``DaemonStopping``), ahead of NIO's
+/// HTTP pipeline handler, which keeps `ChannelShouldQuiesceEvent` to itself: a request waiting for the API's
+/// commit (`config.wait = true`) is then answered at once, and the connection closes after it.
+final class StopNotice: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent { context.fireUserInboundEventTriggered(DaemonStopping()) }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// The daemon began to stop (see ``StopNotice``).
+struct DaemonStopping: Sendable {}

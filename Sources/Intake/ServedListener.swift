@@ -1,0 +1,77 @@
+import Core
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A stream ``ListeningSocket`` served by NIO until its part of the daemon is stopped.
+///
+/// Stopping gracefully, it stops accepting and tells every connection to finish (NIO's quiescing: each
+/// gets `ChannelShouldQuiesceEvent`, answers what it read and closes), and waits for them up to the drain
+/// deadline. Cancelled (stopping at once), it stops accepting and waits for nothing; connections still open
+/// are closed with the event loops. Either way the path the daemon bound is removed.
+///
+/// One quiescing helper per listening socket: NIO's `ServerQuiescingHelper` follows a single server
+/// channel (sharing one between two sockets left the second accepting forever, and SIGTERM hung).
+struct ServedListener: Sendable {
+    private let channel: any Channel
+    private let quiesce: ServerQuiescingHelper
+    private let socket: ListeningSocket
+
+    /// Hands `socket` to NIO with `bootstrap`'s child channel settings (the bootstrap must not set a server
+    /// channel initializer: this type adds its own). On failure the socket is discarded.
+    init(_ socket: ListeningSocket, backlog: Int32, bootstrap: ServerBootstrap, group: any EventLoopGroup) async throws(StartupError) {
+        let quiesce = ServerQuiescingHelper(group: group)
+        let channel: any Channel
+        do {
+            channel = try await bootstrap
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                    }
+                }
+                .withBoundSocket(socket.fd)
+                .get()
+        } catch {
+            socket.discard()
+            throw StartupError(socket.origin.failure, part: socket.part, "the event loop cannot take the socket: \(error)")
+        }
+        // NIO listens again with its default backlog (128) when it adopts a socket: put the listener's back,
+        // or, on a socket systemd passed, systemd's default (Backlog=SOMAXCONN).
+        _ = listen(socket.fd, socket.origin == .passed ? SOMAXCONN : backlog)
+        self.channel = channel
+        self.quiesce = quiesce
+        self.socket = socket
+    }
+
+    /// Serves until the part is stopped, then stops as the type describes. Returns early, without a stop,
+    /// only if the socket closed by itself.
+    func serve(drainDeadline: DrainDeadline, logger: Logger) async {
+        let closed = CompletionSignal()
+        channel.closeFuture.whenComplete { _ in closed.signal() }
+        let drained = CompletionSignal()
+        let quiesced = channel.eventLoop.makePromise(of: Void.self)
+        quiesced.futureResult.whenComplete { _ in drained.signal() }
+        await withGracefulShutdownHandler {
+            _ = await closed.wait()
+        } onGracefulShutdown: { [quiesce] in
+            quiesce.initiateShutdown(promise: quiesced)
+        }
+        if Task.isShuttingDownGracefully, !Task.isCancelled {
+            let drainedInTime = await drained.wait(until: drainDeadline.instant)
+            if !drainedInTime, !Task.isCancelled {
+                logger.warning("connections still open at the drain deadline are closed unanswered (nothing unanswered was acknowledged)",
+                               metadata: ["listener": "\(socket.part)"])
+            }
+        }
+        // Stopping at once (or the socket closed by itself): no new connections, whatever is open goes
+        // with the event loops.
+        try? await channel.close()
+        socket.removeOwnedPath()
+    }
+}

@@ -1,0 +1,65 @@
+import Core
+import Spool
+import ArgumentParser
+import FoundationEssentials
+import Glibc
+import Logging
+
+/// Options every command takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The configuration file.", valueName: "path"))
+    var config: String?
+
+    /// The file the configuration is read from, or `nil` when the embedded defaults are in use.
+    var configurationPath: String? {
+        if let config { return config }
+        return FileManager.default.fileExists(atPath: ConfigurationLoader.defaultPath) ? ConfigurationLoader.defaultPath : nil
+    }
+
+    /// Loads the configuration. Without `--config`, a missing default file means the embedded defaults;
+    /// a file named explicitly must exist.
+    func loadConfiguration() throws -> (AgentConfiguration, source: String) {
+        do throws(ConfigurationError) {
+            if let config { return (try ConfigurationLoader.load(path: config), config) }
+            if FileManager.default.fileExists(atPath: ConfigurationLoader.defaultPath) {
+                return (try ConfigurationLoader.load(path: ConfigurationLoader.defaultPath), ConfigurationLoader.defaultPath)
+            }
+            return (AgentConfiguration(), "embedded defaults (\(ConfigurationLoader.defaultPath) does not exist)")
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(ConfigurationError.exitCode)
+        }
+    }
+}
+
+func printError(_ message: String) {
+    try? FileSystem.write(Array((message + "\n").utf8), to: STDERR_FILENO)
+}
+
+/// Writes `bytes` to standard output as they are, after whatever `print` wrote before.
+func writeOutput(_ bytes: [UInt8]) {
+    fflush(nil)
+    try? FileSystem.write(bytes, to: STDOUT_FILENO)
+}
+
+/// Runs `body`, turning the agent's own errors into a message on stderr and their exit code.
+func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as ConfigurationError {
+        printError("error: \(error)")
+        throw ExitCode(ConfigurationError.exitCode)
+    } catch let error as SpoolError {
+        printError("error: \(error)")
+        throw ExitCode(SpoolError.exitCode)
+    } catch let error as StartupError {
+        printError("error: \(error)")
+        throw ExitCode(StartupError.exitCode)
+    }
+}
+
+extension Logger.Level {
+    init(name: String) {
+        self = Logger.Level(rawValue: name) ?? .info
+    }
+}

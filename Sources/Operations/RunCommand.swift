@@ -1,0 +1,40 @@
+import Core
+import Daemon
+import ArgumentParser
+import FoundationEssentials
+import Glibc
+import Logging
+
+/// `definite-agent run`: the daemon, in the foreground.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the agent in the foreground (logs go to stderr, one line per event, as [log] format says).")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error or critical. Overrides [log] level.", valueName: "level"))
+    var logLevel: String?
+
+    func validate() throws {
+        if let logLevel, !LogLevelName.allNames.contains(logLevel) {
+            throw ValidationError("--log-level must be one of \(LogLevelName.allNames.joined(separator: ", "))")
+        }
+    }
+
+    func run() async throws {
+        AgentDaemon.catchEarlySignals()
+        let (configuration, source) = try global.loadConfiguration()
+        let level = Logger.Level(name: logLevel ?? configuration.log.level)
+        let format = configuration.log.format
+        LoggingSystem.bootstrap { _ in AgentLogHandler(format: format, level: level) }
+        let logger = Logger(label: "definite-agent")
+        logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "commit": "\(AgentVersion.commit)", "config": "\(source)"])
+        for warning in ConfigurationWarning.all(in: configuration) {
+            logger.warning("\(warning.message)", metadata: ["key": "\(warning.key)"])
+        }
+        try await reportingErrors {
+            try await AgentDaemon(configuration: configuration, configurationPath: global.configurationPath, logger: logger).run()
+        }
+    }
+}

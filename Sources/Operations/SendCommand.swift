@@ -1,0 +1,361 @@
+import Core
+import Intake
+import ArgumentParser
+import FoundationEssentials
+import Glibc
+
+/// `definite-agent send`: sends NDJSON records through the agent's line socket, with acknowledgements.
+///
+/// Input lines go in requests of many lines (`"data":[…]`), pipelined on one connection, each with the
+/// number of its first line as the ack id. Each line is first checked by the agent's own rules for a row,
+/// so that the agent takes or refuses a request for reasons common to its lines (spool full, storage
+/// failed); when it still refuses one for a single line, or as too long, its lines go again in smaller
+/// requests, down to one line a request, so every refusal names its line. ``SendLedger`` keeps the books;
+/// this command does the I/O.
+///
+/// - Important: Every input line is accounted for: accepted, rejected (with its reason), or — only when
+///   the agent stays unreachable — counted as not sent or not confirmed. A lost connection is re-made and
+///   what was not acknowledged is sent again; while the agent's spool is full (507) the refused lines wait
+///   and go again, unless `--no-wait`.
+struct SendCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "send",
+        abstract: "Send NDJSON records to the running agent and wait until each is durable.",
+        discussion: """
+            Reads one JSON object per line from FILE (or standard input). Prints "accepted N, rejected M"; \
+            each rejected line's number and reason go to stderr. When the agent closes the connection (a line \
+            over [intake] max_line_bytes, a restart), send reconnects and sends again what was not acknowledged. \
+            While the agent's spool is full (507) it waits and retries with backoff, saying so once; with \
+            --no-wait those lines count as rejected, summed up in one line. Exits 0 only if every record is \
+            durable; 1 if some were rejected; 64 on bad options; 66 if FILE cannot be read; 69 if the agent \
+            cannot be reached (for a minute, once connected).
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(name: .long, help: "Target table, \"namespace.table\" or \"LAKE.namespace.table\" (default: [intake] default_table).")
+    var table: String?
+
+    @Option(name: .long, help: "append or merge (default: the table's [[table]] mode, else append; merge with --primary-key).")
+    var mode: String?
+
+    @Option(name: .long, help: "The merge key: exactly one column. Implies --mode merge.")
+    var primaryKey: String?
+
+    @Option(name: .long, help: ArgumentHelp("The agent's socket (default: [intake] socket from the configuration).", valueName: "path"))
+    var socket: String?
+
+    @Flag(name: .customLong("no-wait"), help: "When the agent's spool is full (507), count those lines as rejected instead of waiting for room.")
+    var noWait = false
+
+    @Argument(help: "An NDJSON file; standard input when omitted or \"-\".")
+    var file: String?
+
+    func validate() throws {
+        if let table, let problem = TableName.problem(with: table) { throw ValidationError(problem) }
+        if let mode, AgentConfiguration.Mode(rawValue: mode) == nil { throw ValidationError("--mode must be append or merge") }
+        if let primaryKey {
+            if primaryKey.contains(",") || primaryKey.isEmpty {
+                throw ValidationError("--primary-key must name exactly one column (the Stream API does not support composite keys)")
+            }
+            if mode == "append" { throw ValidationError("--primary-key applies only to merge: drop --mode append, or drop --primary-key") }
+        }
+        if mode == "merge", primaryKey == nil { throw ValidationError("--mode merge needs --primary-key COLUMN") }
+    }
+
+    func run() throws {
+        let configuration = socket == nil || table == nil ? try global.loadConfiguration() : nil
+        guard let table = table ?? configuration?.0.intake.defaultTable else {
+            printError("error: no --table given and \(configuration?.source ?? "the configuration") sets no [intake] default_table")
+            throw ExitCode(64)  // EX_USAGE
+        }
+        let path = socket ?? configuration?.0.intake.socket ?? ""
+        var config = "{\"table\":\(JSONCompactor.quote(table))"
+        if let primaryKey { config += ",\"mode\":\"merge\",\"primary_key\":[\(JSONCompactor.quote(primaryKey))]" } else if let mode { config += ",\"mode\":\(JSONCompactor.quote(mode))" }
+        config += "}"
+        // The merge key every line must carry: given, or the table's [[table]] default as far as send
+        // knows the agent's configuration (the agent has the last word: see SendLedger).
+        var mergeKey = primaryKey
+        if mode == nil, mergeKey == nil, let defaults = configuration?.0.tableDefaults(for: table), defaults.mode == .merge {
+            mergeKey = defaults.primaryKey
+        }
+        // Requests of several lines stay within the agent's max_line_bytes when send knows it (the ledger
+        // learns it otherwise).
+        var requestBytes = SendSession.requestBytes
+        if let limit = configuration?.0.intake.maxLineBytes { requestBytes = min(requestBytes, limit.bytes) }
+
+        var input = STDIN_FILENO
+        if let file, file != "-" {
+            input = open(file, O_RDONLY | O_CLOEXEC)
+            guard input >= 0 else {
+                printError("error: cannot read \(file): \(String(cString: strerror(errno)))")
+                throw ExitCode(66)  // EX_NOINPUT
+            }
+        }
+        defer { if input != STDIN_FILENO { close(input) } }
+        let socket: AgentSocket
+        do {
+            socket = try AgentSocket(path: path)
+        } catch {
+            printError("error: cannot connect to the agent at \(path): \(error) (is it running? see --socket)")
+            throw ExitCode(69)  // EX_UNAVAILABLE
+        }
+        let ledger = SendLedger(waitsForRoom: !noWait, format: SendRequestFormat(config: config), maxRequestBytes: requestBytes)
+        var session = SendSession(path: path, socket: socket, input: LineReader(fd: input), ledger: ledger,
+                                  mergeKey: mergeKey)
+        let outcome = session.run()
+        try Self.report(outcome)
+    }
+
+    /// Prints the summary and turns the outcome into the exit code.
+    static func report(_ outcome: SendSession.Outcome) throws {
+        let totals = outcome.totals
+        var summary = "accepted \(totals.acceptedRecords), rejected \(totals.rejectedLines)"
+        if outcome.unconfirmed > 0 { summary += ", not confirmed \(outcome.unconfirmed)" }
+        if outcome.unsent > 0 { summary += ", not sent \(outcome.unsent)" }
+        print(summary)
+        if let first = totals.refusedForRoom.first, let last = totals.refusedForRoom.last {
+            printError("\(totals.refusedForRoom.count) lines refused because the agent's spool is full (507 spool_full), lines \(first)–\(last); send them again later, or leave out --no-wait to wait for room")
+        }
+        if totals.waitedForRoom > 0 {
+            printError("\(totals.waitedForRoom) lines waited for room in the agent's spool (sent again \(totals.roomRetries) times)")
+        }
+        if let failure = outcome.failure {
+            printError("error: \(failure)")
+            if outcome.unconfirmed > 0 {
+                printError("error: \(outcome.unconfirmed) lines were sent but not confirmed; they may or may not be spooled")
+            }
+            throw ExitCode(outcome.agentUnreachable ? 69 : 1)
+        }
+        if totals.rejectedLines > 0 { throw ExitCode(1) }
+    }
+}
+
+/// One run of `send`: the input, the connection (re-made when lost) and the ledger, driven by one loop.
+///
+/// Input lines go in requests of up to ``requestBytes`` (``SendRequestFormat``): the agent then parses one
+/// `config` and writes one reply per request instead of per line, and `send` reads and checks each line
+/// where it lies in a large read buffer. A request is sent as soon as the input has nothing more ready, so
+/// lines written slowly to standard input do not wait for others.
+struct SendSession {
+    /// How it ended.
+    struct Outcome {
+        var totals: SendLedger.Totals
+        /// Lines handed to the ledger and never answered for good.
+        var unconfirmed = 0
+        /// Input lines never read because the session gave up.
+        var unsent = 0
+        /// Why the session gave up before the end of the input, if it did.
+        var failure: String?
+        var agentUnreachable = false
+    }
+
+    /// A lost connection is made again for this long before giving up.
+    static let reconnectPatience = Duration.seconds(60)
+    /// How large a request of several lines is made (and at most `[intake] max_line_bytes`).
+    static let requestBytes = 64 << 10
+    /// At most this many lines in one request (the Stream API takes 50,000 rows a request).
+    static let requestLines = 2_000
+    /// Requests are written while less than this is waiting to be written.
+    static let outputBytes = 256 << 10
+
+    let path: String
+    private var socket: AgentSocket
+    private var input: LineReader
+    private var ledger: SendLedger
+    /// The merge key every line must carry, when send knows the table merges.
+    private let mergeKey: String?
+    private var lineNumber = 0
+    private var inputEnded = false
+    private var toldAboutWaiting = false
+    private var toldAboutSplitting = false
+
+    init(path: String, socket: AgentSocket, input: LineReader, ledger: SendLedger, mergeKey: String?) {
+        self.path = path
+        self.socket = socket
+        self.input = input
+        self.ledger = ledger
+        self.mergeKey = mergeKey
+    }
+
+    mutating func run() -> Outcome {
+        while true {
+            switch exchange() {
+            case .finished:
+                return Outcome(totals: ledger.totals)
+            case .outOfStep(let problem):
+                return giveUp("\(problem); stopping", unreachable: false)
+            case .connectionLost:
+                switch ledger.connectionLost() {
+                case .afterLineTooLong:
+                    break  // nothing after the long line was read: sending it again stores it once
+                case .unexpected(let unanswered) where unanswered > 0:
+                    printError("warning: the connection to the agent ended with \(unanswered) lines unanswered; reconnecting to send them again (any the agent had stored before it went are stored twice)")
+                case .unexpected:
+                    break
+                }
+                guard let socket = Self.reconnect(path: path) else {
+                    return giveUp("cannot reach the agent at \(path) again after \(Self.reconnectPatience)", unreachable: true)
+                }
+                self.socket = socket
+            }
+        }
+    }
+
+    private enum Ending {
+        case finished
+        case connectionLost
+        case outOfStep(String)
+    }
+
+    /// Writes requests and reads replies on the current connection until the input is done and every line
+    /// settled, or the connection ends.
+    private mutating func exchange() -> Ending {
+        var output: [UInt8] = []
+        var written = 0
+        var replies: [UInt8] = []
+        while true {
+            if written > 0, written >= output.count / 2 {
+                // What was written goes; what was not moves to the front (at most as much as went).
+                output.removeSubrange(..<written)
+                written = 0
+            }
+            while output.count - written < Self.outputBytes, ledger.mayWrite {
+                // Fresh lines are read before the ledger is asked: reading may refuse lines locally. The
+                // input is waited for only when nothing else is left to write.
+                var fresh = ledger.hasLinesToSendAgain ? nil : readRequest(mayBlock: written == output.count)
+                guard let request = ledger.next(fresh: { fresh.take() }) else { break }
+                output.append(contentsOf: request.bytes)
+            }
+            if written == output.count, inputEnded, ledger.isSettled { return .finished }
+            if ledger.mayRetryRoomAfterWaiting {
+                Self.pause(ledger.roomWait)
+                ledger.retryWaitingLines()
+                continue
+            }
+            let ready = socket.wait(writing: written < output.count, timeout: .seconds(1))
+            if ready.writable {
+                guard let n = socket.send(output[written...]) else { return .connectionLost }
+                written += n
+            }
+            if ready.readable {
+                let received = socket.receive(into: &replies)
+                if let problem = handleReplies(in: &replies) { return .outOfStep(problem) }
+                if case .closed = received { return .connectionLost }
+            }
+        }
+    }
+
+    /// Handles every complete reply line in `buffer`; returns a problem that ends the session, if any.
+    private mutating func handleReplies(in buffer: inout [UInt8]) -> String? {
+        var start = 0
+        defer { buffer.removeFirst(start) }
+        while let newline = buffer[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            let line = buffer[start..<newline]
+            start = newline + 1
+            guard let reply = Self.reply(line) else {
+                return "the agent sent a reply send does not understand: \(String(decoding: line.prefix(200), as: UTF8.self))"
+            }
+            switch ledger.receive(reply) {
+            case .accepted:
+                break
+            case .rejected(let lines, let status, let code, let message):
+                guard status != 507 || code != IntakeRejection.Code.spoolFull.rawValue else { break }
+                for line in lines { printError("line \(line): \(status): \(message)") }
+            case .waitingForRoom:
+                if !toldAboutWaiting {
+                    toldAboutWaiting = true
+                    printError("the agent's spool is full (507 spool_full): waiting for room and sending those lines again, with backoff (--no-wait: count them as rejected instead)")
+                }
+            case .split(let line, let lines, let code):
+                if code != IntakeRejection.Code.lineTooLong.rawValue, !toldAboutSplitting {
+                    toldAboutSplitting = true
+                    printError("warning: the agent refused the \(lines) lines from line \(line) on for one of them (\(code)), which send's own check let through; sending every line alone from here on, each with its own answer (lines already sent behind these may be stored before them)")
+                }
+            case .outOfStep(let problem):
+                return problem
+            }
+        }
+        return nil
+    }
+
+    /// The next request of fresh input lines: as many as fit the ledger's bounds and are ready without
+    /// waiting (the first is waited for when `mayBlock`). Lines that cannot be one record are refused here
+    /// and skipped.
+    private mutating func readRequest(mayBlock: Bool) -> SendLedger.Request? {
+        let maxBytes = ledger.maxRequestBytes
+        let maxLines = ledger.batches ? Self.requestLines : 1
+        var builder: SendRequestFormat.Builder?
+        var lines = 0
+        while !inputEnded, lines < maxLines {
+            var full = false
+            let next = input.next(blocking: mayBlock && builder == nil) { raw -> Bool in
+                var line = raw
+                if line.last == UInt8(ascii: "\r") { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
+                if let builder, builder.count + line.count + 2 > maxBytes {
+                    full = true
+                    return false  // the next request's first line
+                }
+                lineNumber += 1
+                if line.first.map({ $0 == 0x20 || $0 == 0x09 }) ?? true, line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { return true }
+                if let problem = SendLineCheck.problem(line, mergeKey: mergeKey) {
+                    ledger.rejectLocally()
+                    printError("line \(lineNumber): \(problem.status): \(problem.message)")
+                    return true
+                }
+                if builder == nil {
+                    builder = SendRequestFormat.Builder(format: ledger.format, firstLine: lineNumber,
+                                                        capacity: min(maxBytes, Self.requestBytes) + 64, buffer: ledger.spareBuffer())
+                }
+                builder!.append(line: lineNumber, record: line)
+                lines += 1
+                return true
+            }
+            switch next {
+            case .line: if full { return builder?.finish() }
+            case .wouldBlock: return builder?.finish()
+            case .end: inputEnded = true
+            }
+        }
+        return builder?.finish()
+    }
+
+    private mutating func giveUp(_ failure: String, unreachable: Bool) -> Outcome {
+        var unsent = 0
+        while let request = readRequest(mayBlock: true) { unsent += request.rows.count }
+        return Outcome(totals: ledger.totals, unconfirmed: ledger.unconfirmed, unsent: unsent, failure: failure, agentUnreachable: unreachable)
+    }
+
+    /// Connects again, waiting 0.1 s, then twice as long each time up to 5 s, for ``reconnectPatience``.
+    private static func reconnect(path: String) -> AgentSocket? {
+        let deadline = ContinuousClock.now + reconnectPatience
+        var pause = Duration.milliseconds(100)
+        while true {
+            if let socket = try? AgentSocket(path: path) { return socket }
+            guard ContinuousClock.now + pause < deadline else { return nil }
+            Self.pause(pause)
+            pause = min(pause * 2, .seconds(5))
+        }
+    }
+
+    private static func pause(_ duration: Duration) {
+        NamedThread.sleep(for: duration)
+    }
+
+    /// A reply line as the ledger reads it; `nil` when it is not one.
+    static func reply(_ line: ArraySlice<UInt8>) -> SendLedger.Reply? {
+        guard let value = try? line.withUnsafeBytes({ try JSONValue.parse($0) }), case .bool(let ok)? = value["ok"] else { return nil }
+        var ack: String?
+        if case .string(let text)? = value["ack"] { ack = text }
+        if ok {
+            guard let ack, case .number(let records)? = value["accepted"], let count = Int(records) else { return nil }
+            return .accepted(ack: ack, records: count)
+        }
+        guard case .number(let statusText)? = value["status"], let status = Int(statusText) else { return nil }
+        var code = ""
+        if case .string(let text)? = value["code"] { code = text }
+        var message = ""
+        if case .string(let text)? = value["error"] { message = text }
+        return .refused(ack: ack, status: status, code: code, message: message)
+    }
+}

@@ -1,0 +1,161 @@
+import Core
+import FoundationEssentials
+import Glibc
+import Synchronization
+
+/// What the spool may still take: bytes of records held (pending plus dead letters) against
+/// `[spool] max_bytes`, and whether the disk still has room beyond `[spool] disk_reserve`.
+///
+/// Intake reserves a request's bytes before queueing it for the writer; a request that would pass the
+/// limit is refused with 507 and nothing already spooled is touched. The writer turns reservations into
+/// stored bytes when it commits (or cancels them when the commit fails); delivery releases stored bytes
+/// as rows leave the spool. The writer re-reads the stored total from the database every few seconds
+/// while it commits or intake is refused, and at once when a refusal begins, so changes made by other
+/// processes (`dlq purge`) are seen without a restart.
+///
+/// It also knows whether intake is being refused (``refusal``): for `max_bytes`, from the first refused
+/// request until that request would fit; for the disk, as the writer reports it (``diskIsFull(_:)``,
+/// ``diskHasRoom()``). Only refusals touch that bookkeeping: an admitted request costs what it did before.
+public final class SpoolCapacity: Sendable {
+    public let limit: Int
+    private let stored: Atomic<Int>
+    private let reserved = Atomic<Int>(0)
+    /// The size of the last request refused for `max_bytes`, while refusing; 0 otherwise.
+    private let refusedRequestBytes = Atomic<Int>(0)
+    private let refusals = Mutex(Refusals())
+    /// Called when a refusal begins (outside any lock), so an observer need not wait for its next look.
+    private let refusalBegan = Mutex<[@Sendable () -> Void]>([])
+
+    private struct Refusals {
+        var maxBytesSince: Date?
+        var disk: IntakeRefusal?
+        /// Each refusal that began counts one, so an observer that looks now and then misses none.
+        var episodes = 0
+        /// The refusal that began last, as it began (kept after it ends).
+        var latest: IntakeRefusal?
+    }
+
+    /// What ``observe()`` found: the refusal now (if any), and the refusals begun so far.
+    public struct Observation: Sendable, Equatable {
+        public var current: IntakeRefusal?
+        /// How many refusals have begun since the start: a refusal that began and ended between two looks
+        /// shows as a changed count.
+        public var episodes: Int
+        /// The refusal that began last, as it began.
+        public var latest: IntakeRefusal?
+    }
+
+    public init(limit: Int, used: Int = 0) {
+        self.limit = limit
+        self.stored = Atomic(used)
+    }
+
+    /// Bytes held or reserved now.
+    public var usedBytes: Int { stored.load(ordering: .relaxed) + reserved.load(ordering: .relaxed) }
+
+    /// Reserves `bytes` if they fit under the limit.
+    public func reserve(_ bytes: Int) -> Bool {
+        var current = reserved.load(ordering: .relaxed)
+        while true {
+            guard stored.load(ordering: .relaxed) + current + bytes <= limit else {
+                refusedForMaxBytes(bytes)
+                return false
+            }
+            let (exchanged, original) = reserved.compareExchange(expected: current, desired: current + bytes, ordering: .relaxed)
+            if exchanged { return true }
+            current = original
+        }
+    }
+
+    /// Reserved bytes were committed to the spool.
+    package func commitReservation(_ bytes: Int) {
+        reserved.subtract(bytes, ordering: .relaxed)
+        stored.add(bytes, ordering: .relaxed)
+    }
+
+    /// Reserved bytes were not stored after all.
+    package func cancelReservation(_ bytes: Int) {
+        reserved.subtract(bytes, ordering: .relaxed)
+    }
+
+    /// Stored bytes left the spool (delivered, or purged from the dead letters).
+    public func release(_ bytes: Int) {
+        stored.subtract(bytes, ordering: .relaxed)
+    }
+
+    /// Replaces the stored total with what the database says.
+    package func resynchronize(stored value: Int) {
+        stored.store(value, ordering: .relaxed)
+    }
+
+    // MARK: Refusals
+
+    /// Calls `wake` whenever a refusal begins, on the thread that refused (keep it short: it may be an event
+    /// loop or the writer thread).
+    package func whenRefusalBegins(_ wake: @escaping @Sendable () -> Void) {
+        refusalBegan.withLock { $0.append(wake) }
+    }
+
+    private func refusedForMaxBytes(_ bytes: Int) {
+        refusedRequestBytes.store(bytes, ordering: .relaxed)
+        let detail = maxBytesDetail
+        let began = refusals.withLock { refusals in
+            guard refusals.maxBytesSince == nil else { return false }
+            let now = Date()
+            refusals.maxBytesSince = now
+            refusals.episodes += 1
+            refusals.latest = IntakeRefusal(reason: .maxBytes, since: now, detail: detail)
+            return true
+        }
+        if began { refusalBegan.withLock { $0 }.forEach { $0() } }
+    }
+
+    private var maxBytesDetail: String {
+        "\(ByteSize(bytes: usedBytes).approximate) held, [spool] max_bytes = \(ByteSize(bytes: limit))"
+    }
+
+    /// The writer refuses intake for want of disk (`detail`: the figures), from now until ``diskHasRoom()``.
+    package func diskIsFull(_ detail: String) {
+        let began = refusals.withLock { refusals in
+            guard refusals.disk == nil else {
+                refusals.disk?.detail = detail
+                return false
+            }
+            refusals.disk = IntakeRefusal(reason: .diskReserve, since: Date(), detail: detail)
+            refusals.episodes += 1
+            refusals.latest = refusals.disk
+            return true
+        }
+        if began { refusalBegan.withLock { $0 }.forEach { $0() } }
+    }
+
+    /// The writer admits intake again.
+    package func diskHasRoom() {
+        refusals.withLock { $0.disk = nil }
+    }
+
+    /// Why intake is refused now, if it is: the disk first (it refuses every request), else `max_bytes`
+    /// while the last request it refused would still not fit.
+    public var refusal: IntakeRefusal? { observe().current }
+
+    /// ``refusal``, the count of refusals begun so far and the latest of them, read together.
+    public func observe() -> Observation {
+        let refused = refusedRequestBytes.load(ordering: .relaxed)
+        let stillFull = refused > 0 && usedBytes + refused > limit
+        let detail = maxBytesDetail
+        return refusals.withLock { refusals in
+            var observation = Observation(current: nil, episodes: refusals.episodes, latest: refusals.latest)
+            if let disk = refusals.disk {
+                observation.current = disk
+            } else if let since = refusals.maxBytesSince {
+                if stillFull {
+                    observation.current = IntakeRefusal(reason: .maxBytes, since: since, detail: detail)
+                } else {
+                    refusals.maxBytesSince = nil
+                    refusedRequestBytes.compareExchange(expected: refused, desired: 0, ordering: .relaxed)
+                }
+            }
+            return observation
+        }
+    }
+}
