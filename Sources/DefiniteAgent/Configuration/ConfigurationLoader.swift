@@ -42,186 +42,144 @@ public enum ConfigurationLoader {
             throw error
         }
         if config.api.keyFile != nil {
-            config.api.keyFileLocation = ConfigurationLocation(file: file, line: locator.line(section: "api", key: "key_file"))
+            let key = ConfigKey.apiKeyFile
+            config.api.keyFileLocation = ConfigurationLocation(file: file, line: locator.line(section: key.section, key: key.key))
         }
         return config
     }
 
     // MARK: Reading
 
-    private static let sections: Set<String> = ["api", "spool", "intake", "table", "batch", "retry", "service", "metrics", "log"]
-
-    private static func read(_ root: TOMLTable, into config: inout AgentConfiguration, locator: LineLocator) throws(ConfigurationError) {
+    /// Reads every key of ``ConfigKey/all`` from its section, in the table's order, without validating
+    /// ranges (``validate(_:locator:)`` does). Unknown sections and keys are errors.
+    static func read(_ root: TOMLTable, into config: inout AgentConfiguration, locator: LineLocator) throws(ConfigurationError) {
+        let sections = Set(ConfigKey.sections.map(\.name))
         for key in root.keys where !sections.contains(key) {
             throw ConfigurationError(
                 .unknownKey, key: key, line: locator.line(section: nil, key: key) ?? locator.headerLine(key),
                 "unknown section or key (known sections: \(sections.sorted().joined(separator: ", ")))")
         }
-        if var api = try Section(root, "api", locator) {
-            config.api.url = try api.string("url") ?? config.api.url
-            config.api.keyFile = try api.string("key_file") ?? config.api.keyFile
-            config.api.timeout = try api.duration("timeout") ?? config.api.timeout
-            try api.finish()
-        }
-        if var spool = try Section(root, "spool", locator) {
-            config.spool.path = try spool.string("path") ?? config.spool.path
-            config.spool.maxBytes = try spool.size("max_bytes") ?? config.spool.maxBytes
-            config.spool.durability = try spool.choice("durability") ?? config.spool.durability
-            switch try spool.sizeOrAutomatic("disk_reserve") {
-            case .automatic: config.spool.diskReserve = nil
-            case .size(let size): config.spool.diskReserve = size
-            case nil: break
+        for (name, keys) in ConfigKey.sections {
+            if keys.count == 1, case .arrayOfTables(let read) = keys[0].reader {
+                try read(root, locator, &config)
+                continue
             }
-            config.spool.group = try spool.string("group") ?? config.spool.group
-            try spool.finish()
+            guard var section = try SectionReader(root, name, locator) else { continue }
+            for key in keys { try key.read(from: &section, into: &config) }
+            try section.finish()
         }
-        if var intake = try Section(root, "intake", locator) {
-            config.intake.socket = try intake.string("socket") ?? config.intake.socket
-            config.intake.socketMode = try intake.fileMode("socket_mode") ?? config.intake.socketMode
-            config.intake.defaultTable = try intake.string("default_table") ?? config.intake.defaultTable
-            config.intake.maxLineBytes = try intake.size("max_line_bytes") ?? config.intake.maxLineBytes
-            config.intake.allowUIDs = try intake.ids("allow_uids") ?? config.intake.allowUIDs
-            config.intake.allowGIDs = try intake.ids("allow_gids") ?? config.intake.allowGIDs
-            config.intake.httpSocket = try intake.string("http_socket") ?? config.intake.httpSocket
-            config.intake.httpListen = try intake.string("http_listen") ?? config.intake.httpListen
-            config.intake.httpAllowRemote = try intake.bool("http_allow_remote") ?? config.intake.httpAllowRemote
-            config.intake.httpToken = try intake.string("http_token") ?? config.intake.httpToken
-            config.intake.datagramSocket = try intake.string("datagram_socket") ?? config.intake.datagramSocket
-            config.intake.waitTimeout = try intake.duration("wait_timeout") ?? config.intake.waitTimeout
-            try intake.finish()
+    }
+
+    /// Reads the `[[table]]` blocks (``ConfigKey/tables``): special-cased, as each block is one element of
+    /// `AgentConfiguration.tables` and its keys depend on each other.
+    static func readTables(_ root: TOMLTable, _ locator: LineLocator, into config: inout AgentConfiguration) throws(ConfigurationError) {
+        let section = ConfigKey.tables.name
+        guard let tables = root[section] else { return }
+        guard let array = tables.array else {
+            throw ConfigurationError(.wrongType, key: section, line: locator.headerLine(section),
+                                     "must be an array of tables, written [[table]]")
         }
-        if let tables = root["table"] {
-            guard let array = tables.array else {
-                throw ConfigurationError(.wrongType, key: "table", line: locator.headerLine("table"),
-                                         "must be an array of tables, written [[table]]")
+        for index in array.indices {
+            guard let table = array[index].table else {
+                throw ConfigurationError(.wrongType, key: section, "each [[table]] entry must be a table")
             }
-            for index in array.indices {
-                guard let table = array[index].table else {
-                    throw ConfigurationError(.wrongType, key: "table", "each [[table]] entry must be a table")
-                }
-                var entry = Section(table, name: "table", occurrence: index, locator)
-                guard let name = try entry.string("name") else {
-                    throw ConfigurationError(.invalidValue, key: "table.name", line: locator.arrayHeaderLine("table", occurrence: index),
-                                             "every [[table]] needs a name")
-                }
-                let mode: AgentConfiguration.Mode = try entry.choice("mode") ?? .append
-                let keys = try entry.stringArray("primary_key")
-                config.tables.append(.init(name: name, mode: mode, primaryKey: keys?.first))
-                if let keys, keys.count != 1 {
-                    throw entry.invalid("primary_key", "must list exactly one column (composite keys are not supported by the Stream API)")
-                }
-                if mode == .merge, keys == nil {
-                    throw entry.invalid("mode", "table \"\(name)\": mode \"merge\" needs primary_key = [\"column\"]")
-                }
-                if mode == .append, keys != nil {
-                    throw entry.invalid("primary_key", "table \"\(name)\": primary_key applies only to mode \"merge\"")
-                }
-                try entry.finish()
+            var entry = SectionReader(table, name: section, occurrence: index, locator)
+            guard let name = try entry.string("name") else {
+                throw ConfigurationError(.invalidValue, key: "\(section).name", line: locator.arrayHeaderLine(section, occurrence: index),
+                                         "every [[table]] needs a name")
             }
-        }
-        if var batch = try Section(root, "batch", locator) {
-            config.batch.maxRows = try batch.int("max_rows") ?? config.batch.maxRows
-            config.batch.maxBytes = try batch.size("max_bytes") ?? config.batch.maxBytes
-            config.batch.linger = try batch.duration("linger") ?? config.batch.linger
-            config.batch.compression = try batch.choice("compression") ?? config.batch.compression
-            config.batch.gzipLevel = try batch.int("gzip_level") ?? config.batch.gzipLevel
-            config.batch.format = try batch.choice("format") ?? config.batch.format
-            config.batch.concurrency = try batch.int("concurrency") ?? config.batch.concurrency
-            config.batch.maxInFlight = try batch.int("max_in_flight") ?? config.batch.maxInFlight
-            try batch.finish()
-        }
-        if var retry = try Section(root, "retry", locator) {
-            config.retry.initial = try retry.duration("initial") ?? config.retry.initial
-            config.retry.max = try retry.duration("max") ?? config.retry.max
-            config.retry.maxAge = try retry.duration("max_age") ?? config.retry.maxAge
-            try retry.finish()
-        }
-        if var service = try Section(root, "service", locator) {
-            config.service.drainTimeout = try service.duration("drain_timeout") ?? config.service.drainTimeout
-            try service.finish()
-        }
-        if var metrics = try Section(root, "metrics", locator) {
-            config.metrics.listen = try metrics.string("listen") ?? config.metrics.listen
-            try metrics.finish()
-        }
-        if var log = try Section(root, "log", locator) {
-            config.log.level = try log.choice("level", among: LogLevelName.allNames) ?? config.log.level
-            config.log.format = try log.choice("format") ?? config.log.format
-            try log.finish()
+            let mode: AgentConfiguration.Mode = try entry.choice("mode") ?? .append
+            let keys = try entry.stringArray("primary_key")
+            config.tables.append(.init(name: name, mode: mode, primaryKey: keys?.first))
+            if let keys, keys.count != 1 {
+                throw entry.invalid("primary_key", "must list exactly one column (composite keys are not supported by the Stream API)")
+            }
+            if mode == .merge, keys == nil {
+                throw entry.invalid("mode", "table \"\(name)\": mode \"merge\" needs primary_key = [\"column\"]")
+            }
+            if mode == .append, keys != nil {
+                throw entry.invalid("primary_key", "table \"\(name)\": primary_key applies only to mode \"merge\"")
+            }
+            try entry.finish()
         }
     }
 
     // MARK: Validation of values that are well-typed but out of range
 
     static func validate(_ config: AgentConfiguration, locator: LineLocator = LineLocator(text: "")) throws(ConfigurationError) {
-        func fail(_ section: String, _ key: String, _ message: String) -> ConfigurationError {
-            ConfigurationError(.invalidValue, key: "\(section).\(key)", line: locator.line(section: section, key: key), message)
+        func fail(_ key: ConfigKey, _ message: String) -> ConfigurationError {
+            ConfigurationError(.invalidValue, key: key.name, line: locator.line(section: key.section, key: key.key), message)
+        }
+        /// A key of the `[[table]]` blocks (the line is its first occurrence in any block).
+        func fail(table field: String, _ message: String) -> ConfigurationError {
+            let section = ConfigKey.tables.name
+            return ConfigurationError(.invalidValue, key: "\(section).\(field)", line: locator.line(section: section, key: field), message)
         }
         let url = config.api.url
         guard url.hasPrefix("https://") || url.hasPrefix("http://"), url.count > 8 else {
-            throw fail("api", "url", "\"\(url)\" is not an http:// or https:// URL")
+            throw fail(.apiURL, "\"\(url)\" is not an http:// or https:// URL")
         }
-        guard config.api.timeout.milliseconds > 0 else { throw fail("api", "timeout", "must be greater than 0") }
+        guard config.api.timeout.milliseconds > 0 else { throw fail(.apiTimeout, "must be greater than 0") }
 
-        guard !config.spool.path.isEmpty else { throw fail("spool", "path", "must not be empty") }
-        guard config.spool.maxBytes >= .mebibytes(1) else { throw fail("spool", "max_bytes", "must be at least 1MiB") }
+        guard !config.spool.path.isEmpty else { throw fail(.spoolPath, "must not be empty") }
+        guard config.spool.maxBytes >= .mebibytes(1) else { throw fail(.spoolMaxBytes, "must be at least 1MiB") }
         if let group = config.spool.group, SpoolAccess.groupID(named: group) == nil {
-            throw fail("spool", "group", "\"\(group)\" is not a group on this machine (see `getent group`)")
+            throw fail(.spoolGroup, "\"\(group)\" is not a group on this machine (see `getent group`)")
         }
 
-        guard !config.intake.socket.isEmpty else { throw fail("intake", "socket", "must not be empty") }
+        guard !config.intake.socket.isEmpty else { throw fail(.intakeSocket, "must not be empty") }
         // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
         guard config.intake.socket.utf8.count < 108 else {
-            throw fail("intake", "socket", "path is \(config.intake.socket.utf8.count) bytes; Unix socket paths must be under 108")
+            throw fail(.intakeSocket, "path is \(config.intake.socket.utf8.count) bytes; Unix socket paths must be under 108")
         }
         if let table = config.intake.defaultTable, let problem = TableName.problem(with: table) {
-            throw fail("intake", "default_table", problem)
+            throw fail(.intakeDefaultTable, problem)
         }
         if let path = config.intake.datagramSocket, path.isEmpty || path.utf8.count >= 108 {
-            throw fail("intake", "datagram_socket", "must be a socket path under 108 bytes")
+            throw fail(.intakeDatagramSocket, "must be a socket path under 108 bytes")
         }
         if config.intake.httpSocket.utf8.count >= 108 {
-            throw fail("intake", "http_socket", "path is \(config.intake.httpSocket.utf8.count) bytes; Unix socket paths must be under 108")
+            throw fail(.intakeHTTPSocket, "path is \(config.intake.httpSocket.utf8.count) bytes; Unix socket paths must be under 108")
         }
         if let listen = config.intake.httpListen {
             guard let (host, _) = HostPort.parse(listen) else {
-                throw fail("intake", "http_listen", "\"\(listen)\" is not host:port, e.g. \"127.0.0.1:8787\"")
+                throw fail(.intakeHTTPListen, "\"\(listen)\" is not host:port, e.g. \"127.0.0.1:8787\"")
             }
             if !config.intake.httpAllowRemote, !HostPort.isLoopback(host) {
-                throw fail("intake", "http_listen", "\(host) is not a loopback address; the local Stream API has no TLS. Set http_allow_remote = true to accept it anyway")
+                throw fail(.intakeHTTPListen, "\(host) is not a loopback address; the local Stream API has no TLS. Set http_allow_remote = true to accept it anyway")
             }
         }
         guard config.intake.maxLineBytes >= .kibibytes(1), config.intake.maxLineBytes <= .gibibytes(1) else {
-            throw fail("intake", "max_line_bytes", "must be between 1KiB and 1GiB")
+            throw fail(.intakeMaxLineBytes, "must be between 1KiB and 1GiB")
         }
 
         var seen = Set<String>()
         for table in config.tables {
-            if let problem = TableName.problem(with: table.name) { throw fail("table", "name", problem) }
+            if let problem = TableName.problem(with: table.name) { throw fail(table: "name", problem) }
             guard seen.insert(table.name).inserted else {
-                throw fail("table", "name", "table \"\(table.name)\" is listed twice")
+                throw fail(table: "name", "table \"\(table.name)\" is listed twice")
             }
         }
 
         guard (1...StreamAPILimits.maxRowsPerRequest).contains(config.batch.maxRows) else {
-            throw fail("batch", "max_rows", "must be between 1 and \(StreamAPILimits.maxRowsPerRequest) (the Stream API's limit)")
+            throw fail(.batchMaxRows, "must be between 1 and \(StreamAPILimits.maxRowsPerRequest) (the Stream API's limit)")
         }
         guard config.batch.maxBytes.bytes >= 1024, config.batch.maxBytes.bytes <= StreamAPILimits.maxBodyBytes else {
-            throw fail("batch", "max_bytes", "must be between 1KiB and 10MB (10000000 bytes, the Stream API's body limit)")
+            throw fail(.batchMaxBytes, "must be between 1KiB and 10MB (10000000 bytes, the Stream API's body limit)")
         }
-        guard config.batch.linger.milliseconds >= 0 else { throw fail("batch", "linger", "must not be negative") }
-        guard (1...9).contains(config.batch.gzipLevel) else { throw fail("batch", "gzip_level", "must be between 1 and 9") }
-        guard (1...64).contains(config.batch.concurrency) else { throw fail("batch", "concurrency", "must be between 1 and 64") }
-        guard (1...1024).contains(config.batch.maxInFlight) else { throw fail("batch", "max_in_flight", "must be between 1 and 1024") }
+        guard config.batch.linger.milliseconds >= 0 else { throw fail(.batchLinger, "must not be negative") }
+        guard (1...9).contains(config.batch.gzipLevel) else { throw fail(.batchGzipLevel, "must be between 1 and 9") }
+        guard (1...64).contains(config.batch.concurrency) else { throw fail(.batchConcurrency, "must be between 1 and 64") }
+        guard (1...1024).contains(config.batch.maxInFlight) else { throw fail(.batchMaxInFlight, "must be between 1 and 1024") }
 
-        guard config.retry.initial.milliseconds > 0 else { throw fail("retry", "initial", "must be greater than 0") }
+        guard config.retry.initial.milliseconds > 0 else { throw fail(.retryInitial, "must be greater than 0") }
         guard config.retry.max >= config.retry.initial else {
-            throw fail("retry", "max", "must be at least retry.initial (\(config.retry.initial))")
+            throw fail(.retryMax, "must be at least retry.initial (\(config.retry.initial))")
         }
-        guard config.retry.maxAge.milliseconds > 0 else { throw fail("retry", "max_age", "must be greater than 0") }
-        guard config.service.drainTimeout.milliseconds >= 0 else { throw fail("service", "drain_timeout", "must not be negative") }
+        guard config.retry.maxAge.milliseconds > 0 else { throw fail(.retryMaxAge, "must be greater than 0") }
+        guard config.service.drainTimeout.milliseconds >= 0 else { throw fail(.serviceDrainTimeout, "must not be negative") }
         if let listen = config.metrics.listen, !listen.hasPrefix("/") {
-            guard HostPort.parse(listen) != nil else { throw fail("metrics", "listen", "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path") }
+            guard HostPort.parse(listen) != nil else { throw fail(.metricsListen, "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path") }
         }
     }
 
@@ -249,7 +207,7 @@ public enum LogLevelName {
 // MARK: - Section reading
 
 /// Reads the keys of one TOML table, remembering which it consumed so leftovers are reported as unknown.
-private struct Section {
+struct SectionReader {
     let table: TOMLTable
     let name: String
     let occurrence: Int?
