@@ -45,78 +45,25 @@ struct ConfigCheckCommand: AsyncParsableCommand {
     }
 }
 
-/// Renders a configuration as TOML with every key, defaults included.
+/// Renders a configuration as TOML with every key, defaults included: the sections and keys of
+/// ``ConfigKey/all``, in its order, each as ``ConfigKey`` renders it.
 enum EffectiveConfiguration {
     static func render(_ c: AgentConfiguration, apiKey: String) -> String {
-        func q(_ s: String) -> String { JSONCompactor.quote(s) }
-        let diskReserve: String = c.spool.diskReserve.map { "disk_reserve = \(q($0.description))" }
-            ?? "disk_reserve = \"auto\"  # 5% of the spool's filesystem, at most 64MiB"
-        let group: String = c.spool.group.map { "group = \(q($0))  # the spool's files are 0640, readable by this group" }
-            ?? "# group not set: the spool's files are 0600, readable by the daemon's user only"
-        var lines = [
-            "[api]",
-            "url = \(q(c.api.url))",
-            c.api.keyFile.map { "key_file = \(q($0))" } ?? "# key_file not set",
-            "# key = \(apiKey)",
-            "timeout = \(q(c.api.timeout.description))",
-            "",
-            "[spool]",
-            "path = \(q(c.spool.path))",
-            "max_bytes = \(q(c.spool.maxBytes.description))",
-            "durability = \(q(c.spool.durability.rawValue))",
-            diskReserve,
-            group,
-            "",
-            "[intake]",
-        ]
-        let ids: ([UInt32]) -> String = { "[" + $0.map { String($0) }.joined(separator: ", ") + "]" }
-        let optional: (String, String?) -> String = { key, value in value.map { "\(key) = \(q($0))" } ?? "# \(key) not set" }
-        lines.append("socket = \(q(c.intake.socket))")
-        lines.append("socket_mode = \(q("0" + String(c.intake.socketMode, radix: 8)))")
-        lines.append(optional("default_table", c.intake.defaultTable))
-        lines.append("max_line_bytes = \(q(c.intake.maxLineBytes.description))")
-        lines.append("allow_uids = \(ids(c.intake.allowUIDs))")
-        lines.append("allow_gids = \(ids(c.intake.allowGIDs))")
-        lines.append("http_socket = \(q(c.intake.httpSocket))")
-        lines.append(optional("http_listen", c.intake.httpListen))
-        lines.append("http_allow_remote = \(c.intake.httpAllowRemote)")
-        lines.append(c.intake.httpToken == nil
-            ? "# http_token not set\(c.intake.httpListen == nil ? "" : ": anyone who can reach http_listen can write records")"
-            : "# http_token = <redacted>")
-        lines.append(optional("datagram_socket", c.intake.datagramSocket))
-        lines.append("wait_timeout = \(q(c.intake.waitTimeout.description))")
-        lines.append("")
-        for table in c.tables {
-            lines += ["[[table]]", "name = \(q(table.name))", "mode = \(q(table.mode.rawValue))"]
-            if let key = table.primaryKey { lines.append("primary_key = [\(q(key))]") }
+        var lines: [String] = []
+        for (name, keys) in ConfigKey.sections {
+            if keys.count == 1, keys[0].isArrayOfTables {
+                lines += keys[0].lines(c)  // `[[table]]` blocks, each followed by a blank line
+                continue
+            }
+            lines.append("[\(name)]")
+            for key in keys {
+                lines += key.lines(c)
+                // The key itself is no configuration key (it is never in the file): where it comes from.
+                if key == .apiKeyFile { lines.append("# key = \(apiKey)") }
+            }
             lines.append("")
         }
-        lines += [
-            "[batch]",
-            "max_rows = \(c.batch.maxRows)",
-            "max_bytes = \(q(c.batch.maxBytes.description))",
-            "linger = \(q(c.batch.linger.description))",
-            "compression = \(q(c.batch.compression.rawValue))",
-            "gzip_level = \(c.batch.gzipLevel)",
-            "format = \(q(c.batch.format.rawValue))",
-            "concurrency = \(c.batch.concurrency)",
-            "max_in_flight = \(c.batch.maxInFlight)",
-            "",
-            "[retry]",
-            "initial = \(q(c.retry.initial.description))",
-            "max = \(q(c.retry.max.description))",
-            "max_age = \(q(c.retry.maxAge.description))",
-            "",
-            "[service]",
-            "drain_timeout = \(q(c.service.drainTimeout.description))",
-            "",
-            "[metrics]",
-            c.metrics.listen.map { "listen = \(q($0))" } ?? "# listen not set: no metrics endpoint",
-            "",
-            "[log]",
-            "level = \(q(c.log.level))",
-            "format = \(q(c.log.format.rawValue))",
-        ]
+        if lines.last == "" { lines.removeLast() }
         return lines.joined(separator: "\n")
     }
 }
@@ -126,10 +73,10 @@ enum PathCheck {
     static func problems(in configuration: AgentConfiguration) -> [ConfigurationError] {
         var problems: [ConfigurationError] = []
         if let problem = problem(creatingFileAt: configuration.spool.path) {
-            problems.append(ConfigurationError(.unusablePath, key: "spool.path", problem))
+            problems.append(ConfigurationError(.unusablePath, key: ConfigKey.spoolPath.name, problem))
         }
         if let problem = problem(creatingFileAt: configuration.intake.socket) {
-            problems.append(ConfigurationError(.unusablePath, key: "intake.socket", problem))
+            problems.append(ConfigurationError(.unusablePath, key: ConfigKey.intakeSocket.name, problem))
         }
         return problems
     }

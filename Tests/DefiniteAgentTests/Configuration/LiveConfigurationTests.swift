@@ -22,7 +22,7 @@ struct LiveConfigurationTests {
         new.intake.socket = "/run/b.sock"
         new.spool.path = "/var/lib/other.db"
         let outcome = live.reload(new)
-        #expect(outcome.applied == ["table", "batch", "retry"])
+        #expect(outcome.applied == ["table", "batch.linger", "batch.concurrency", "retry.max"])
         #expect(outcome.needRestart == ["spool.path", "intake.socket", "batch.max_in_flight"])
         #expect(live.current.batch.linger == .seconds(5) && live.current.batch.concurrency == 3)
         #expect(live.current.batch.maxInFlight == AgentConfiguration().batch.maxInFlight)
