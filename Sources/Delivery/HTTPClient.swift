@@ -119,7 +119,7 @@ final class HTTPMultiClient {
         ccurl_easy_setopt_ptr(handle, CURLOPT_ERRORBUFFER, transfer.errorBuffer)
         ccurl_easy_setopt_long(handle, CURLOPT_POST, 1)
         ccurl_easy_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count))
-        request.body.withUnsafeBytes { body in
+        _ = request.body.withUnsafeBytes { body in
             ccurl_easy_setopt_ptr(handle, CURLOPT_COPYPOSTFIELDS, body.baseAddress ?? UnsafeRawPointer(bitPattern: 1))
         }
         ccurl_easy_setopt_long(handle, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))

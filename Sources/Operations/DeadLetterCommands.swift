@@ -66,7 +66,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
             // One output path for header and rows, so they cannot be reordered by stdout buffering.
             let header = """
                 id:          \(e.id)
-                table:       \(e.table) (\(e.mode)\(e.primaryKey.isEmpty ? "" : " on \(e.primaryKey)"))
+                table:       \(e.table) (\(e.mode.rawValue)\(e.primaryKey.isEmpty ? "" : " on \(e.primaryKey)"))
                 reason:      \(e.reason)
                 status:      \(e.status.map(String.init) ?? "-")
                 rows:        \(e.rows)\(e.partial ? " (partial: the whole request is kept; the API wrote some of its rows and did not say which)" : "")

@@ -58,8 +58,5 @@ func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
     }
 }
 
-extension Logger.Level {
-    init(name: String) {
-        self = Logger.Level(rawValue: name) ?? .info
-    }
-}
+/// `--log-level trace|debug|…|critical`: swift-log's own levels, listed in `--help` and completions.
+extension Logger.Level: @retroactive ExpressibleByArgument {}

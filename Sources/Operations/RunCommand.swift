@@ -13,19 +13,13 @@ struct RunCommand: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Option(name: .long, help: ArgumentHelp("Log level: trace, debug, info, notice, warning, error or critical. Overrides [log] level.", valueName: "level"))
-    var logLevel: String?
-
-    func validate() throws {
-        if let logLevel, !LogLevelName.allNames.contains(logLevel) {
-            throw ValidationError("--log-level must be one of \(LogLevelName.allNames.joined(separator: ", "))")
-        }
-    }
+    @Option(name: .long, help: ArgumentHelp("Overrides [log] level.", valueName: "level"))
+    var logLevel: Logger.Level?
 
     func run() async throws {
         AgentDaemon.catchEarlySignals()
         let (configuration, source) = try global.loadConfiguration()
-        let level = Logger.Level(name: logLevel ?? configuration.log.level)
+        let level = logLevel ?? configuration.log.level
         let format = configuration.log.format
         LoggingSystem.bootstrap { _ in AgentLogHandler(format: format, level: level) }
         let logger = Logger(label: "definite-agent")

@@ -37,7 +37,7 @@ struct SendCommand: ParsableCommand {
     var table: String?
 
     @Option(name: .long, help: "append or merge (default: the table's [[table]] mode, else append; merge with --primary-key).")
-    var mode: String?
+    var mode: AgentConfiguration.Mode?
 
     @Option(name: .long, help: "The merge key: exactly one column. Implies --mode merge.")
     var primaryKey: String?
@@ -53,14 +53,13 @@ struct SendCommand: ParsableCommand {
 
     func validate() throws {
         if let table, let problem = TableName.problem(with: table) { throw ValidationError(problem) }
-        if let mode, AgentConfiguration.Mode(rawValue: mode) == nil { throw ValidationError("--mode must be append or merge") }
         if let primaryKey {
             if primaryKey.contains(",") || primaryKey.isEmpty {
                 throw ValidationError("--primary-key must name exactly one column (the Stream API does not support composite keys)")
             }
-            if mode == "append" { throw ValidationError("--primary-key applies only to merge: drop --mode append, or drop --primary-key") }
+            if mode == .append { throw ValidationError("--primary-key applies only to merge: drop --mode append, or drop --primary-key") }
         }
-        if mode == "merge", primaryKey == nil { throw ValidationError("--mode merge needs --primary-key COLUMN") }
+        if mode == .merge, primaryKey == nil { throw ValidationError("--mode merge needs --primary-key COLUMN") }
     }
 
     func run() throws {
@@ -71,7 +70,7 @@ struct SendCommand: ParsableCommand {
         }
         let path = socket ?? configuration?.0.intake.socket ?? ""
         var config = "{\"table\":\(JSONCompactor.quote(table))"
-        if let primaryKey { config += ",\"mode\":\"merge\",\"primary_key\":[\(JSONCompactor.quote(primaryKey))]" } else if let mode { config += ",\"mode\":\(JSONCompactor.quote(mode))" }
+        if let primaryKey { config += ",\"mode\":\"merge\",\"primary_key\":[\(JSONCompactor.quote(primaryKey))]" } else if let mode { config += ",\"mode\":\(JSONCompactor.quote(mode.rawValue))" }
         config += "}"
         // The merge key every line must carry: given, or the table's [[table]] default as far as send
         // knows the agent's configuration (the agent has the last word: see SendLedger).
@@ -359,3 +358,6 @@ struct SendSession {
         return .refused(ack: ack, status: status, code: code, message: message)
     }
 }
+
+/// `--mode append|merge`, listed in `--help` and completions.
+extension AgentConfiguration.Mode: ExpressibleByArgument {}

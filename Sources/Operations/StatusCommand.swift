@@ -130,7 +130,7 @@ struct StatusReport {
         let tables = status.targets.map { t in
             var fields = [
                 "\"table\":\(JSONCompactor.quote(t.table))",
-                "\"mode\":\(JSONCompactor.quote(t.mode))",
+                "\"mode\":\(JSONCompactor.quote(t.mode.rawValue))",
             ]
             if !t.primaryKey.isEmpty { fields.append("\"primary_key\":[\(JSONCompactor.quote(t.primaryKey))]") }
             if !t.tags.isEmpty { fields.append("\"tags\":\(t.tags)") }
@@ -176,7 +176,7 @@ struct StatusReport {
         guard !status.targets.isEmpty else { return out + "no targets yet" }
         let header = ["TABLE", "MODE", "PENDING", "BYTES", "OLDEST", "DEAD", "STATE", "LAST SUCCESS", "LAST ERROR"]
         let rows = status.targets.map { t -> [String] in
-            var mode = t.mode
+            var mode = t.mode.rawValue
             if !t.primaryKey.isEmpty { mode += "(\(t.primaryKey))" }
             var table = t.table
             if !t.tags.isEmpty { table += " \(t.tags)" }

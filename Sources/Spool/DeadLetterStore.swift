@@ -10,7 +10,7 @@ public struct DeadLetterStore {
     public struct Entry: Sendable, Equatable {
         public var id: Int64
         public var table: String
-        public var mode: String
+        public var mode: AgentConfiguration.Mode
         public var primaryKey: String
         public var firstSeq: Int64
         public var rows: Int
@@ -62,9 +62,9 @@ public struct DeadLetterStore {
         coalesce(d.errors, '[]'), coalesce(d.warnings, '[]'), d.request_id, d.attempts, d.partial, d.first_failed_at, d.last_failed_at
         """
 
-    private static func entry(_ row: SQLiteStatement, withRecords: Bool) -> Entry {
+    private static func entry(_ row: SQLiteStatement, withRecords: Bool) throws(SQLiteError) -> Entry {
         Entry(
-            id: row.int64(0), table: row.string(1) ?? "", mode: row.string(2) ?? "", primaryKey: row.string(3) ?? "",
+            id: row.int64(0), table: row.string(1) ?? "", mode: try row.mode(2), primaryKey: row.string(3) ?? "",
             firstSeq: row.int64(4), rows: row.int(5), bytes: row.int(6), reason: row.string(7) ?? "",
             status: row.isNull(8) ? nil : row.int(8), errors: row.string(9) ?? "[]", warnings: row.string(10) ?? "[]",
             requestID: row.string(11), attempts: row.int(12), partial: row.int(13) != 0,
@@ -97,7 +97,7 @@ public struct DeadLetterStore {
             defer { select.reset() }
             select.bind(1, table)
             var entries: [Entry] = []
-            while try select.step() { entries.append(Self.entry(select, withRecords: false)) }
+            while try select.step() { entries.append(try Self.entry(select, withRecords: false)) }
             return entries
         }
     }
@@ -108,7 +108,7 @@ public struct DeadLetterStore {
             let select = try db.prepared("SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE d.id = ?1")
             defer { select.reset() }
             select.bind(1, id)
-            return try select.step() ? Self.entry(select, withRecords: true) : nil
+            return try select.step() ? try Self.entry(select, withRecords: true) : nil
         }
     }
 
@@ -125,7 +125,7 @@ public struct DeadLetterStore {
             defer { select.reset() }
             select.bind(1, table)
             select.bind(2, rejectedOnly ? 1 : 0)
-            while try select.step() { body(Self.entry(select, withRecords: true)) }
+            while try select.step() { body(try Self.entry(select, withRecords: true)) }
         }
     }
 

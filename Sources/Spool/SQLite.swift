@@ -1,3 +1,4 @@
+import Core
 import CSQLite
 import CSpoolVFS
 
@@ -154,6 +155,17 @@ final class SQLiteStatement {
     func int(_ column: Int32) -> Int { Int(sqlite3_column_int64(handle, column)) }
     func double(_ column: Int32) -> Double { sqlite3_column_double(handle, column) }
     func isNull(_ column: Int32) -> Bool { sqlite3_column_type(handle, column) == SQLITE_NULL }
+    /// `column` as a target's mode. Anything else is a damaged spool, reported rather than skipped (a
+    /// target left out would never be delivered, and nothing would say why).
+    func mode(_ column: Int32) throws(SQLiteError) -> AgentConfiguration.Mode {
+        let text = string(column) ?? ""
+        guard let mode = AgentConfiguration.Mode(rawValue: text) else {
+            throw SQLiteError(code: SQLITE_CORRUPT, extendedCode: SQLITE_CORRUPT,
+                              message: "a target's mode is \"\(text)\", neither \"append\" nor \"merge\"", context: "reading the targets")
+        }
+        return mode
+    }
+
     func string(_ column: Int32) -> String? {
         guard let text = sqlite3_column_text(handle, column) else { return nil }
         return String(cString: text)

@@ -152,7 +152,8 @@ public final class SpoolCapacity: Sendable {
                     observation.current = IntakeRefusal(reason: .maxBytes, since: since, detail: detail)
                 } else {
                     refusals.maxBytesSince = nil
-                    refusedRequestBytes.compareExchange(expected: refused, desired: 0, ordering: .relaxed)
+                    // Only if no refusal counted since: a newer one keeps its bytes for the next look.
+                    _ = refusedRequestBytes.compareExchange(expected: refused, desired: 0, ordering: .relaxed)
                 }
             }
             return observation

@@ -200,23 +200,23 @@ package enum SpoolDatabase {
         } catch let error as SQLiteError {
             throw classify(error, path: path)
         } catch {
-            throw SpoolError(fallback, path: path, "\(error)")
+            throw SpoolError(fallback, path: path, "\(error)", cause: error)
         }
     }
 
     package static func classify(_ error: SQLiteError, path: String) -> SpoolError {
         if error.isNotADatabase {
-            return SpoolError(.notASpool, path: path, "the file is not a usable SQLite database (\(error.message)); it was left untouched. Move it away or set [spool] path to another file")
+            return SpoolError(.notASpool, path: path, "the file is not a usable SQLite database (\(error.message)); it was left untouched. Move it away or set [spool] path to another file", cause: error)
         }
         if error.code == SQLITE_CORRUPT {
-            return SpoolError(.corrupt, path: path, "the spool is corrupt (\(error.message)); it was left untouched. Keep a copy, then run `sqlite3 \(path) .recover` or move it away")
+            return SpoolError(.corrupt, path: path, "the spool is corrupt (\(error.message)); it was left untouched. Keep a copy, then run `sqlite3 \(path) .recover` or move it away", cause: error)
         }
         if error.isReadOnly {
-            return SpoolError(.cannotOpen, path: path, "cannot open the spool for writing (\(error.message)); check that the directory and file are writable by this user")
+            return SpoolError(.cannotOpen, path: path, "cannot open the spool for writing (\(error.message)); check that the directory and file are writable by this user", cause: error)
         }
         if error.isDiskFull {
-            return SpoolError(.storage, path: path, "the disk is full (\(error.message))")
+            return SpoolError(.storage, path: path, "the disk is full (\(error.message))", cause: error)
         }
-        return SpoolError(.cannotOpen, path: path, error.description)
+        return SpoolError(.cannotOpen, path: path, error.description, cause: error)
     }
 }

@@ -38,10 +38,9 @@ package final class SpoolReader {
         defer { select.reset() }
         var rows: [TargetRow] = []
         while try select.step() {
-            guard let mode = AgentConfiguration.Mode(rawValue: select.string(2) ?? "") else { continue }
             rows.append(TargetRow(
                 id: select.int64(0),
-                target: SpoolTarget(table: select.string(1) ?? "", mode: mode, primaryKey: select.string(3) ?? "", tags: select.string(4) ?? ""),
+                target: SpoolTarget(table: select.string(1) ?? "", mode: try select.mode(2), primaryKey: select.string(3) ?? "", tags: select.string(4) ?? ""),
                 nextSeq: select.int64(5), deliveredSeq: select.int64(6)))
         }
         return rows

@@ -1,3 +1,4 @@
+import Core
 import FoundationEssentials
 import Glibc
 
@@ -6,7 +7,7 @@ public struct SpoolStatus: Sendable, Equatable {
     /// One target's queue.
     public struct Target: Sendable, Equatable {
         public var table: String
-        public var mode: String
+        public var mode: AgentConfiguration.Mode
         public var primaryKey: String
         public var tags: String
         public var pending: Int
@@ -54,7 +55,7 @@ public struct SpoolStatus: Sendable, Equatable {
             while try select.step() {
                 let pending = select.int(4)
                 targets.append(Target(
-                    table: select.string(0) ?? "", mode: select.string(1) ?? "", primaryKey: select.string(2) ?? "",
+                    table: select.string(0) ?? "", mode: try select.mode(1), primaryKey: select.string(2) ?? "",
                     tags: select.string(3) ?? "", pending: pending, pendingBytes: select.int(5),
                     oldestAgeSeconds: pending > 0 && !select.isNull(6) ? max(0, now.timeIntervalSince1970 - select.double(6)) : nil,
                     deadLetters: select.int(7), lastError: select.string(8), state: select.string(9),

@@ -517,8 +517,7 @@ public final class SpoolWriter: @unchecked Sendable {
         let select = try connection.prepared("SELECT id, table_name, mode, primary_key, tags FROM targets")
         defer { select.reset() }
         while try select.step() {
-            guard let mode = AgentConfiguration.Mode(rawValue: select.string(2) ?? "") else { continue }
-            let target = SpoolTarget(table: select.string(1) ?? "", mode: mode, primaryKey: select.string(3) ?? "", tags: select.string(4) ?? "")
+            let target = SpoolTarget(table: select.string(1) ?? "", mode: try select.mode(2), primaryKey: select.string(3) ?? "", tags: select.string(4) ?? "")
             targetIDs[target] = select.int64(0)
         }
     }

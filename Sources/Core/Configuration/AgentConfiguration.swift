@@ -1,3 +1,5 @@
+import Logging
+
 /// The agent's whole configuration, as read from `agent.toml` (see `etc/definite-agent/agent.toml`).
 ///
 /// Every value has an embedded default, so an empty file is a valid configuration.
@@ -131,7 +133,7 @@ public struct AgentConfiguration: Sendable, Equatable {
 
     /// `[log]`: what the daemon writes to stderr.
     public struct Log: Sendable, Equatable {
-        public var level = "info"
+        public var level = Logger.Level.info
         /// `logfmt` (message first, then `key=value`) or `json` (one object per line); see ``AgentLogHandler``.
         public var format = AgentLogHandler.Format.logfmt
     }

@@ -186,12 +186,6 @@ extension ConfigValueCodec where Value == String {
     package static var string: Self {
         Self(type: .string, read: { section, key throws(ConfigurationError) in try section.string(key) }, literal: JSONCompactor.quote)
     }
-
-    /// A string among `options` (for names that are not a Swift enum, such as log levels).
-    package static func choice(among options: [String]) -> Self {
-        Self(type: .choice(options), read: { section, key throws(ConfigurationError) in try section.choice(key, among: options) },
-             literal: JSONCompactor.quote)
-    }
 }
 
 extension ConfigValueCodec where Value: RawRepresentable & CaseIterable, Value.RawValue == String {
@@ -409,7 +403,7 @@ extension ConfigKey {
 
     // [log]
     public static let logLevel = ConfigKey(
-        "log.level", \.log.level, .choice(among: LogLevelName.allNames), .restart,
+        "log.level", \.log.level, .choice, .restart,
         "The least severe level logged (overridden by run --log-level).")
     public static let logFormat = ConfigKey(
         "log.format", \.log.format, .choice, .restart,

@@ -4,18 +4,20 @@
 /// Commands exit with ``exitCode`` (78, `EX_CONFIG`) on it.
 public struct ConfigurationError: Error, CustomStringConvertible, Sendable, Equatable {
     /// A stable, machine-readable kind of configuration error.
-    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-        public var rawValue: String
-        public init(rawValue: String) { self.rawValue = rawValue }
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        /// The code as logs and programs read it.
+        public let rawValue: String
+        /// Private: the catalogue is closed, every code is one of the static members below.
+        private init(_ rawValue: String) { self.rawValue = rawValue }
         public var description: String { rawValue }
 
-        public static let unreadableFile = Code(rawValue: "config.unreadable_file")
-        public static let syntax = Code(rawValue: "config.syntax")
-        public static let unknownKey = Code(rawValue: "config.unknown_key")
-        public static let wrongType = Code(rawValue: "config.wrong_type")
-        public static let invalidValue = Code(rawValue: "config.invalid_value")
-        public static let unusablePath = Code(rawValue: "config.unusable_path")
-        public static let missingKey = Code(rawValue: "config.missing_api_key")
+        public static let unreadableFile = Code("config.unreadable_file")
+        public static let syntax = Code("config.syntax")
+        public static let unknownKey = Code("config.unknown_key")
+        public static let wrongType = Code("config.wrong_type")
+        public static let invalidValue = Code("config.invalid_value")
+        public static let unusablePath = Code("config.unusable_path")
+        public static let missingKey = Code("config.missing_api_key")
     }
 
     /// `EX_CONFIG` from sysexits.h.

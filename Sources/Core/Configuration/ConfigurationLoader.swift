@@ -199,11 +199,6 @@ package enum HostPort {
     }
 }
 
-/// The log level names `[log] level` and `--log-level` accept.
-public enum LogLevelName {
-    public static let allNames = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
-}
-
 // MARK: - Section reading
 
 /// Reads the keys of one TOML table, remembering which it consumed so leftovers are reported as unknown.
@@ -328,13 +323,6 @@ package struct SectionReader {
         return choice
     }
 
-    package mutating func choice(_ key: String, among options: [String]) throws(ConfigurationError) -> String? {
-        guard let text = try string(key) else { return nil }
-        guard options.contains(text) else {
-            throw invalid(key, "\"\(text)\" is not one of \(options.map { "\"\($0)\"" }.joined(separator: ", "))")
-        }
-        return text
-    }
 
     package func finish() throws(ConfigurationError) {
         for key in table.keys.sorted() where !consumed.contains(key) {

@@ -8,24 +8,26 @@ import Glibc
 /// address.
 public struct StartupError: Error, CustomStringConvertible, Sendable {
     /// A stable, machine-readable kind of start-up failure.
-    public struct Code: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-        public var rawValue: String
-        public init(rawValue: String) { self.rawValue = rawValue }
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        /// The code as logs and programs read it.
+        public let rawValue: String
+        /// Private: the catalogue is closed, every code is one of the static members below.
+        private init(_ rawValue: String) { self.rawValue = rawValue }
         public var description: String { rawValue }
 
         /// Another process listens on the socket path.
-        public static let pathInUse = Code(rawValue: "startup.path_in_use")
+        public static let pathInUse = Code("startup.path_in_use")
         /// The path is held by a socket systemd passed to this very process, under a name the daemon did not
         /// take for it.
-        public static let pathHeldByPassedSocket = Code(rawValue: "startup.path_held_by_passed_socket")
+        public static let pathHeldByPassedSocket = Code("startup.path_held_by_passed_socket")
         /// The path cannot take a socket: its directory cannot be made, a file is in the way, the name is
         /// too long, or bind/chmod failed.
-        public static let pathUnusable = Code(rawValue: "startup.path_unusable")
+        public static let pathUnusable = Code("startup.path_unusable")
         /// The TCP address cannot be listened on: the port is in use, the host does not resolve, or bind
         /// failed.
-        public static let addressUnusable = Code(rawValue: "startup.address_unusable")
+        public static let addressUnusable = Code("startup.address_unusable")
         /// A socket systemd passed is not of the kind its name says.
-        public static let passedSocketUnusable = Code(rawValue: "startup.passed_socket_unusable")
+        public static let passedSocketUnusable = Code("startup.passed_socket_unusable")
     }
 
     /// `EX_OSERR` from sysexits.h.

@@ -78,7 +78,7 @@ struct ConfigurationLoaderTests {
         #expect(config.batch.gzipLevel == 9)
         #expect(config.batch.concurrency == 4 && config.batch.maxInFlight == 16)
         #expect(config.retry.max == .seconds(120))
-        #expect(config.log.level == "debug")
+        #expect(config.log.level == .debug)
     }
 
     @Test func shippedExampleIsValid() throws {

@@ -39,7 +39,7 @@ struct DaemonStateTests {
     }
 
     func target(_ table: String, pending: Int, age: Double?, state: String? = nil, until: Double? = nil) -> SpoolStatus.Target {
-        SpoolStatus.Target(table: table, mode: "append", primaryKey: "", tags: "", pending: pending, pendingBytes: pending * 10,
+        SpoolStatus.Target(table: table, mode: .append, primaryKey: "", tags: "", pending: pending, pendingBytes: pending * 10,
                            oldestAgeSeconds: age, deadLetters: 0, lastError: nil, state: state, lastSuccessAt: nil, stateUntil: until)
     }
 

@@ -86,7 +86,7 @@ struct JSONScannerTests {
             try? scanner.beginObject()
             while let name = try? scanner.nextMember() {
                 isAck.append(scanner.string(name, is: "ack"))
-                try? scanner.skipValue(depth: 1, maxDepth: 10)
+                _ = try? scanner.skipValue(depth: 1, maxDepth: 10)
             }
             return isAck
         }
