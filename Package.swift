@@ -127,6 +127,7 @@ let package = Package(
                 "CSpoolVFS",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
     ],
