@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 
 @testable import Core
@@ -51,5 +52,96 @@ struct PassedSocketsTests {
     @Test func nothingIsPassedWithoutListenPIDOfThisProcess() {
         #expect(PassedSockets.take(environment: ["LISTEN_FDS": "1", "LISTEN_PID": "1"]) == PassedSockets([]))
         #expect(PassedSockets.take(environment: [:]) == PassedSockets([]))
+    }
+
+    // MARK: Reading the environment
+
+    // `take` with this process's pid looks at descriptors from 3, which in the test process are whatever
+    // other tests opened: only their numbers and names are checked (it sets close-on-exec on them, which
+    // the test process does not mind).
+    static let ourPID = "\(getpid())"
+
+    @Test(arguments: [
+        ["LISTEN_PID": "\(getpid() + 1)", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "intake:http"],  // another process's sockets
+        ["LISTEN_PID": "self", "LISTEN_FDS": "1"],
+        ["LISTEN_PID": "", "LISTEN_FDS": "1"],
+        ["LISTEN_FDS": "1"],
+        ["LISTEN_PID": "\(getpid())"],
+        ["LISTEN_PID": "\(getpid())", "LISTEN_FDS": "0"],
+        ["LISTEN_PID": "\(getpid())", "LISTEN_FDS": "-1"],
+        ["LISTEN_PID": "\(getpid())", "LISTEN_FDS": "two"],
+        ["LISTEN_PID": "\(getpid())", "LISTEN_FDS": ""],
+        ["LISTEN_PID": "\(getpid())", "LISTEN_FDS": "1 "],
+        ["LISTEN_PID": "\(getpid())", "LISTEN_FDS": "99999999999"],
+    ])
+    func noSocketsAreTakenFromAMalformedOrForeignEnvironment(environment: [String: String]) {
+        let passed = PassedSockets.take(environment: environment)
+        #expect(passed.all.isEmpty)
+        #expect(passed.assigned.isEmpty)
+    }
+
+    @Test func namesAreMatchedToDescriptorsInOrderFromThree() {
+        let passed = PassedSockets.take(environment: ["LISTEN_PID": Self.ourPID, "LISTEN_FDS": "3", "LISTEN_FDNAMES": "http:datagram:intake"])
+        #expect(passed.all.map(\.fd) == [3, 4, 5])
+        #expect(passed.all.map(\.name) == ["http", "datagram", "intake"])
+        #expect(passed[.http]?.fd == 3)
+        #expect(passed[.datagram]?.fd == 4)
+        #expect(passed[.intake]?.fd == 5)
+        #expect(passed.unused.isEmpty)
+    }
+
+    @Test func fewerNamesThanDescriptorsLeaveTheRestUnnamedAndUnused() {
+        let passed = PassedSockets.take(environment: ["LISTEN_PID": Self.ourPID, "LISTEN_FDS": "2", "LISTEN_FDNAMES": "http"])
+        #expect(passed.all.map(\.name) == ["http", ""])
+        #expect(passed[.http]?.fd == 3)
+        #expect(passed[.intake] == nil)
+        #expect(passed.unused.map(\.fd) == [4])
+    }
+
+    @Test func moreNamesThanDescriptorsAreIgnored() {
+        let passed = PassedSockets.take(environment: ["LISTEN_PID": Self.ourPID, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "http:intake:datagram"])
+        #expect(passed.all.map(\.fd) == [3])
+        #expect(passed.all.map(\.name) == ["http"])
+        // One socket is the intake socket whatever its name.
+        #expect(passed[.intake]?.fd == 3)
+        #expect(passed[.http] == nil)
+    }
+
+    @Test func emptyNamesKeepTheirPlace() {
+        let passed = PassedSockets.take(environment: ["LISTEN_PID": Self.ourPID, "LISTEN_FDS": "3", "LISTEN_FDNAMES": "::intake"])
+        #expect(passed.all.map(\.name) == ["", "", "intake"])
+        #expect(passed[.intake]?.fd == 5)
+        #expect(passed.unused.map(\.fd) == [3, 4])
+    }
+
+    @Test func severalSocketsWithoutNamesAreAllUnused() {
+        let passed = PassedSockets.take(environment: ["LISTEN_PID": Self.ourPID, "LISTEN_FDS": "2"])
+        #expect(passed.all.map(\.fd) == [3, 4])
+        #expect(passed.all.map(\.name) == ["", ""])
+        #expect(passed.assigned.isEmpty)
+        #expect(passed.unused.count == 2)
+    }
+
+    @Test func aSingleUnnamedSocketIsTheIntakeSocket() {
+        let passed = PassedSockets.take(environment: ["LISTEN_PID": Self.ourPID, "LISTEN_FDS": "1"])
+        #expect(passed[.intake]?.fd == 3)
+        #expect(passed[.intake]?.name == "")
+    }
+
+    @Test func aPassedUnixSocketIsKnownByItsPath() throws {
+        // The path of a passed socket is read back from the descriptor itself: a bound Unix socket gives its
+        // path; an unbound socket, or a descriptor that is no socket, none.
+        let path = try makeTemporaryDirectory("passed") + "/held.sock"
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        #expect(SocketPath.withAddress(of: path) { bind(fd, $0, $1) } == 0)
+        #expect(SocketKind.boundPath(of: fd) == path)
+        let unbound = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(unbound) }
+        #expect(SocketKind.boundPath(of: unbound) == nil)
+        var pipeEnds: [Int32] = [-1, -1]
+        #expect(pipe(&pipeEnds) == 0)
+        defer { close(pipeEnds[0]); close(pipeEnds[1]) }
+        #expect(SocketKind.boundPath(of: pipeEnds[0]) == nil)
     }
 }
