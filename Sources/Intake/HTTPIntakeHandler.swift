@@ -130,7 +130,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let tooLarge = (error as? Gzip.Error)?.kind == .overLimit
                 respond(context: context, head: head, Self.failure(tooLarge
                     ? IntakeRejection(.bodyTooLarge, "the inflated request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)")
-                    : IntakeRejection(.invalidEncoding, "the body is not valid gzip (Content-Encoding: gzip): \(error)"), table: nil), close: false)
+                    : IntakeRejection(.invalidEncoding, "the body is not valid gzip (Content-Encoding: gzip)"), table: nil), close: false)
                 return
             }
         } else if let encoding, encoding != "identity" {

@@ -5,7 +5,12 @@ import NIOEmbedded
 import NIOHTTP1
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// The local Stream API in-process: raw HTTP/1.1 bytes into the pipeline ``HTTPIntakeServer`` installs
 /// (NIO's HTTP server pipeline with error handling, ``StopNotice``, ``HTTPIntakeHandler``) on an in-memory

@@ -4,7 +4,12 @@ import NIOCore
 import NIOEmbedded
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// The line protocol's connection handler in-process: an in-memory channel in front of a real spool writer.
 /// Replies come once the writer committed (from its thread), so each test waits for them, with a deadline.

@@ -6,7 +6,12 @@ import NIOEmbedded
 import NIOPosix
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// `[intake] allow_uids` / `allow_gids`: the credentials come from the kernel (`SO_PEERCRED`), so the
 /// decision is tested on a real Unix socket served by the pipeline ``IntakeServer`` installs, with this

@@ -6,7 +6,12 @@ import NIOPosix
 import Prometheus
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 extension MetricsSuites {
     /// The metrics endpoint's connections: the pipeline ``MetricsServer`` installs (its handler is private to

@@ -5,7 +5,12 @@ import NIOCore
 import NIOEmbedded
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// A logger that writes nothing (the handlers under test log refusals).
 let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })

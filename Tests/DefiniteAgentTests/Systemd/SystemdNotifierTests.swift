@@ -2,7 +2,12 @@ import Foundation
 import Glibc
 import Testing
 
-@testable import DefiniteAgent
+@testable import Core
+@testable import Daemon
+@testable import Delivery
+@testable import Intake
+@testable import Operations
+@testable import Spool
 
 /// `sd_notify(3)` without libsystemd: what arrives on a datagram socket standing in for systemd's.
 @Suite("Systemd notifier")
