@@ -50,7 +50,7 @@ package final class DeliveryLoop: @unchecked Sendable {
         case read(chain: Int, DeliveryMachine.Outcome, SpooledRecords)
         /// A batch's rows read again for a step that needs their bytes; `nil` when that failed.
         case reread(chain: Int, SpooledRecords?)
-        case recorded(chain: Int, Result<Int, any Error>)
+        case recorded(chain: Int, Result<Void, any Error>)
         case built(chain: Int, Built)
         case appended([SpoolWriter.AppendedRange])
         case polled([SpoolReader.TargetRow])
@@ -245,8 +245,7 @@ package final class DeliveryLoop: @unchecked Sendable {
         case .recorded(let id, let result):
             guard let chain = chains[id] else { return }
             switch result {
-            case .success(let released):
-                writer.capacity.release(released)
+            case .success:
                 switch chain.step {
                 case .record(let record), .register(let record):
                     if case .record = chain.step { report(record.change) }

@@ -218,11 +218,9 @@ final class DatagramReceiver: @unchecked Sendable {
                 if length > 0, buffer[length - 1] == UInt8(ascii: "\n") { length -= 1 }
                 let parsed = buffer.withUnsafeBytes { parser.parse(line: UnsafeRawBufferPointer(rebasing: $0[0..<length]), into: &batch) }
                 switch parsed.result {
-                case .success(let accepted) where writer.capacity.reserve(accepted.bytes):
+                case .success(let accepted) where batch.admit(accepted, into: writer.capacity):
                     requests += 1
-                case .success(let accepted):
-                    batch.records[accepted.targetIndex].removeLast(accepted.bytes)
-                    batch.counts[accepted.targetIndex] -= accepted.records
+                case .success:
                     counters.add(dropped: 1)
                     AgentMetrics.rejected(.spoolFull).increment()
                     logRefusal(IntakeRejection(.spoolFull, "the spool is full ([spool] max_bytes); the datagram was dropped"))

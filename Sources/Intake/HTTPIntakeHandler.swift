@@ -166,7 +166,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context: context, head: head, Self.failure(rejection, table: batch.targets.first?.table), close: false)
         case .success(let accepted):
             let table = batch.targets[accepted.targetIndex].table
-            guard writer.capacity.reserve(accepted.bytes) else {
+            guard batch.admit(accepted, into: writer.capacity) else {
                 var answer = Self.failure(IntakeRejection(.spoolFull, "the agent's spool is full ([spool] max_bytes); nothing from this request was stored, retry later"), table: table)
                 answer.headers.append(("Retry-After", "5"))
                 respond(context: context, head: head, answer, close: false)

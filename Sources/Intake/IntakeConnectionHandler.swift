@@ -70,12 +70,9 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             }
             switch parsed.result {
             case .success(let accepted):
-                if capacity.reserve(accepted.bytes) {
+                if batch.admit(accepted, into: capacity) {
                     entries.append(.accepted(ack: ack, records: Int32(accepted.records)))
                 } else {
-                    let index = accepted.targetIndex
-                    batch.records[index].removeLast(accepted.bytes)
-                    batch.counts[index] -= accepted.records
                     entries.append(.refused(ack: ack, IntakeRejection(.spoolFull, "the spool is full ([spool] max_bytes = \(ByteSize(bytes: capacity.limit))); nothing from this request was stored, retry later")))
                 }
             case .failure(let rejection):

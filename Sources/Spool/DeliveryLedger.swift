@@ -149,40 +149,43 @@ package struct DeliveryLedger: Sendable {
         package var isEmpty: Bool { self == Change(targetID: targetID) }
     }
 
-    /// Queues `change` on the writer thread; `completion` (on that thread) hears, once it is committed, the
-    /// stored bytes that left the spool (delivered or superseded rows; dead-lettered rows stay on disk in
-    /// the dead-letter queue), or why it was not. `records` must hold every row the change moves (for their
-    /// bytes and dead-letter copies).
-    package func apply(_ change: Change, records: SpooledRecords, completion: @escaping @Sendable (Result<Int, any Error>) -> Void) {
-        let released = LockedResult()
+    /// Queues `change` on the writer thread; `completion` (on that thread) hears once it is committed, or
+    /// why it was not. `records` must hold every row the change moves (for the dead-letter copies).
+    ///
+    /// The spool's capacity follows the commit exactly: what the transaction changed in the stored total
+    /// (segments delivery has wholly passed leave it, dead letters join it) is applied once it is durable,
+    /// on the writer thread, before `completion` runs; a failed commit changes nothing.
+    package func apply(_ change: Change, records: SpooledRecords, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        let storedChange = LockedResult(0)
+        let capacity = writer.capacity
         writer.perform({ db in
-            let delivered = records.storedSize(ofSeqs: change.delivered) + records.storedSize(ofSeqs: change.superseded)
             let letters = change.deadLetters.map { letter in
                 (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
             }
-            try Self.write(change, letters: letters, db: db)
-            released.set(.success(delivered))
+            storedChange.set(.success(try Self.write(change, letters: letters, db: db)))
         }, completion: { outcome in
-            completion(outcome.flatMap { released.get() })
+            completion(outcome.flatMap {
+                storedChange.get().map { capacity.storedChanged(by: $0) }
+            })
         })
     }
 
     /// ``apply(_:records:completion:)`` for synchronous callers (tests, tools): blocks until committed.
-    @discardableResult
-    package func apply(_ change: Change, records: SpooledRecords) throws -> Int {
+    package func apply(_ change: Change, records: SpooledRecords) throws {
         let done = DispatchSemaphore(value: 0)
-        let result = LockedResult()
+        let result = LockedResult<Void>(())
         apply(change, records: records) { outcome in
             result.set(outcome)
             done.signal()
         }
         done.wait()
-        return try result.get().get()
+        try result.get().get()
     }
 
     // MARK: SQL
 
-    private static func write(_ change: Change, letters: [(DeadLetter, SpooledRecords)], db: SQLiteConnection) throws {
+    /// Writes `change`; returns what it changed in the spool's stored total (bytes).
+    private static func write(_ change: Change, letters: [(DeadLetter, SpooledRecords)], db: SQLiteConnection) throws -> Int {
         let targetID = change.targetID
         let now = Date().timeIntervalSince1970
         if let batch = change.register {
@@ -195,9 +198,10 @@ package struct DeliveryLedger: Sendable {
             try insert.step()
             insert.reset()
         }
+        var storedChange = 0
         var leaving = runs(of: change.delivered + change.superseded)
         for (letter, rows) in letters {
-            try insertDeadLetter(letter.failure, rows: rows, targetID: targetID, now: now, db: db)
+            storedChange += try insertDeadLetter(letter.failure, rows: rows, targetID: targetID, now: now, db: db)
             leaving += runs(of: letter.seqs)
         }
         if let batch = change.finished {
@@ -212,7 +216,7 @@ package struct DeliveryLedger: Sendable {
             try replaceParts(batchID: progress.batchID, with: progress.parts, db: db)
         }
         if !leaving.isEmpty {
-            try markDelivered(db, targetID: targetID, ranges: leaving)
+            storedChange -= try markDelivered(db, targetID: targetID, ranges: leaving)
         }
         if let attempt = change.attempt {
             let update = try db.prepared("UPDATE batches SET attempts = attempts + 1, last_attempt_at = ?2, last_status = ?3, last_error = ?4 WHERE id = ?1")
@@ -224,9 +228,11 @@ package struct DeliveryLedger: Sendable {
             update.reset()
         }
         try updateTarget(change, db: db)
+        return storedChange
     }
 
-    private static func insertDeadLetter(_ failure: Failure, rows: SpooledRecords, targetID: Int64, now: Double, db: SQLiteConnection) throws {
+    /// Returns the entry's bytes (what it adds to the stored total).
+    private static func insertDeadLetter(_ failure: Failure, rows: SpooledRecords, targetID: Int64, now: Double, db: SQLiteConnection) throws -> Int {
         let insert = try db.prepared("""
             INSERT INTO dead_letters (target_id, first_seq, record_count, byte_count, records, reason, http_status, errors,
                                       warnings, request_id, attempts, partial, first_failed_at, last_failed_at, tags)
@@ -251,6 +257,7 @@ package struct DeliveryLedger: Sendable {
             try insert.step()
             insert.reset()
         }
+        return rows.bytes.count
     }
 
     private static func replaceParts(batchID: String, with parts: [Part], db: SQLiteConnection) throws {
@@ -310,8 +317,9 @@ package struct DeliveryLedger: Sendable {
     }
 
     /// Adds delivered ranges, folds those contiguous with `delivered_seq` into it, and drops segments
-    /// that are wholly behind it.
-    static func markDelivered(_ db: SQLiteConnection, targetID: Int64, ranges: [Range<Int64>]) throws {
+    /// that are wholly behind it; returns the bytes of those segments.
+    @discardableResult
+    static func markDelivered(_ db: SQLiteConnection, targetID: Int64, ranges: [Range<Int64>]) throws -> Int {
         let insert = try db.prepared("""
             INSERT INTO delivered_ranges (target_id, first_seq, end_seq) VALUES (?1, ?2, ?3)
             ON CONFLICT (target_id, first_seq) DO UPDATE SET end_seq = max(end_seq, excluded.end_seq)
@@ -325,7 +333,7 @@ package struct DeliveryLedger: Sendable {
         }
         let position = try db.prepared("SELECT delivered_seq, next_seq FROM targets WHERE id = ?1")
         position.bind(1, targetID)
-        guard try position.step() else { return }
+        guard try position.step() else { return 0 }
         var delivered = position.int64(0)
         let settledBelow = position.int64(1)
         position.reset()
@@ -346,13 +354,14 @@ package struct DeliveryLedger: Sendable {
             try remove.step()
             remove.reset()
         }
-        let removedBytes = try TargetLog.removeSegments(of: targetID, below: delivered, settledBelow: settledBelow, db: db)
+        let removed = try TargetLog.removeSegments(of: targetID, below: delivered, settledBelow: settledBelow, db: db)
         let advance = try db.prepared("UPDATE targets SET delivered_seq = ?2, pending_bytes = max(0, pending_bytes - ?3) WHERE id = ?1")
         advance.bind(1, targetID)
         advance.bind(2, delivered)
-        advance.bind(3, removedBytes)
+        advance.bind(3, removed.counted)
         try advance.step()
         advance.reset()
+        return removed.removed
     }
 
     /// Sorted seqs as contiguous ranges.
@@ -375,8 +384,9 @@ package struct DeliveryLedger: Sendable {
 }
 
 /// A result handed from the writer thread to whoever waits for it.
-private final class LockedResult: Sendable {
-    private let result = Mutex<Result<Int, any Error>>(.success(0))
-    func set(_ value: Result<Int, any Error>) { result.withLock { $0 = value } }
-    func get() -> Result<Int, any Error> { result.withLock { $0 } }
+private final class LockedResult<Value: Sendable>: Sendable {
+    private let result: Mutex<Result<Value, any Error>>
+    init(_ initial: Value) { result = Mutex(.success(initial)) }
+    func set(_ value: Result<Value, any Error>) { result.withLock { $0 = value } }
+    func get() -> Result<Value, any Error> { result.withLock { $0 } }
 }

@@ -54,6 +54,19 @@ public struct SpoolBatch: Sendable {
         return index
     }
 
+    /// Keeps the request just appended to group `index` (its `bytes` bytes and `records` records, the last
+    /// ones there) if `capacity` has room for it, and reserves that room; otherwise takes it out of the
+    /// batch again and returns `false` (the request is refused with nothing of it stored). The one place
+    /// intake reserves room: the writer settles the reservation when it commits the batch.
+    package mutating func admitLast(bytes: Int, records count: Int, group index: Int, into capacity: SpoolCapacity) -> Bool {
+        guard capacity.reserve(bytes) else {
+            records[index].removeLast(bytes)
+            counts[index] -= count
+            return false
+        }
+        return true
+    }
+
     /// Group `index`'s records as runs of one tag set: (byte range in `records[index]`, record count, tags),
     /// in order, empty runs left out.
     package func runs(of index: Int) -> [(bytes: Range<Int>, count: Int, tags: String)] {

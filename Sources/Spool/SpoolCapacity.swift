@@ -6,12 +6,16 @@ import Synchronization
 /// What the spool may still take: bytes of records held (pending plus dead letters) against
 /// `[spool] max_bytes`, and whether the disk still has room beyond `[spool] disk_reserve`.
 ///
-/// Intake reserves a request's bytes before queueing it for the writer; a request that would pass the
-/// limit is refused with 507 and nothing already spooled is touched. The writer turns reservations into
-/// stored bytes when it commits (or cancels them when the commit fails); delivery releases stored bytes
-/// as rows leave the spool. The writer re-reads the stored total from the database every few seconds
-/// while it commits or intake is refused, and at once when a refusal begins, so changes made by other
-/// processes (`dlq purge`) are seen without a restart.
+/// Intake reserves a request's bytes before queueing it for the writer (``SpoolBatch/admitLast(bytes:records:group:into:)``,
+/// the one place it does); a request that would pass the limit is refused with 507 and nothing already
+/// spooled is touched. Everything else happens on the writer thread, as commits become durable: a
+/// commit of appends turns their reservations into stored bytes (a failed one cancels them), and a
+/// delivery commit applies exactly what it changed in the database's stored total (segments delivery has
+/// wholly passed leave it, dead letters join it; ``DeliveryLedger``). The count therefore equals the
+/// database's total (`SpoolWriter.storedBytes`) after every commit, which a test checks. Only changes
+/// made by another process (`dlq purge`, `dlq replay`) are not seen that way: the writer re-reads the
+/// total when a refusal begins and every few seconds while intake is refused, so room such a command
+/// made ends a refusal without a restart.
 ///
 /// It also knows whether intake is being refused (``refusal``): for `max_bytes`, from the first refused
 /// request until that request would fit; for the disk, as the writer reports it (``diskIsFull(_:)``,
@@ -78,12 +82,15 @@ public final class SpoolCapacity: Sendable {
         reserved.subtract(bytes, ordering: .relaxed)
     }
 
-    /// Stored bytes left the spool (delivered, or purged from the dead letters).
-    public func release(_ bytes: Int) {
-        stored.subtract(bytes, ordering: .relaxed)
+    /// A committed change of the stored total (negative: bytes left the spool). On the writer thread.
+    package func storedChanged(by bytes: Int) {
+        stored.add(bytes, ordering: .relaxed)
     }
 
-    /// Replaces the stored total with what the database says.
+    /// Bytes held by committed records and dead letters (reservations not included).
+    package var storedBytes: Int { stored.load(ordering: .relaxed) }
+
+    /// Replaces the stored total with what the database says (changes made by another process).
     package func resynchronize(stored value: Int) {
         stored.store(value, ordering: .relaxed)
     }

@@ -301,7 +301,7 @@ public final class SpoolWriter: @unchecked Sendable {
             diskAdmission.relievePressure(connection)
             let now = ContinuousClock.now
             heartbeat.withLockedValue { $0 = now }
-            if resynchronizeNow || now - lastResynchronization > .seconds(5) {
+            if resynchronizeNow || (capacity.refusal != nil && now - lastResynchronization > .seconds(5)) {
                 lastResynchronization = now
                 if let stored = try? Self.storedBytes(connection) { capacity.resynchronize(stored: stored) }
             }

@@ -46,22 +46,26 @@ enum TargetLog {
         try update.step()
     }
 
-    /// Removes `targetID`'s segments wholly below `position` and returns the bytes of those `pending_bytes`
-    /// counted (the ones below `next_seq`), to be taken off it.
+    /// Removes `targetID`'s segments wholly below `position` and returns their bytes: all of them (what the
+    /// spool's stored total loses) and those `pending_bytes` counted (the ones below `next_seq`), to be taken
+    /// off it.
     ///
     /// `first_seq < ?2` adds nothing to the meaning (a segment holds at least one record) but bounds the
     /// search of the key: without it, every delivered batch read the rows of the target's whole backlog
     /// (in the bench's end to end, with 15 M records pending, a fifth of the daemon's CPU).
-    static func removeSegments(of targetID: Int64, below position: Int64, settledBelow nextSeq: Int64, db: SQLiteConnection) throws -> Int {
+    static func removeSegments(
+        of targetID: Int64, below position: Int64, settledBelow nextSeq: Int64, db: SQLiteConnection
+    ) throws -> (removed: Int, counted: Int) {
         let remove = try db.prepared(removeDelivered)
         defer { remove.reset() }
         remove.bind(1, targetID)
         remove.bind(2, position)
-        var counted = 0
+        var (removed, counted) = (0, 0)
         while try remove.step() {
+            removed += remove.int(1)
             if remove.int64(0) < nextSeq { counted += remove.int(1) }
         }
-        return counted
+        return (removed, counted)
     }
 
     /// SQL of ``removeSegments(of:below:settledBelow:db:)`` (its plan is tested).

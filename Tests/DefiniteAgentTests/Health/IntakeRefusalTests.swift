@@ -21,9 +21,9 @@ struct IntakeRefusalTests {
         let refusal = try #require(capacity.refusal)
         #expect(refusal.reason == .maxBytes && refusal.detail.contains("max_bytes = 100"))
         #expect(capacity.observe().episodes == 1)
-        capacity.release(5)  // 85 + 20 > 100: that request still would not fit
+        capacity.storedChanged(by: -5)  // 85 + 20 > 100: that request still would not fit
         #expect(capacity.refusal?.since == refusal.since)
-        capacity.release(10)  // 75 + 20 ≤ 100
+        capacity.storedChanged(by: -10)  // 75 + 20 ≤ 100
         #expect(capacity.refusal == nil)
         #expect(capacity.observe() == .init(current: nil, episodes: 1, latest: capacity.observe().latest))
     }
@@ -51,7 +51,7 @@ struct IntakeRefusalTests {
         }
         #expect(!capacity.reserve(10))
         #expect(tracker.observe(capacity.observe(), now: now).isEmpty, "a refusal going on is not reported again")
-        capacity.release(50)
+        capacity.storedChanged(by: -50)
         #expect(tracker.observe(capacity.observe(), now: now + 3) == [.ended(refusal, lasted: (now + 3).timeIntervalSince(refusal.since))])
         #expect(tracker.observe(capacity.observe(), now: now + 4).isEmpty)
     }
@@ -85,7 +85,7 @@ struct IntakeRefusalTests {
             return
         }
         #expect(full.hasPrefix("intake refused: spool full"))
-        capacity.release(10)
+        capacity.storedChanged(by: -10)
         #expect(readiness.state == .ready)
         readiness.markStopping()
         #expect(readiness.state == .notReady("stopping"))

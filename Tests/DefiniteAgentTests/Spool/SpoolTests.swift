@@ -238,7 +238,7 @@ struct SpoolTests {
         let capacity = SpoolCapacity(limit: 100, used: 60)
         #expect(capacity.reserve(40))
         #expect(!capacity.reserve(1))
-        capacity.release(50)
+        capacity.storedChanged(by: -50)
         #expect(capacity.reserve(50))
         #expect(capacity.usedBytes == 100)
     }
