@@ -1,3 +1,4 @@
+import Core
 import Intake
 import FoundationEssentials
 import Glibc
@@ -27,7 +28,7 @@ final class AgentSocket {
         guard fd >= 0 else { throw ConnectError(description: String(cString: strerror(errno))) }
         let result = SocketPath.withAddress(of: path) { connect(fd, $0, $1) }
         guard result == 0 else {
-            let reason = result == nil ? "the socket path is too long (at most 107 bytes)" : String(cString: strerror(errno))
+            let reason = result == nil ? "the socket path is too long (at most \(UnixSocketAddress.maxPathBytes) bytes)" : String(cString: strerror(errno))
             Glibc.close(fd)
             throw ConnectError(description: reason)
         }

@@ -95,9 +95,9 @@ struct DiskAdmission {
         lastCheckpointAttempt = ContinuousClock.now
         // Readers hold their snapshots only briefly; do not let one stall the writer for long.
         do {
-            try connection.execute("PRAGMA busy_timeout = 250; PRAGMA wal_checkpoint(TRUNCATE); PRAGMA busy_timeout = 10000")
+            try connection.execute("PRAGMA busy_timeout = 250; PRAGMA wal_checkpoint(TRUNCATE); \(SpoolDatabase.busyTimeout)")
         } catch {
-            try? connection.execute("PRAGMA busy_timeout = 10000")
+            try? connection.execute(SpoolDatabase.busyTimeout)
         }
     }
 

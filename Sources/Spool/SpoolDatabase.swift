@@ -9,6 +9,10 @@ import Glibc
 /// - Important: Nothing here ever overwrites or truncates a file that is not a definite-agent spool, or
 ///   one written by a newer version: both are errors that say what to do.
 package enum SpoolDatabase {
+    /// How long a connection waits for another one's lock (the CLI's, the checkpointer's) before its
+    /// statement fails with SQLITE_BUSY: long enough for any commit or checkpoint of the spool.
+    static let busyTimeout = "PRAGMA busy_timeout = 10000"
+
     /// Opens (creating if needed) the spool for writing.
     ///
     /// - `durability == .full`: `synchronous=FULL`, so each commit fsyncs the WAL before returning; a
@@ -26,7 +30,7 @@ package enum SpoolDatabase {
         let accessChanges = try access.prepare(spoolAt: path)
         let connection = try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readWrite, writes: writes(durability))
-            try db.execute("PRAGMA busy_timeout = 10000")
+            try db.execute(busyTimeout)
             // SQLite falls back to read-only when it cannot write (a read-only mount or directory, a file
             // owned by someone else): refuse that at start rather than answer every write with an error.
             guard sqlite3_db_readonly(db.handle, "main") == 0 else {
@@ -83,7 +87,7 @@ package enum SpoolDatabase {
         try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readWrite, writes: writes(durability))
             // A checkpoint copies WAL frames to the file directly; it needs no page cache to speak of.
-            try db.execute("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -256")
+            try db.execute("\(busyTimeout); PRAGMA cache_size = -256")
             try db.execute(synchronousPragma(durability))
             return db
         }
@@ -97,7 +101,7 @@ package enum SpoolDatabase {
         return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readOnly)
             // Readers stream through the log once; a small page cache keeps each connection's memory low.
-            try db.execute("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -512")
+            try db.execute("\(busyTimeout); PRAGMA cache_size = -512")
             try checkIdentity(db, path: path, allowEmpty: false)
             return db
         }
@@ -111,7 +115,7 @@ package enum SpoolDatabase {
         }
         return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readWrite)
-            try db.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL")
+            try db.execute("\(busyTimeout); PRAGMA synchronous = FULL")
             try db.execute(Self.deletePolicy)
             try checkIdentity(db, path: path, allowEmpty: false)
             return db

@@ -128,18 +128,18 @@ public enum ConfigurationLoader {
         }
 
         guard !config.intake.socket.isEmpty else { throw fail(.intakeSocket, "must not be empty") }
-        // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
-        guard config.intake.socket.utf8.count < 108 else {
-            throw fail(.intakeSocket, "path is \(config.intake.socket.utf8.count) bytes; Unix socket paths must be under 108")
+        let maxPath = UnixSocketAddress.maxPathBytes
+        guard config.intake.socket.utf8.count <= maxPath else {
+            throw fail(.intakeSocket, "path is \(config.intake.socket.utf8.count) bytes; Unix socket paths must be under \(maxPath + 1)")
         }
         if let table = config.intake.defaultTable, let problem = TableName.problem(with: table) {
             throw fail(.intakeDefaultTable, problem)
         }
-        if let path = config.intake.datagramSocket, path.isEmpty || path.utf8.count >= 108 {
-            throw fail(.intakeDatagramSocket, "must be a socket path under 108 bytes")
+        if let path = config.intake.datagramSocket, path.isEmpty || path.utf8.count > maxPath {
+            throw fail(.intakeDatagramSocket, "must be a socket path under \(maxPath + 1) bytes")
         }
-        if config.intake.httpSocket.utf8.count >= 108 {
-            throw fail(.intakeHTTPSocket, "path is \(config.intake.httpSocket.utf8.count) bytes; Unix socket paths must be under 108")
+        if config.intake.httpSocket.utf8.count > maxPath {
+            throw fail(.intakeHTTPSocket, "path is \(config.intake.httpSocket.utf8.count) bytes; Unix socket paths must be under \(maxPath + 1)")
         }
         if let listen = config.intake.httpListen {
             guard let (host, _) = HostPort.parse(listen) else {

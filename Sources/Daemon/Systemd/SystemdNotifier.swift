@@ -1,3 +1,4 @@
+import Core
 import FoundationEssentials
 import Glibc
 
@@ -6,18 +7,12 @@ import Glibc
 ///
 /// Without `$NOTIFY_SOCKET` (not run by systemd) every call does nothing.
 public struct SystemdNotifier: Sendable {
-    private let address: [UInt8]?
+    private let address: UnixSocketAddress?
     /// `$WATCHDOG_USEC` when it is meant for this process (`$WATCHDOG_PID` unset or ours).
     public let watchdogInterval: Duration?
 
     public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
-        if let path = environment["NOTIFY_SOCKET"], !path.isEmpty, path.utf8.count < 108 {
-            var bytes = Array(path.utf8)
-            if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }  // abstract namespace
-            address = bytes
-        } else {
-            address = nil
-        }
+        address = environment["NOTIFY_SOCKET"].flatMap(UnixSocketAddress.init)
         let pid = environment["WATCHDOG_PID"].flatMap { Int32($0) }
         if let usec = environment["WATCHDOG_USEC"].flatMap(UInt64.init), usec > 0, pid == nil || pid == getpid() {
             watchdogInterval = .microseconds(Int64(usec))
@@ -35,15 +30,9 @@ public struct SystemdNotifier: Sendable {
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        var target = sockaddr_un()
-        target.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &target.sun_path) { $0.copyBytes(from: address) }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + address.count)
         let payload = Array(state.utf8)
-        let sent = withUnsafePointer(to: &target) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
-                payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), generic, length) }
-            }
+        let sent = address.withSockAddr { target, length in
+            payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), target, length) }
         }
         return sent == payload.count
     }
