@@ -25,10 +25,10 @@ final class AgentSocket {
 
     init(path: String) throws(ConnectError) {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw ConnectError(description: String(cString: strerror(errno))) }
+        guard fd >= 0 else { throw ConnectError(description: SystemCallError().description) }
         let result = SocketPath.withAddress(of: path) { connect(fd, $0, $1) }
         guard result == 0 else {
-            let reason = result == nil ? "the socket path is too long (at most \(UnixSocketAddress.maxPathBytes) bytes)" : String(cString: strerror(errno))
+            let reason = result == nil ? "the socket path is too long (at most \(UnixSocketAddress.maxPathBytes) bytes)" : SystemCallError().description
             Glibc.close(fd)
             throw ConnectError(description: reason)
         }

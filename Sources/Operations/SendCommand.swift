@@ -87,7 +87,7 @@ struct SendCommand: ParsableCommand {
         if let file, file != "-" {
             input = open(file, O_RDONLY | O_CLOEXEC)
             guard input >= 0 else {
-                printError("error: cannot read \(file): \(String(cString: strerror(errno)))")
+                printError("error: cannot read \(file): \(SystemCallError().description)")
                 throw ExitCode(66)  // EX_NOINPUT
             }
         }

@@ -75,11 +75,11 @@ public struct SpoolAccess: Sendable, Equatable {
         let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode)
         guard fd >= 0 else {
             if errno == EEXIST { return }
-            throw SpoolError(.cannotOpen, path: path, "cannot create \(path): \(String(cString: strerror(errno)))")
+            throw SpoolError(.cannotOpen, path: path, "cannot create \(path): \(SystemCallError().description)")
         }
         defer { close(fd) }
         guard fchmod(fd, mode) == 0, group.map({ fchown(fd, uid_t.max, $0) == 0 }) ?? true else {
-            let reason = String(cString: strerror(errno))
+            let reason = SystemCallError().description
             unlink(path)
             throw SpoolError(.cannotOpen, path: path, group.map {
                 "cannot give \(path) to group \(Self.groupName($0)) (\(reason)): the daemon's user must be a member of that group"
@@ -96,10 +96,10 @@ public struct SpoolAccess: Sendable, Equatable {
         guard current != mode || regroup != nil else { return nil }
         // The group first: chmod before chgrp would let the old group read for a moment.
         if let regroup, chown(file, uid_t.max, regroup) != 0 {
-            throw refusal(file, spool: spool, mode: current, reason: String(cString: strerror(errno)), owner: info.st_uid)
+            throw refusal(file, spool: spool, mode: current, reason: SystemCallError().description, owner: info.st_uid)
         }
         guard chmod(file, mode) == 0 else {
-            throw refusal(file, spool: spool, mode: current, reason: String(cString: strerror(errno)), owner: info.st_uid)
+            throw refusal(file, spool: spool, mode: current, reason: SystemCallError().description, owner: info.st_uid)
         }
         return Change(path: file, oldMode: current, newMode: mode, oldGroup: regroup.map { _ in info.st_gid })
     }

@@ -50,7 +50,7 @@ public struct StartupError: Error, CustomStringConvertible, Sendable {
 
     /// A failed system call: `reason` followed by the system's text for `errno`.
     package static func systemCall(_ code: Code, part: String, _ reason: String, errno: Int32) -> StartupError {
-        StartupError(code, part: part, "\(reason): \(String(cString: strerror(errno)))", errno: errno)
+        StartupError(code, part: part, "\(reason): \(SystemCallError(errno))", errno: errno)
     }
 
     public var description: String { "cannot start the \(part): \(reason)" }

@@ -1,13 +1,19 @@
 import Glibc
+import SystemPackage
 
 /// A system call that failed: its `errno`, described as the system describes it ("No such file or
 /// directory"), which is what error messages quote.
 package struct SystemCallError: Error, CustomStringConvertible, Sendable, Equatable {
-    package var code: Int32
+    /// The error number, as swift-system names it (`.noSuchFileOrDirectory`, …).
+    package var errno: Errno
 
-    package init(_ code: Int32 = errno) { self.code = code }
+    /// The error of the last failed call (`errno`), or `code`.
+    package init(_ code: Int32 = Glibc.errno) { errno = Errno(rawValue: code) }
 
-    package var description: String { String(cString: strerror(code)) }
+    /// The raw `errno` value.
+    package var code: Int32 { errno.rawValue }
+
+    package var description: String { errno.description }
 }
 
 /// The few file operations the daemon and its commands need, on the system calls themselves (the
@@ -91,19 +97,12 @@ package enum FileSystem {
     /// The directory part of `path`, as `dirname` but `""` for a bare name: `/a/b` → `/a`, `/a` → `/`,
     /// `a` → `""`; trailing slashes are ignored.
     package static func parentDirectory(of path: String) -> String {
-        var trimmed = Substring(path)
-        while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
-        guard let slash = trimmed.lastIndex(of: "/") else { return "" }
-        var parent = trimmed[..<slash]
-        while parent.count > 1, parent.hasSuffix("/") { parent.removeLast() }
-        return parent.isEmpty ? "/" : String(parent)
+        FilePath(path).removingLastComponent().string
     }
 
     /// The last component of `path`: `/a/b.db` → `b.db`.
     package static func lastComponent(of path: String) -> String {
-        var trimmed = Substring(path)
-        while trimmed.count > 1, trimmed.hasSuffix("/") { trimmed.removeLast() }
-        guard let slash = trimmed.lastIndex(of: "/"), trimmed != "/" else { return String(trimmed) }
-        return String(trimmed[trimmed.index(after: slash)...])
+        let file = FilePath(path)
+        return file.lastComponent?.string ?? file.string
     }
 }

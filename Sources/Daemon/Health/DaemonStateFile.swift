@@ -46,7 +46,7 @@ public enum DaemonStateFile {
             throw SpoolError(.storage, path: spoolPath, "cannot write the daemon state file \(temporary): \(error)")
         }
         guard rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = SystemCallError().description
             unlink(temporary)
             throw SpoolError(.storage, path: spoolPath, "cannot replace the daemon state file \(path): \(reason)")
         }
