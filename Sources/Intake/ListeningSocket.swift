@@ -121,7 +121,7 @@ struct ListeningSocket: Sendable {
         do {
             address = try SocketAddress.makeAddressResolvingHost(host, port: port)
         } catch {
-            throw StartupError(.addressUnusable, part: part, "cannot resolve \(host): \(error)")
+            throw StartupError(.addressUnusable, part: part, "cannot resolve \(host): \(error)", cause: error)
         }
         let family = address.protocol.rawValue
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -182,7 +182,7 @@ package enum SocketPath {
             do {
                 try FileSystem.createDirectories(directory)
             } catch {
-                throw StartupError(.pathUnusable, part: part, "cannot create its directory \(directory): \(error)")
+                throw StartupError(.pathUnusable, part: part, "cannot create its directory \(directory): \(error)", cause: error)
             }
         }
         var info = stat()

@@ -39,7 +39,7 @@ struct ServedListener: Sendable {
                 .get()
         } catch {
             socket.discard()
-            throw StartupError(socket.origin.failure, part: socket.part, "the event loop cannot take the socket: \(error)")
+            throw StartupError(socket.origin.failure, part: socket.part, "the event loop cannot take the socket: \(error)", cause: error)
         }
         // NIO listens again with its default backlog (128) when it adopts a socket: put the listener's back,
         // or, on a socket systemd passed, systemd's default (Backlog=SOMAXCONN).

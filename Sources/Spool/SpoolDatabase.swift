@@ -190,7 +190,7 @@ package enum SpoolDatabase {
         do {
             try FileSystem.createDirectories(directory, mode: 0o750)
         } catch {
-            throw SpoolError(.cannotOpen, path: path, "cannot create the spool directory \(directory): \(error)")
+            throw SpoolError(.cannotOpen, path: path, "cannot create the spool directory \(directory): \(error)", cause: error)
         }
     }
 

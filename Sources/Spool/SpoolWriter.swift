@@ -114,7 +114,7 @@ public final class SpoolWriter: @unchecked Sendable {
         } catch let error as SQLiteError {
             throw SpoolDatabase.classify(error, path: path)
         } catch {
-            throw SpoolError(.cannotOpen, path: path, "\(error)")
+            throw SpoolError(.cannotOpen, path: path, "\(error)", cause: error)
         }
     }
 

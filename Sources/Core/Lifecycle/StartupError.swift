@@ -40,12 +40,15 @@ public struct StartupError: Error, CustomStringConvertible, Sendable {
     public var reason: String
     /// The `errno` behind it, when there is one.
     public var errno: Int32?
+    /// The error underneath (NIO's, a name resolution's), when there was one; ``reason`` quotes it.
+    public var cause: (any Error & Sendable)?
 
-    public init(_ code: Code, part: String, _ reason: String, errno: Int32? = nil) {
+    public init(_ code: Code, part: String, _ reason: String, errno: Int32? = nil, cause: (any Error & Sendable)? = nil) {
         self.code = code
         self.part = part
         self.reason = reason
         self.errno = errno
+        self.cause = cause
     }
 
     /// A failed system call: `reason` followed by the system's text for `errno`.

@@ -43,7 +43,7 @@ public enum DaemonStateFile {
             try FileSystem.write(Array(encode(state).utf8), to: temporary)
         } catch {
             unlink(temporary)
-            throw SpoolError(.storage, path: spoolPath, "cannot write the daemon state file \(temporary): \(error)")
+            throw SpoolError(.storage, path: spoolPath, "cannot write the daemon state file \(temporary): \(error)", cause: error)
         }
         guard rename(temporary, path) == 0 else {
             let reason = SystemCallError().description
