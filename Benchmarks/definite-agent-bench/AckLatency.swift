@@ -28,16 +28,20 @@ struct AckLatency {
         let socket = daemon.socket
         let corpus = corpus
         let outcomes = onThreads(clients) { c in
-            try IntakeClient.paced(socket: socket, corpus: corpus, first: c * perClient, count: perClient,
-                                   start: start + UInt64(c) * interval / UInt64(clients), interval: interval)
+            try IntakeClient.paced(
+                socket: socket, corpus: corpus, first: c * perClient, count: perClient,
+                start: start + UInt64(c) * interval / UInt64(clients), interval: interval)
         }
         let elapsed = Double(Monotonic.nanos() - start) / 1e9
         var histogram = Histogram<UInt64>(highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .three)
-        var figures = Figures(histogram: histogram, offeredPerSecond: Double(clients * perClientRate),
-                              achievedPerSecond: 0, failed: 0, errors: [], peakRSSKiB: daemon.peakRSSKiB)
+        var figures = Figures(
+            histogram: histogram, offeredPerSecond: Double(clients * perClientRate),
+            achievedPerSecond: 0, failed: 0, errors: [], peakRSSKiB: daemon.peakRSSKiB)
         for outcome in outcomes {
             switch outcome {
-            case .success(let (o, h)): histogram.add(h); figures.failed += o.failed
+            case .success(let (o, h)):
+                histogram.add(h)
+                figures.failed += o.failed
             case .failure(let error): figures.errors.append("\(error)")
             }
         }

@@ -24,9 +24,10 @@ struct AckedIntake {
         let cpuBefore = daemon.cpuSeconds
         let run = Self.send(corpus: corpus, socket: daemon.socket, clients: clients, records: records)
         let cpu = daemon.cpuSeconds - cpuBefore
-        return Figures(recordsPerSecond: Double(run.acked) / run.seconds, failed: run.failed,
-                       errors: run.errors, peakRSSKiB: daemon.peakRSSKiB,
-                       daemonCPUMicrosPerRecord: cpu * 1e6 / Double(max(run.acked, 1)))
+        return Figures(
+            recordsPerSecond: Double(run.acked) / run.seconds, failed: run.failed,
+            errors: run.errors, peakRSSKiB: daemon.peakRSSKiB,
+            daemonCPUMicrosPerRecord: cpu * 1e6 / Double(max(run.acked, 1)))
     }
 
     /// What a group of pipelining clients achieved together.
@@ -38,8 +39,10 @@ struct AckedIntake {
     }
 
     /// `clients` pipelining connections: either `records` in all, or as many as fit before `deadline`.
-    static func send(corpus: Corpus, socket: String, clients: Int, records: Int = .max,
-                     deadline: UInt64 = .max) -> Run {
+    static func send(
+        corpus: Corpus, socket: String, clients: Int, records: Int = .max,
+        deadline: UInt64 = .max
+    ) -> Run {
         let perClient = records == .max ? Int.max : records / clients
         let start = Monotonic.nanos()
         let outcomes = onThreads(clients) { c in
@@ -48,7 +51,9 @@ struct AckedIntake {
         var run = Run(seconds: Monotonic.seconds(since: start))
         for outcome in outcomes {
             switch outcome {
-            case .success(let o): run.acked += o.acked; run.failed += o.failed
+            case .success(let o):
+                run.acked += o.acked
+                run.failed += o.failed
             case .failure(let error): run.errors.append("\(error)")
             }
         }

@@ -36,16 +36,18 @@ struct Backlog {
         let directory = try TemporaryDirectory("backlog")
         defer { directory.remove() }
         let (fillRate, fillPeak) = try Self.fill(binary: binary, corpus: corpus, directory: directory.path, records: records)
-        let daemon = try Daemon(binary: binary, directory: directory.path,
-                                options: DaemonOptions(apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
+        let daemon = try Daemon(
+            binary: binary, directory: directory.path,
+            options: DaemonOptions(apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
         defer { daemon.stop() }
         let atReady = daemon.rssKiB
         let probe = try SpoolProbe(spool: daemon.spool)
         let start = Monotonic.nanos()
         while Monotonic.seconds(since: start) < deliverSeconds { usleep(100_000) }
-        return Figures(records: records, fillPerSecond: fillRate, fillPeakRSSKiB: fillPeak,
-                       readySeconds: daemon.startupSeconds, rssAtReadyKiB: atReady,
-                       deliveringSeconds: deliverSeconds, deliveredWhileWatched: try probe.totals().delivered,
-                       peakRSSKiB: daemon.peakRSSKiB)
+        return Figures(
+            records: records, fillPerSecond: fillRate, fillPeakRSSKiB: fillPeak,
+            readySeconds: daemon.startupSeconds, rssAtReadyKiB: atReady,
+            deliveringSeconds: deliverSeconds, deliveredWhileWatched: try probe.totals().delivered,
+            peakRSSKiB: daemon.peakRSSKiB)
     }
 }

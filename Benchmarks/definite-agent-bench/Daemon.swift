@@ -138,7 +138,10 @@ final class NotifySocket {
     }
 
     func close() {
-        if fd >= 0 { Foundation.close(fd); fd = -1 }
+        if fd >= 0 {
+            Foundation.close(fd)
+            fd = -1
+        }
         unlink(path)
     }
 }

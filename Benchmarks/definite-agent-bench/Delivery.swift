@@ -46,17 +46,20 @@ struct Delivery {
             let directory = try TemporaryDirectory("delivery-\(setting.compression)")
             defer { directory.remove() }
             for suffix in ["", "-wal"] where FileManager.default.fileExists(atPath: filled.path + "/spool.db" + suffix) {
-                try FileManager.default.copyItem(atPath: filled.path + "/spool.db" + suffix,
-                                                 toPath: directory.path + "/spool.db" + suffix)
+                try FileManager.default.copyItem(
+                    atPath: filled.path + "/spool.db" + suffix,
+                    toPath: directory.path + "/spool.db" + suffix)
             }
             try emulator.resetStats()
             try emulator.control(#"{"latency_ms":\#(setting.latencyMs)}"#)
             defer { try? emulator.control(#"{"latency_ms":0}"#) }
             let emulatorCPU = emulator.cpuSeconds
             let start = Monotonic.nanos()
-            let daemon = try Daemon(binary: binary, directory: directory.path,
-                                    options: DaemonOptions(compression: setting.compression, gzipLevel: setting.gzipLevel,
-                                                           apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
+            let daemon = try Daemon(
+                binary: binary, directory: directory.path,
+                options: DaemonOptions(
+                    compression: setting.compression, gzipLevel: setting.gzipLevel,
+                    apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
             defer { daemon.stop() }
             let probe = try SpoolProbe(spool: daemon.spool)
             guard try probe.waitUntilDrained(timeout: 600) else {
@@ -65,10 +68,11 @@ struct Delivery {
             let seconds = Monotonic.seconds(since: start)
             let daemonCPU = daemon.cpuSeconds
             let sent = try emulator.stats()
-            return Figures(setting: setting, records: records, seconds: seconds,
-                           recordsPerSecond: Double(records) / seconds, pendingBytes: before.pendingBytes,
-                           bytesSent: sent.bytes, requests: sent.requests, peakRSSKiB: daemon.peakRSSKiB, daemonCPU: daemonCPU,
-                           emulatorCPU: emulator.cpuSeconds - emulatorCPU)
+            return Figures(
+                setting: setting, records: records, seconds: seconds,
+                recordsPerSecond: Double(records) / seconds, pendingBytes: before.pendingBytes,
+                bytesSent: sent.bytes, requests: sent.requests, peakRSSKiB: daemon.peakRSSKiB, daemonCPU: daemonCPU,
+                emulatorCPU: emulator.cpuSeconds - emulatorCPU)
         }
     }
 }

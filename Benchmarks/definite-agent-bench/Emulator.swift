@@ -11,8 +11,10 @@ final class Emulator {
     init(script: String) throws {
         lake = try TemporaryDirectory("lake")
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script, "--listen", "127.0.0.1:0", "--lake", lake.path,
-                             "--api-key", Emulator.apiKey, "--null", "--quiet"]
+        process.arguments = [
+            "python3", script, "--listen", "127.0.0.1:0", "--lake", lake.path,
+            "--api-key", Emulator.apiKey, "--null", "--quiet",
+        ]
         let stdout = Pipe()
         process.standardOutput = stdout
         try process.run()
@@ -50,8 +52,8 @@ final class Emulator {
     func stats() throws -> (bytes: Int, rows: Int, requests: Int) {
         let body = try HTTP.request(port: port, method: "GET", path: "/_stats")
         guard let object = try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-              let bytes = object["bytes_received"] as? Int, let rows = object["rows_received"] as? Int,
-              let requests = object["total_requests"] as? Int
+            let bytes = object["bytes_received"] as? Int, let rows = object["rows_received"] as? Int,
+            let requests = object["total_requests"] as? Int
         else { throw BenchError("unexpected /_stats answer") }
         return (bytes, rows, requests)
     }
@@ -78,7 +80,8 @@ enum HTTP {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard rc == 0 else { throw BenchError("cannot reach the emulator on port \(port)") }
-        let request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        let request =
+            "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
         guard Array(request.utf8).withUnsafeBytes({ IntakeClient.writeAll(fd, $0) }) else {
             throw BenchError("cannot send to the emulator")
@@ -93,7 +96,7 @@ enum HTTP {
         }
         let separator: [UInt8] = [13, 10, 13, 10]
         guard let split = (0..<max(0, response.count - 3)).first(where: { Array(response[$0..<$0 + 4]) == separator }),
-              String(decoding: response.prefix(12), as: UTF8.self).hasSuffix("200")
+            String(decoding: response.prefix(12), as: UTF8.self).hasSuffix("200")
         else { throw BenchError("\(method) \(path): bad answer") }
         return Array(response[(split + 4)...])
     }

@@ -21,14 +21,16 @@ struct EndToEnd {
         let directory = try TemporaryDirectory("e2e")
         defer { directory.remove() }
         try emulator.resetStats()
-        let daemon = try Daemon(binary: binary, directory: directory.path,
-                                options: DaemonOptions(apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
+        let daemon = try Daemon(
+            binary: binary, directory: directory.path,
+            options: DaemonOptions(apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
         defer { daemon.stop() }
         let deadline = Monotonic.nanos() + UInt64(seconds * 1e9)
         let run = AckedIntake.send(corpus: corpus, socket: daemon.socket, clients: clients, deadline: deadline)
         let totals = try SpoolProbe(spool: daemon.spool).totals()
-        return Figures(seconds: run.seconds, intakePerSecond: Double(run.acked) / run.seconds,
-                       deliveredPerSecond: Double(totals.delivered) / run.seconds, pendingAtEnd: totals.pending,
-                       failed: run.failed, errors: run.errors, peakRSSKiB: daemon.peakRSSKiB)
+        return Figures(
+            seconds: run.seconds, intakePerSecond: Double(run.acked) / run.seconds,
+            deliveredPerSecond: Double(totals.delivered) / run.seconds, pendingAtEnd: totals.pending,
+            failed: run.failed, errors: run.errors, peakRSSKiB: daemon.peakRSSKiB)
     }
 }

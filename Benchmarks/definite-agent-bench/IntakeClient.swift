@@ -49,8 +49,10 @@ enum IntakeClient {
 
     /// Reads replies, calling `onLine(k, isFailure)` for the k-th reply line, until the sender has finished
     /// and every line it sent is answered. Failure replies carry `"ok":false`.
-    private static func receive(fd: Int32, state: SenderState, stallLimit: Double = 60,
-                                onLine: (Int, Bool) -> Void) throws -> Outcome {
+    private static func receive(
+        fd: Int32, state: SenderState, stallLimit: Double = 60,
+        onLine: (Int, Bool) -> Void
+    ) throws -> Outcome {
         let needle = Array("\"ok\":false".utf8)
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         var outcome = Outcome()
@@ -92,8 +94,10 @@ enum IntakeClient {
     /// One pipelining connection: a sender thread writes records as fast as the socket takes them (from
     /// corpus line `first` on) until `count` are sent or the monotonic clock passes `deadline`; this thread
     /// reads the acks. Returns when every sent record is answered.
-    static func pipelined(socket path: String, corpus: Corpus, first: Int, count: Int = .max,
-                          deadline: UInt64 = .max) throws -> Outcome {
+    static func pipelined(
+        socket path: String, corpus: Corpus, first: Int, count: Int = .max,
+        deadline: UInt64 = .max
+    ) throws -> Outcome {
         let fd = try connect(path)
         defer { close(fd) }
         let state = SenderState()
@@ -113,8 +117,10 @@ enum IntakeClient {
     /// write) at that time, or at once if the sender is late. The latency of reply `k` is measured from its
     /// due time, not from its actual send, so a stalled sender cannot hide latency (no coordinated
     /// omission). Returns the ack latencies in nanoseconds.
-    static func paced(socket path: String, corpus: Corpus, first: Int, count: Int, start: UInt64,
-                      interval: UInt64) throws -> (Outcome, Histogram<UInt64>) {
+    static func paced(
+        socket path: String, corpus: Corpus, first: Int, count: Int, start: UInt64,
+        interval: UInt64
+    ) throws -> (Outcome, Histogram<UInt64>) {
         let fd = try connect(path)
         defer { close(fd) }
         let state = SenderState()

@@ -22,8 +22,9 @@ struct LowRate {
     func measure(records: Int, perSecond rate: Double) throws -> Figures {
         let directory = try TemporaryDirectory("lowrate")
         defer { directory.remove() }
-        let daemon = try Daemon(binary: binary, directory: directory.path,
-                                options: DaemonOptions(apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
+        let daemon = try Daemon(
+            binary: binary, directory: directory.path,
+            options: DaemonOptions(apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
         defer { daemon.stop() }
         let fd = try IntakeClient.connect(daemon.socket)
         defer { close(fd) }
@@ -41,10 +42,11 @@ struct LowRate {
         }
         let seconds = Monotonic.seconds(since: start)
         let after = try io(daemon.pid)
-        return Figures(records: records, rate: Double(records) / seconds,
-                       writtenPerRecord: Double(after.wchar - before.wchar) / Double(records),
-                       storagePerRecord: Double(after.writeBytes - before.writeBytes) / Double(records),
-                       seconds: seconds)
+        return Figures(
+            records: records, rate: Double(records) / seconds,
+            writtenPerRecord: Double(after.wchar - before.wchar) / Double(records),
+            storagePerRecord: Double(after.writeBytes - before.writeBytes) / Double(records),
+            seconds: seconds)
     }
 
     /// Sends one line and reads its ack.

@@ -30,7 +30,8 @@ struct PartFiles {
     /// Record `i`: a log event like `Workload`'s, its message padded (or cut) to make the line
     /// ``recordBytes`` long.
     static func record(_ i: Int) -> [UInt8] {
-        let head = "{\"ts\":\(1_732_467_712_345 + i),\"host\":\"web-\(i % 16)\",\"level\":\"info\",\"user_id\":\(100_000 + i % 9973),"
+        let head =
+            "{\"ts\":\(1_732_467_712_345 + i),\"host\":\"web-\(i % 16)\",\"level\":\"info\",\"user_id\":\(100_000 + i % 9973),"
             + "\"latency_ms\":\(Double(i % 1000) / 8),\"path\":\"/api/v1/items/\(i % 4096)\",\"ok\":true,"
             + "\"meta\":{\"region\":\"eu-west-1\",\"attempt\":\(i % 3)},\"msg\":\""
         let tail = "\"}\n"

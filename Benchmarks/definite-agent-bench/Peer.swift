@@ -31,8 +31,9 @@ struct PeerComparison {
     func agent() throws -> Side {
         let directory = try TemporaryDirectory("peer-agent")
         defer { directory.remove() }
-        let daemon = try Daemon(binary: binary, directory: directory.path,
-                                options: DaemonOptions(batchFormat: "ndjson", apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
+        let daemon = try Daemon(
+            binary: binary, directory: directory.path,
+            options: DaemonOptions(batchFormat: "ndjson", apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
         defer { daemon.stop() }
         return try load(name: "definite-agent", socket: daemon.socket, pid: daemon.pid, logTail: daemon.logTail)
     }
@@ -103,13 +104,14 @@ struct PeerComparison {
         let emulatorCPU = emulator.cpuSeconds
         let start = Monotonic.nanos()
         let writers = try parts.paths.map { part in
-            try Child(["/usr/bin/env", "socat", "-u", "FILE:\(part)", "UNIX-CONNECT:\(socket)"],
-                      stdout: "/dev/null", stderr: "/dev/null")
+            try Child(
+                ["/usr/bin/env", "socat", "-u", "FILE:\(part)", "UNIX-CONNECT:\(socket)"],
+                stdout: "/dev/null", stderr: "/dev/null")
         }
         var received = 0
         while received < parts.records {
             guard Monotonic.seconds(since: start) < 600 else {
-                writers.forEach { kill($0.pid, SIGKILL) }
+                for writer in writers { kill(writer.pid, SIGKILL) }
                 throw BenchError("\(name): \(received) of \(parts.records) records at the emulator after 600 s: \(logTail())")
             }
             usleep(20_000)
@@ -118,9 +120,10 @@ struct PeerComparison {
         let seconds = Monotonic.seconds(since: start)
         let cpuMicros = (procCPUSeconds(pid: pid) - cpu) * 1e6
         let sent = try emulator.stats()
-        let side = Side(name: name, records: parts.records, seconds: seconds, cpuMicrosPerRecord: cpuMicros / Double(parts.records),
-                        peakRSSKiB: procStatusKiB(pid: pid, field: "VmHWM"), bytesSent: sent.bytes, requests: sent.requests,
-                        emulatorCPU: emulator.cpuSeconds - emulatorCPU)
+        let side = Side(
+            name: name, records: parts.records, seconds: seconds, cpuMicrosPerRecord: cpuMicros / Double(parts.records),
+            peakRSSKiB: procStatusKiB(pid: pid, field: "VmHWM"), bytesSent: sent.bytes, requests: sent.requests,
+            emulatorCPU: emulator.cpuSeconds - emulatorCPU)
         for writer in writers where writer.wait().status != 0 {
             throw BenchError("\(name): socat exited \(writer.wait().status) (is socat installed? scripts/install-deps)")
         }

@@ -10,7 +10,8 @@ enum SQLiteLimit {
         var db: OpaquePointer?
         guard sqlite3_open(path, &db) == SQLITE_OK else { throw BenchError("cannot open \(path)") }
         defer { sqlite3_close(db) }
-        sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE r (id INTEGER PRIMARY KEY, body BLOB)", nil, nil, nil)
+        sqlite3_exec(
+            db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE r (id INTEGER PRIMARY KEY, body BLOB)", nil, nil, nil)
         var insert: OpaquePointer?
         sqlite3_prepare_v2(db, "INSERT INTO r (body) VALUES (?)", -1, &insert, nil)
         defer { sqlite3_finalize(insert) }

@@ -36,15 +36,17 @@ struct Scale {
         let lines = (0..<count).map { n in
             "{\"data\":{\"n\":\(n),\"text\":\"request \(n)\"},\"config\":{\"table\":\"bronze.traced\",\"tags\":{\"trace_id\":\"t-\(n)\"}},\"ack\":\"\(n)\"}"
         }
-        return try drain(label: "\(Format.grouped(Double(count))) one-row requests, a trace_id each", lines: lines, rows: count,
-                         latencyMs: latencyMs)
+        return try drain(
+            label: "\(Format.grouped(Double(count))) one-row requests, a trace_id each", lines: lines, rows: count,
+            latencyMs: latencyMs)
     }
 
     private func drain(label: String, lines: [String], rows: Int, latencyMs: Int) throws -> (Drain, Idle) {
         let directory = try TemporaryDirectory("scale")
         defer { directory.remove() }
-        let daemon = try Daemon(binary: binary, directory: directory.path,
-                                options: DaemonOptions(apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
+        let daemon = try Daemon(
+            binary: binary, directory: directory.path,
+            options: DaemonOptions(apiURL: emulator.streamURL, apiKey: Emulator.apiKey))
         defer { daemon.stop() }
         try emulator.control(#"{"latency_ms":\#(latencyMs)}"#)
         defer { try? emulator.control(#"{"latency_ms":0}"#) }
@@ -90,8 +92,9 @@ struct Scale {
         let switches0 = contextSwitches(pid: pid)
         let cpu0 = procCPUSeconds(pid: pid)
         usleep(UInt32(seconds * 1_000_000))
-        return Idle(wakeupsPerSecond: Double(contextSwitches(pid: pid) - switches0) / seconds,
-                    cpuShare: (procCPUSeconds(pid: pid) - cpu0) / seconds)
+        return Idle(
+            wakeupsPerSecond: Double(contextSwitches(pid: pid) - switches0) / seconds,
+            cpuShare: (procCPUSeconds(pid: pid) - cpu0) / seconds)
     }
 
     /// Voluntary and involuntary context switches of every thread of `pid` so far.
@@ -99,7 +102,8 @@ struct Scale {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         return tasks.reduce(0) { total, task in
             guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else { return total }
-            return total + status.split(separator: "\n")
+            return total
+                + status.split(separator: "\n")
                 .filter { $0.hasPrefix("voluntary_ctxt_switches") || $0.hasPrefix("nonvoluntary_ctxt_switches") }
                 .reduce(0) { $0 + (Int($1.split(separator: "\t").last ?? "0") ?? 0) }
         }

@@ -25,8 +25,9 @@ struct SendLoad {
         let daemonCPU = daemon.cpuSeconds
         let start = Monotonic.nanos()
         let children = try parts.paths.enumerated().map { i, path in
-            try Child([binary, "send", "--socket", daemon.socket, "--table", "bronze.bench", path],
-                      stdout: directory.path + "/send\(i).out", stderr: directory.path + "/send\(i).err")
+            try Child(
+                [binary, "send", "--socket", daemon.socket, "--table", "bronze.bench", path],
+                stdout: directory.path + "/send\(i).out", stderr: directory.path + "/send\(i).err")
         }
         let ends = children.map { $0.wait() }
         let seconds = Monotonic.seconds(since: start)
@@ -40,9 +41,10 @@ struct SendLoad {
             }
         }
         let sendMicros = ends.reduce(0) { $0 + $1.cpuSeconds } * 1e6
-        return Figures(records: parts.records, recordsPerSecond: Double(parts.records) / seconds,
-                       sendCPUMicrosPerRecord: sendMicros / Double(parts.records),
-                       daemonCPUMicrosPerRecord: daemonMicros / Double(parts.records),
-                       peakRSSKiB: daemon.peakRSSKiB, problems: problems)
+        return Figures(
+            records: parts.records, recordsPerSecond: Double(parts.records) / seconds,
+            sendCPUMicrosPerRecord: sendMicros / Double(parts.records),
+            daemonCPUMicrosPerRecord: daemonMicros / Double(parts.records),
+            peakRSSKiB: daemon.peakRSSKiB, problems: problems)
     }
 }

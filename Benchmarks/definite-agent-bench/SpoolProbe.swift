@@ -45,8 +45,9 @@ final class SpoolProbe {
         guard sqlite3_step(query) == SQLITE_ROW else {
             throw BenchError("spool query failed: \(String(cString: sqlite3_errmsg(db)))")
         }
-        return Totals(pending: Int(sqlite3_column_int64(query, 0)), pendingBytes: Int(sqlite3_column_int64(query, 1)),
-                      delivered: Int(sqlite3_column_int64(query, 2)))
+        return Totals(
+            pending: Int(sqlite3_column_int64(query, 0)), pendingBytes: Int(sqlite3_column_int64(query, 1)),
+            delivered: Int(sqlite3_column_int64(query, 2)))
     }
 
     /// Polls every 20 ms until nothing is pending; returns false after `timeout` seconds.

@@ -66,7 +66,8 @@ func procStatusKiB(pid: Int32, field: String) -> Int {
 /// CPU time (user + system) a process has used so far, in seconds, from /proc/<pid>/stat; 0 when gone.
 func procCPUSeconds(pid: Int32) -> Double {
     guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let close = stat.lastIndex(of: ")") else { return 0 }
+        let close = stat.lastIndex(of: ")")
+    else { return 0 }
     // Fields after the command name: state is field 3, utime 14, stime 15.
     let fields = stat[stat.index(after: close)...].split(separator: " ")
     guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
@@ -92,7 +93,8 @@ enum Format {
     static func mib(kib: Int) -> String { String(format: "%.1f MiB", Double(kib) / 1024) }
 
     static func bytes(_ count: Int) -> String {
-        count >= 1 << 20 ? String(format: "%.1f MiB", Double(count) / 1_048_576)
+        count >= 1 << 20
+            ? String(format: "%.1f MiB", Double(count) / 1_048_576)
             : String(format: "%.1f KiB", Double(count) / 1024)
     }
 

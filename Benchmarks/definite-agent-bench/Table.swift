@@ -7,7 +7,7 @@ struct Table {
 
     private let headers: [String]
     private let alignments: [Alignment]
-    private var rows: [[String]?] = []   // nil: a separator line
+    private var rows: [[String]?] = []  // nil: a separator line
 
     init(_ headers: [String], alignments: [Alignment]? = nil) {
         self.headers = headers

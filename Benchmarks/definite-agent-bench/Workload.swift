@@ -4,7 +4,8 @@ import Foundation
 enum Workload {
     static func record(_ i: Int, ack: String?) -> [UInt8] {
         let ackPart = ack.map { ",\"ack\":\"\($0)\"" } ?? ""
-        let text = "{\"ts\":\(1_732_467_712_345 + i),\"host\":\"web-\(i % 16)\",\"level\":\"info\",\"user_id\":\(100_000 + i % 9973),"
+        let text =
+            "{\"ts\":\(1_732_467_712_345 + i),\"host\":\"web-\(i % 16)\",\"level\":\"info\",\"user_id\":\(100_000 + i % 9973),"
             + "\"latency_ms\":\(Double(i % 1000) / 8),\"path\":\"/api/v1/items/\(i % 4096)\",\"ok\":true,"
             + "\"meta\":{\"region\":\"eu-west-1\",\"build\":\"a1b2c3d\",\"attempt\":\(i % 3)},\"msg\":\"request completed\"\(ackPart)}\n"
         return Array(text.utf8)
@@ -42,8 +43,10 @@ struct Corpus: Sendable {
     /// around the corpus), each span at most ~`maxBytes`; stops early when `body` returns false.
     /// Returns how many records were handed over.
     @discardableResult
-    func spans(first: Int, total: Int, maxBytes: Int = 1 << 16,
-               _ body: (UnsafeRawBufferPointer, Int) -> Bool) -> Int {
+    func spans(
+        first: Int, total: Int, maxBytes: Int = 1 << 16,
+        _ body: (UnsafeRawBufferPointer, Int) -> Bool
+    ) -> Int {
         var done = 0
         return bytes.withUnsafeBytes { raw in
             while done < total {

@@ -66,7 +66,8 @@ struct BatchIsolation: Sendable, Equatable {
         // Rows outside every recorded part (cannot happen with a spool this version wrote) are sent as one
         // unknown part rather than forgotten.
         if !parts.isEmpty, live.contains(where: { seq in !parts.contains { $0.range.contains(seq) } }),
-           let first = live.first, let last = live.last {
+            let first = live.first, let last = live.last
+        {
             self.parts = [Part(range: first..<(last + 1), refusal: nil)]
         }
         dropEmptyParts()
@@ -88,8 +89,10 @@ struct BatchIsolation: Sendable, Equatable {
 
     /// Applies the answer to `request` (the last one ``next()`` returned). For verdicts that say nothing
     /// about rows (transient, auth, 404) nothing changes and the same request goes again later.
-    mutating func resolve(_ request: Request, verdict: DeliveryVerdict, status: Int, answer: StreamAPIResponse,
-                          mode: AgentConfiguration.Mode) -> Effect {
+    mutating func resolve(
+        _ request: Request, verdict: DeliveryVerdict, status: Int, answer: StreamAPIResponse,
+        mode: AgentConfiguration.Mode
+    ) -> Effect {
         guard let part = parts.first, let first = request.seqs.first, let last = request.seqs.last else { return Effect() }
         let sent = request.seqs
         let rest = request.isProbe ? (last + 1)..<part.range.upperBound : nil
@@ -104,9 +107,14 @@ struct BatchIsolation: Sendable, Equatable {
         case .partlyRejected(let count, let named?):
             let rejected = named.map { sent[$0.index] }
             let messages = named.map(\.message)
-            effect.rejected = [Rejection(seqs: rejected, refusal: Refusal(
-                status: status, reason: "rejected by the API (\(count) of \(sent.count) rows of the request): \(Self.summary(messages))",
-                errors: messages, requestID: answer.requestID), partial: false)]
+            effect.rejected = [
+                Rejection(
+                    seqs: rejected,
+                    refusal: Refusal(
+                        status: status,
+                        reason: "rejected by the API (\(count) of \(sent.count) rows of the request): \(Self.summary(messages))",
+                        errors: messages, requestID: answer.requestID), partial: false)
+            ]
             let rejectedSet = Set(rejected)
             effect.delivered = sent.filter { !rejectedSet.contains($0) }
             remove(sent)
@@ -114,7 +122,8 @@ struct BatchIsolation: Sendable, Equatable {
         case .partlyRejected(let count, nil) where mode == .append:
             // Sending again would write the accepted rows twice: keep them all, marked partial.
             let partial = sent.count > 1
-            let reason = partial
+            let reason =
+                partial
                 ? "partially rejected: \(count) of \(sent.count) rows rejected and the others written; the API did not say which (request \(answer.requestID ?? "?")): \(answer.summary)"
                 : "rejected by the API: \(answer.summary)"
             effect.rejected = [Rejection(seqs: sent, refusal: refusal(reason), partial: partial)]
@@ -136,14 +145,20 @@ struct BatchIsolation: Sendable, Equatable {
             // The API says which rows: they go, and the rest of the part is sent again to confirm.
             let rejected = named.map { sent[$0.index] }
             let messages = named.map(\.message)
-            effect.rejected = [Rejection(seqs: rejected, refusal: Refusal(
-                status: status, reason: "rejected by the API: \(Self.summary(messages))", errors: messages,
-                requestID: answer.requestID), partial: false)]
+            effect.rejected = [
+                Rejection(
+                    seqs: rejected,
+                    refusal: Refusal(
+                        status: status, reason: "rejected by the API: \(Self.summary(messages))", errors: messages,
+                        requestID: answer.requestID), partial: false)
+            ]
             remove(rejected)
             replaceFirstPart(with: [Part(range: part.range, refusal: nil)])
         case .tooLarge:
             if sent.count == 1 {
-                effect.rejected = [Rejection(seqs: sent, refusal: refusal("too large for the API even alone: \(answer.summary)"), partial: false)]
+                effect.rejected = [
+                    Rejection(seqs: sent, refusal: refusal("too large for the API even alone: \(answer.summary)"), partial: false)
+                ]
                 remove(sent)
                 replaceFirstPart(with: rest.map { [Part(range: $0, refusal: nil)] } ?? [])
             } else {
@@ -153,7 +168,9 @@ struct BatchIsolation: Sendable, Equatable {
                 replaceFirstPart(with: replacement)
             }
         case .invalid:
-            effect.rejected = [Rejection(seqs: sent, refusal: refusal("the API refused the request as invalid: \(answer.summary)"), partial: false)]
+            effect.rejected = [
+                Rejection(seqs: sent, refusal: refusal("the API refused the request as invalid: \(answer.summary)"), partial: false)
+            ]
             remove(sent)
             replaceFirstPart(with: rest.map { [Part(range: $0, refusal: nil)] } ?? [])
         case .authRefused, .tableNotFound, .transient:

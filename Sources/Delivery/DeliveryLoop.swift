@@ -1,10 +1,10 @@
 import Core
-import Spool
 import FoundationEssentials
 import Glibc
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
+import Spool
 
 /// The API key delivery uses now; replaced on reload without a restart.
 package typealias APIKeyBox = NIOLockedValueBox<APIKey?>
@@ -103,8 +103,10 @@ package final class DeliveryLoop: @unchecked Sendable {
     private var failing: [Int64: (state: TargetState.Kind, since: ContinuousClock.Instant)] = [:]
 
     /// Reads the spool's targets and open batches (so: not on the cooperative pool).
-    package init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, confirmations: RemoteConfirmations? = nil,
-         logger: Logger) throws(SpoolError) {
+    package init(
+        settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, confirmations: RemoteConfirmations? = nil,
+        logger: Logger
+    ) throws(SpoolError) {
         let configuration = settings.current
         let reader = try SpoolReader(path: configuration.spool.path)
         let restored: [DeliveryMachine.Restored]
@@ -119,8 +121,9 @@ package final class DeliveryLoop: @unchecked Sendable {
         self.confirmations = confirmations
         self.ledger = DeliveryLedger(writer: writer)
         self.logger = logger
-        self.machine = DeliveryMachine(restoring: restored, settings: .init(configuration), seed: .random(in: .min ... .max),
-                                       now: Self.now())
+        self.machine = DeliveryMachine(
+            restoring: restored, settings: .init(configuration), seed: .random(in: .min ... .max),
+            now: Self.now())
         self.concurrency = AdaptiveConcurrency(ceiling: configuration.batch.maxInFlight)
         self.multi = HTTPMultiClient(maxConnections: configuration.batch.maxInFlight)
         self.workers = try DeliveryWorkers(count: Self.workerCount, spoolPath: configuration.spool.path)
@@ -135,8 +138,9 @@ package final class DeliveryLoop: @unchecked Sendable {
     private static func restore(_ reader: SpoolReader) throws(SQLiteError) -> [DeliveryMachine.Restored] {
         let open = try reader.openBatches()
         return try reader.targets().map { row throws(SQLiteError) in
-            DeliveryMachine.Restored(row: row, assignedEnd: try reader.assignedEnd(targetID: row.id),
-                                     batches: open.filter { $0.targetID == row.id })
+            DeliveryMachine.Restored(
+                row: row, assignedEnd: try reader.assignedEnd(targetID: row.id),
+                batches: open.filter { $0.targetID == row.id })
         }
     }
 
@@ -193,7 +197,10 @@ package final class DeliveryLoop: @unchecked Sendable {
         while true {
             let now = Self.now()
             heartbeat.withLockedValue { $0 = now.instant }
-            for event in inbox.withLockedValue({ events in defer { events.removeAll() }; return events }) {
+            for event in inbox.withLockedValue({ events in
+                defer { events.removeAll() }
+                return events
+            }) {
                 handle(event, now: now)
             }
             if let deadline = stopDeadline?(), chains.isEmpty || now.instant >= deadline { break }
@@ -205,8 +212,9 @@ package final class DeliveryLoop: @unchecked Sendable {
             for completion in multi.run(timeout: timeout(now: now)) { answered(completion) }
         }
         if !chains.isEmpty {
-            logger.warning("delivery did not finish within the drain bound; the unconfirmed batches stay in the spool and are sent at the next start",
-                           metadata: ["batches": "\(chains.count)"])
+            logger.warning(
+                "delivery did not finish within the drain bound; the unconfirmed batches stay in the spool and are sent at the next start",
+                metadata: ["batches": "\(chains.count)"])
         }
         multi.cancelAll()
     }
@@ -262,7 +270,9 @@ package final class DeliveryLoop: @unchecked Sendable {
                     advance(id, .notRecorded("\(error)"), now: now)
                 } else {
                     // It may hold rows the API has: write it again, never send them again.
-                    logOnce(-1, "cannot record a delivery in the spool; retrying the write (the rows are not sent again)", ["error": "\(error)"])
+                    logOnce(
+                        -1, "cannot record a delivery in the spool; retrying the write (the rows are not sent again)", ["error": "\(error)"]
+                    )
                     retries.append((now.instant + Self.recordRetryInterval, id))
                 }
             }
@@ -278,12 +288,16 @@ package final class DeliveryLoop: @unchecked Sendable {
                 advance(id, outcome, now: now)
             }
         case .appended(let ranges):
-            machine.observe(ranges.map { DeliveryMachine.LogEnd(targetID: $0.targetID, target: $0.target, start: $0.range.lowerBound, end: $0.range.upperBound) },
-                            now: now)
+            machine.observe(
+                ranges.map {
+                    DeliveryMachine.LogEnd(targetID: $0.targetID, target: $0.target, start: $0.range.lowerBound, end: $0.range.upperBound)
+                },
+                now: now)
         case .polled(let rows):
             polling = false
-            machine.observe(rows.map { DeliveryMachine.LogEnd(targetID: $0.id, target: $0.target, start: $0.deliveredSeq, end: $0.nextSeq) },
-                            now: now)
+            machine.observe(
+                rows.map { DeliveryMachine.LogEnd(targetID: $0.id, target: $0.target, start: $0.deliveredSeq, end: $0.nextSeq) },
+                now: now)
         case .flush:
             machine.flushNow()
             lastPoll = now.instant - Self.pollInterval
@@ -300,7 +314,8 @@ package final class DeliveryLoop: @unchecked Sendable {
     /// Starts batches while the adaptive limit and the memory budget allow and the machine has work.
     private func admit(now: DeliveryMachine.Now) {
         while stopDeadline == nil, chains.count < concurrency.limit, reservedBytes < memoryBudget,
-              let step = machine.nextStep(now: now, hasKey: key.withLockedValue({ $0 != nil })) {
+            let step = machine.nextStep(now: now, hasKey: key.withLockedValue({ $0 != nil }))
+        {
             let id = nextChain
             nextChain += 1
             chains[id] = Chain(step: step)
@@ -336,8 +351,9 @@ package final class DeliveryLoop: @unchecked Sendable {
         let chain = chains[id]!
         if needsBytes(chain.step), !chain.records.holdsBytes, let batch = chain.batch {
             workers.submit { [self] reader in
-                let (outcome, records) = Self.read(reader, targetID: batch.targetID, from: batch.range.lowerBound, end: batch.range.upperBound,
-                                                   maxRows: .max, maxBytes: .max, maxTagBytes: .max, primaryKey: nil)
+                let (outcome, records) = Self.read(
+                    reader, targetID: batch.targetID, from: batch.range.lowerBound, end: batch.range.upperBound,
+                    maxRows: .max, maxBytes: .max, maxTagBytes: .max, primaryKey: nil)
                 guard case .read = outcome else { return post(.reread(chain: id, nil)) }
                 post(.reread(chain: id, records))
             }
@@ -348,8 +364,9 @@ package final class DeliveryLoop: @unchecked Sendable {
             reserve(id, bytes: expectedBytes(rows: min(cut.end - cut.from, Int64(cut.maxRows)), limit: cut.maxBytes))
             let primaryKey = cut.target.mode == .merge ? cut.target.primaryKey : nil
             workers.submit { [self] reader in
-                let (outcome, records) = Self.read(reader, targetID: cut.targetID, from: cut.from, end: cut.end, maxRows: cut.maxRows,
-                                                   maxBytes: cut.maxBytes, maxTagBytes: cut.maxTagBytes, primaryKey: primaryKey)
+                let (outcome, records) = Self.read(
+                    reader, targetID: cut.targetID, from: cut.from, end: cut.end, maxRows: cut.maxRows,
+                    maxBytes: cut.maxBytes, maxTagBytes: cut.maxTagBytes, primaryKey: primaryKey)
                 post(.read(chain: id, outcome, records))
             }
         case .load(let load):
@@ -357,9 +374,10 @@ package final class DeliveryLoop: @unchecked Sendable {
             chains[id]!.batch = (load.targetID, load.batch.range)
             let primaryKey = load.target.mode == .merge ? load.target.primaryKey : nil
             workers.submit { [self] reader in
-                let (outcome, records) = Self.read(reader, targetID: load.targetID, from: load.batch.range.lowerBound,
-                                                   end: load.batch.range.upperBound, maxRows: .max, maxBytes: .max, maxTagBytes: .max,
-                                                   primaryKey: primaryKey)
+                let (outcome, records) = Self.read(
+                    reader, targetID: load.targetID, from: load.batch.range.lowerBound,
+                    end: load.batch.range.upperBound, maxRows: .max, maxBytes: .max, maxTagBytes: .max,
+                    primaryKey: primaryKey)
                 post(.read(chain: id, outcome, records))
             }
         case .register(let record), .record(let record):
@@ -375,7 +393,9 @@ package final class DeliveryLoop: @unchecked Sendable {
             let records = chain.records
             let wait = confirmations?.awaits(targetID: send.targetID, seqs: send.seqs) ?? false
             workers.submit { [self] _ in
-                post(.built(chain: id, Self.request(send, records: records, key: apiKey, host: host, wait: wait, configuration: configuration)))
+                post(
+                    .built(
+                        chain: id, Self.request(send, records: records, key: apiKey, host: host, wait: wait, configuration: configuration)))
             }
         }
     }
@@ -406,11 +426,14 @@ package final class DeliveryLoop: @unchecked Sendable {
     }
 
     /// Reads a batch's rows (and, for merge, each row's key) on a worker's connection.
-    private static func read(_ reader: SpoolReader, targetID: Int64, from: Int64, end: Int64, maxRows: Int, maxBytes: Int,
-                             maxTagBytes: Int, primaryKey: String?) -> (DeliveryMachine.Outcome, SpooledRecords) {
+    private static func read(
+        _ reader: SpoolReader, targetID: Int64, from: Int64, end: Int64, maxRows: Int, maxBytes: Int,
+        maxTagBytes: Int, primaryKey: String?
+    ) -> (DeliveryMachine.Outcome, SpooledRecords) {
         do {
-            let (records, next) = try reader.read(targetID: targetID, from: from, end: end, maxRows: maxRows, maxBytes: maxBytes,
-                                                  maxTagBytes: maxTagBytes)
+            let (records, next) = try reader.read(
+                targetID: targetID, from: from, end: end, maxRows: maxRows, maxBytes: maxBytes,
+                maxTagBytes: maxTagBytes)
             var result = DeliveryMachine.ReadResult(seqs: records.seqs, next: next)
             if let first = records.seqs.first { result.oldestAppendedAt = try reader.appendedAt(targetID: targetID, seq: first) }
             if let primaryKey {
@@ -428,8 +451,10 @@ package final class DeliveryLoop: @unchecked Sendable {
     }
 
     /// The HTTP request for `send` (built on a worker: gzip is the costly part).
-    private static func request(_ send: DeliveryMachine.Send, records: SpooledRecords, key: APIKey, host: String, wait: Bool,
-                                configuration: AgentConfiguration) -> Built {
+    private static func request(
+        _ send: DeliveryMachine.Send, records: SpooledRecords, key: APIKey, host: String, wait: Bool,
+        configuration: AgentConfiguration
+    ) -> Built {
         let indexes = send.seqs.compactMap(records.index(of:))
         guard indexes.count == send.seqs.count else {
             return .unsent(.noAnswer("the batch's rows could not be read back from the spool"))
@@ -448,9 +473,10 @@ package final class DeliveryLoop: @unchecked Sendable {
         var headers = ["Authorization: Bearer \(key.secret)", "Content-Type: \(body.contentType)", "Accept: application/json"]
         if body.compressed { headers.append("Content-Encoding: gzip") }
         let url = configuration.api.url
-        return .request(HTTPRequest(
-            url: body.query.isEmpty ? url : url + (url.contains("?") ? "&" : "?") + body.query,
-            headers: headers, body: body.bytes, timeout: configuration.api.timeout))
+        return .request(
+            HTTPRequest(
+                url: body.query.isEmpty ? url : url + (url.contains("?") ? "&" : "?") + body.query,
+                headers: headers, body: body.bytes, timeout: configuration.api.timeout))
     }
 
     // MARK: Answers
@@ -483,8 +509,9 @@ package final class DeliveryLoop: @unchecked Sendable {
         guard let confirmations else { return }
         let committed = change.delivered + change.superseded
         guard !committed.isEmpty || !change.deadLetters.isEmpty else { return }
-        confirmations.settle(targetID: change.targetID, committed: committed, snapshotID: snapshotID,
-                             rejected: change.deadLetters.map { ($0.seqs, $0.failure.reason) })
+        confirmations.settle(
+            targetID: change.targetID, committed: committed, snapshotID: snapshotID,
+            rejected: change.deadLetters.map { ($0.seqs, $0.failure.reason) })
     }
 
     /// Logs and counts what a recorded change did.
@@ -493,32 +520,44 @@ package final class DeliveryLoop: @unchecked Sendable {
         if !change.delivered.isEmpty { AgentMetrics.recordsDelivered.increment(by: Int64(change.delivered.count)) }
         for letter in change.deadLetters {
             AgentMetrics.recordsDeadLettered.increment(by: Int64(letter.seqs.count))
-            logger.warning("rows dead-lettered", metadata: [
-                "table": "\(table)", "rows": "\(letter.seqs.count)", "status": "\(letter.failure.status.map(String.init) ?? "none")",
-                "reason": "\(letter.failure.reason)"])
+            logger.warning(
+                "rows dead-lettered",
+                metadata: [
+                    "table": "\(table)", "rows": "\(letter.seqs.count)", "status": "\(letter.failure.status.map(String.init) ?? "none")",
+                    "reason": "\(letter.failure.reason)",
+                ])
         }
         let error = change.lastError ?? ""
         if let state = change.state?.kind, [.backingOff, .heldTableNotFound, .authFailing].contains(state) {
             if failing[change.targetID] == nil { failing[change.targetID] = (state, .now) }
         } else if change.succeededAt != nil, let failure = failing.removeValue(forKey: change.targetID) {
-            logger.notice("delivery resumed", metadata: [
-                "table": "\(table)", "after": "\(failure.state.rawValue)",
-                "for": "\((ContinuousClock.now - failure.since).seconds.fixed(1))s"])
+            logger.notice(
+                "delivery resumed",
+                metadata: [
+                    "table": "\(table)", "after": "\(failure.state.rawValue)",
+                    "for": "\((ContinuousClock.now - failure.since).seconds.fixed(1))s",
+                ])
         }
         switch change.state {
         case .backingOff(let until)?:
             AgentMetrics.retries.increment()
-            logOnce(change.targetID, "delivery failed; will retry", [
-                "table": "\(table)", "error": "\(error)", "retry_in": "\(max(0, until.timeIntervalSinceNow).fixed(3))s"])
+            logOnce(
+                change.targetID, "delivery failed; will retry",
+                [
+                    "table": "\(table)", "error": "\(error)", "retry_in": "\(max(0, until.timeIntervalSinceNow).fixed(3))s",
+                ])
         case .authFailing?:
-            logOnce(0, error == DeliveryMachine.missingKeyError
-                ? "no API key: delivery is paused, intake continues (set [api] key_file, $DEFINITE_API_KEY or the api-key credential)"
-                : "the Stream API refused the API key; delivery is paused for every table, intake continues", ["error": "\(error)"])
+            logOnce(
+                0,
+                error == DeliveryMachine.missingKeyError
+                    ? "no API key: delivery is paused, intake continues (set [api] key_file, $DEFINITE_API_KEY or the api-key credential)"
+                    : "the Stream API refused the API key; delivery is paused for every table, intake continues", ["error": "\(error)"])
         case .heldTableNotFound?:
             logOnce(change.targetID, "table not found; holding this table, the others keep flowing", ["table": "\(table)"])
         case .isolating? where !change.deadLetters.isEmpty || change.progress != nil:
-            logOnce(change.targetID, "the API refused rows of a batch; isolating them while the rest is delivered",
-                    ["table": "\(table)", "error": "\(error)"])
+            logOnce(
+                change.targetID, "the API refused rows of a batch; isolating them while the rest is delivered",
+                ["table": "\(table)", "error": "\(error)"])
         default:
             break
         }

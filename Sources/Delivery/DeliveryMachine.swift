@@ -1,7 +1,7 @@
 import Core
-import Spool
 import FoundationEssentials
 import Glibc
+import Spool
 
 /// Every decision of delivery, apart from the I/O that carries it out: which batch a worker takes next,
 /// when a batch is cut, what an answer means for its rows, when a target waits and for how long.
@@ -225,8 +225,9 @@ struct DeliveryMachine {
         self.settings = settings
         self.random = SplitMix64(seed: seed)
         for entry in restored {
-            var target = TargetProgress(id: entry.row.id, target: entry.row.target, logEnd: entry.row.nextSeq,
-                                        assignedEnd: max(entry.row.deliveredSeq, entry.assignedEnd))
+            var target = TargetProgress(
+                id: entry.row.id, target: entry.row.target, logEnd: entry.row.nextSeq,
+                assignedEnd: max(entry.row.deliveredSeq, entry.assignedEnd))
             target.batches = entry.batches.sorted { $0.firstSeq < $1.firstSeq }.map {
                 OpenBatch(id: $0.id, range: $0.firstSeq..<$0.endSeq, attempts: $0.attempts, recordedParts: $0.parts)
             }
@@ -380,15 +381,17 @@ struct DeliveryMachine {
         }
         // A new batch only while none waits for a retry.
         guard !target.batches.contains(where: { $0.holder == .free }), !target.cutting,
-              target.batches.isEmpty || target.target.mode == .append
+            target.batches.isEmpty || target.target.mode == .append
         else { return nil }
         let waiting = target.logEnd - target.assignedEnd
         guard waiting > 0 else { return nil }
         let lingered = target.pendingSince.map { now.instant - $0 >= settings.linger } ?? false
         guard waiting >= Int64(settings.maxRows) || lingered || target.flushThrough > target.assignedEnd else { return nil }
         target.cutting = true
-        return .cut(Cut(targetID: id, target: target.target, from: target.assignedEnd, end: target.logEnd,
-                        maxRows: settings.maxRows, maxBytes: settings.maxBytes, maxTagBytes: settings.maxTagBytes))
+        return .cut(
+            Cut(
+                targetID: id, target: target.target, from: target.assignedEnd, end: target.logEnd,
+                maxRows: settings.maxRows, maxBytes: settings.maxBytes, maxTagBytes: settings.maxTagBytes))
     }
 
     /// Without an API key nothing is sent; each target with rows waiting says why once, in the spool.
@@ -428,8 +431,10 @@ struct DeliveryMachine {
         let batch = DeliveryLedger.Batch(id: makeBatchID(now.date), range: cut.from..<result.next)
         let (live, superseded) = Self.lastWrites(result)
         var open = OpenBatch(id: batch.id, range: batch.range, attempts: 0, recordedParts: [])
-        open.holder = .working(Held(isolation: BatchIsolation(range: batch.range, parts: [], live: live),
-                                    oldestAppendedAt: result.oldestAppendedAt))
+        open.holder = .working(
+            Held(
+                isolation: BatchIsolation(range: batch.range, parts: [], live: live),
+                oldestAppendedAt: result.oldestAppendedAt))
         target.batches.append(open)
         var change = DeliveryLedger.Change(targetID: cut.targetID)
         change.register = batch
@@ -447,9 +452,10 @@ struct DeliveryMachine {
         // A merge batch registered by an earlier version still holds the writes its later ones supersede.
         let (live, superseded) = Self.lastWrites(result)
         updateBatch(load.targetID, index) { batch in
-            batch.holder = .working(Held(
-                isolation: BatchIsolation(range: batch.range, parts: batch.recordedParts, live: live),
-                oldestAppendedAt: result.oldestAppendedAt))
+            batch.holder = .working(
+                Held(
+                    isolation: BatchIsolation(range: batch.range, parts: batch.recordedParts, live: live),
+                    oldestAppendedAt: result.oldestAppendedAt))
         }
         guard superseded.isEmpty else {
             var change = DeliveryLedger.Change(targetID: load.targetID)
@@ -463,7 +469,7 @@ struct DeliveryMachine {
         let targetID = record.change.targetID
         if registration { update(targetID) { $0.cutting = false } }
         guard let batchID = record.batchID, let index = batchIndex(targetID, batchID),
-              case .working(let held) = targets[targetID]?.batches[index].holder
+            case .working(let held) = targets[targetID]?.batches[index].holder
         else { return nil }  // a note, or the batch was resolved by this record
         guard case .recorded = outcome else {
             if registration {
@@ -493,7 +499,7 @@ struct DeliveryMachine {
 
     private mutating func completeSend(_ send: Send, _ outcome: Outcome, now: Now) -> Step? {
         guard let index = batchIndex(send.targetID, send.batchID), var target = targets[send.targetID],
-              case .working(var held) = target.batches[index].holder, let request = held.inFlight
+            case .working(var held) = target.batches[index].holder, let request = held.inFlight
         else { return nil }
         held.inFlight = nil
         target.batches[index].attempts += 1
@@ -557,8 +563,10 @@ struct DeliveryMachine {
             }
             target.batches[index].holder = .working(held)
             targets[send.targetID] = target
-            return .record(record(effect, targetID: send.targetID, index: index, attempts: attempts,
-                                  warnings: answer.warnings, status: status, error: error, into: change, now: now))
+            return .record(
+                record(
+                    effect, targetID: send.targetID, index: index, attempts: attempts,
+                    warnings: answer.warnings, status: status, error: error, into: change, now: now))
         }
     }
 
@@ -574,11 +582,14 @@ struct DeliveryMachine {
         }
         let batch = target.batches[index]
         if let appended = held.oldestAppendedAt, now.date.timeIntervalSince1970 - appended > settings.maxAge.seconds {
-            let effect = held.isolation.expire(BatchIsolation.Refusal(
-                status: nil, reason: "expired: not delivered within retry.max_age (\(settings.maxAge))", errors: [], requestID: nil))
+            let effect = held.isolation.expire(
+                BatchIsolation.Refusal(
+                    status: nil, reason: "expired: not delivered within retry.max_age (\(settings.maxAge))", errors: [], requestID: nil))
             updateBatch(targetID, index) { $0.holder = .working(held) }
-            return .record(record(effect, targetID: targetID, index: index, attempts: batch.attempts, warnings: [],
-                                  status: nil, error: nil, into: DeliveryLedger.Change(targetID: targetID), now: now))
+            return .record(
+                record(
+                    effect, targetID: targetID, index: index, attempts: batch.attempts, warnings: [],
+                    status: nil, error: nil, into: DeliveryLedger.Change(targetID: targetID), now: now))
         }
         switch held.isolation.next() {
         case .send(let request):
@@ -587,24 +598,30 @@ struct DeliveryMachine {
             return .send(Send(targetID: targetID, target: target.target, batchID: batch.id, seqs: request.seqs))
         case .resolved:
             updateBatch(targetID, index) { $0.holder = .working(held) }
-            return .record(record(BatchIsolation.Effect(), targetID: targetID, index: index, attempts: batch.attempts,
-                                  warnings: [], status: nil, error: nil, into: DeliveryLedger.Change(targetID: targetID), now: now))
+            return .record(
+                record(
+                    BatchIsolation.Effect(), targetID: targetID, index: index, attempts: batch.attempts,
+                    warnings: [], status: nil, error: nil, into: DeliveryLedger.Change(targetID: targetID), now: now))
         }
     }
 
     /// The record of what `effect` resolved in batch `index`: rows delivered and dead-lettered, and either
     /// the parts left or, when none are, the batch finished (it leaves the machine once that is recorded).
-    private mutating func record(_ effect: BatchIsolation.Effect, targetID: Int64, index: Int, attempts: Int, warnings: [String],
-                                 status: Int?, error: String?, into change: DeliveryLedger.Change, now: Now) -> Record {
+    private mutating func record(
+        _ effect: BatchIsolation.Effect, targetID: Int64, index: Int, attempts: Int, warnings: [String],
+        status: Int?, error: String?, into change: DeliveryLedger.Change, now: Now
+    ) -> Record {
         var change = change
         let batch = targets[targetID]!.batches[index]
         guard case .working(var held) = batch.holder else { return Record(change: change, batchID: batch.id) }
         change.delivered = effect.delivered
         change.deadLetters = effect.rejected.map { rejection in
-            DeliveryLedger.DeadLetter(seqs: rejection.seqs, failure: DeliveryLedger.Failure(
-                reason: rejection.refusal.reason, status: rejection.refusal.status, errors: rejection.refusal.errors,
-                warnings: warnings, requestID: rejection.refusal.requestID, attempts: attempts, partial: rejection.partial,
-                firstFailedAt: batch.firstFailedAt ?? now.date))
+            DeliveryLedger.DeadLetter(
+                seqs: rejection.seqs,
+                failure: DeliveryLedger.Failure(
+                    reason: rejection.refusal.reason, status: rejection.refusal.status, errors: rejection.refusal.errors,
+                    warnings: warnings, requestID: rejection.refusal.requestID, attempts: attempts, partial: rejection.partial,
+                    firstFailedAt: batch.firstFailedAt ?? now.date))
         }
         if !effect.delivered.isEmpty { change.succeededAt = now.date }
         if held.isolation.isResolved {

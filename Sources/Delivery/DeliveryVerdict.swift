@@ -59,8 +59,8 @@ enum DeliveryVerdict: Sendable, Equatable {
         var named: [RowError] = []
         for message in errors {
             guard message.hasPrefix("row "), let colon = message.firstIndex(of: ":"),
-                  let index = Int(message[message.index(message.startIndex, offsetBy: 4)..<colon]),
-                  index >= 0, index < rows, seen.insert(index).inserted
+                let index = Int(message[message.index(message.startIndex, offsetBy: 4)..<colon]),
+                index >= 0, index < rows, seen.insert(index).inserted
             else { continue }
             named.append(RowError(index: index, message: message))
         }

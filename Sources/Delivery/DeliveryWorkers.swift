@@ -1,7 +1,7 @@
 import Core
-import Spool
 import FoundationEssentials
 import Glibc
+import Spool
 
 /// The blocking work delivery hands off its loop: spool reads (each thread owns its own read connection)
 /// and building request bodies (gzip). Threads `delivery-1` … `delivery-N` take jobs in order.

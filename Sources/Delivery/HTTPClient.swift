@@ -1,5 +1,5 @@
-import Core
 import CCurl
+import Core
 import FoundationEssentials
 import Glibc
 
@@ -149,7 +149,8 @@ final class HTTPMultiClient {
         curl_multi_perform(multi, &running)
         var completions = collect()
         guard completions.isEmpty else { return completions }
-        let milliseconds = Int32(clamping: max(0, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+        let milliseconds = Int32(
+            clamping: max(0, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
         curl_multi_poll(multi, nil, 0, milliseconds, nil)
         curl_multi_perform(multi, &running)
         completions = collect()
@@ -180,13 +181,22 @@ final class HTTPMultiClient {
             if code == CURLE_OK {
                 var status = 0
                 ccurl_easy_getinfo_long(easy, CURLINFO_RESPONSE_CODE, &status)
-                completions.append(Completion(id: id, result: .success(HTTPResponse(
-                    status: status, headers: transfer.collector.headers, body: transfer.collector.body)), elapsed: elapsed))
+                completions.append(
+                    Completion(
+                        id: id,
+                        result: .success(
+                            HTTPResponse(
+                                status: status, headers: transfer.collector.headers, body: transfer.collector.body)), elapsed: elapsed))
             } else {
                 let detail = String(cString: transfer.errorBuffer)
                 let summary = String(cString: curl_easy_strerror(code))
-                completions.append(Completion(id: id, result: .failure(HTTPTransportError(
-                    code: Int32(code.rawValue), message: detail.isEmpty ? summary : "\(summary): \(detail)")), elapsed: elapsed))
+                completions.append(
+                    Completion(
+                        id: id,
+                        result: .failure(
+                            HTTPTransportError(
+                                code: Int32(code.rawValue), message: detail.isEmpty ? summary : "\(summary): \(detail)")), elapsed: elapsed)
+                )
             }
             finish(transfer)
         }
@@ -207,7 +217,8 @@ private final class ResponseCollector {
     /// Bodies beyond this are cut: the API's answers are small, and a hostile one must not grow memory.
     static let maxBody = 1 << 20
 
-    static let writeBody: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { data, size, count, user in
+    static let writeBody: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = {
+        data, size, count, user in
         guard let data, let user else { return 0 }
         let collector = Unmanaged<ResponseCollector>.fromOpaque(user).takeUnretainedValue()
         let length = size * count
@@ -219,7 +230,8 @@ private final class ResponseCollector {
         return length
     }
 
-    static let writeHeader: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { data, size, count, user in
+    static let writeHeader: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = {
+        data, size, count, user in
         guard let data, let user else { return 0 }
         let collector = Unmanaged<ResponseCollector>.fromOpaque(user).takeUnretainedValue()
         let length = size * count

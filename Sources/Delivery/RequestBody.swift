@@ -1,7 +1,7 @@
 import Core
-import Spool
 import FoundationEssentials
 import Glibc
+import Spool
 
 /// Builds a Stream API request from spooled records by concatenating their stored JSON: records are
 /// never decoded and re-encoded.
@@ -30,7 +30,8 @@ struct RequestBody {
     static func tags(of rows: SpooledRecords, target: SpoolTarget, batchID: String, host: String) -> String {
         let ours = "\"agent_batch\":\(JSONCompactor.quote(batchID)),\"agent_host\":\(JSONCompactor.quote(host))"
         // A target of a version-1 spool has its tags; its rows have none of their own.
-        let uniform = target.tags.isEmpty
+        let uniform =
+            target.tags.isEmpty
             ? (rows.tagRuns.count == 1 && rows.tagRuns[0].first == 0 ? rows.tagRuns[0].tags : nil)
             : target.tags
         if let uniform, uniform.count > 2 { return "{" + uniform.dropFirst().dropLast() + "," + ours + "}" }
@@ -57,7 +58,8 @@ struct RequestBody {
         var suffix: [UInt8] = []
         var query = ""
         let contentType: String
-        let selected = indexes.count == records.count && indexes.elementsEqual(0..<records.count)
+        let selected =
+            indexes.count == records.count && indexes.elementsEqual(0..<records.count)
             ? records : records.subset(indexes)
         let tags = tags(of: selected, target: target, batchID: batchID, host: host)
         switch format {
@@ -82,7 +84,8 @@ struct RequestBody {
             try prefix.withUnsafeBytes { head in
                 try suffix.withUnsafeBytes { tail in
                     try recordBytes.withUnsafeBytes { body in
-                        try Gzip.compress(parts: [head, UnsafeRawBufferPointer(rebasing: body[0..<recordCount]), tail], level: gzipLevel, into: &output)
+                        try Gzip.compress(
+                            parts: [head, UnsafeRawBufferPointer(rebasing: body[0..<recordCount]), tail], level: gzipLevel, into: &output)
                     }
                 }
             }

@@ -1,5 +1,4 @@
 import Core
-import Spool
 import FoundationEssentials
 import Glibc
 import Logging
@@ -7,6 +6,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Spool
 import Synchronization
 
 /// Datagram intake: `[intake] datagram_socket` (`SOCK_DGRAM`), one request per datagram in the line
@@ -32,7 +32,8 @@ package struct DatagramIntakeServer: DaemonPart {
         var bufferSize: Int32 = 4 << 20
         setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUF, &bufferSize, socklen_t(MemoryLayout<Int32>.size))
         let receiver = DatagramReceiver(
-            fd: socket.fd, parser: IntakeLineParser(configuration: settings.current), writer: writer, eventLoop: environment.eventLoops.next(),
+            fd: socket.fd, parser: IntakeLineParser(configuration: settings.current), writer: writer,
+            eventLoop: environment.eventLoops.next(),
             logger: environment.logger)
         receiver.start()
         environment.logger.info("listening", metadata: ["part": "\(part)", "on": "\(socket.location)"])
@@ -66,7 +67,9 @@ package struct DatagramIntakeServer: DaemonPart {
         }
     }
 
-    package init(part: DaemonPartKind, address: ListenerAddress, settings: LiveConfiguration, writer: SpoolWriter, environment: ListenerEnvironment) {
+    package init(
+        part: DaemonPartKind, address: ListenerAddress, settings: LiveConfiguration, writer: SpoolWriter, environment: ListenerEnvironment
+    ) {
         self.part = part
         self.address = address
         self.settings = settings
@@ -256,10 +259,12 @@ final class DatagramReceiver: @unchecked Sendable {
 
     private func logRefusal(_ rejection: IntakeRejection) {
         guard logger.logLevel <= .debug, let heldBack = refusalLog.admit() else { return }
-        logger.debug("refused a datagram", metadata: [
-            "status": "\(rejection.status)", "code": "\(rejection.code)", "error": "\(rejection.message)",
-            "similar_datagrams_not_logged": "\(heldBack)",
-        ])
+        logger.debug(
+            "refused a datagram",
+            metadata: [
+                "status": "\(rejection.status)", "code": "\(rejection.code)", "error": "\(rejection.message)",
+                "similar_datagrams_not_logged": "\(heldBack)",
+            ])
     }
 }
 
@@ -325,4 +330,3 @@ final class DatagramCounters: Sendable {
         (received.exchange(0, ordering: .relaxed), rejected.exchange(0, ordering: .relaxed), dropped.exchange(0, ordering: .relaxed))
     }
 }
-

@@ -1,11 +1,11 @@
 import Core
-import Spool
 import FoundationEssentials
 import Glibc
 import Logging
 import Metrics
 import NIOCore
 import NIOHTTP1
+import Spool
 import Synchronization
 
 /// Serves one connection of the local Stream API: `POST /v2/stream` with the request format, limits and
@@ -41,8 +41,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Set once this request was answered early (auth, route, size): the rest of it is ignored.
     private var answered = false
 
-    init(configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil,
-         confirmations: RemoteConfirmations? = nil, logger: Logger) {
+    init(
+        configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil,
+        confirmations: RemoteConfirmations? = nil, logger: Logger
+    ) {
         self.configuration = configuration
         self.writer = writer
         self.readiness = readiness
@@ -80,8 +82,13 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             body.writeBuffer(&part)
             if body.readableBytes > StreamAPILimits.maxBodyBytes {
                 // Refused as it streams in: the rest is not read; the connection closes after the answer.
-                respond(context: context, head: head, Self.failure(IntakeRejection(.bodyTooLarge,
-                    "the request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)"), table: nil), close: true)
+                respond(
+                    context: context, head: head,
+                    Self.failure(
+                        IntakeRejection(
+                            .bodyTooLarge,
+                            "the request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)"), table: nil),
+                    close: true)
                 body = ByteBuffer()
             }
         case .end:
@@ -99,7 +106,9 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             return Answer(status: HTTPResponseStatus(statusCode: health.status), body: health.body)
         }
         guard path == "/v2/stream" else {
-            return Self.failure(IntakeRejection(.notFound, "not found: the local Stream API serves POST /v2/stream, GET /healthz and GET /readyz"), table: nil)
+            return Self.failure(
+                IntakeRejection(.notFound, "not found: the local Stream API serves POST /v2/stream, GET /healthz and GET /readyz"),
+                table: nil)
         }
         guard head.method == .POST else {
             return Self.failure(IntakeRejection(.methodNotAllowed, "use POST"), table: nil)
@@ -107,12 +116,16 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let token = configuration.intake.httpToken {
             let given = head.headers["Authorization"].first ?? ""
             guard given == "Bearer \(token)" else {
-                return Self.failure(IntakeRejection(.unauthorized, "invalid or missing API key: send Authorization: Bearer <[intake] http_token>"), table: nil)
+                return Self.failure(
+                    IntakeRejection(.unauthorized, "invalid or missing API key: send Authorization: Bearer <[intake] http_token>"),
+                    table: nil)
             }
         }
         if let length = head.headers["Content-Length"].first.flatMap(Int.init), length > StreamAPILimits.maxBodyBytes {
-            var answer = Self.failure(IntakeRejection(
-                .bodyTooLarge, "the request body is \(length) bytes; the Stream API's limit is \(StreamAPILimits.maxBodyBytes)"), table: nil)
+            var answer = Self.failure(
+                IntakeRejection(
+                    .bodyTooLarge, "the request body is \(length) bytes; the Stream API's limit is \(StreamAPILimits.maxBodyBytes)"),
+                table: nil)
             answer.close = true
             return answer
         }
@@ -128,13 +141,22 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 bytes = try Gzip.decompress(bytes, limit: StreamAPILimits.maxBodyBytes)
             } catch {
                 let tooLarge = (error as? Gzip.Error)?.kind == .overLimit
-                respond(context: context, head: head, Self.failure(tooLarge
-                    ? IntakeRejection(.bodyTooLarge, "the inflated request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)")
-                    : IntakeRejection(.invalidEncoding, "the body is not valid gzip (Content-Encoding: gzip)"), table: nil), close: false)
+                respond(
+                    context: context, head: head,
+                    Self.failure(
+                        tooLarge
+                            ? IntakeRejection(
+                                .bodyTooLarge,
+                                "the inflated request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)")
+                            : IntakeRejection(.invalidEncoding, "the body is not valid gzip (Content-Encoding: gzip)"), table: nil),
+                    close: false)
                 return
             }
         } else if let encoding, encoding != "identity" {
-            respond(context: context, head: head, Self.failure(IntakeRejection(.invalidEncoding, "unsupported Content-Encoding \(encoding): use gzip"), table: nil), close: false)
+            respond(
+                context: context, head: head,
+                Self.failure(IntakeRejection(.invalidEncoding, "unsupported Content-Encoding \(encoding): use gzip"), table: nil),
+                close: false)
             return
         }
 
@@ -167,7 +189,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .success(let accepted):
             let table = batch.targets[accepted.targetIndex].table
             guard batch.admit(accepted, into: writer.capacity) else {
-                var answer = Self.failure(IntakeRejection(.spoolFull, "the agent's spool is full ([spool] max_bytes); nothing from this request was stored, retry later"), table: table)
+                var answer = Self.failure(
+                    IntakeRejection(
+                        .spoolFull, "the agent's spool is full ([spool] max_bytes); nothing from this request was stored, retry later"),
+                    table: table)
                 answer.headers.append(("Retry-After", "5"))
                 respond(context: context, head: head, answer, close: false)
                 return
@@ -183,7 +208,9 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                     AgentMetrics.recordsSpooled.increment(by: Int64(accepted.records))
                     if let ticket {
                         let timeout = TimeAmount.milliseconds(configuration.intake.waitTimeout.milliseconds)
-                        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { self.answerNotYetCommitted(context: context) }
+                        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+                            self.answerNotYetCommitted(context: context)
+                        }
                         waiting = Waiting(head: head, rows: accepted.records, table: table, ticket: ticket, timer: timer)
                     } else {
                         respond(context: context, head: head, Self.success(rows: accepted.records, table: table), close: false)
@@ -215,7 +242,8 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let waiting else { return }
         self.waiting = nil
         waiting.timer.cancel()
-        respond(context: context, head: waiting.head, Self.committed(rows: waiting.rows, table: waiting.table, outcome: outcome), close: false)
+        respond(
+            context: context, head: waiting.head, Self.committed(rows: waiting.rows, table: waiting.table, outcome: outcome), close: false)
     }
 
     /// The wait is over (`wait_timeout`, or the daemon stops) before the API committed the rows.
@@ -224,8 +252,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.waiting = nil
         waiting.timer.cancel()
         waiting.ticket.cancel()
-        respond(context: context, head: waiting.head, Self.notYetCommitted(
-            rows: waiting.rows, table: waiting.table, timeout: configuration.intake.waitTimeout), close: false)
+        respond(
+            context: context, head: waiting.head,
+            Self.notYetCommitted(
+                rows: waiting.rows, table: waiting.table, timeout: configuration.intake.waitTimeout), close: false)
     }
 
     // MARK: Answers
@@ -248,7 +278,8 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         for (name, value) in answer.headers { headers.add(name: name, value: value) }
         let closing = close || answer.close || !head.isKeepAlive
         if closing { headers.add(name: "Connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: answer.status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: answer.status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: answer.body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
             if closing { context.close(promise: nil) }
@@ -257,8 +288,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     static func success(rows: Int, table: String) -> Answer {
-        let warning = "spooled locally by definite-agent: the rows are durable on this host and will be delivered to the Stream API; snapshot_id is not known yet (send config.wait = true to wait for it)"
-        let body = "{\"success\":true,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(JSONCompactor.quote(table)),"
+        let warning =
+            "spooled locally by definite-agent: the rows are durable on this host and will be delivered to the Stream API; snapshot_id is not known yet (send config.wait = true to wait for it)"
+        let body =
+            "{\"success\":true,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(JSONCompactor.quote(table)),"
             + "\"accepted\":\(rows),\"successful_rows\":\(rows),\"rejected_rows\":0,\"partitions\":[],\"snapshot_id\":null,"
             + "\"warnings\":[\(JSONCompactor.quote(warning))],\"errors\":[]}"
         return Answer(status: .ok, body: body, headers: [("X-Agent-Spooled", "true")])
@@ -267,7 +300,8 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// `config.wait = true`, and the API committed (or dead-lettered) every row: its answer, as the API
     /// would give it, with `"committed":true`.
     static func committed(rows: Int, table: String, outcome: RemoteConfirmations.Outcome) -> Answer {
-        let body = "{\"success\":\(outcome.committed > 0 || rows == 0),\"request_id\":\"\(requestID())\",\"stream_id\":null,"
+        let body =
+            "{\"success\":\(outcome.committed > 0 || rows == 0),\"request_id\":\"\(requestID())\",\"stream_id\":null,"
             + "\"table\":\(JSONCompactor.quote(table)),\"accepted\":\(rows),\"successful_rows\":\(outcome.committed),"
             + "\"rejected_rows\":\(outcome.rejected),\"partitions\":[],\"snapshot_id\":\(outcome.snapshotID.map(JSONCompactor.quote) ?? "null"),"
             + "\"committed\":true,\"warnings\":[],\"errors\":[\(outcome.errors.map(JSONCompactor.quote).joined(separator: ","))]}"
@@ -276,15 +310,19 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// `config.wait = true`, and `wait_timeout` passed first (or the daemon stops): 202, `"committed":false`.
     static func notYetCommitted(rows: Int, table: String, timeout: HumanDuration) -> Answer {
-        let warning = "durable in definite-agent's spool on this host, but not yet committed by the Stream API within [intake] wait_timeout (\(timeout)); it will be delivered, and its snapshot_id is not known"
-        let body = "{\"success\":true,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(JSONCompactor.quote(table)),"
+        let warning =
+            "durable in definite-agent's spool on this host, but not yet committed by the Stream API within [intake] wait_timeout (\(timeout)); it will be delivered, and its snapshot_id is not known"
+        let body =
+            "{\"success\":true,\"request_id\":\"\(requestID())\",\"stream_id\":null,\"table\":\(JSONCompactor.quote(table)),"
             + "\"accepted\":\(rows),\"successful_rows\":0,\"rejected_rows\":0,\"partitions\":[],\"snapshot_id\":null,"
             + "\"committed\":false,\"warnings\":[\(JSONCompactor.quote(warning))],\"errors\":[]}"
         return Answer(status: .accepted, body: body, headers: [("X-Agent-Spooled", "true")])
     }
 
     static func failure(_ rejection: IntakeRejection, table: String?) -> Answer {
-        Answer(status: HTTPResponseStatus(statusCode: rejection.status), refusal: rejection.code, body: errorBody(rejection.message, table: table))
+        Answer(
+            status: HTTPResponseStatus(statusCode: rejection.status), refusal: rejection.code,
+            body: errorBody(rejection.message, table: table))
     }
 
     /// The documented response fields, for a request that wrote nothing.

@@ -1,9 +1,9 @@
 import Core
-import Spool
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Spool
 
 /// The local Stream API's connections: `POST /v2/stream` on `[intake] http_socket` and on `http_listen`
 /// (each its own listener), so a program that already calls the Stream API gains the agent's durability
@@ -29,13 +29,17 @@ package struct HTTPIntakeServer: ConnectionPipeline {
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                 try channel.pipeline.syncOperations.addHandler(StopNotice(), position: .first)
-                try channel.pipeline.syncOperations.addHandler(HTTPIntakeHandler(
-                    configuration: configuration, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
+                try channel.pipeline.syncOperations.addHandler(
+                    HTTPIntakeHandler(
+                        configuration: configuration, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
             }
         }
     }
 
-    package init(settings: LiveConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil, confirmations: RemoteConfirmations? = nil, logger: Logger) {
+    package init(
+        settings: LiveConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil, confirmations: RemoteConfirmations? = nil,
+        logger: Logger
+    ) {
         self.settings = settings
         self.writer = writer
         self.readiness = readiness

@@ -1,12 +1,12 @@
 import Core
-import Spool
 import DequeModule
 import Logging
 import Metrics
 import NIOCore
+import Spool
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Serves one intake connection: splits what it reads into lines, parses them, hands each read burst to
@@ -73,7 +73,13 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
                 if batch.admit(accepted, into: capacity) {
                     entries.append(.accepted(ack: ack, records: Int32(accepted.records)))
                 } else {
-                    entries.append(.refused(ack: ack, IntakeRejection(.spoolFull, "the spool is full ([spool] max_bytes = \(ByteSize(bytes: capacity.limit))); nothing from this request was stored, retry later")))
+                    entries.append(
+                        .refused(
+                            ack: ack,
+                            IntakeRejection(
+                                .spoolFull,
+                                "the spool is full ([spool] max_bytes = \(ByteSize(bytes: capacity.limit))); nothing from this request was stored, retry later"
+                            )))
                 }
             case .failure(let rejection):
                 entries.append(.refused(ack: ack, rejection))
@@ -106,7 +112,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         let firstLine: Int
         var outcome: Result<Void, IntakeRejection>?
         let started: ContinuousClock.Instant
-        init(entries: [Entry], ackBytes: [UInt8], firstLine: Int, outcome: Result<Void, IntakeRejection>?, started: ContinuousClock.Instant) {
+        init(entries: [Entry], ackBytes: [UInt8], firstLine: Int, outcome: Result<Void, IntakeRejection>?, started: ContinuousClock.Instant)
+        {
             self.entries = entries
             self.ackBytes = ackBytes
             self.firstLine = firstLine
@@ -193,7 +200,9 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private func refuseOverlongLine(context: ChannelHandlerContext) {
         unfinishedLine = nil
         reading.refuseLine { [maxLineBytes] line in
-            IntakeRejection(.lineTooLong, "line \(line) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")
+            IntakeRejection(
+                .lineTooLong,
+                "line \(line) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")
         }
         submitBurst(context: context)
         beginClosing(context: context)
@@ -274,8 +283,9 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         AgentMetrics.linesReceived.increment(by: Int64(entries.count))
         // Entries are consecutive lines: beginClosing (after which lines are skipped) always follows a submit.
         let firstLine = reading.lineNumber - entries.count + 1
-        let burst = Burst(entries: entries, ackBytes: ackBytes, firstLine: firstLine,
-                          outcome: batch.isEmpty ? .success(()) : nil, started: started)
+        let burst = Burst(
+            entries: entries, ackBytes: ackBytes, firstLine: firstLine,
+            outcome: batch.isEmpty ? .success(()) : nil, started: started)
         if !batch.isEmpty {
             let promise = context.eventLoop.makePromise(of: Void.self)
             let held = batch.allocatedBytes + entries.capacity * MemoryLayout<Entry>.stride + ackBytes.capacity
@@ -333,10 +343,12 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func logRefusalWithoutAck(line: Int, _ rejection: IntakeRejection) {
         guard logger.logLevel <= .debug, let heldBack = Self.refusalLog.admit() else { return }
-        logger.debug("refused an intake line sent without an ack id", metadata: [
-            "line": "\(line)", "status": "\(rejection.status)", "code": "\(rejection.code)", "error": "\(rejection.message)",
-            "similar_lines_not_logged": "\(heldBack)",
-        ])
+        logger.debug(
+            "refused an intake line sent without an ack id",
+            metadata: [
+                "line": "\(line)", "status": "\(rejection.status)", "code": "\(rejection.code)", "error": "\(rejection.message)",
+                "similar_lines_not_logged": "\(heldBack)",
+            ])
     }
 
     /// Metrics for one answered burst: records spooled, refusals by reason.

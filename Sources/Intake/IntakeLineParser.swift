@@ -57,8 +57,11 @@ public struct IntakeLineParser {
                 try Self.target(table: table, mode: nil, primaryKey: nil, tags: "", configuration: configuration)
             }
         } else {
-            defaultTarget = .failure(IntakeRejection(
-                .invalidConfig, "the line has no \"config\" object and [intake] default_table is not set; send {\"data\":…,\"config\":{\"table\":\"ns.table\"}}"))
+            defaultTarget = .failure(
+                IntakeRejection(
+                    .invalidConfig,
+                    "the line has no \"config\" object and [intake] default_table is not set; send {\"data\":…,\"config\":{\"table\":\"ns.table\"}}"
+                ))
         }
         defaultPrimaryKey = (try? defaultTarget.get())?.primaryKey ?? ""
     }
@@ -130,14 +133,20 @@ public struct IntakeLineParser {
             return ParsedLine(ackRange: nil, result: .failure(Self.rejection(for: error, row: nil)))
         }
         guard hasConfig else {
-            return ParsedLine(ackRange: nil, result: .failure(IntakeRejection(.invalidConfig, "config.table is required: the body must be {\"data\":…,\"config\":{\"table\":\"ns.table\"}}")))
+            return ParsedLine(
+                ackRange: nil,
+                result: .failure(
+                    IntakeRejection(
+                        .invalidConfig, "config.table is required: the body must be {\"data\":…,\"config\":{\"table\":\"ns.table\"}}")))
         }
         return parse(line: body, into: &batch)
     }
 
     /// Parses an NDJSON body: one row per line, all for `target` (whose config came with the request's
     /// query parameters). Empty lines are skipped. All rows or none.
-    public func parse(ndjson body: UnsafeRawBufferPointer, target: SpoolTarget, into batch: inout SpoolBatch) -> Result<ParsedLine.Accepted, IntakeRejection> {
+    public func parse(ndjson body: UnsafeRawBufferPointer, target: SpoolTarget, into batch: inout SpoolBatch) -> Result<
+        ParsedLine.Accepted, IntakeRejection
+    > {
         let index = batch.index(for: target)
         let before = batch.records[index].count
         var rows = 0
@@ -150,7 +159,9 @@ public struct IntakeLineParser {
             start = end + 1
             guard line.contains(where: { $0 != 0x20 && $0 != 0x09 }) else { continue }
             guard rows < StreamAPILimits.maxRowsPerRequest else {
-                failure = IntakeRejection(.tooManyRows, "the request has more than \(StreamAPILimits.maxRowsPerRequest) rows (the Stream API's limit per request)")
+                failure = IntakeRejection(
+                    .tooManyRows, "the request has more than \(StreamAPILimits.maxRowsPerRequest) rows (the Stream API's limit per request)"
+                )
                 break
             }
             var scanner = JSONScanner(line)
@@ -175,7 +186,9 @@ public struct IntakeLineParser {
     /// Parses a bare JSON array of rows (`[{…},{…}]`), all for `target` (whose config came with the
     /// request's query parameters): what Fluent Bit's `out_http` sends with `format json`, and Vector's
     /// `http` sink with its JSON codec. The same rules and limits as `data` in a request body; all rows or none.
-    public func parse(array body: UnsafeRawBufferPointer, target: SpoolTarget, into batch: inout SpoolBatch) -> Result<ParsedLine.Accepted, IntakeRejection> {
+    public func parse(array body: UnsafeRawBufferPointer, target: SpoolTarget, into batch: inout SpoolBatch) -> Result<
+        ParsedLine.Accepted, IntakeRejection
+    > {
         let index = batch.index(for: target)
         let before = (batch.records[index].count, batch.counts[index])
         var scanner = JSONScanner(body)
@@ -196,7 +209,8 @@ public struct IntakeLineParser {
     public func target(query: [String: String]) -> Result<SpoolTarget, IntakeRejection> {
         Result { () throws(IntakeRejection) in
             guard let table = query["table"], !table.isEmpty else {
-                throw IntakeRejection(.invalidConfig, "the table query parameter is required for an NDJSON body or a JSON array (?table=ns.table)")
+                throw IntakeRejection(
+                    .invalidConfig, "the table query parameter is required for an NDJSON body or a JSON array (?table=ns.table)")
             }
             var mode: AgentConfiguration.Mode?
             if let text = query["mode"] {
@@ -208,7 +222,9 @@ public struct IntakeLineParser {
             var tags = ""
             if let text = query["tags"], !text.isEmpty {
                 let value = Array(text.utf8).withUnsafeBytes { try? JSONValue.parse($0) }
-                guard case .object(let members)? = value else { throw IntakeRejection(.invalidConfig, "the tags query parameter must be a JSON object") }
+                guard case .object(let members)? = value else {
+                    throw IntakeRejection(.invalidConfig, "the tags query parameter must be a JSON object")
+                }
                 if !members.isEmpty { tags = JSONCompactor.render(.object(members)) }
             }
             let key = query["primary_key"].map { $0.split(separator: ",").map(String.init) }
@@ -275,7 +291,8 @@ public struct IntakeLineParser {
                     try s.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
                 }
                 members.append(MemberSpan(start: memberStart, end: s.position, whitespace: s.whitespace - whitespaceBefore))
-                try Self.checkFieldSize(name: name, scanner: s, valueBytes: s.position - valueStart - (s.whitespace - whitespaceAtValue), row: nil)
+                try Self.checkFieldSize(
+                    name: name, scanner: s, valueBytes: s.position - valueStart - (s.whitespace - whitespaceAtValue), row: nil)
             }
             s.skipWhitespace()
             guard s.isAtEnd else { throw s.unexpected("end of line after the JSON object") }
@@ -317,7 +334,8 @@ public struct IntakeLineParser {
             // with their commas: a compact record without "ack" is one copy, not one per member.
             var run = members[i]
             while run.whitespace == 0, i + 1 < members.count, members[i + 1].whitespace == 0,
-                  members[i + 1].start == run.end + 1, line[run.end] == UInt8(ascii: ",") {
+                members[i + 1].start == run.end + 1, line[run.end] == UInt8(ascii: ",")
+            {
                 run.end = members[i + 1].end
                 i += 1
             }
@@ -355,7 +373,8 @@ public struct IntakeLineParser {
                 while true {
                     guard rows < StreamAPILimits.maxRowsPerRequest else {
                         throw IntakeRejection(
-                            .tooManyRows, "the request has more than \(StreamAPILimits.maxRowsPerRequest) rows (the Stream API's limit per request)")
+                            .tooManyRows,
+                            "the request has more than \(StreamAPILimits.maxRowsPerRequest) rows (the Stream API's limit per request)")
                     }
                     try appendRow(&s, row: rows, target: target, to: &batch.records[index])
                     rows += 1
@@ -401,7 +420,8 @@ public struct IntakeLineParser {
                 let valueStart = s.position
                 let whitespaceAtValue = s.whitespace
                 try s.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
-                try Self.checkFieldSize(name: name, scanner: s, valueBytes: s.position - valueStart - (s.whitespace - whitespaceAtValue), row: label)
+                try Self.checkFieldSize(
+                    name: name, scanner: s, valueBytes: s.position - valueStart - (s.whitespace - whitespaceAtValue), row: label)
             }
             guard keyPresent else { throw Self.missingKey(target.primaryKey, row: label) }
             JSONCompactor.append(s.bytes, start..<s.position, whitespace: s.whitespace - whitespaceBefore, to: &output)
@@ -490,11 +510,14 @@ public struct IntakeLineParser {
 
     // MARK: Errors
 
-    private static func checkFieldSize(name: JSONScanner.StringSpan, scanner: JSONScanner, valueBytes: Int, row: Int?) throws(IntakeRejection) {
+    private static func checkFieldSize(name: JSONScanner.StringSpan, scanner: JSONScanner, valueBytes: Int, row: Int?)
+        throws(IntakeRejection)
+    {
         guard valueBytes > StreamAPILimits.maxFieldBytes else { return }
         throw IntakeRejection(
             .fieldTooLarge,
-            "\(prefix(row))field \"\(scanner.decode(name))\" is \(valueBytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field")
+            "\(prefix(row))field \"\(scanner.decode(name))\" is \(valueBytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field"
+        )
     }
 
     private static func missingKey(_ key: String, row: Int?) -> IntakeRejection {
@@ -509,7 +532,9 @@ public struct IntakeLineParser {
         case .syntax: return IntakeRejection(.invalidJSON, "\(prefix)invalid JSON at byte \(error.offset): \(error.reason)")
         case .invalidUTF8: return IntakeRejection(.invalidUTF8, "\(prefix)\(error.reason) at byte \(error.offset)")
         case .tooDeep:
-            return IntakeRejection(.tooDeep, "\(prefix)nesting deeper than \(StreamAPILimits.maxDepth) levels at byte \(error.offset) (the Stream API's limit)")
+            return IntakeRejection(
+                .tooDeep, "\(prefix)nesting deeper than \(StreamAPILimits.maxDepth) levels at byte \(error.offset) (the Stream API's limit)"
+            )
         }
     }
 }

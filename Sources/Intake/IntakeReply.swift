@@ -29,9 +29,13 @@ enum IntakeReply {
         case (let ack?, .failure(let rejection)):
             buffer.writeStaticString("{\"ack\":\"")
             buffer.writeBytes(ack)
-            buffer.writeString("\",\"ok\":false,\"status\":\(rejection.status),\"code\":\"\(rejection.code)\",\"error\":\(JSONCompactor.quote(rejection.message))}\n")
+            buffer.writeString(
+                "\",\"ok\":false,\"status\":\(rejection.status),\"code\":\"\(rejection.code)\",\"error\":\(JSONCompactor.quote(rejection.message))}\n"
+            )
         case (nil, .failure(let rejection)):
-            buffer.writeString("{\"ok\":false,\"line\":\(line),\"status\":\(rejection.status),\"code\":\"\(rejection.code)\",\"error\":\(JSONCompactor.quote(rejection.message))}\n")
+            buffer.writeString(
+                "{\"ok\":false,\"line\":\(line),\"status\":\(rejection.status),\"code\":\"\(rejection.code)\",\"error\":\(JSONCompactor.quote(rejection.message))}\n"
+            )
         case (nil, .success):
             break
         }
@@ -39,6 +43,8 @@ enum IntakeReply {
 
     /// The one line a connection gets when it is refused as a whole, before any of its lines is read.
     static func write(connectionRefusal rejection: IntakeRejection, to buffer: inout ByteBuffer) {
-        buffer.writeString("{\"ok\":false,\"status\":\(rejection.status),\"code\":\"\(rejection.code)\",\"error\":\(JSONCompactor.quote(rejection.message))}\n")
+        buffer.writeString(
+            "{\"ok\":false,\"status\":\(rejection.status),\"code\":\"\(rejection.code)\",\"error\":\(JSONCompactor.quote(rejection.message))}\n"
+        )
     }
 }

@@ -1,8 +1,8 @@
 import Core
-import Spool
 import Logging
 import NIOCore
 import NIOPosix
+import Spool
 
 /// The line protocol's connections on the intake socket (`[intake] socket`), where local programs write
 /// records: peers checked against `allow_uids`/`allow_gids`, then one ``IntakeConnectionHandler`` each.
@@ -20,7 +20,8 @@ package struct IntakeServer: ConnectionPipeline {
 
     package func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
         let (settings, writer, logger, budget) = (settings, writer, logger, budget)
-        return bootstrap
+        return
+            bootstrap
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             // A read burst is at most 4 × 128 KiB, a connection holds at most
             // IntakeConnectionHandler.maxOutstandingBatches bursts, and all of them together at most

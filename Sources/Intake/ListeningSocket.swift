@@ -3,7 +3,7 @@ import FoundationEssentials
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The kind of socket a listener takes.
@@ -130,7 +130,8 @@ struct ListeningSocket: Sendable {
         // Restarting while old connections linger in TIME_WAIT must not fail; a port another process
         // listens on still does.
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
-        let socket = ListeningSocket(fd: fd, kind: .stream, origin: .address, ownedPath: nil, location: address.plainDescription, part: part)
+        let socket = ListeningSocket(
+            fd: fd, kind: .stream, origin: .address, ownedPath: nil, location: address.plainDescription, part: part)
         guard address.withSockAddr({ Glibc.bind(fd, $0, socklen_t($1)) }) == 0 else {
             let error = errno
             socket.discard()
@@ -155,7 +156,8 @@ struct ListeningSocket: Sendable {
             let flags = fcntl(passed.fd, F_GETFL)
             if flags >= 0 { _ = fcntl(passed.fd, F_SETFL, flags & ~O_NONBLOCK) }
         }
-        return ListeningSocket(fd: passed.fd, kind: kind, origin: .passed, ownedPath: nil, location: "\(passed) passed by systemd", part: part)
+        return ListeningSocket(
+            fd: passed.fd, kind: kind, origin: .passed, ownedPath: nil, location: "\(passed) passed by systemd", part: part)
     }
 
     /// Closes a socket no listener took over, and removes the path the daemon bound for it.
@@ -195,7 +197,9 @@ package enum SocketPath {
             return
         }
         if let holder = passedSockets.holder(of: path) {
-            throw StartupError(.pathHeldByPassedSocket, part: part, """
+            throw StartupError(
+                .pathHeldByPassedSocket, part: part,
+                """
                 it is held by a socket systemd passed to this process (\(holder)), which the daemon does not use for it; \
                 with several passed sockets, name each (FileDescriptorName=intake, http or datagram)
                 """)

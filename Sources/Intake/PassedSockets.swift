@@ -1,7 +1,7 @@
 import FoundationEssentials
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One socket systemd passed to the daemon (socket activation, `sd_listen_fds(3)`).
@@ -67,15 +67,16 @@ package struct PassedSockets: Sendable, Equatable {
     /// every passed descriptor is made close-on-exec.
     package static func take(environment: [String: String] = ProcessInfo.processInfo.environment) -> PassedSockets {
         guard let pid = environment["LISTEN_PID"].flatMap(Int32.init), pid == getpid(),
-              let count = environment["LISTEN_FDS"].flatMap(Int32.init), count > 0
+            let count = environment["LISTEN_FDS"].flatMap(Int32.init), count > 0
         else { return PassedSockets([]) }
         let names = environment["LISTEN_FDNAMES"].map { $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init) } ?? []
         for variable in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] { unsetenv(variable) }
-        return PassedSockets((0..<count).map { index in
-            let fd = firstDescriptor + index
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            return PassedSocket(fd: fd, name: Int(index) < names.count ? names[Int(index)] : "", path: SocketKind.boundPath(of: fd))
-        })
+        return PassedSockets(
+            (0..<count).map { index in
+                let fd = firstDescriptor + index
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                return PassedSocket(fd: fd, name: Int(index) < names.count ? names[Int(index)] : "", path: SocketKind.boundPath(of: fd))
+            })
     }
 
     package static let firstDescriptor: Int32 = 3

@@ -3,7 +3,7 @@ import Logging
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The layout of Linux's `struct ucred` (`SO_PEERCRED`), which Glibc's module map hides behind _GNU_SOURCE.
@@ -46,9 +46,12 @@ final class PeerCredentialsHandler: ChannelInboundHandler, RemovableChannelHandl
                 context.pipeline.syncOperations.removeHandler(self, promise: nil)
                 context.fireChannelActive()
             case .success(let peer):
-                logger.warning("refused a writer that is not allowed by [intake] allow_uids/allow_gids",
-                               metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
-                refuse(context: context, because: "uid \(peer.uid) (gid \(peer.gid)) is not allowed to write to this agent ([intake] allow_uids / allow_gids)")
+                logger.warning(
+                    "refused a writer that is not allowed by [intake] allow_uids/allow_gids",
+                    metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
+                refuse(
+                    context: context,
+                    because: "uid \(peer.uid) (gid \(peer.gid)) is not allowed to write to this agent ([intake] allow_uids / allow_gids)")
             case .failure(let error):
                 refuse(context: context, because: "the agent cannot read this connection's credentials (\(error))")
             }

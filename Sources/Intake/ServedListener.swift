@@ -6,7 +6,7 @@ import NIOPosix
 import ServiceLifecycle
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A stream ``ListeningSocket`` served by NIO until its part of the daemon is stopped.
@@ -29,7 +29,8 @@ struct ServedListener: Sendable {
         let quiesce = ServerQuiescingHelper(group: group)
         let channel: any Channel
         do {
-            channel = try await bootstrap
+            channel =
+                try await bootstrap
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
@@ -65,8 +66,9 @@ struct ServedListener: Sendable {
         if Task.isShuttingDownGracefully, !Task.isCancelled {
             let drainedInTime = await drained.wait(until: drainDeadline.instant)
             if !drainedInTime, !Task.isCancelled {
-                logger.warning("connections still open at the drain deadline are closed unanswered (nothing unanswered was acknowledged)",
-                               metadata: ["listener": "\(socket.part)"])
+                logger.warning(
+                    "connections still open at the drain deadline are closed unanswered (nothing unanswered was acknowledged)",
+                    metadata: ["listener": "\(socket.part)"])
             }
         }
         // Stopping at once (or the socket closed by itself): no new connections, whatever is open goes

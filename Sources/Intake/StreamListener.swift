@@ -22,7 +22,9 @@ package enum ListenerAddress: Sendable, Equatable {
 
     /// Makes the listener's socket (see ``ListeningSocket``) on the blocking pool: preparing a path and
     /// resolving a host are file and network calls, kept off the event loops and the cooperative pool.
-    func makeSocket(kind: SocketKind, backlog: Int32, part: DaemonPartKind, environment: ListenerEnvironment) async throws -> ListeningSocket {
+    func makeSocket(kind: SocketKind, backlog: Int32, part: DaemonPartKind, environment: ListenerEnvironment) async throws
+        -> ListeningSocket
+    {
         let (name, passedSockets) = (part.description, environment.passedSockets)
         return try await environment.blocking.runIfActive {
             switch self {
@@ -77,7 +79,8 @@ package struct StreamListener<Pipeline: ConnectionPipeline>: DaemonPart {
     package func start() async throws -> any RunningPart {
         let socket = try await address.makeSocket(kind: .stream, backlog: pipeline.backlog, part: part, environment: environment)
         let group = environment.eventLoops
-        let served = try await ServedListener(socket, backlog: pipeline.backlog, bootstrap: pipeline.configure(ServerBootstrap(group: group)), group: group)
+        let served = try await ServedListener(
+            socket, backlog: pipeline.backlog, bootstrap: pipeline.configure(ServerBootstrap(group: group)), group: group)
         environment.logger.info("listening", metadata: ["part": "\(part)", "on": "\(socket.location)"])
         return Running(served: served, part: part, logger: environment.logger)
     }

@@ -1,7 +1,7 @@
 import Core
-import Intake
 import FoundationEssentials
 import Glibc
+import Intake
 
 /// A Unix stream connection to the agent's line socket, for the CLI: non-blocking once connected, driven
 /// with `poll(2)` so one thread can write requests and read replies as either becomes possible.
@@ -28,7 +28,9 @@ final class AgentSocket {
         guard fd >= 0 else { throw ConnectError(description: SystemCallError().description) }
         let result = SocketPath.withAddress(of: path) { connect(fd, $0, $1) }
         guard result == 0 else {
-            let reason = result == nil ? "the socket path is too long (at most \(UnixSocketAddress.maxPathBytes) bytes)" : SystemCallError().description
+            let reason =
+                result == nil
+                ? "the socket path is too long (at most \(UnixSocketAddress.maxPathBytes) bytes)" : SystemCallError().description
             Glibc.close(fd)
             throw ConnectError(description: reason)
         }
@@ -116,7 +118,8 @@ struct LineReader {
         while true {
             let found: Int? = buffer.withUnsafeBytes { raw in
                 guard searched < end,
-                      let hit = memchr(raw.baseAddress! + searched, Int32(UInt8(ascii: "\n")), end - searched) else { return nil }
+                    let hit = memchr(raw.baseAddress! + searched, Int32(UInt8(ascii: "\n")), end - searched)
+                else { return nil }
                 return raw.baseAddress!.distance(to: UnsafeRawPointer(hit))
             }
             if let newline = found {

@@ -1,5 +1,5 @@
-import Core
 import ArgumentParser
+import Core
 import FoundationEssentials
 import Glibc
 
@@ -27,7 +27,8 @@ struct ConfigCheckCommand: AsyncParsableCommand {
         let (configuration, source) = try global.loadConfiguration()
         let key: String
         do {
-            key = try APIKeySource.load(config: configuration.api).map { "\($0)" }
+            key =
+                try APIKeySource.load(config: configuration.api).map { "\($0)" }
                 ?? "<not set: set [api] key_file, $DEFINITE_API_KEY or the systemd credential api-key>"
         } catch {
             printError("error: \(error)")

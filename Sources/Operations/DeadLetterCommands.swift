@@ -1,8 +1,8 @@
-import Core
-import Spool
 import ArgumentParser
+import Core
 import FoundationEssentials
 import Glibc
+import Spool
 
 /// `definite-agent dlq …`: inspect and repair the dead-letter queue.
 struct DeadLetterCommand: AsyncParsableCommand {
@@ -47,7 +47,9 @@ struct DeadLetterCommand: AsyncParsableCommand {
             }
             print("ID\tTABLE\tSTATUS\tROWS\tFAILED AT\tREASON")
             for e in entries {
-                print("\(e.id)\t\(e.table)\t\(e.status.map(String.init) ?? "-")\t\(e.rows)\(e.partial ? " (partial)" : "")\t\(DeadLetterCommand.timestamp(e.lastFailedAt))\t\(e.reason)")
+                print(
+                    "\(e.id)\t\(e.table)\t\(e.status.map(String.init) ?? "-")\t\(e.rows)\(e.partial ? " (partial)" : "")\t\(DeadLetterCommand.timestamp(e.lastFailedAt))\t\(e.reason)"
+                )
             }
         }
     }
@@ -115,11 +117,14 @@ struct DeadLetterCommand: AsyncParsableCommand {
 
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path
-            let outcome = try await reportingErrors { try DeadLetterStore(path: path).replay(selection.value, includeWritten: includeWritten) }
+            let outcome = try await reportingErrors {
+                try DeadLetterStore(path: path).replay(selection.value, includeWritten: includeWritten)
+            }
             try DeadLetterCommand.refuseMissing(outcome.missing, doing: "replayed")
             guard outcome.refusedPartial.isEmpty else {
                 let list = outcome.refusedPartial.map { "\($0.id) (\($0.rows) rows)" }.joined(separator: ", ")
-                printError("""
+                printError(
+                    """
                     error: nothing replayed: partial entries \(list) hold rows the API already wrote (it rejected some \
                     and did not say which), so replaying them would write those rows a second time. Add \
                     --include-written to replay them anyway, or select other entries.
@@ -151,7 +156,8 @@ struct DeadLetterCommand: AsyncParsableCommand {
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path
             let selection: DeadLetterStore.Selection =
-                !ids.isEmpty ? .ids(ids) : table.map { .table($0) } ?? (all ? .all : .olderThan(HumanDuration(parsing: olderThan!)!.seconds))
+                !ids.isEmpty
+                ? .ids(ids) : table.map { .table($0) } ?? (all ? .all : .olderThan(HumanDuration(parsing: olderThan!)!.seconds))
             let outcome = try await reportingErrors { try DeadLetterStore(path: path).purge(selection) }
             try DeadLetterCommand.refuseMissing(outcome.missing, doing: "purged")
             print("purged \(outcome.entries) entries (\(outcome.rows) rows)")
@@ -199,12 +205,15 @@ struct QueueCommand: AsyncParsableCommand {
             let rows = try await reportingErrors { try QueuePeek.read(path: path, table: table, limit: limit) }
             for row in rows {
                 if json {
-                    print("{\"table\":\(JSONCompactor.quote(row.table)),\"seq\":\(row.seq),\"age_s\":\(row.ageSeconds.fixed(3)),"
-                        + "\"batch\":\(row.batchID.map(JSONCompactor.quote) ?? "null"),\"attempts\":\(row.attempts),"
-                        + "\"last_status\":\(row.lastStatus.map(String.init) ?? "null"),\"last_error\":\(row.lastError.map(JSONCompactor.quote) ?? "null"),"
-                        + "\"record\":\(row.record)}")
+                    print(
+                        "{\"table\":\(JSONCompactor.quote(row.table)),\"seq\":\(row.seq),\"age_s\":\(row.ageSeconds.fixed(3)),"
+                            + "\"batch\":\(row.batchID.map(JSONCompactor.quote) ?? "null"),\"attempts\":\(row.attempts),"
+                            + "\"last_status\":\(row.lastStatus.map(String.init) ?? "null"),\"last_error\":\(row.lastError.map(JSONCompactor.quote) ?? "null"),"
+                            + "\"record\":\(row.record)}")
                 } else {
-                    let batch = row.batchID.map { "batch \($0), \(row.attempts) attempts\(row.lastStatus.map { ", last \($0)" } ?? "")" } ?? "not yet batched"
+                    let batch =
+                        row.batchID.map { "batch \($0), \(row.attempts) attempts\(row.lastStatus.map { ", last \($0)" } ?? "")" }
+                        ?? "not yet batched"
                     print("\(row.table)\tseq \(row.seq)\t\(row.ageSeconds.fixed(1))s\t\(batch)\t\(row.record)")
                 }
             }

@@ -1,5 +1,5 @@
-import Core
 import ArgumentParser
+import Core
 
 /// The `definite-agent` command line: the daemon and the operator's tools.
 public struct DefiniteAgentCommand: AsyncParsableCommand {

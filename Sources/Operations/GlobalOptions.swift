@@ -1,9 +1,9 @@
-import Core
-import Spool
 import ArgumentParser
+import Core
 import FoundationEssentials
 import Glibc
 import Logging
+import Spool
 
 /// Options every command takes.
 struct GlobalOptions: ParsableArguments {
@@ -59,4 +59,6 @@ func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
 }
 
 /// `--log-level trace|debug|…|critical`: swift-log's own levels, listed in `--help` and completions.
+// swift-format-ignore: AvoidRetroactiveConformances
+// swift-log's own levels are the CLI's choices: a wrapper enum would copy them (issue 21).
 extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -1,6 +1,6 @@
+import ArgumentParser
 import Core
 import Daemon
-import ArgumentParser
 import FoundationEssentials
 import Glibc
 import Logging
@@ -23,7 +23,8 @@ struct RunCommand: AsyncParsableCommand {
         let format = configuration.log.format
         LoggingSystem.bootstrap { _ in AgentLogHandler(format: format, level: level) }
         let logger = Logger(label: "definite-agent")
-        logger.info("starting", metadata: ["version": "\(AgentVersion.current)", "commit": "\(AgentVersion.commit)", "config": "\(source)"])
+        logger.info(
+            "starting", metadata: ["version": "\(AgentVersion.current)", "commit": "\(AgentVersion.commit)", "config": "\(source)"])
         for warning in ConfigurationWarning.all(in: configuration) {
             logger.warning("\(warning.message)", metadata: ["key": "\(warning.key)"])
         }

@@ -1,8 +1,8 @@
-import Core
-import Intake
 import ArgumentParser
+import Core
 import FoundationEssentials
 import Glibc
+import Intake
 
 /// `definite-agent send`: sends NDJSON records through the agent's line socket, with acknowledgements.
 ///
@@ -45,7 +45,9 @@ struct SendCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The agent's socket (default: [intake] socket from the configuration).", valueName: "path"))
     var socket: String?
 
-    @Flag(name: .customLong("no-wait"), help: "When the agent's spool is full (507), count those lines as rejected instead of waiting for room.")
+    @Flag(
+        name: .customLong("no-wait"),
+        help: "When the agent's spool is full (507), count those lines as rejected instead of waiting for room.")
     var noWait = false
 
     @Argument(help: "An NDJSON file; standard input when omitted or \"-\".")
@@ -70,7 +72,11 @@ struct SendCommand: ParsableCommand {
         }
         let path = socket ?? configuration?.0.intake.socket ?? ""
         var config = "{\"table\":\(JSONCompactor.quote(table))"
-        if let primaryKey { config += ",\"mode\":\"merge\",\"primary_key\":[\(JSONCompactor.quote(primaryKey))]" } else if let mode { config += ",\"mode\":\(JSONCompactor.quote(mode.rawValue))" }
+        if let primaryKey {
+            config += ",\"mode\":\"merge\",\"primary_key\":[\(JSONCompactor.quote(primaryKey))]"
+        } else if let mode {
+            config += ",\"mode\":\(JSONCompactor.quote(mode.rawValue))"
+        }
         config += "}"
         // The merge key every line must carry: given, or the table's [[table]] default as far as send
         // knows the agent's configuration (the agent has the last word: see SendLedger).
@@ -100,8 +106,9 @@ struct SendCommand: ParsableCommand {
             throw ExitCode(69)  // EX_UNAVAILABLE
         }
         let ledger = SendLedger(waitsForRoom: !noWait, format: SendRequestFormat(config: config), maxRequestBytes: requestBytes)
-        var session = SendSession(path: path, socket: socket, input: LineReader(fd: input), ledger: ledger,
-                                  mergeKey: mergeKey)
+        var session = SendSession(
+            path: path, socket: socket, input: LineReader(fd: input), ledger: ledger,
+            mergeKey: mergeKey)
         let outcome = session.run()
         try Self.report(outcome)
     }
@@ -114,7 +121,9 @@ struct SendCommand: ParsableCommand {
         if outcome.unsent > 0 { summary += ", not sent \(outcome.unsent)" }
         print(summary)
         if let first = totals.refusedForRoom.first, let last = totals.refusedForRoom.last {
-            printError("\(totals.refusedForRoom.count) lines refused because the agent's spool is full (507 spool_full), lines \(first)–\(last); send them again later, or leave out --no-wait to wait for room")
+            printError(
+                "\(totals.refusedForRoom.count) lines refused because the agent's spool is full (507 spool_full), lines \(first)–\(last); send them again later, or leave out --no-wait to wait for room"
+            )
         }
         if totals.waitedForRoom > 0 {
             printError("\(totals.waitedForRoom) lines waited for room in the agent's spool (sent again \(totals.roomRetries) times)")
@@ -189,7 +198,9 @@ struct SendSession {
                 case .afterLineTooLong:
                     break  // nothing after the long line was read: sending it again stores it once
                 case .unexpected(let unanswered) where unanswered > 0:
-                    printError("warning: the connection to the agent ended with \(unanswered) lines unanswered; reconnecting to send them again (any the agent had stored before it went are stored twice)")
+                    printError(
+                        "warning: the connection to the agent ended with \(unanswered) lines unanswered; reconnecting to send them again (any the agent had stored before it went are stored twice)"
+                    )
                 case .unexpected:
                     break
                 }
@@ -264,12 +275,16 @@ struct SendSession {
             case .waitingForRoom:
                 if !toldAboutWaiting {
                     toldAboutWaiting = true
-                    printError("the agent's spool is full (507 spool_full): waiting for room and sending those lines again, with backoff (--no-wait: count them as rejected instead)")
+                    printError(
+                        "the agent's spool is full (507 spool_full): waiting for room and sending those lines again, with backoff (--no-wait: count them as rejected instead)"
+                    )
                 }
             case .split(let line, let lines, let code):
                 if code != IntakeRejection.Code.lineTooLong.rawValue, !toldAboutSplitting {
                     toldAboutSplitting = true
-                    printError("warning: the agent refused the \(lines) lines from line \(line) on for one of them (\(code)), which send's own check let through; sending every line alone from here on, each with its own answer (lines already sent behind these may be stored before them)")
+                    printError(
+                        "warning: the agent refused the \(lines) lines from line \(line) on for one of them (\(code)), which send's own check let through; sending every line alone from here on, each with its own answer (lines already sent behind these may be stored before them)"
+                    )
                 }
             case .outOfStep(let problem):
                 return problem
@@ -303,8 +318,9 @@ struct SendSession {
                     return true
                 }
                 if builder == nil {
-                    builder = SendRequestFormat.Builder(format: ledger.format, firstLine: lineNumber,
-                                                        capacity: min(maxBytes, Self.requestBytes) + 64, buffer: ledger.spareBuffer())
+                    builder = SendRequestFormat.Builder(
+                        format: ledger.format, firstLine: lineNumber,
+                        capacity: min(maxBytes, Self.requestBytes) + 64, buffer: ledger.spareBuffer())
                 }
                 builder!.append(line: lineNumber, record: line)
                 lines += 1
@@ -322,7 +338,8 @@ struct SendSession {
     private mutating func giveUp(_ failure: String, unreachable: Bool) -> Outcome {
         var unsent = 0
         while let request = readRequest(mayBlock: true) { unsent += request.rows.count }
-        return Outcome(totals: ledger.totals, unconfirmed: ledger.unconfirmed, unsent: unsent, failure: failure, agentUnreachable: unreachable)
+        return Outcome(
+            totals: ledger.totals, unconfirmed: ledger.unconfirmed, unsent: unsent, failure: failure, agentUnreachable: unreachable)
     }
 
     /// Connects again, waiting 0.1 s, then twice as long each time up to 5 s, for ``reconnectPatience``.

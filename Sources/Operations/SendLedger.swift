@@ -1,5 +1,5 @@
-import Intake
 import DequeModule
+import Intake
 
 /// How `definite-agent send` wraps input lines into requests of the line protocol: one line as
 /// `{"ack":"<n>","config":{…},"data":<record>}`, several as `…"data":[<record>,<record>,…]}`. The ack id is
@@ -61,8 +61,9 @@ struct SendRequestFormat: Sendable {
 
     /// A request carrying `rows` of `source`'s bytes (a request being split).
     func request(rows: ArraySlice<SendLedger.Row>, of source: SendLedger.Request) -> SendLedger.Request {
-        var builder = Builder(format: self, firstLine: rows.first!.line,
-                              capacity: afterAck.count + 32 + rows.reduce(0) { $0 + $1.record.count + 1 })
+        var builder = Builder(
+            format: self, firstLine: rows.first!.line,
+            capacity: afterAck.count + 32 + rows.reduce(0) { $0 + $1.record.count + 1 })
         source.bytes.withUnsafeBytes { raw in
             for row in rows { builder.append(line: row.line, record: UnsafeRawBufferPointer(rebasing: raw[row.record])) }
         }
@@ -147,9 +148,10 @@ struct SendLedger {
 
     /// Codes the agent refuses a request with because of one of its rows (its JSON, depth, field sizes,
     /// merge key): a request of several lines refused so is split, so that each line gets its own answer.
-    static let rowCodes: Set<String> = Set([
-        IntakeRejection.Code.invalidJSON, .invalidUTF8, .tooDeep, .invalidRow, .missingPrimaryKey, .fieldTooLarge, .tooManyRows,
-    ].map(\.rawValue))
+    static let rowCodes: Set<String> = Set(
+        [
+            IntakeRejection.Code.invalidJSON, .invalidUTF8, .tooDeep, .invalidRow, .missingPrimaryKey, .fieldTooLarge, .tooManyRows,
+        ].map(\.rawValue))
 
     /// Whether a 507 (spool full) means "wait and send again" (`true`) or "rejected".
     let waitsForRoom: Bool
@@ -183,8 +185,10 @@ struct SendLedger {
     static let firstRoomWait = Duration.milliseconds(500)
     static let longestRoomWait = Duration.seconds(30)
 
-    init(waitsForRoom: Bool, format: SendRequestFormat, maxRequestBytes: Int = 64 << 10, batches: Bool = true,
-         maxInFlight: Int = 10_000, maxInFlightBytes: Int = 4 << 20) {
+    init(
+        waitsForRoom: Bool, format: SendRequestFormat, maxRequestBytes: Int = 64 << 10, batches: Bool = true,
+        maxInFlight: Int = 10_000, maxInFlightBytes: Int = 4 << 20
+    ) {
         self.waitsForRoom = waitsForRoom
         self.format = format
         self.maxRequestBytes = maxRequestBytes

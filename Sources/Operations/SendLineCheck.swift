@@ -1,6 +1,6 @@
 import Core
-import Intake
 import Glibc
+import Intake
 
 /// How `definite-agent send` checks an input line before it goes into a request of many lines: by the
 /// agent's own rules for a row of `data`, so that the agent does not refuse the request for one line (and
@@ -15,7 +15,10 @@ enum SendLineCheck {
     /// merges on `mergeKey` — a missing or null key. The same rules, codes and order as the agent's.
     static func problem(_ line: UnsafeRawBufferPointer, mergeKey: String? = nil) -> IntakeRejection? {
         if line.count <= StreamAPILimits.maxFieldBytes {
-            let plain = mergeKey.map { key in key.utf8.withContiguousStorageIfAvailable { isPlainRow(line, mergeKey: UnsafeRawBufferPointer($0)) } ?? false }
+            let plain =
+                mergeKey.map { key in
+                    key.utf8.withContiguousStorageIfAvailable { isPlainRow(line, mergeKey: UnsafeRawBufferPointer($0)) } ?? false
+                }
                 ?? isPlainRow(line, mergeKey: nil)
             if plain { return nil }
         }
@@ -53,7 +56,10 @@ enum SendLineCheck {
             try scanner.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
             let bytes = scanner.position - valueStart - (scanner.whitespace - whitespaceBefore)
             if bytes > StreamAPILimits.maxFieldBytes {
-                return IntakeRejection(.fieldTooLarge, "field \"\(scanner.decode(name))\" is \(bytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field")
+                return IntakeRejection(
+                    .fieldTooLarge,
+                    "field \"\(scanner.decode(name))\" is \(bytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field"
+                )
             }
         }
         guard keyPresent else {
@@ -77,11 +83,6 @@ enum SendLineCheck {
     private struct PlainScan {
         let bytes: UnsafePointer<UInt8>
         let count: Int
-
-        init(bytes: UnsafePointer<UInt8>, count: Int) {
-            self.bytes = bytes
-            self.count = count
-        }
 
         func row(mergeKey: UnsafeRawBufferPointer?) -> Bool {
             let bytes = bytes
@@ -173,7 +174,8 @@ enum SendLineCheck {
                         i &+= 1
                         skipWhitespace(&i)
                         if !keyFound, depth == 1, let key = mergeKey, nameEnd &- nameStart == key.count,
-                           memcmp(bytes + nameStart, key.baseAddress!, key.count) == 0, i < count, bytes[i] != UInt8(ascii: "n") {
+                            memcmp(bytes + nameStart, key.baseAddress!, key.count) == 0, i < count, bytes[i] != UInt8(ascii: "n")
+                        {
                             keyFound = true
                         }
                     }

@@ -1,9 +1,9 @@
-import Core
-import Spool
-import Daemon
 import ArgumentParser
+import Core
+import Daemon
 import FoundationEssentials
 import Glibc
+import Spool
 
 /// `definite-agent status`: whether the daemon runs, whether it takes records, and what is queued per
 /// target, read from the spool file and the daemon's state file beside it (``DaemonStateFile``).
@@ -26,13 +26,17 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Exit 1 when something needs attention (see below), with a one-line verdict.")
     var check = false
 
-    @Option(name: .long, help: ArgumentHelp("With --check: unhealthy when the oldest pending row is older than this, e.g. \"10m\".", valueName: "duration"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("With --check: unhealthy when the oldest pending row is older than this, e.g. \"10m\".", valueName: "duration"))
     var maxAge: String?
 
     func validate() throws {
         if let maxAge {
             guard check else { throw ValidationError("--max-age goes with --check") }
-            guard HumanDuration(parsing: maxAge) != nil else { throw ValidationError("--max-age \"\(maxAge)\" is not a duration such as \"10m\"") }
+            guard HumanDuration(parsing: maxAge) != nil else {
+                throw ValidationError("--max-age \"\(maxAge)\" is not a duration such as \"10m\"")
+            }
         }
     }
 
@@ -43,7 +47,7 @@ struct StatusCommand: AsyncParsableCommand {
         let status: SpoolStatus
         do {
             status = try SpoolStatus.read(path: path)
-        } catch where check && error.code == .missing {
+        } catch  where check && error.code == .missing {
             print("unhealthy: the daemon never ran on \(path) (no spool file)")
             throw ExitCode(1)
         } catch {
@@ -79,9 +83,12 @@ struct StatusReport {
     /// "running (pid 4242, up 3h 05m)", "stopping (pid 4242)", "not running".
     var daemonLine: String {
         guard let daemon else { return "not running (no daemon has run on this spool with this version)" }
-        guard daemon.running else { return "not running (last ran as pid \(daemon.state.pid), started \(Self.timestamp(daemon.state.startedAt)))" }
+        guard daemon.running else {
+            return "not running (last ran as pid \(daemon.state.pid), started \(Self.timestamp(daemon.state.startedAt)))"
+        }
         if daemon.state.stopping { return "stopping (pid \(daemon.state.pid))" }
-        return "running (pid \(daemon.state.pid), up \(Self.duration(now.timeIntervalSince(daemon.state.startedAt))), version \(daemon.state.version))"
+        return
+            "running (pid \(daemon.state.pid), up \(Self.duration(now.timeIntervalSince(daemon.state.startedAt))), version \(daemon.state.version))"
     }
 
     /// One line for `--check`'s "ok:".
@@ -95,14 +102,21 @@ struct StatusReport {
     /// older than `maxAge`.
     func problems(maxAge: HumanDuration?) -> [String] {
         var problems: [String] = []
-        if !isRunning { problems.append("daemon \(daemonLine)") } else if daemon?.state.stopping == true { problems.append("daemon stopping") }
+        if !isRunning {
+            problems.append("daemon \(daemonLine)")
+        } else if daemon?.state.stopping == true {
+            problems.append("daemon stopping")
+        }
         if let refusal = intakeRefusal { problems.append("intake refused: \(refusal.summary)") }
         for target in status.targets where target.pending > 0 {
             if let state = target.deliveryState, state.isHeld { problems.append("\(target.table): \(state.kind.rawValue)") }
         }
-        if let maxAge, let oldest = status.targets.filter({ ($0.oldestAgeSeconds ?? 0) > maxAge.seconds })
-            .max(by: { ($0.oldestAgeSeconds ?? 0) < ($1.oldestAgeSeconds ?? 0) }) {
-            problems.append("the oldest pending row of \(oldest.table) is \(Self.duration(oldest.oldestAgeSeconds ?? 0)) old (over \(maxAge))")
+        if let maxAge,
+            let oldest = status.targets.filter({ ($0.oldestAgeSeconds ?? 0) > maxAge.seconds })
+                .max(by: { ($0.oldestAgeSeconds ?? 0) < ($1.oldestAgeSeconds ?? 0) })
+        {
+            problems.append(
+                "the oldest pending row of \(oldest.table) is \(Self.duration(oldest.oldestAgeSeconds ?? 0)) old (over \(maxAge))")
         }
         return problems
     }
@@ -146,16 +160,20 @@ struct StatusReport {
             ]
             return "{" + fields.joined(separator: ",") + "}"
         }
-        let datagrams = "{\"received\":\(status.datagrams.received),\"rejected\":\(status.datagrams.rejected),\"dropped\":\(status.datagrams.dropped)}"
+        let datagrams =
+            "{\"received\":\(status.datagrams.received),\"rejected\":\(status.datagrams.rejected),\"dropped\":\(status.datagrams.dropped)}"
         let state = daemon?.state
-        let daemonJSON = "{\"running\":\(isRunning),\"pid\":\(state.map { String($0.pid) } ?? "null"),"
+        let daemonJSON =
+            "{\"running\":\(isRunning),\"pid\":\(state.map { String($0.pid) } ?? "null"),"
             + "\"started_at\":\(time(state?.startedAt.timeIntervalSince1970)),"
             + "\"uptime_s\":\(number(isRunning ? state.map { now.timeIntervalSince($0.startedAt) } : nil)),"
             + "\"stopping\":\(isRunning && state?.stopping == true)}"
-        let refused = intakeRefusal.map {
-            "{\"reason\":\"\($0.reason.rawValue)\",\"since\":\(time($0.since.timeIntervalSince1970)),\"detail\":\(JSONCompactor.quote($0.detail))}"
-        } ?? "null"
-        var fields = "\"daemon\":\(daemonJSON),\"intake_refused\":\(refused),"
+        let refused =
+            intakeRefusal.map {
+                "{\"reason\":\"\($0.reason.rawValue)\",\"since\":\(time($0.since.timeIntervalSince1970)),\"detail\":\(JSONCompactor.quote($0.detail))}"
+            } ?? "null"
+        var fields =
+            "\"daemon\":\(daemonJSON),\"intake_refused\":\(refused),"
             + "\"pending\":\(status.pending),\"pending_bytes\":\(status.pendingBytes),\"dead_letters\":\(status.deadLetters),"
             + "\"datagrams\":\(datagrams),\"tables\":[\(tables.joined(separator: ","))]"
         if let problems {
@@ -171,7 +189,8 @@ struct StatusReport {
         }
         out += "spool \(spool): \(status.pending) pending (\(ByteSize(bytes: status.pendingBytes))), \(status.deadLetters) dead letters\n"
         if status.datagrams.received > 0 {
-            out += "datagrams: \(status.datagrams.received) received, \(status.datagrams.rejected) rejected, \(status.datagrams.dropped) dropped\n"
+            out +=
+                "datagrams: \(status.datagrams.received) received, \(status.datagrams.rejected) rejected, \(status.datagrams.dropped) dropped\n"
         }
         guard !status.targets.isEmpty else { return out + "no targets yet" }
         let header = ["TABLE", "MODE", "PENDING", "BYTES", "OLDEST", "DEAD", "STATE", "LAST SUCCESS", "LAST ERROR"]
@@ -180,10 +199,12 @@ struct StatusReport {
             if !t.primaryKey.isEmpty { mode += "(\(t.primaryKey))" }
             var table = t.table
             if !t.tags.isEmpty { table += " \(t.tags)" }
-            return [table, mode, "\(t.pending)", ByteSize(bytes: t.pendingBytes).description,
-                    t.oldestAgeSeconds.map { $0.fixed(1) + "s" } ?? "-", "\(t.deadLetters)",
-                    Self.state(t) + (stateUntil(t).map { " until \(Self.timestamp(Date(timeIntervalSince1970: $0)))" } ?? ""),
-                    t.lastSuccessAt.map { Self.timestamp(Date(timeIntervalSince1970: $0)) } ?? "-", t.lastError ?? "-"]
+            return [
+                table, mode, "\(t.pending)", ByteSize(bytes: t.pendingBytes).description,
+                t.oldestAgeSeconds.map { $0.fixed(1) + "s" } ?? "-", "\(t.deadLetters)",
+                Self.state(t) + (stateUntil(t).map { " until \(Self.timestamp(Date(timeIntervalSince1970: $0)))" } ?? ""),
+                t.lastSuccessAt.map { Self.timestamp(Date(timeIntervalSince1970: $0)) } ?? "-", t.lastError ?? "-",
+            ]
         }
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
         let render: ([String]) -> String = { cells in

@@ -90,7 +90,8 @@ public struct DeadLetterStore {
     /// Entries, oldest first, optionally for one table.
     public func list(table: String? = nil) throws(SpoolError) -> [Entry] {
         try withDatabase(write: false) { db in
-            let select = try db.prepared("""
+            let select = try db.prepared(
+                """
                 SELECT \(Self.columns) FROM dead_letters d JOIN targets t ON t.id = d.target_id
                 WHERE ?1 IS NULL OR t.table_name = ?1 ORDER BY d.id
                 """)
@@ -105,7 +106,8 @@ public struct DeadLetterStore {
     /// One entry with its rows, or `nil`.
     public func show(id: Int64) throws(SpoolError) -> Entry? {
         try withDatabase(write: false) { db in
-            let select = try db.prepared("SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE d.id = ?1")
+            let select = try db.prepared(
+                "SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE d.id = ?1")
             defer { select.reset() }
             select.bind(1, id)
             return try select.step() ? try Self.entry(select, withRecords: true) : nil
@@ -117,7 +119,8 @@ public struct DeadLetterStore {
     /// wrote), nor rows that expired without an answer.
     public func export(table: String?, rejectedOnly: Bool = false, _ body: (Entry) -> Void) throws(SpoolError) {
         try withDatabase(write: false) { db in
-            let select = try db.prepared("""
+            let select = try db.prepared(
+                """
                 SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id
                 WHERE (?1 IS NULL OR t.table_name = ?1) AND (?2 = 0 OR (d.partial = 0 AND d.http_status IS NOT NULL))
                 ORDER BY d.id
@@ -178,7 +181,8 @@ public struct DeadLetterStore {
             let missing = try Self.missingIDs(selection, db: db)
             guard missing.isEmpty else { return Replay(missing: missing) }
             let (clause, bind) = selection.sql
-            let select = try db.prepared("""
+            let select = try db.prepared(
+                """
                 SELECT d.id, d.target_id, d.record_count, d.records, d.partial, d.tags FROM dead_letters d
                 JOIN targets t ON t.id = d.target_id
                 WHERE \(clause) ORDER BY d.target_id, d.first_seq, d.id
@@ -197,7 +201,8 @@ public struct DeadLetterStore {
             for entry in picked {
                 // Back into the log as they came: in order, each run of rows with its tags.
                 for run in Self.tagRuns(entry.records, tags: entry.tags) {
-                    _ = try SegmentLog.append(entry.records[run.bytes], count: run.count, targetID: entry.target, tags: run.tags, at: now, db: db)
+                    _ = try SegmentLog.append(
+                        entry.records[run.bytes], count: run.count, targetID: entry.target, tags: run.tags, at: now, db: db)
                 }
                 delete.bind(1, entry.id)
                 try delete.step()
@@ -217,7 +222,7 @@ public struct DeadLetterStore {
         if !json.isEmpty, case .array(let runs)? = try? Array(json.utf8).withUnsafeBytes({ try JSONValue.parse($0) }) {
             for run in runs {
                 guard case .number(let from)? = run["from"], case .number(let to)? = run["to"], let tags = run["tags"],
-                      let first = Int(from), let end = Int(to), first >= 0, first <= end
+                    let first = Int(from), let end = Int(to), first >= 0, first <= end
                 else { continue }
                 for row in first..<min(end, tagsOf.count) { tagsOf[row] = JSONCompactor.render(tags) }
             }
@@ -239,12 +244,16 @@ public struct DeadLetterStore {
             let missing = try Self.missingIDs(selection, db: db)
             guard missing.isEmpty else { return Purge(missing: missing) }
             let (clause, bind) = selection.sql
-            let count = try db.prepared("SELECT count(*), coalesce(sum(d.record_count), 0) FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause)")
+            let count = try db.prepared(
+                "SELECT count(*), coalesce(sum(d.record_count), 0) FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause)"
+            )
             bind(count)
             _ = try count.step()
             let result = Purge(entries: count.int(0), rows: count.int(1))
             count.reset()
-            let delete = try db.prepared("DELETE FROM dead_letters WHERE id IN (SELECT d.id FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause))")
+            let delete = try db.prepared(
+                "DELETE FROM dead_letters WHERE id IN (SELECT d.id FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause))"
+            )
             bind(delete)
             try delete.step()
             delete.reset()

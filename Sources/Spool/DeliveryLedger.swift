@@ -38,7 +38,10 @@ package struct DeliveryLedger: Sendable {
         package var partial: Bool
         package var firstFailedAt: Date
 
-        package init(reason: String, status: Int? = nil, errors: [String], warnings: [String], requestID: String? = nil, attempts: Int, partial: Bool, firstFailedAt: Date) {
+        package init(
+            reason: String, status: Int? = nil, errors: [String], warnings: [String], requestID: String? = nil, attempts: Int,
+            partial: Bool, firstFailedAt: Date
+        ) {
             self.reason = reason
             self.status = status
             self.errors = errors
@@ -158,16 +161,19 @@ package struct DeliveryLedger: Sendable {
     package func apply(_ change: Change, records: SpooledRecords, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
         let storedChange = LockedResult(0)
         let capacity = writer.capacity
-        writer.perform({ db in
-            let letters = change.deadLetters.map { letter in
-                (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
-            }
-            storedChange.set(.success(try Self.write(change, letters: letters, db: db)))
-        }, completion: { outcome in
-            completion(outcome.flatMap {
-                storedChange.get().map { capacity.storedChanged(by: $0) }
+        writer.perform(
+            { db in
+                let letters = change.deadLetters.map { letter in
+                    (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
+                }
+                storedChange.set(.success(try Self.write(change, letters: letters, db: db)))
+            },
+            completion: { outcome in
+                completion(
+                    outcome.flatMap {
+                        storedChange.get().map { capacity.storedChanged(by: $0) }
+                    })
             })
-        })
     }
 
     /// ``apply(_:records:completion:)`` for synchronous callers (tests, tools): blocks until committed.
@@ -219,7 +225,8 @@ package struct DeliveryLedger: Sendable {
             storedChange -= try markDelivered(db, targetID: targetID, ranges: leaving)
         }
         if let attempt = change.attempt {
-            let update = try db.prepared("UPDATE batches SET attempts = attempts + 1, last_attempt_at = ?2, last_status = ?3, last_error = ?4 WHERE id = ?1")
+            let update = try db.prepared(
+                "UPDATE batches SET attempts = attempts + 1, last_attempt_at = ?2, last_status = ?3, last_error = ?4 WHERE id = ?1")
             update.bind(1, attempt.batchID)
             update.bind(2, now)
             update.bind(3, attempt.status)
@@ -232,8 +239,11 @@ package struct DeliveryLedger: Sendable {
     }
 
     /// Returns the entry's bytes (what it adds to the stored total).
-    private static func insertDeadLetter(_ failure: Failure, rows: SpooledRecords, targetID: Int64, now: Double, db: SQLiteConnection) throws -> Int {
-        let insert = try db.prepared("""
+    private static func insertDeadLetter(_ failure: Failure, rows: SpooledRecords, targetID: Int64, now: Double, db: SQLiteConnection)
+        throws -> Int
+    {
+        let insert = try db.prepared(
+            """
             INSERT INTO dead_letters (target_id, first_seq, record_count, byte_count, records, reason, http_status, errors,
                                       warnings, request_id, attempts, partial, first_failed_at, last_failed_at, tags)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
@@ -265,7 +275,8 @@ package struct DeliveryLedger: Sendable {
         delete.bind(1, batchID)
         try delete.step()
         delete.reset()
-        let insert = try db.prepared("""
+        let insert = try db.prepared(
+            """
             INSERT INTO batch_parts (batch_id, first_seq, end_seq, refused, status, reason, errors, request_id)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
             """)
@@ -285,10 +296,11 @@ package struct DeliveryLedger: Sendable {
 
     private static func updateTarget(_ change: Change, db: SQLiteConnection) throws {
         if let state = change.state {
-            let stored: String? = switch state {
-            case .idle, .delivering: nil
-            default: state.kind.rawValue
-            }
+            let stored: String? =
+                switch state {
+                case .idle, .delivering: nil
+                default: state.kind.rawValue
+                }
             let update = try db.prepared("UPDATE targets SET state = ?2, state_until = ?3 WHERE id = ?1")
             update.bind(1, change.targetID)
             update.bind(2, stored)
@@ -320,7 +332,8 @@ package struct DeliveryLedger: Sendable {
     /// that are wholly behind it; returns the bytes of those segments.
     @discardableResult
     static func markDelivered(_ db: SQLiteConnection, targetID: Int64, ranges: [Range<Int64>]) throws -> Int {
-        let insert = try db.prepared("""
+        let insert = try db.prepared(
+            """
             INSERT INTO delivered_ranges (target_id, first_seq, end_seq) VALUES (?1, ?2, ?3)
             ON CONFLICT (target_id, first_seq) DO UPDATE SET end_seq = max(end_seq, excluded.end_seq)
             """)

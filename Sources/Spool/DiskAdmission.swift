@@ -62,7 +62,8 @@ struct DiskAdmission {
         var admitted = 0
         var bytes = 0
         while admitted < sizes.count,
-              DiskHeadroom.stagingCost(recordBytes: bytes + sizes[admitted], pageSize: pageSize) <= stagingBudget - margin {
+            DiskHeadroom.stagingCost(recordBytes: bytes + sizes[admitted], pageSize: pageSize) <= stagingBudget - margin
+        {
             bytes += sizes[admitted]
             admitted += 1
         }

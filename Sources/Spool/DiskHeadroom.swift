@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Keeps free space on the spool's filesystem for delivery, so that a full disk drains and recovers by

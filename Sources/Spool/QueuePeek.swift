@@ -20,7 +20,8 @@ public enum QueuePeek {
             let db = try SpoolDatabase.openForReading(path: path)
             try db.execute("BEGIN")
             defer { try? db.execute("COMMIT") }
-            let targets = try db.prepared("SELECT id, table_name, delivered_seq FROM targets WHERE ?1 IS NULL OR table_name = ?1 ORDER BY table_name, id")
+            let targets = try db.prepared(
+                "SELECT id, table_name, delivered_seq FROM targets WHERE ?1 IS NULL OR table_name = ?1 ORDER BY table_name, id")
             targets.bind(1, table)
             var list: [(Int64, String, Int64)] = []
             while try targets.step() { list.append((targets.int64(0), targets.string(1) ?? "", targets.int64(2))) }
@@ -29,10 +30,15 @@ public enum QueuePeek {
             var rows: [Row] = []
             for (id, name, delivered) in list where limit > 0 {
                 var batches: [(Range<Int64>, String, Int, Int?, String?)] = []
-                let open = try db.prepared("SELECT first_seq, end_seq, id, attempts, last_status, last_error FROM batches WHERE target_id = ?1")
+                let open = try db.prepared(
+                    "SELECT first_seq, end_seq, id, attempts, last_status, last_error FROM batches WHERE target_id = ?1")
                 open.bind(1, id)
                 while try open.step() {
-                    batches.append((open.int64(0)..<open.int64(1), open.string(2) ?? "", open.int(3), open.isNull(4) ? nil : open.int(4), open.string(5)))
+                    batches.append(
+                        (
+                            open.int64(0)..<open.int64(1), open.string(2) ?? "", open.int(3), open.isNull(4) ? nil : open.int(4),
+                            open.string(5)
+                        ))
                 }
                 open.reset()
                 var done: [Range<Int64>] = []
@@ -40,7 +46,9 @@ public enum QueuePeek {
                 ranges.bind(1, id)
                 while try ranges.step() { done.append(ranges.int64(0)..<ranges.int64(1)) }
                 ranges.reset()
-                let segments = try db.prepared("SELECT s.first_seq, s.appended_at, \(SegmentLog.records) FROM segments s WHERE s.target_id = ?1 AND s.first_seq + s.record_count > ?2 ORDER BY s.first_seq")
+                let segments = try db.prepared(
+                    "SELECT s.first_seq, s.appended_at, \(SegmentLog.records) FROM segments s WHERE s.target_id = ?1 AND s.first_seq + s.record_count > ?2 ORDER BY s.first_seq"
+                )
                 segments.bind(1, id)
                 segments.bind(2, delivered)
                 var taken = 0
@@ -51,8 +59,10 @@ public enum QueuePeek {
                         defer { seq += 1 }
                         guard seq >= delivered, !done.contains(where: { $0.contains(seq) }) else { continue }
                         let batch = batches.first { $0.0.contains(seq) }
-                        rows.append(Row(table: name, seq: seq, ageSeconds: age, batchID: batch?.1, attempts: batch?.2 ?? 0,
-                                        lastStatus: batch?.3, lastError: batch?.4, record: String(decoding: line, as: UTF8.self)))
+                        rows.append(
+                            Row(
+                                table: name, seq: seq, ageSeconds: age, batchID: batch?.1, attempts: batch?.2 ?? 0,
+                                lastStatus: batch?.3, lastError: batch?.4, record: String(decoding: line, as: UTF8.self)))
                         taken += 1
                         if taken >= limit { break scan }
                     }

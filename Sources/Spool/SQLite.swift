@@ -1,6 +1,6 @@
-import Core
 import CSQLite
 import CSpoolVFS
+import Core
 
 /// An SQLite failure: what was being done, on which file, and SQLite's own code and message.
 public struct SQLiteError: Error, CustomStringConvertible, Sendable {
@@ -42,15 +42,17 @@ final class SQLiteConnection {
 
     init(path: String, mode: OpenMode, writes: Writes = .direct) throws(SQLiteError) {
         var db: OpaquePointer?
-        let flags = mode == .readOnly
+        let flags =
+            mode == .readOnly
             ? SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX
             : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         var vfs: String?
         if writes == .coalescedUntilSync {
             let registered = cspool_register_coalescing_vfs()
             guard registered == SQLITE_OK else {
-                throw SQLiteError(code: registered & 0xFF, extendedCode: registered, message: String(cString: sqlite3_errstr(registered)),
-                                  context: "registering the spool's write-coalescing VFS")
+                throw SQLiteError(
+                    code: registered & 0xFF, extendedCode: registered, message: String(cString: sqlite3_errstr(registered)),
+                    context: "registering the spool's write-coalescing VFS")
             }
             vfs = CSPOOL_COALESCING_VFS_NAME
         }
@@ -71,8 +73,9 @@ final class SQLiteConnection {
     }
 
     func error(_ rc: Int32, _ context: @autoclosure () -> String) -> SQLiteError {
-        SQLiteError(code: rc & 0xFF, extendedCode: sqlite3_extended_errcode(handle),
-                    message: String(cString: sqlite3_errmsg(handle)), context: context())
+        SQLiteError(
+            code: rc & 0xFF, extendedCode: sqlite3_extended_errcode(handle),
+            message: String(cString: sqlite3_errmsg(handle)), context: context())
     }
 
     /// Runs one or more statements that return no rows.
@@ -137,7 +140,8 @@ final class SQLiteStatement {
 
     /// Binds bytes without copying them: they must stay alive and unchanged until the statement is reset.
     func bindBlobNoCopy(_ index: Int32, _ bytes: UnsafeRawBufferPointer) {
-        sqlite3_bind_blob64(handle, index, bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1), sqlite3_uint64(bytes.count), csqlite_static())
+        sqlite3_bind_blob64(
+            handle, index, bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1), sqlite3_uint64(bytes.count), csqlite_static())
     }
 
     /// Steps once: `true` when a row is available, `false` when done.
@@ -160,8 +164,9 @@ final class SQLiteStatement {
     func mode(_ column: Int32) throws(SQLiteError) -> AgentConfiguration.Mode {
         let text = string(column) ?? ""
         guard let mode = AgentConfiguration.Mode(rawValue: text) else {
-            throw SQLiteError(code: SQLITE_CORRUPT, extendedCode: SQLITE_CORRUPT,
-                              message: "a target's mode is \"\(text)\", neither \"append\" nor \"merge\"", context: "reading the targets")
+            throw SQLiteError(
+                code: SQLITE_CORRUPT, extendedCode: SQLITE_CORRUPT,
+                message: "a target's mode is \"\(text)\", neither \"append\" nor \"merge\"", context: "reading the targets")
         }
         return mode
     }

@@ -23,8 +23,10 @@ enum SegmentLog {
     /// Appends `bytes` (`count` records, each followed by `\n`) to target `targetID`'s log, in segments of
     /// at most ``maxSegmentBytes``, all carrying `tags`. Returns the seqs the records got. Runs inside the
     /// caller's transaction.
-    static func append(_ bytes: ArraySlice<UInt8>, count: Int, targetID: Int64, tags: String, at now: Double,
-                       db: SQLiteConnection) throws -> Range<Int64> {
+    static func append(
+        _ bytes: ArraySlice<UInt8>, count: Int, targetID: Int64, tags: String, at now: Double,
+        db: SQLiteConnection
+    ) throws -> Range<Int64> {
         guard bytes.count > maxSegmentBytes else {
             return try appendSegment(bytes, count: count, targetID: targetID, tags: tags, at: now, db: db)
         }
@@ -44,12 +46,16 @@ enum SegmentLog {
             }
             index += 1
         }
-        guard let seqs else { throw SQLiteError(code: 1, extendedCode: 1, message: "no record ends with a newline", context: "appending to the spool") }
+        guard let seqs else {
+            throw SQLiteError(code: 1, extendedCode: 1, message: "no record ends with a newline", context: "appending to the spool")
+        }
         return seqs
     }
 
-    private static func appendSegment(_ bytes: ArraySlice<UInt8>, count: Int, targetID: Int64, tags: String, at now: Double,
-                                      db: SQLiteConnection) throws -> Range<Int64> {
+    private static func appendSegment(
+        _ bytes: ArraySlice<UInt8>, count: Int, targetID: Int64, tags: String, at now: Double,
+        db: SQLiteConnection
+    ) throws -> Range<Int64> {
         // The target's row is not written: see TargetLog.
         let firstSeq = try TargetLog.end(of: targetID, db: db)
         var recordsID: Int64?
@@ -62,7 +68,8 @@ enum SegmentLog {
             }
             recordsID = db.lastInsertRowID
         }
-        let insert = try db.prepared("""
+        let insert = try db.prepared(
+            """
             INSERT INTO segments (target_id, first_seq, record_count, byte_count, appended_at, records_id, tags, records)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
             """)

@@ -2,7 +2,7 @@ import Core
 import FoundationEssentials
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Who may read the spool's files: every pending record and dead letter is in them.
@@ -31,15 +31,15 @@ public struct SpoolAccess: Sendable, Equatable {
             return
         }
         guard let gid = FileSystem.groupID(named: name) else {
-            throw SpoolError(.cannotOpen, path: configuration.path,
-                             "[spool] group = \"\(name)\" is not a group on this machine (see getent group)")
+            throw SpoolError(
+                .cannotOpen, path: configuration.path,
+                "[spool] group = \"\(name)\" is not a group on this machine (see getent group)")
         }
         self.init(group: gid)
     }
 
     /// Permission bits of every spool file.
     public var mode: mode_t { group == nil ? 0o600 : 0o640 }
-
 
     /// One file whose mode or group was set to the spool's, for the log.
     public struct Change: Sendable, Equatable {
@@ -81,9 +81,11 @@ public struct SpoolAccess: Sendable, Equatable {
         guard fchmod(fd, mode) == 0, group.map({ fchown(fd, uid_t.max, $0) == 0 }) ?? true else {
             let reason = SystemCallError().description
             unlink(path)
-            throw SpoolError(.cannotOpen, path: path, group.map {
-                "cannot give \(path) to group \(Self.groupName($0)) (\(reason)): the daemon's user must be a member of that group"
-            } ?? "cannot set the mode of \(path) to \(Self.octal(mode)): \(reason)")
+            throw SpoolError(
+                .cannotOpen, path: path,
+                group.map {
+                    "cannot give \(path) to group \(Self.groupName($0)) (\(reason)): the daemon's user must be a member of that group"
+                } ?? "cannot set the mode of \(path) to \(Self.octal(mode)): \(reason)")
         }
     }
 
@@ -105,8 +107,11 @@ public struct SpoolAccess: Sendable, Equatable {
     }
 
     private func refusal(_ file: String, spool: String, mode current: mode_t, reason: String, owner: uid_t) -> SpoolError {
-        let fix = group.map { "chgrp \(Self.groupName($0)) \(file) && chmod \(Self.octal(mode)) \(file)" } ?? "chmod \(Self.octal(mode)) \(file)"
-        return SpoolError(.cannotOpen, path: spool, """
+        let fix =
+            group.map { "chgrp \(Self.groupName($0)) \(file) && chmod \(Self.octal(mode)) \(file)" } ?? "chmod \(Self.octal(mode)) \(file)"
+        return SpoolError(
+            .cannotOpen, path: spool,
+            """
             \(file) \(current & ~mode != 0 ? "can be read by others" : "lacks the spool's access") (mode \(Self.octal(current))) \
             and this user (uid \(getuid())) cannot change that: \(reason) \
             (the file belongs to uid \(owner)). As its owner or root, run `\(fix)`, or `chown` the spool's files to the daemon's user; \

@@ -114,7 +114,7 @@ public final class SpoolCapacity: Sendable {
             refusals.latest = IntakeRefusal(reason: .maxBytes, since: now, detail: detail)
             return true
         }
-        if began { refusalBegan.withLock { $0 }.forEach { $0() } }
+        if began { for wake in refusalBegan.withLock({ $0 }) { wake() } }
     }
 
     private var maxBytesDetail: String {
@@ -133,7 +133,7 @@ public final class SpoolCapacity: Sendable {
             refusals.latest = refusals.disk
             return true
         }
-        if began { refusalBegan.withLock { $0 }.forEach { $0() } }
+        if began { for wake in refusalBegan.withLock({ $0 }) { wake() } }
     }
 
     /// The writer admits intake again.

@@ -1,5 +1,5 @@
-import Core
 import CSQLite
+import Core
 import FoundationEssentials
 import Glibc
 import Logging
@@ -66,11 +66,13 @@ final class SpoolCheckpointer: @unchecked Sendable {
         defer { condition.unlock() }
         guard !started, !stopping else { return }
         started = true
-        sqlite3_wal_hook(writer.handle, { context, db, _, frames in
-            guard let context, let db else { return SQLITE_OK }
-            Unmanaged<SpoolCheckpointer>.fromOpaque(context).takeUnretainedValue().walGrew(to: Int(frames), writer: db)
-            return SQLITE_OK
-        }, Unmanaged.passUnretained(self).toOpaque())
+        sqlite3_wal_hook(
+            writer.handle,
+            { context, db, _, frames in
+                guard let context, let db else { return SQLITE_OK }
+                Unmanaged<SpoolCheckpointer>.fromOpaque(context).takeUnretainedValue().walGrew(to: Int(frames), writer: db)
+                return SQLITE_OK
+            }, Unmanaged.passUnretained(self).toOpaque())
         NamedThread.start("checkpointer") { [self] in run() }
     }
 
@@ -129,9 +131,10 @@ final class SpoolCheckpointer: @unchecked Sendable {
         let now = ContinuousClock.now
         guard lastErrorLog.map({ now - $0 > .seconds(60) }) ?? true else { return }
         lastErrorLog = now
-        logger.warning("background checkpoint of the spool failed; the writer checkpoints instead", metadata: [
-            "error": "\(connection.error(rc, "checkpointing \(connection.path)"))",
-        ])
+        logger.warning(
+            "background checkpoint of the spool failed; the writer checkpoints instead",
+            metadata: [
+                "error": "\(connection.error(rc, "checkpointing \(connection.path)"))"
+            ])
     }
 }
-

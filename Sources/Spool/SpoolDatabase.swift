@@ -1,5 +1,5 @@
-import Core
 import CSQLite
+import Core
 import FoundationEssentials
 import Glibc
 
@@ -34,8 +34,10 @@ package enum SpoolDatabase {
             // SQLite falls back to read-only when it cannot write (a read-only mount or directory, a file
             // owned by someone else): refuse that at start rather than answer every write with an error.
             guard sqlite3_db_readonly(db.handle, "main") == 0 else {
-                throw SpoolError(.cannotOpen, path: path,
-                                 "the spool can only be opened read-only (read-only filesystem, or the file or its directory is not writable by this user); make it writable or set [spool] path elsewhere")
+                throw SpoolError(
+                    .cannotOpen, path: path,
+                    "the spool can only be opened read-only (read-only filesystem, or the file or its directory is not writable by this user); make it writable or set [spool] path elsewhere"
+                )
             }
             // Identity first: nothing below (journal mode, migrations) may touch a file that is not ours.
             try checkIdentity(db, path: path, allowEmpty: true)
@@ -44,7 +46,9 @@ package enum SpoolDatabase {
             try db.execute("PRAGMA page_size = \(Self.newSpoolPageSize)")
             let journal = try db.prepared("PRAGMA journal_mode = WAL")
             guard try journal.step(), journal.string(0) == "wal" else {
-                throw SpoolError(.cannotOpen, path: path, "cannot switch the database to WAL mode; is the directory on a filesystem without shared memory support?")
+                throw SpoolError(
+                    .cannotOpen, path: path,
+                    "cannot switch the database to WAL mode; is the directory on a filesystem without shared memory support?")
             }
             journal.reset()
             try db.execute(synchronousPragma(durability))
@@ -96,7 +100,8 @@ package enum SpoolDatabase {
     /// Opens an existing spool read-only, for the CLI. Works while the daemon writes.
     static func openForReading(path: String) throws(SpoolError) -> SQLiteConnection {
         guard FileManager.default.fileExists(atPath: path) else {
-            throw SpoolError(.missing, path: path, "no spool file here; the daemon creates it at its first start (check [spool] path and --config)")
+            throw SpoolError(
+                .missing, path: path, "no spool file here; the daemon creates it at its first start (check [spool] path and --config)")
         }
         return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readOnly)
@@ -145,8 +150,10 @@ package enum SpoolDatabase {
         close(fd)
         guard count > 0 else { return }
         guard header[..<count].elementsEqual(Array("SQLite format 3\u{0}".utf8)) else {
-            throw SpoolError(.notASpool, path: path,
-                             "this file is not a SQLite database, so not a definite-agent spool; it was left untouched. Move it away or set [spool] path to another file")
+            throw SpoolError(
+                .notASpool, path: path,
+                "this file is not a SQLite database, so not a definite-agent spool; it was left untouched. Move it away or set [spool] path to another file"
+            )
         }
     }
 
@@ -157,12 +164,16 @@ package enum SpoolDatabase {
             let tables = try db.scalar("SELECT count(*) FROM sqlite_schema")
             if applicationID == 0, version == 0, tables == 0, allowEmpty { return }
             guard applicationID == SpoolSchema.applicationID else {
-                throw SpoolError(.notASpool, path: path,
-                                 "this SQLite database is not a definite-agent spool (application_id \(applicationID)); it was left untouched. Set [spool] path to another file")
+                throw SpoolError(
+                    .notASpool, path: path,
+                    "this SQLite database is not a definite-agent spool (application_id \(applicationID)); it was left untouched. Set [spool] path to another file"
+                )
             }
             guard version <= SpoolSchema.currentVersion else {
-                throw SpoolError(.newerSchema, path: path,
-                                 "the spool has schema version \(version), written by a newer definite-agent (this one knows up to \(SpoolSchema.currentVersion)); it was left untouched. Run the newer version, or drain it there first")
+                throw SpoolError(
+                    .newerSchema, path: path,
+                    "the spool has schema version \(version), written by a newer definite-agent (this one knows up to \(SpoolSchema.currentVersion)); it was left untouched. Run the newer version, or drain it there first"
+                )
             }
         }
     }
@@ -210,13 +221,22 @@ package enum SpoolDatabase {
 
     package static func classify(_ error: SQLiteError, path: String) -> SpoolError {
         if error.isNotADatabase {
-            return SpoolError(.notASpool, path: path, "the file is not a usable SQLite database (\(error.message)); it was left untouched. Move it away or set [spool] path to another file", cause: error)
+            return SpoolError(
+                .notASpool, path: path,
+                "the file is not a usable SQLite database (\(error.message)); it was left untouched. Move it away or set [spool] path to another file",
+                cause: error)
         }
         if error.code == SQLITE_CORRUPT {
-            return SpoolError(.corrupt, path: path, "the spool is corrupt (\(error.message)); it was left untouched. Keep a copy, then run `sqlite3 \(path) .recover` or move it away", cause: error)
+            return SpoolError(
+                .corrupt, path: path,
+                "the spool is corrupt (\(error.message)); it was left untouched. Keep a copy, then run `sqlite3 \(path) .recover` or move it away",
+                cause: error)
         }
         if error.isReadOnly {
-            return SpoolError(.cannotOpen, path: path, "cannot open the spool for writing (\(error.message)); check that the directory and file are writable by this user", cause: error)
+            return SpoolError(
+                .cannotOpen, path: path,
+                "cannot open the spool for writing (\(error.message)); check that the directory and file are writable by this user",
+                cause: error)
         }
         if error.isDiskFull {
             return SpoolError(.storage, path: path, "the disk is full (\(error.message))", cause: error)

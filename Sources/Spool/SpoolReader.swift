@@ -2,7 +2,7 @@ import Core
 import FoundationEssentials
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Delivery's read connection to the spool. Readers never block the writer (WAL), and see only
@@ -34,14 +34,18 @@ package final class SpoolReader {
     }
 
     package func targets() throws(SQLiteError) -> [TargetRow] {
-        let select = try db.prepared("SELECT t.id, t.table_name, t.mode, t.primary_key, t.tags, \(TargetLog.end), t.delivered_seq FROM targets t")
+        let select = try db.prepared(
+            "SELECT t.id, t.table_name, t.mode, t.primary_key, t.tags, \(TargetLog.end), t.delivered_seq FROM targets t")
         defer { select.reset() }
         var rows: [TargetRow] = []
         while try select.step() {
-            rows.append(TargetRow(
-                id: select.int64(0),
-                target: SpoolTarget(table: select.string(1) ?? "", mode: try select.mode(2), primaryKey: select.string(3) ?? "", tags: select.string(4) ?? ""),
-                nextSeq: select.int64(5), deliveredSeq: select.int64(6)))
+            rows.append(
+                TargetRow(
+                    id: select.int64(0),
+                    target: SpoolTarget(
+                        table: select.string(1) ?? "", mode: try select.mode(2), primaryKey: select.string(3) ?? "",
+                        tags: select.string(4) ?? ""),
+                    nextSeq: select.int64(5), deliveredSeq: select.int64(6)))
         }
         return rows
     }
@@ -51,20 +55,26 @@ package final class SpoolReader {
         let select = try db.prepared("SELECT id, target_id, first_seq, end_seq, attempts FROM batches ORDER BY target_id, first_seq")
         var rows: [BatchRow] = []
         while try select.step() {
-            rows.append(BatchRow(id: select.string(0) ?? "", targetID: select.int64(1), firstSeq: select.int64(2),
-                                 endSeq: select.int64(3), attempts: select.int(4)))
+            rows.append(
+                BatchRow(
+                    id: select.string(0) ?? "", targetID: select.int64(1), firstSeq: select.int64(2),
+                    endSeq: select.int64(3), attempts: select.int(4)))
         }
         select.reset()
-        let parts = try db.prepared("""
+        let parts = try db.prepared(
+            """
             SELECT first_seq, end_seq, refused, status, reason, errors, request_id FROM batch_parts
             WHERE batch_id = ?1 ORDER BY first_seq
             """)
         for index in rows.indices {
             parts.bind(1, rows[index].id)
             while try parts.step() {
-                let refusal = parts.int(2) == 0 ? nil : DeliveryLedger.Refusal(
-                    status: parts.isNull(3) ? nil : parts.int(3), reason: parts.string(4) ?? "",
-                    errors: Self.strings(parts.string(5)), requestID: parts.string(6))
+                let refusal =
+                    parts.int(2) == 0
+                    ? nil
+                    : DeliveryLedger.Refusal(
+                        status: parts.isNull(3) ? nil : parts.int(3), reason: parts.string(4) ?? "",
+                        errors: Self.strings(parts.string(5)), requestID: parts.string(6))
                 rows[index].parts.append(DeliveryLedger.Part(range: parts.int64(0)..<parts.int64(1), refusal: refusal))
             }
             parts.reset()
@@ -80,7 +90,8 @@ package final class SpoolReader {
 
     /// The highest seq any open batch or delivered range of `targetID` reaches (where new batches start).
     package func assignedEnd(targetID: Int64) throws(SQLiteError) -> Int64 {
-        let select = try db.prepared("""
+        let select = try db.prepared(
+            """
             SELECT max(coalesce((SELECT max(end_seq) FROM batches WHERE target_id = ?1), 0),
                        coalesce((SELECT max(end_seq) FROM delivered_ranges WHERE target_id = ?1), 0))
             """)
@@ -91,7 +102,8 @@ package final class SpoolReader {
 
     /// When the record at `seq` was spooled (the append time of its segment), if it is still there.
     package func appendedAt(targetID: Int64, seq: Int64) throws(SQLiteError) -> Double? {
-        let select = try db.prepared("""
+        let select = try db.prepared(
+            """
             SELECT appended_at FROM segments WHERE target_id = ?1 AND first_seq <= ?2 AND first_seq + record_count > ?2
             """)
         defer { select.reset() }
@@ -104,8 +116,10 @@ package final class SpoolReader {
     /// stopping before `maxRows` records, `maxBytes` stored bytes or `maxTagBytes` of tags (each run of tagged
     /// records with other tags counts its tags and 32 bytes) would be passed; at least one record is read.
     /// Seqs inside delivered ranges are skipped. Returns the records and the seq after the last one read.
-    package func read(targetID: Int64, from requested: Int64, end: Int64, maxRows: Int, maxBytes: Int,
-              maxTagBytes: Int = .max) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
+    package func read(
+        targetID: Int64, from requested: Int64, end: Int64, maxRows: Int, maxBytes: Int,
+        maxTagBytes: Int = .max
+    ) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
         // Everything below delivered_seq has left the queue, including parts of a batch delivered or
         // dead-lettered on an earlier attempt and since folded into the position: never read it again.
         let position = try db.prepared("SELECT delivered_seq FROM targets WHERE id = ?1")
@@ -114,7 +128,8 @@ package final class SpoolReader {
         position.reset()
         let from = max(requested, delivered)
         var skip: [Range<Int64>] = []
-        let ranges = try db.prepared("SELECT first_seq, end_seq FROM delivered_ranges WHERE target_id = ?1 AND end_seq > ?2 AND first_seq < ?3 ORDER BY first_seq")
+        let ranges = try db.prepared(
+            "SELECT first_seq, end_seq FROM delivered_ranges WHERE target_id = ?1 AND end_seq > ?2 AND first_seq < ?3 ORDER BY first_seq")
         ranges.bind(1, targetID)
         ranges.bind(2, from)
         ranges.bind(3, end)
@@ -125,7 +140,8 @@ package final class SpoolReader {
         // Size the buffer once for a full batch rather than doubling into twice its size.
         if maxBytes < 64 << 20 { records.bytes.reserveCapacity(maxBytes + 4096) }
         var next = from
-        let select = try db.prepared("""
+        let select = try db.prepared(
+            """
             SELECT s.first_seq, s.record_count, \(SegmentLog.records), s.tags FROM segments s
             WHERE s.target_id = ?1 AND s.first_seq + s.record_count > ?2 AND s.first_seq < ?3 ORDER BY s.first_seq
             """)
@@ -155,7 +171,8 @@ package final class SpoolReader {
                 let newRun = tags != (records.tagRuns.last?.tags ?? "")
                 let runCost = newRun && !tags.isEmpty ? tags.utf8.count + 32 : 0
                 if !records.isEmpty,
-                   records.count >= maxRows || records.bytes.count + (index - start) + 1 > maxBytes || tagBytes + runCost > maxTagBytes {
+                    records.count >= maxRows || records.bytes.count + (index - start) + 1 > maxBytes || tagBytes + runCost > maxTagBytes
+                {
                     break scan
                 }
                 tagBytes += runCost

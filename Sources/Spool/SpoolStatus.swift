@@ -41,7 +41,8 @@ public struct SpoolStatus: Sendable, Equatable {
         return try SpoolDatabase.mapErrors(path: path) {
             try db.execute("BEGIN")
             defer { try? db.execute("COMMIT") }
-            let select = try db.prepared("""
+            let select = try db.prepared(
+                """
                 SELECT t.table_name, t.mode, t.primary_key, t.tags,
                        \(TargetLog.end) - t.delivered_seq
                          - (SELECT coalesce(sum(end_seq - first_seq), 0) FROM delivered_ranges r WHERE r.target_id = t.id),
@@ -54,13 +55,14 @@ public struct SpoolStatus: Sendable, Equatable {
             var targets: [Target] = []
             while try select.step() {
                 let pending = select.int(4)
-                targets.append(Target(
-                    table: select.string(0) ?? "", mode: try select.mode(1), primaryKey: select.string(2) ?? "",
-                    tags: select.string(3) ?? "", pending: pending, pendingBytes: select.int(5),
-                    oldestAgeSeconds: pending > 0 && !select.isNull(6) ? max(0, now.timeIntervalSince1970 - select.double(6)) : nil,
-                    deadLetters: select.int(7), lastError: select.string(8), state: select.string(9),
-                    lastSuccessAt: select.isNull(10) ? nil : select.double(10),
-                    stateUntil: select.isNull(11) ? nil : select.double(11)))
+                targets.append(
+                    Target(
+                        table: select.string(0) ?? "", mode: try select.mode(1), primaryKey: select.string(2) ?? "",
+                        tags: select.string(3) ?? "", pending: pending, pendingBytes: select.int(5),
+                        oldestAgeSeconds: pending > 0 && !select.isNull(6) ? max(0, now.timeIntervalSince1970 - select.double(6)) : nil,
+                        deadLetters: select.int(7), lastError: select.string(8), state: select.string(9),
+                        lastSuccessAt: select.isNull(10) ? nil : select.double(10),
+                        stateUntil: select.isNull(11) ? nil : select.double(11)))
             }
             select.reset()
             var status = SpoolStatus(targets: targets)

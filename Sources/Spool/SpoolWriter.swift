@@ -88,15 +88,22 @@ public final class SpoolWriter: @unchecked Sendable {
     /// - Parameter access: who may read the spool's files (``SpoolAccess``); an existing spool is set to it,
     ///   and each change is logged.
     /// - Parameter settleInterval: how often at most a target's row is settled (``TargetLog``).
-    public init(path: String, durability: AgentConfiguration.Durability, maxBytes: Int, diskReserve: Int? = nil,
-                access: SpoolAccess = .ownerOnly, settleInterval: Duration = .seconds(1), logger: Logger) throws(SpoolError) {
+    public init(
+        path: String, durability: AgentConfiguration.Durability, maxBytes: Int, diskReserve: Int? = nil,
+        access: SpoolAccess = .ownerOnly, settleInterval: Duration = .seconds(1), logger: Logger
+    ) throws(SpoolError) {
         let (connection, accessChanges) = try SpoolDatabase.openForWriting(path: path, durability: durability, access: access)
         for change in accessChanges {
             let narrowed = change.oldMode & ~change.newMode != 0
-            logger.warning(narrowed ? "a spool file could be read by others: its access was narrowed" : "a spool file was given the access [spool] group asks for", metadata: [
-                "file": "\(change.path)", "old_mode": "\(SpoolAccess.octal(change.oldMode))", "mode": "\(SpoolAccess.octal(change.newMode))",
-                "old_group": "\(change.oldGroup.map(SpoolAccess.groupName) ?? "unchanged")",
-            ])
+            logger.warning(
+                narrowed
+                    ? "a spool file could be read by others: its access was narrowed"
+                    : "a spool file was given the access [spool] group asks for",
+                metadata: [
+                    "file": "\(change.path)", "old_mode": "\(SpoolAccess.octal(change.oldMode))",
+                    "mode": "\(SpoolAccess.octal(change.newMode))",
+                    "old_group": "\(change.oldGroup.map(SpoolAccess.groupName) ?? "unchanged")",
+                ])
         }
         self.connection = connection
         self.settleInterval = settleInterval
@@ -169,8 +176,10 @@ public final class SpoolWriter: @unchecked Sendable {
     /// The batch's bytes must already be reserved in ``capacity``. `appended`, when given, hears the seqs
     /// the records got (on the writer thread, before the commit makes them visible to any reader; if the
     /// commit fails, `promise` fails after it).
-    public func submit(_ batch: SpoolBatch, promise: EventLoopPromise<Void>,
-                       appended: (@Sendable ([AppendedRange]) -> Void)? = nil) {
+    public func submit(
+        _ batch: SpoolBatch, promise: EventLoopPromise<Void>,
+        appended: (@Sendable ([AppendedRange]) -> Void)? = nil
+    ) {
         condition.lock()
         guard !stopping else {
             condition.unlock()
@@ -186,7 +195,9 @@ public final class SpoolWriter: @unchecked Sendable {
     /// Runs `body` in a transaction on the write connection, after what is queued before it: in its own
     /// savepoint of a commit it may share with other `perform` jobs queued with it. `completion` (on the
     /// writer thread) hears the outcome once the commit is durable, or the failure of `body` or the commit.
-    func perform(_ body: @escaping @Sendable (SQLiteConnection) throws -> Void, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+    func perform(
+        _ body: @escaping @Sendable (SQLiteConnection) throws -> Void, completion: @escaping @Sendable (Result<Void, any Error>) -> Void
+    ) {
         condition.lock()
         guard !stopping else {
             condition.unlock()
@@ -316,7 +327,8 @@ public final class SpoolWriter: @unchecked Sendable {
         do {
             try connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         } catch {
-            logger.warning("could not checkpoint the spool at shutdown; the WAL is replayed at the next start", metadata: ["error": "\(error)"])
+            logger.warning(
+                "could not checkpoint the spool at shutdown; the WAL is replayed at the next start", metadata: ["error": "\(error)"])
         }
         condition.lock()
         stopped = true
@@ -325,7 +337,9 @@ public final class SpoolWriter: @unchecked Sendable {
         finished.signal()
     }
 
-    private typealias Transaction = (body: @Sendable (SQLiteConnection) throws -> Void, completion: @Sendable (Result<Void, any Error>) -> Void)
+    private typealias Transaction = (
+        body: @Sendable (SQLiteConnection) throws -> Void, completion: @Sendable (Result<Void, any Error>) -> Void
+    )
 
     /// Runs queued transactions in one commit, each in a savepoint: a body that throws is rolled back alone
     /// and fails alone; a commit that fails fails them all.
@@ -478,13 +492,17 @@ public final class SpoolWriter: @unchecked Sendable {
 
     /// Appends a batch's records for `target` (a run of records per tag set), in order; returns the seqs
     /// they got.
-    private func append(_ batch: SpoolBatch, group index: Int, to target: SpoolTarget, at now: Double,
-                        db: SQLiteConnection) throws -> AppendedRange? {
+    private func append(
+        _ batch: SpoolBatch, group index: Int, to target: SpoolTarget, at now: Double,
+        db: SQLiteConnection
+    ) throws -> AppendedRange? {
         let id = try targetID(for: target, at: now, db: db)
         var these: Range<Int64>?
         for run in batch.runs(of: index) {
-            let seqs = try SegmentLog.append(batch.records[index][run.bytes], count: run.count, targetID: id, tags: run.tags, at: now, db: db)
-            appended[id] = AppendedRange(targetID: id, target: target, range: (appended[id]?.range.lowerBound ?? seqs.lowerBound)..<seqs.upperBound)
+            let seqs = try SegmentLog.append(
+                batch.records[index][run.bytes], count: run.count, targetID: id, tags: run.tags, at: now, db: db)
+            appended[id] = AppendedRange(
+                targetID: id, target: target, range: (appended[id]?.range.lowerBound ?? seqs.lowerBound)..<seqs.upperBound)
             these = (these?.lowerBound ?? seqs.lowerBound)..<seqs.upperBound
         }
         return these.map { AppendedRange(targetID: id, target: target, range: $0) }
@@ -517,7 +535,8 @@ public final class SpoolWriter: @unchecked Sendable {
         let select = try connection.prepared("SELECT id, table_name, mode, primary_key, tags FROM targets")
         defer { select.reset() }
         while try select.step() {
-            let target = SpoolTarget(table: select.string(1) ?? "", mode: try select.mode(2), primaryKey: select.string(3) ?? "", tags: select.string(4) ?? "")
+            let target = SpoolTarget(
+                table: select.string(1) ?? "", mode: try select.mode(2), primaryKey: select.string(3) ?? "", tags: select.string(4) ?? "")
             targetIDs[target] = select.int64(0)
         }
     }
@@ -529,8 +548,9 @@ public final class SpoolWriter: @unchecked Sendable {
 
     /// A full disk, with the figures when they are known.
     private static func diskFull(_ figures: String?, cause: SQLiteError? = nil) -> SpoolWriteError {
-        SpoolWriteError(.diskFull, "the disk holding the spool is full\(figures.map { " (\($0))" } ?? ""); nothing from this request was stored",
-                        cause: cause)
+        SpoolWriteError(
+            .diskFull, "the disk holding the spool is full\(figures.map { " (\($0))" } ?? ""); nothing from this request was stored",
+            cause: cause)
     }
 
     private func rejection(for error: any Error & Sendable) -> SpoolWriteError {
@@ -538,8 +558,9 @@ public final class SpoolWriter: @unchecked Sendable {
         let shouldLog = lastFailureLog.map { now - $0 > .seconds(10) } ?? true
         if shouldLog {
             lastFailureLog = now
-            logger.error("spool commit failed; the writers get an error and nothing of that commit was stored",
-                         metadata: ["error": "\(error)", "spool": "\(path)"])
+            logger.error(
+                "spool commit failed; the writers get an error and nothing of that commit was stored",
+                metadata: ["error": "\(error)", "spool": "\(path)"])
         }
         if let sqlite = error as? SQLiteError, sqlite.isDiskFull {
             return Self.diskFull(nil, cause: sqlite)

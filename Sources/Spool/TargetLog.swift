@@ -32,7 +32,8 @@ enum TargetLog {
         defer { select.reset() }
         select.bind(1, targetID)
         guard try select.step() else {
-            throw SQLiteError(code: 1, extendedCode: 1, message: "target \(targetID) vanished from the spool", context: "appending to the spool")
+            throw SQLiteError(
+                code: 1, extendedCode: 1, message: "target \(targetID) vanished from the spool", context: "appending to the spool")
         }
         return select.int64(0)
     }

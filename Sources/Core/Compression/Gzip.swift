@@ -48,7 +48,8 @@ package enum Gzip {
         let joined = [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
             var offset = 0
             for part in present {
-                UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buffer)[offset..<(offset + part.count)]).copyMemory(from: part)
+                UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buffer)[offset..<(offset + part.count)]).copyMemory(
+                    from: part)
                 offset += part.count
             }
             count = total
@@ -104,7 +105,9 @@ package enum Gzip {
                     status = inflate(&stream, Z_NO_FLUSH)
                     return outRaw.count - Int(stream.avail_out)
                 }
-                guard status == Z_OK || status == Z_STREAM_END else { throw Error(status == Z_MEM_ERROR ? .library : .invalidData, code: status) }
+                guard status == Z_OK || status == Z_STREAM_END else {
+                    throw Error(status == Z_MEM_ERROR ? .library : .invalidData, code: status)
+                }
                 output.append(contentsOf: chunk[0..<produced])
                 guard output.count <= limit else { throw Error(.overLimit, code: Z_BUF_ERROR) }
                 if produced == 0 && stream.avail_in == 0 && status != Z_STREAM_END { throw Error(.invalidData, code: Z_DATA_ERROR) }

@@ -48,8 +48,9 @@ public enum APIKeySource {
         do {
             contents = try FileSystem.contents(of: path)
         } catch {
-            throw ConfigurationError(.unusablePath, key: key, line: location?.line, file: location?.file,
-                                     "cannot read the API key file \(path): \(error)")
+            throw ConfigurationError(
+                .unusablePath, key: key, line: location?.line, file: location?.file,
+                "cannot read the API key file \(path): \(error)")
         }
         let secret = String(decoding: contents, as: UTF8.self).trimmingWhitespace()
         guard !secret.isEmpty else {

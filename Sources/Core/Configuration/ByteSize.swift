@@ -29,7 +29,7 @@ public struct ByteSize: Hashable, Comparable, Sendable, CustomStringConvertible 
         }
         let digits = number.trimmingWhitespace()
         guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber || $0 == "." }),
-              let value = Double(digits), value >= 0
+            let value = Double(digits), value >= 0
         else { return nil }
         let total = (value * factor).rounded()
         guard total < Double(Int.max) else { return nil }
@@ -77,7 +77,7 @@ public struct HumanDuration: Hashable, Comparable, Sendable, CustomStringConvert
             let digits = trimmed.dropLast(unit.suffix.count)
             // "5m" must not be read as "5" + "m" of "ms": the loop tries "ms" first.
             guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber || $0 == "." }),
-                  let value = Double(digits), value >= 0
+                let value = Double(digits), value >= 0
             else { return nil }
             self.milliseconds = Int64((value * unit.ms).rounded())
             return

@@ -114,8 +114,10 @@ extension ConfigKey {
     /// A key whose value is always set (it has a default).
     ///
     /// - Parameter comment: a remark `config check` prints after the value (`  # …`), if any, for this configuration.
-    package init<Value>(_ name: String, _ path: WritableKeyPath<AgentConfiguration, Value> & Sendable, _ codec: ConfigValueCodec<Value>,
-                _ reload: Reload, _ doc: String, comment: (@Sendable (AgentConfiguration) -> String?)? = nil) {
+    package init<Value>(
+        _ name: String, _ path: WritableKeyPath<AgentConfiguration, Value> & Sendable, _ codec: ConfigValueCodec<Value>,
+        _ reload: Reload, _ doc: String, comment: (@Sendable (AgentConfiguration) -> String?)? = nil
+    ) {
         let key = String(name.split(separator: ".", maxSplits: 1).last ?? "")
         self.init(
             name: name, type: codec.type, reload: reload, doc: doc,
@@ -135,8 +137,10 @@ extension ConfigKey {
     /// - Parameters:
     ///   - secret: the value is never printed, only that it is set (`# key = <redacted>`).
     ///   - comment: a remark `config check` prints after the value (`  # …`) or after "not set" (`: …`).
-    package init<Value>(_ name: String, optional path: WritableKeyPath<AgentConfiguration, Value?> & Sendable, _ codec: ConfigValueCodec<Value>,
-                _ reload: Reload, _ doc: String, secret: Bool = false, comment: (@Sendable (AgentConfiguration) -> String?)? = nil) {
+    package init<Value>(
+        _ name: String, optional path: WritableKeyPath<AgentConfiguration, Value?> & Sendable, _ codec: ConfigValueCodec<Value>,
+        _ reload: Reload, _ doc: String, secret: Bool = false, comment: (@Sendable (AgentConfiguration) -> String?)? = nil
+    ) {
         let key = String(name.split(separator: ".", maxSplits: 1).last ?? "")
         self.init(
             name: name, type: codec.type, reload: reload, doc: doc,
@@ -154,10 +158,12 @@ extension ConfigKey {
     }
 
     /// Every entry goes through here: compares and restores through `path`.
-    package init<Value: Equatable & Sendable>(name: String, type: ValueType, reload: Reload, doc: String, reader: Reader,
-                           path: WritableKeyPath<AgentConfiguration, Value> & Sendable,
-                           literal: @escaping @Sendable (AgentConfiguration) -> String?,
-                           lines: @escaping @Sendable (AgentConfiguration) -> [String]) {
+    package init<Value: Equatable & Sendable>(
+        name: String, type: ValueType, reload: Reload, doc: String, reader: Reader,
+        path: WritableKeyPath<AgentConfiguration, Value> & Sendable,
+        literal: @escaping @Sendable (AgentConfiguration) -> String?,
+        lines: @escaping @Sendable (AgentConfiguration) -> [String]
+    ) {
         self.name = name
         self.type = type
         self.reload = reload
@@ -191,9 +197,10 @@ extension ConfigValueCodec where Value == String {
 extension ConfigValueCodec where Value: RawRepresentable & CaseIterable, Value.RawValue == String {
     /// One of the enum's cases, written as its raw value.
     package static var choice: Self {
-        Self(type: .choice(Value.allCases.map(\.rawValue)),
-             read: { section, key throws(ConfigurationError) in try section.choice(key) },
-             literal: { JSONCompactor.quote($0.rawValue) })
+        Self(
+            type: .choice(Value.allCases.map(\.rawValue)),
+            read: { section, key throws(ConfigurationError) in try section.choice(key) },
+            literal: { JSONCompactor.quote($0.rawValue) })
     }
 }
 
@@ -211,44 +218,49 @@ extension ConfigValueCodec where Value == Bool {
 
 extension ConfigValueCodec where Value == ByteSize {
     package static var size: Self {
-        Self(type: .size, read: { section, key throws(ConfigurationError) in try section.size(key) },
-             literal: { JSONCompactor.quote($0.description) })
+        Self(
+            type: .size, read: { section, key throws(ConfigurationError) in try section.size(key) },
+            literal: { JSONCompactor.quote($0.description) })
     }
 }
 
 extension ConfigValueCodec where Value == ByteSize? {
     /// A size, or `"auto"`, which is `nil`.
     package static var sizeOrAutomatic: Self {
-        Self(type: .sizeOrAutomatic,
-             read: { section, key throws(ConfigurationError) -> ByteSize?? in
-                 switch try section.sizeOrAutomatic(key) {
-                 case .automatic: return .some(nil)
-                 case .size(let size): return .some(size)
-                 case nil: return nil
-                 }
-             },
-             literal: { JSONCompactor.quote($0?.description ?? "auto") })
+        Self(
+            type: .sizeOrAutomatic,
+            read: { section, key throws(ConfigurationError) -> ByteSize?? in
+                switch try section.sizeOrAutomatic(key) {
+                case .automatic: return .some(nil)
+                case .size(let size): return .some(size)
+                case nil: return nil
+                }
+            },
+            literal: { JSONCompactor.quote($0?.description ?? "auto") })
     }
 }
 
 extension ConfigValueCodec where Value == HumanDuration {
     package static var duration: Self {
-        Self(type: .duration, read: { section, key throws(ConfigurationError) in try section.duration(key) },
-             literal: { JSONCompactor.quote($0.description) })
+        Self(
+            type: .duration, read: { section, key throws(ConfigurationError) in try section.duration(key) },
+            literal: { JSONCompactor.quote($0.description) })
     }
 }
 
 extension ConfigValueCodec where Value == [UInt32] {
     package static var ids: Self {
-        Self(type: .ids, read: { section, key throws(ConfigurationError) in try section.ids(key) },
-             literal: { "[" + $0.map { String($0) }.joined(separator: ", ") + "]" })
+        Self(
+            type: .ids, read: { section, key throws(ConfigurationError) in try section.ids(key) },
+            literal: { "[" + $0.map { String($0) }.joined(separator: ", ") + "]" })
     }
 }
 
 extension ConfigValueCodec where Value == UInt32 {
     package static var fileMode: Self {
-        Self(type: .fileMode, read: { section, key throws(ConfigurationError) in try section.fileMode(key) },
-             literal: { JSONCompactor.quote("0" + String($0, radix: 8)) })
+        Self(
+            type: .fileMode, read: { section, key throws(ConfigurationError) in try section.fileMode(key) },
+            literal: { JSONCompactor.quote("0" + String($0, radix: 8)) })
     }
 }
 
@@ -283,9 +295,11 @@ extension ConfigKey {
     public static let spoolGroup = ConfigKey(
         "spool.group", optional: \.spool.group, .string, .restart,
         "A group (name or gid) that may read the spool: its files are then 0640; unset: 0600.",
-        comment: { $0.spool.group == nil
-            ? "the spool's files are 0600, readable by the daemon's user only"
-            : "the spool's files are 0640, readable by this group" })
+        comment: {
+            $0.spool.group == nil
+                ? "the spool's files are 0600, readable by the daemon's user only"
+                : "the spool's files are 0640, readable by this group"
+        })
 
     // [intake]
     public static let intakeSocket = ConfigKey(

@@ -72,12 +72,15 @@ public enum ConfigurationLoader {
 
     /// Reads the `[[table]]` blocks (``ConfigKey/tables``): special-cased, as each block is one element of
     /// `AgentConfiguration.tables` and its keys depend on each other.
-    package static func readTables(_ root: TOMLTable, _ locator: LineLocator, into config: inout AgentConfiguration) throws(ConfigurationError) {
+    package static func readTables(_ root: TOMLTable, _ locator: LineLocator, into config: inout AgentConfiguration)
+        throws(ConfigurationError)
+    {
         let section = ConfigKey.tables.name
         guard let tables = root[section] else { return }
         guard let array = tables.array else {
-            throw ConfigurationError(.wrongType, key: section, line: locator.headerLine(section),
-                                     "must be an array of tables, written [[table]]")
+            throw ConfigurationError(
+                .wrongType, key: section, line: locator.headerLine(section),
+                "must be an array of tables, written [[table]]")
         }
         for index in array.indices {
             guard let table = array[index].table else {
@@ -85,8 +88,9 @@ public enum ConfigurationLoader {
             }
             var entry = SectionReader(table, name: section, occurrence: index, locator)
             guard let name = try entry.string("name") else {
-                throw ConfigurationError(.invalidValue, key: "\(section).name", line: locator.arrayHeaderLine(section, occurrence: index),
-                                         "every [[table]] needs a name")
+                throw ConfigurationError(
+                    .invalidValue, key: "\(section).name", line: locator.arrayHeaderLine(section, occurrence: index),
+                    "every [[table]] needs a name")
             }
             let mode: AgentConfiguration.Mode = try entry.choice("mode") ?? .append
             let keys = try entry.stringArray("primary_key")
@@ -139,14 +143,17 @@ public enum ConfigurationLoader {
             throw fail(.intakeDatagramSocket, "must be a socket path under \(maxPath + 1) bytes")
         }
         if config.intake.httpSocket.utf8.count > maxPath {
-            throw fail(.intakeHTTPSocket, "path is \(config.intake.httpSocket.utf8.count) bytes; Unix socket paths must be under \(maxPath + 1)")
+            throw fail(
+                .intakeHTTPSocket, "path is \(config.intake.httpSocket.utf8.count) bytes; Unix socket paths must be under \(maxPath + 1)")
         }
         if let listen = config.intake.httpListen {
             guard let (host, _) = HostPort.parse(listen) else {
                 throw fail(.intakeHTTPListen, "\"\(listen)\" is not host:port, e.g. \"127.0.0.1:8787\"")
             }
             if !config.intake.httpAllowRemote, !HostPort.isLoopback(host) {
-                throw fail(.intakeHTTPListen, "\(host) is not a loopback address; the local Stream API has no TLS. Set http_allow_remote = true to accept it anyway")
+                throw fail(
+                    .intakeHTTPListen,
+                    "\(host) is not a loopback address; the local Stream API has no TLS. Set http_allow_remote = true to accept it anyway")
             }
         }
         guard config.intake.maxLineBytes >= .kibibytes(1), config.intake.maxLineBytes <= .gibibytes(1) else {
@@ -179,7 +186,9 @@ public enum ConfigurationLoader {
         guard config.retry.maxAge.milliseconds > 0 else { throw fail(.retryMaxAge, "must be greater than 0") }
         guard config.service.drainTimeout.milliseconds >= 0 else { throw fail(.serviceDrainTimeout, "must not be negative") }
         if let listen = config.metrics.listen, !listen.hasPrefix("/") {
-            guard HostPort.parse(listen) != nil else { throw fail(.metricsListen, "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path") }
+            guard HostPort.parse(listen) != nil else {
+                throw fail(.metricsListen, "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path")
+            }
         }
     }
 
@@ -188,7 +197,9 @@ public enum ConfigurationLoader {
 /// `host:port` addresses in the configuration.
 package enum HostPort {
     package static func parse(_ text: String) -> (host: String, port: Int)? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+            return nil
+        }
         var host = String(text[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         return host.isEmpty ? nil : (host, port)
@@ -212,7 +223,8 @@ package struct SectionReader {
     package init?(_ root: TOMLTable, _ name: String, _ locator: LineLocator) throws(ConfigurationError) {
         guard let value = root[name] else { return nil }
         guard let table = value.table else {
-            throw ConfigurationError(.wrongType, key: name, line: locator.line(section: nil, key: name), "must be a table, written [\(name)]")
+            throw ConfigurationError(
+                .wrongType, key: name, line: locator.line(section: nil, key: name), "must be a table, written [\(name)]")
         }
         self.init(table, name: name, occurrence: nil, locator)
     }
@@ -273,7 +285,9 @@ package struct SectionReader {
         guard let array = value.array else { throw wrongType(key, "a list of numeric ids, e.g. [0, 1000]") }
         var ids: [UInt32] = []
         for element in array {
-            guard let id = element.int, let narrow = UInt32(exactly: id) else { throw wrongType(key, "a list of numeric ids, e.g. [0, 1000]") }
+            guard let id = element.int, let narrow = UInt32(exactly: id) else {
+                throw wrongType(key, "a list of numeric ids, e.g. [0, 1000]")
+            }
             ids.append(narrow)
         }
         return ids
@@ -287,7 +301,10 @@ package struct SectionReader {
         return duration
     }
 
-    package enum SizeSetting { case automatic, size(ByteSize) }
+    package enum SizeSetting {
+        case automatic
+        case size(ByteSize)
+    }
 
     /// A size, or "auto"; `nil` when the key is absent.
     package mutating func sizeOrAutomatic(_ key: String) throws(ConfigurationError) -> SizeSetting? {
@@ -323,12 +340,12 @@ package struct SectionReader {
         return choice
     }
 
-
     package func finish() throws(ConfigurationError) {
         for key in table.keys.sorted() where !consumed.contains(key) {
             let known = consumed.sorted().joined(separator: ", ")
-            throw ConfigurationError(.unknownKey, key: "\(name).\(key)", line: line(key),
-                                     "unknown key (known keys in [\(name)]: \(known))")
+            throw ConfigurationError(
+                .unknownKey, key: "\(name).\(key)", line: line(key),
+                "unknown key (known keys in [\(name)]: \(known))")
         }
     }
 }

@@ -13,10 +13,13 @@ public struct ConfigurationWarning: Sendable, Equatable, CustomStringConvertible
         let intake = configuration.intake
         if let listen = intake.httpListen, intake.httpToken == nil {
             let who = intake.httpAllowRemote ? "every host that can reach \(listen)" : "every local user"
-            warnings.append(ConfigurationWarning(key: ConfigKey.intakeHTTPListen.name, message: """
-                the local Stream API on TCP \(listen) has no http_token: \(who) can write records (over TCP neither \
-                socket_mode nor allow_uids/allow_gids apply). Set [intake] http_token to require Authorization: Bearer
-                """))
+            warnings.append(
+                ConfigurationWarning(
+                    key: ConfigKey.intakeHTTPListen.name,
+                    message: """
+                        the local Stream API on TCP \(listen) has no http_token: \(who) can write records (over TCP neither \
+                        socket_mode nor allow_uids/allow_gids apply). Set [intake] http_token to require Authorization: Bearer
+                        """))
         }
         return warnings
     }

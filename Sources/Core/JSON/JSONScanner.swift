@@ -120,8 +120,12 @@ package struct JSONScanner {
                 guard let byte = peek() else { throw unexpected("the end of a value") }
                 switch byte {
                 case UInt8(ascii: "\""): _ = try scanString()
-                case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1; position += 1
-                case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1; position += 1
+                case UInt8(ascii: "{"), UInt8(ascii: "["):
+                    depth += 1
+                    position += 1
+                case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                    depth -= 1
+                    position += 1
                 default: position += 1
                 }
             } while depth > 0
@@ -297,7 +301,7 @@ package struct JSONScanner {
         position += 1
         switch code {
         case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"),
-             UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+            UInt8(ascii: "f"), UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
             return
         case UInt8(ascii: "u"):
             let unit = try hexQuad(at: start)
@@ -348,21 +352,29 @@ package struct JSONScanner {
         let length: Int
         switch lead {
         case 0xC2...0xDF:
-            length = 2; valid = continuation(1)
+            length = 2
+            valid = continuation(1)
         case 0xE0:
-            length = 3; valid = continuation(1, 0xA0, 0xBF) && continuation(2)
+            length = 3
+            valid = continuation(1, 0xA0, 0xBF) && continuation(2)
         case 0xE1...0xEC, 0xEE...0xEF:
-            length = 3; valid = continuation(1) && continuation(2)
+            length = 3
+            valid = continuation(1) && continuation(2)
         case 0xED:
-            length = 3; valid = continuation(1, 0x80, 0x9F) && continuation(2)
+            length = 3
+            valid = continuation(1, 0x80, 0x9F) && continuation(2)
         case 0xF0:
-            length = 4; valid = continuation(1, 0x90, 0xBF) && continuation(2) && continuation(3)
+            length = 4
+            valid = continuation(1, 0x90, 0xBF) && continuation(2) && continuation(3)
         case 0xF1...0xF3:
-            length = 4; valid = continuation(1) && continuation(2) && continuation(3)
+            length = 4
+            valid = continuation(1) && continuation(2) && continuation(3)
         case 0xF4:
-            length = 4; valid = continuation(1, 0x80, 0x8F) && continuation(2) && continuation(3)
+            length = 4
+            valid = continuation(1, 0x80, 0x8F) && continuation(2) && continuation(3)
         default:
-            length = 1; valid = false
+            length = 1
+            valid = false
         }
         guard valid else { throw error("invalid UTF-8", kind: .invalidUTF8) }
         position += length

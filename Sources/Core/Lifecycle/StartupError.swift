@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A part of the daemon that could not start: which (its socket path or address), why (the system's

@@ -35,7 +35,8 @@ package enum AgentMetrics {
     /// `[spool] max_bytes`, to alert on `spool_bytes / spool_max_bytes`.
     package static let spoolMaxBytes = Gauge(label: "definite_agent_spool_max_bytes")
     /// Always 1; the labels say which build runs.
-    package static let buildInfo = Gauge(label: "definite_agent_build_info", dimensions: [("version", AgentVersion.current), ("commit", AgentVersion.commit)])
+    package static let buildInfo = Gauge(
+        label: "definite_agent_build_info", dimensions: [("version", AgentVersion.current), ("commit", AgentVersion.commit)])
 
     package static func pendingRows(_ table: String) -> Gauge {
         Gauge(label: "definite_agent_pending_rows", dimensions: [("table", table)])

@@ -3,7 +3,7 @@ import Logging
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The daemon's log: one line per event on stderr, in the `[log] format` operators choose.
@@ -63,10 +63,12 @@ public struct AgentLogHandler: LogHandler {
 
     /// A logfmt value: as it is when it is one plain word, else quoted with `\` escapes.
     package static func logfmtValue(_ text: String) -> String {
-        let plain = !text.isEmpty && text.unicodeScalars.allSatisfy { scalar in
-            scalar.value > 0x20 && scalar.value != 0x7F && !scalar.properties.isWhitespace
-                && scalar != "\"" && scalar != "=" && scalar != "\\"
-        }
+        let plain =
+            !text.isEmpty
+            && text.unicodeScalars.allSatisfy { scalar in
+                scalar.value > 0x20 && scalar.value != 0x7F && !scalar.properties.isWhitespace
+                    && scalar != "\"" && scalar != "=" && scalar != "\\"
+            }
         return plain ? text : JSONCompactor.quote(text)
     }
 
@@ -89,7 +91,8 @@ public struct AgentLogHandler: LogHandler {
         gmtime_r(&seconds, &parts)
         func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
         let millis = milliseconds < 10 ? "00\(milliseconds)" : milliseconds < 100 ? "0\(milliseconds)" : "\(milliseconds)"
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(millis)Z"
+        return
+            "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(millis)Z"
     }
 }
 

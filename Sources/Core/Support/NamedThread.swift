@@ -23,12 +23,14 @@ package enum NamedThread {
     package static func start(_ name: String, _ body: @escaping @Sendable () -> Void) {
         let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
         var thread: pthread_t = 0
-        let result = pthread_create(&thread, nil, { context in
-            let start = Unmanaged<Start>.fromOpaque(context!).takeRetainedValue()
-            NamedThread.nameCurrentThread(start.name)
-            start.body()
-            return nil
-        }, start)
+        let result = pthread_create(
+            &thread, nil,
+            { context in
+                let start = Unmanaged<Start>.fromOpaque(context!).takeRetainedValue()
+                NamedThread.nameCurrentThread(start.name)
+                start.body()
+                return nil
+            }, start)
         guard result == 0 else {
             fatalError("cannot start the thread \(name): \(SystemCallError(result))")
         }

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A Unix socket address (`sockaddr_un`): the one place the agent builds one, for `bind`, `connect` and
@@ -29,7 +29,8 @@ package struct UnixSocketAddress: Sendable, Equatable {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-        let length = isAbstract
+        let length =
+            isAbstract
             ? socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
             : socklen_t(MemoryLayout<sockaddr_un>.size)
         return try withUnsafePointer(to: &address) {

@@ -1,9 +1,9 @@
 import Core
-import Spool
 import FoundationEssentials
+import Spool
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What the running daemon tells `status` beyond the spool: its process, since when it runs, and whether
@@ -56,40 +56,46 @@ public enum DaemonStateFile {
     /// daemon ever ran on it with this version (or the file cannot be read by this user).
     public static func read(spoolPath: String) -> (state: DaemonState, running: Bool)? {
         guard let data = try? FileSystem.contents(of: path(forSpoolAt: spoolPath)),
-              let state = decode(data) else { return nil }
+            let state = decode(data)
+        else { return nil }
         return (state, processStart(pid: state.pid) == state.processStart)
     }
 
     /// The start of process `pid` in clock ticks since boot, or `nil` when there is no such process.
     public static func processStart(pid: Int32) -> UInt64? {
         guard let bytes = try? FileSystem.contents(of: "/proc/\(pid)/stat"),
-              case let stat = String(decoding: bytes, as: UTF8.self),
-              let end = stat.lastIndex(of: ")") else { return nil }
+            case let stat = String(decoding: bytes, as: UTF8.self),
+            let end = stat.lastIndex(of: ")")
+        else { return nil }
         // After the command name (which may hold spaces and parentheses): field 3 onwards; 22 is the start.
         let fields = stat[stat.index(after: end)...].split(separator: " ")
         return fields.count > 19 ? UInt64(fields[19]) : nil
     }
 
     static func encode(_ state: DaemonState) -> String {
-        let refusal = state.intakeRefusal.map { refusal in
-            "{\"reason\":\"\(refusal.reason.rawValue)\",\"since\":\(refusal.since.timeIntervalSince1970),\"detail\":\(JSONCompactor.quote(refusal.detail))}"
-        } ?? "null"
+        let refusal =
+            state.intakeRefusal.map { refusal in
+                "{\"reason\":\"\(refusal.reason.rawValue)\",\"since\":\(refusal.since.timeIntervalSince1970),\"detail\":\(JSONCompactor.quote(refusal.detail))}"
+            } ?? "null"
         return "{\"pid\":\(state.pid),\"process_start\":\(state.processStart),\"started_at\":\(state.startedAt.timeIntervalSince1970),"
             + "\"version\":\(JSONCompactor.quote(state.version)),\"stopping\":\(state.stopping),\"intake_refused\":\(refusal)}\n"
     }
 
     static func decode(_ data: [UInt8]) -> DaemonState? {
         guard let value = try? data.withUnsafeBytes({ try JSONValue.parse($0) }),
-              case .number(let pid)? = value["pid"], let pidValue = Int32(pid),
-              case .number(let start)? = value["process_start"], let startValue = UInt64(start),
-              case .number(let startedAt)? = value["started_at"], let startedSeconds = Double(startedAt),
-              case .string(let version)? = value["version"] else { return nil }
-        var state = DaemonState(pid: pidValue, processStart: startValue, startedAt: Date(timeIntervalSince1970: startedSeconds), version: version)
+            case .number(let pid)? = value["pid"], let pidValue = Int32(pid),
+            case .number(let start)? = value["process_start"], let startValue = UInt64(start),
+            case .number(let startedAt)? = value["started_at"], let startedSeconds = Double(startedAt),
+            case .string(let version)? = value["version"]
+        else { return nil }
+        var state = DaemonState(
+            pid: pidValue, processStart: startValue, startedAt: Date(timeIntervalSince1970: startedSeconds), version: version)
         if case .bool(let stopping)? = value["stopping"] { state.stopping = stopping }
         if let refused = value["intake_refused"], case .string(let reasonText)? = refused["reason"],
-           let reason = IntakeRefusal.Reason(rawValue: reasonText),
-           case .number(let since)? = refused["since"], let sinceSeconds = Double(since),
-           case .string(let detail)? = refused["detail"] {
+            let reason = IntakeRefusal.Reason(rawValue: reasonText),
+            case .number(let since)? = refused["since"], let sinceSeconds = Double(since),
+            case .string(let detail)? = refused["detail"]
+        {
             state.intakeRefusal = IntakeRefusal(reason: reason, since: Date(timeIntervalSince1970: sinceSeconds), detail: detail)
         }
         return state

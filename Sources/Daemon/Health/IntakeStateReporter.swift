@@ -1,12 +1,12 @@
 import Core
-import Spool
-import Intake
 import Dispatch
 import FoundationEssentials
 import Glibc
+import Intake
 import Logging
 import Metrics
 import ServiceLifecycle
+import Spool
 import Synchronization
 
 /// The start and end of intake refusals, from successive looks at ``SpoolCapacity/observe()``. Pure: the
@@ -124,18 +124,25 @@ final class IntakeStateReporter: DaemonPart, RunningPart {
         switch transition {
         case .began(let refusal):
             AgentMetrics.intakeRefusing(refusal.reason).record(1)
-            let metadata: Logger.Metadata = ["reason": "\(refusal.reason.rawValue)", "detail": "\(refusal.detail)", "spool": "\(spoolPath)"]
+            let metadata: Logger.Metadata = [
+                "reason": "\(refusal.reason.rawValue)", "detail": "\(refusal.detail)", "spool": "\(spoolPath)",
+            ]
             switch refusal.reason {
             case .maxBytes:
-                logger.warning("intake refused: the spool is full ([spool] max_bytes); writers get 507 until delivery frees space", metadata: metadata)
+                logger.warning(
+                    "intake refused: the spool is full ([spool] max_bytes); writers get 507 until delivery frees space", metadata: metadata)
             case .diskReserve:
-                logger.error("intake refused: the disk holding the spool is full; writers get 507 until delivery frees space in the spool", metadata: metadata)
+                logger.error(
+                    "intake refused: the disk holding the spool is full; writers get 507 until delivery frees space in the spool",
+                    metadata: metadata)
             }
         case .ended(let refusal, let lasted):
             AgentMetrics.intakeRefusing(refusal.reason).record(0)
-            logger.notice("intake resumed: the spool takes records again", metadata: [
-                "reason": "\(refusal.reason.rawValue)", "refused_for": "\(lasted.fixed(1))s",
-            ])
+            logger.notice(
+                "intake resumed: the spool takes records again",
+                metadata: [
+                    "reason": "\(refusal.reason.rawValue)", "refused_for": "\(lasted.fixed(1))s",
+                ])
         }
     }
 

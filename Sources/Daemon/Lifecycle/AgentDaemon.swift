@@ -1,18 +1,18 @@
-import Core
-import Spool
-import Intake
-import Delivery
 import CAgentSupport
+import Core
+import Delivery
+import Intake
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Spool
 import Synchronization
 import UnixSignals
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The daemon: the spool, then one service group of parts (``DaemonPartKind`` gives them and their order)
@@ -57,7 +57,9 @@ public struct AgentDaemon: Sendable {
             }
             logger.info("API key loaded", metadata: ["source": "\(key.source)"])
         } else {
-            logger.warning("no API key: records are accepted and spooled, but not delivered until one is configured ([api] key_file, $DEFINITE_API_KEY or the api-key credential)")
+            logger.warning(
+                "no API key: records are accepted and spooled, but not delivered until one is configured ([api] key_file, $DEFINITE_API_KEY or the api-key credential)"
+            )
         }
         return key
     }
@@ -113,7 +115,9 @@ public struct AgentDaemon: Sendable {
         try? await blocking.shutdownGracefully()
     }
 
-    private func makeServiceGroup(supervisor: Supervisor, eventLoops: MultiThreadedEventLoopGroup, blocking: NIOThreadPool) async throws -> ServiceGroup {
+    private func makeServiceGroup(supervisor: Supervisor, eventLoops: MultiThreadedEventLoopGroup, blocking: NIOThreadPool) async throws
+        -> ServiceGroup
+    {
         let configuration = self.configuration
         let openFiles = ResourceLimits.raiseOpenFiles()
         let metricsRegistry = configuration.metrics.listen.map { _ in MetricsServer.bootstrap() }
@@ -126,10 +130,12 @@ public struct AgentDaemon: Sendable {
                 maxBytes: configuration.spool.maxBytes.bytes, diskReserve: configuration.spool.diskReserve?.bytes,
                 access: try SpoolAccess(configuration: configuration.spool), logger: logger)
         }
-        logger.info("spool open", metadata: [
-            "path": "\(configuration.spool.path)", "durability": "\(configuration.spool.durability.rawValue)",
-            "held_bytes": "\(writer.capacity.usedBytes)", "open_files_limit": "\(openFiles)",
-        ])
+        logger.info(
+            "spool open",
+            metadata: [
+                "path": "\(configuration.spool.path)", "durability": "\(configuration.spool.durability.rawValue)",
+                "held_bytes": "\(writer.capacity.usedBytes)", "open_files_limit": "\(openFiles)",
+            ])
         let readiness = IntakeReadiness(capacity: writer.capacity)
         let confirmations = RemoteConfirmations()
         let key = APIKeyBox(try await blocking.runIfActive { try loadKey() })
@@ -143,7 +149,9 @@ public struct AgentDaemon: Sendable {
             passedSockets[role].map(ListenerAddress.passed) ?? .path(path, mode: configuration.intake.socketMode)
         }
         let environment = ListenerEnvironment(passedSockets: passedSockets, eventLoops: eventLoops, blocking: blocking, logger: logger)
-        func listener<Pipeline: ConnectionPipeline>(_ kind: DaemonPartKind, _ address: ListenerAddress, _ pipeline: Pipeline) -> any DaemonPart {
+        func listener<Pipeline: ConnectionPipeline>(_ kind: DaemonPartKind, _ address: ListenerAddress, _ pipeline: Pipeline)
+            -> any DaemonPart
+        {
             StreamListener(part: kind, address: address, pipeline: pipeline, environment: environment)
         }
         let implementations = try supervisor.parts.map { (kind: DaemonPartKind) throws -> any DaemonPart in
@@ -157,29 +165,37 @@ public struct AgentDaemon: Sendable {
             case .lineSocket(let path):
                 return listener(kind, address(.intake, path: path), IntakeServer(settings: settings, writer: writer, logger: logger))
             case .httpSocket(let path):
-                return listener(kind, address(.http, path: path), HTTPIntakeServer(
-                    settings: settings, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
+                return listener(
+                    kind, address(.http, path: path),
+                    HTTPIntakeServer(
+                        settings: settings, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
             case .httpAddress(let listen):
-                return listener(kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
-                                HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
+                return listener(
+                    kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
+                    HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger)
+                )
             case .datagramSocket(let path):
                 return DatagramIntakeServer(
                     part: kind, address: address(.datagram, path: path), settings: settings, writer: writer, environment: environment)
             case .metrics(let listen):
                 guard let metricsRegistry else { preconditionFailure("metrics are bootstrapped whenever [metrics] listen is set") }
-                return listener(kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
-                                MetricsServer(registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity,
-                                              blocking: blocking, readiness: readiness))
+                return listener(
+                    kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
+                    MetricsServer(
+                        registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity,
+                        blocking: blocking, readiness: readiness))
             case .operatorSignals:
                 return SignalService(
                     configurationPath: configurationPath, settings: settings, key: key, delivery: delivery.loop,
                     notifier: notifier, blocking: blocking, logger: logger)
             case .intakeState:
-                return IntakeStateReporter(capacity: writer.capacity, readiness: readiness, spoolPath: configuration.spool.path,
-                                           access: try SpoolAccess(configuration: configuration.spool), logger: logger)
+                return IntakeStateReporter(
+                    capacity: writer.capacity, readiness: readiness, spoolPath: configuration.spool.path,
+                    access: try SpoolAccess(configuration: configuration.spool), logger: logger)
             case .notifier:
                 return NotifyService(
-                    notifier: notifier, writer: writer, delivery: delivery.loop, configuration: configuration, blocking: blocking, logger: logger)
+                    notifier: notifier, writer: writer, delivery: delivery.loop, configuration: configuration, blocking: blocking,
+                    logger: logger)
             }
         }
         return supervisor.makeServiceGroup(implementations)
@@ -193,8 +209,9 @@ public struct AgentDaemon: Sendable {
         if configuration.intake.httpSocket.isEmpty, let http = passed[.http] { unused.append(http) }
         if configuration.intake.datagramSocket == nil, let datagram = passed[.datagram] { unused.append(datagram) }
         for socket in unused {
-            logger.warning("a socket systemd passed is not used (name it intake, http or datagram, and configure that listener); closing it",
-                           metadata: ["socket": "\(socket)"])
+            logger.warning(
+                "a socket systemd passed is not used (name it intake, http or datagram, and configure that listener); closing it",
+                metadata: ["socket": "\(socket)"])
             close(socket.fd)
         }
         return passed

@@ -1,10 +1,10 @@
 import Core
-import Spool
 import Delivery
 import FoundationEssentials
 import Glibc
 import Logging
 import ServiceLifecycle
+import Spool
 
 /// Runs the ``DeliveryLoop``: one thread (`delivery`) with every request in flight, and two workers
 /// (`delivery-1`, `delivery-2`) for spool reads and gzip.
@@ -17,8 +17,10 @@ import ServiceLifecycle
 final class DeliveryService: DaemonPart, RunningPart {
     let loop: DeliveryLoop
 
-    init(settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, confirmations: RemoteConfirmations? = nil,
-         logger: Logger) throws(SpoolError) {
+    init(
+        settings: LiveConfiguration, writer: SpoolWriter, key: APIKeyBox, confirmations: RemoteConfirmations? = nil,
+        logger: Logger
+    ) throws(SpoolError) {
         loop = try DeliveryLoop(settings: settings, writer: writer, key: key, confirmations: confirmations, logger: logger)
     }
 

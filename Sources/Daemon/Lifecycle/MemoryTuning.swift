@@ -1,10 +1,10 @@
-import Core
 import CAgentSupport
+import Core
 import NIOCore
 import NIOPosix
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Keeps the daemon's resident memory bounded by what it holds now, not by what it once held.

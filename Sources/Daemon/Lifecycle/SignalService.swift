@@ -1,6 +1,6 @@
+import CAgentSupport
 import Core
 import Delivery
-import CAgentSupport
 import Logging
 import NIOConcurrencyHelpers
 import NIOPosix
@@ -8,7 +8,7 @@ import ServiceLifecycle
 import UnixSignals
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Operator signals other than the shutdown ones (SIGTERM and SIGINT are the daemon's, see ``AgentDaemon``):
@@ -75,11 +75,13 @@ struct SignalService: DaemonPart {
             }
             let outcome = settings.reload(configuration)
             if !outcome.needRestart.isEmpty {
-                logger.warning("SIGHUP: these settings changed but take effect only after a restart; their old values stay in force",
-                               metadata: ["keys": "\(outcome.needRestart.joined(separator: ", "))"])
+                logger.warning(
+                    "SIGHUP: these settings changed but take effect only after a restart; their old values stay in force",
+                    metadata: ["keys": "\(outcome.needRestart.joined(separator: ", "))"])
             }
-            logger.info("SIGHUP: configuration reloaded",
-                        metadata: ["applied": "\(outcome.applied.isEmpty ? "nothing changed" : outcome.applied.joined(separator: ", "))"])
+            logger.info(
+                "SIGHUP: configuration reloaded",
+                metadata: ["applied": "\(outcome.applied.isEmpty ? "nothing changed" : outcome.applied.joined(separator: ", "))"])
         }
         do {
             let fresh = try APIKeySource.load(config: settings.current.api)

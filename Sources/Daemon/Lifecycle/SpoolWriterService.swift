@@ -1,6 +1,6 @@
 import Core
-import Spool
 import ServiceLifecycle
+import Spool
 
 /// The ``SpoolWriter``'s thread, as a part of the daemon. It starts first and stops last (after intake and
 /// delivery, which commit through it): on stop it commits what is queued, checkpoints the WAL and closes.

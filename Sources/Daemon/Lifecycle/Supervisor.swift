@@ -114,8 +114,9 @@ final class Supervisor: Sendable {
     private func log(_ action: LifecycleStateMachine.FailureAction, after what: String) {
         switch action {
         case .stopStartedParts(let deadline), .hastenStop(let deadline):
-            logger.notice("stopping the parts already started, in reverse order, after \(what)",
-                          metadata: ["within": "\(max(.zero, deadline - .now))"])
+            logger.notice(
+                "stopping the parts already started, in reverse order, after \(what)",
+                metadata: ["within": "\(max(.zero, deadline - .now))"])
         case .none:
             break
         }
@@ -126,10 +127,13 @@ final class Supervisor: Sendable {
         let action = state.withLock { $0.machine.shutdownSignalled(at: .now) }
         switch action {
         case .stopGracefully(let deadline):
-            logger.info("\(signal): stopping; no new connections, answering what was read, delivery drains",
-                        metadata: ["drain_within": "\(max(.zero, deadline - .now))"])
+            logger.info(
+                "\(signal): stopping; no new connections, answering what was read, delivery drains",
+                metadata: ["drain_within": "\(max(.zero, deadline - .now))"])
         case .stopAtOnce:
-            logger.warning("\(signal) during the stop: stopping at once; connections still open close unanswered (nothing unanswered was acknowledged), undelivered rows stay in the spool")
+            logger.warning(
+                "\(signal) during the stop: stopping at once; connections still open close unanswered (nothing unanswered was acknowledged), undelivered rows stay in the spool"
+            )
         case .none:
             break
         }

@@ -1,6 +1,6 @@
-import Metrics
 import Core
 import Intake
+import Metrics
 import Spool
 
 extension AgentMetrics {
@@ -9,8 +9,10 @@ extension AgentMetrics {
     /// build and `max_bytes`. Call once metrics are bootstrapped.
     static func announce(spoolMaxBytes limit: Int) {
         for code in IntakeRejection.Code.all { rejected(code).increment(by: 0) }
-        for counter in [linesReceived, recordsSpooled, retries, recordsDelivered, recordsDeadLettered,
-                        datagramsReceived, datagramsRejected, datagramsDropped, bytesUncompressed, bytesSent] {
+        for counter in [
+            linesReceived, recordsSpooled, retries, recordsDelivered, recordsDeadLettered,
+            datagramsReceived, datagramsRejected, datagramsDropped, bytesUncompressed, bytesSent,
+        ] {
             counter.increment(by: 0)
         }
         for reason in IntakeRefusal.Reason.allCases { intakeRefusing(reason).record(0) }

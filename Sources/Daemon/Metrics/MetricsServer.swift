@@ -1,8 +1,7 @@
 import Core
-import Spool
-import Intake
 import FoundationEssentials
 import Glibc
+import Intake
 import Logging
 import Metrics
 import NIOCore
@@ -10,6 +9,7 @@ import NIOHTTP1
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
+import Spool
 
 /// The Prometheus endpoint's connections (`GET /metrics` on `[metrics] listen`, a loopback `host:port` or a
 /// Unix socket path). Gauges derived from the spool (pending rows, oldest age, dead letters per table) are
@@ -104,27 +104,33 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
             self.head = nil
             let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
             if head.method == .GET, let health = HealthEndpoint.answer(path: path, readiness: readiness) {
-                respond(context: context, to: head, status: HTTPResponseStatus(statusCode: health.status), contentType: "application/json",
-                        body: Array(health.body.utf8))
+                respond(
+                    context: context, to: head, status: HTTPResponseStatus(statusCode: health.status), contentType: "application/json",
+                    body: Array(health.body.utf8))
                 return
             }
             guard head.method == .GET, path == "/metrics" else {
-                respond(context: context, to: head, status: .notFound, contentType: "text/plain",
-                        body: Array("not found: try GET /metrics, /healthz or /readyz\n".utf8))
+                respond(
+                    context: context, to: head, status: .notFound, contentType: "text/plain",
+                    body: Array("not found: try GET /metrics, /healthz or /readyz\n".utf8))
                 return
             }
             blocking.runIfActive(eventLoop: context.eventLoop, render).assumeIsolated().whenComplete { result in
                 switch result {
                 case .success(let body):
-                    self.respond(context: context, to: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: body)
+                    self.respond(
+                        context: context, to: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: body)
                 case .failure:  // the pool stopped: the daemon is stopping
-                    self.respond(context: context, to: head, status: .serviceUnavailable, contentType: "text/plain", body: Array("stopping\n".utf8))
+                    self.respond(
+                        context: context, to: head, status: .serviceUnavailable, contentType: "text/plain", body: Array("stopping\n".utf8))
                 }
             }
         }
     }
 
-    private func respond(context: ChannelHandlerContext, to head: HTTPRequestHead, status: HTTPResponseStatus, contentType: String, body: [UInt8]) {
+    private func respond(
+        context: ChannelHandlerContext, to head: HTTPRequestHead, status: HTTPResponseStatus, contentType: String, body: [UInt8]
+    ) {
         guard context.channel.isActive else { return }
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: contentType)

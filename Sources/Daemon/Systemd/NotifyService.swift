@@ -1,11 +1,11 @@
 import Core
-import Spool
 import Delivery
 import FoundationEssentials
 import Glibc
-import NIOPosix
 import Logging
+import NIOPosix
 import ServiceLifecycle
+import Spool
 
 /// Tells systemd how the daemon is doing (`Type=notify`):
 ///

@@ -31,7 +31,9 @@ struct APIKeyTests {
         try "cred-secret".write(toFile: directory + "/api-key", atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let api = AgentConfiguration.API()
-        #expect(try APIKeySource.load(config: api, environment: ["DEFINITE_API_KEY": "env-secret", "CREDENTIALS_DIRECTORY": directory])?.secret == "env-secret")
+        #expect(
+            try APIKeySource.load(config: api, environment: ["DEFINITE_API_KEY": "env-secret", "CREDENTIALS_DIRECTORY": directory])?.secret
+                == "env-secret")
         #expect(try APIKeySource.load(config: api, environment: ["CREDENTIALS_DIRECTORY": directory])?.secret == "cred-secret")
         #expect(try APIKeySource.load(config: api, environment: [:]) == nil)
     }
@@ -51,7 +53,8 @@ struct APIKeyTests {
     /// Issue 17: the key-file error names the configuration file and the line of `key_file`, as every other
     /// configuration error does.
     @Test func aKeyFileErrorNamesTheConfigurationFileAndLine() throws {
-        let config = try ConfigurationLoader.parse("[api]\nurl = \"https://x.example/v2/stream\"\n\nkey_file = \"/nonexistent/api-key\"\n", file: "/etc/agent.toml")
+        let config = try ConfigurationLoader.parse(
+            "[api]\nurl = \"https://x.example/v2/stream\"\n\nkey_file = \"/nonexistent/api-key\"\n", file: "/etc/agent.toml")
         do {
             _ = try APIKeySource.load(config: config.api, environment: [:])
             Issue.record("an unreadable key file was accepted")
@@ -62,7 +65,9 @@ struct APIKeyTests {
         let empty = try temporaryFile("\n")
         defer { unlink(empty) }
         let emptyConfig = try ConfigurationLoader.parse("[api]\nkey_file = \"\(empty)\"\n", file: "agent.toml")
-        #expect(throws: ConfigurationError(.missingKey, key: "api.key_file", line: 2, file: "agent.toml", "the API key file \(empty) is empty")) {
+        #expect(
+            throws: ConfigurationError(.missingKey, key: "api.key_file", line: 2, file: "agent.toml", "the API key file \(empty) is empty")
+        ) {
             try APIKeySource.load(config: emptyConfig.api, environment: [:])
         }
     }

@@ -1,5 +1,5 @@
-import Testing
 import TOMLKit
+import Testing
 
 @testable import Core
 @testable import Operations
@@ -124,9 +124,12 @@ struct ConfigKeyTests {
         #expect(keys == plain.map(\.name), "the sample lists each key once, in the table's order")
         let sample = try ConfigurationLoader.load(path: path)
         for key in plain {
-            #expect(commented.contains(key.name) == (key.defaultValue == nil),
-                    "\(key.name): a key with a default is written with it, one without is an example, commented out")
-            #expect(!key.differs(sample, AgentConfiguration()), "\(key.name): the sample's value is not the default, \(key.defaultValue ?? "unset")")
+            #expect(
+                commented.contains(key.name) == (key.defaultValue == nil),
+                "\(key.name): a key with a default is written with it, one without is an example, commented out")
+            #expect(
+                !key.differs(sample, AgentConfiguration()),
+                "\(key.name): the sample's value is not the default, \(key.defaultValue ?? "unset")")
         }
         guard case .arrayOfTables(let tableFields) = ConfigKey.tables.type else { return }
         #expect(fields == tableFields.map(\.name))
@@ -137,7 +140,8 @@ struct ConfigKeyTests {
     /// Changing one key alone is reported in the list of its reload mode, and only there.
     @Test(arguments: ConfigKey.all)
     func aChangedKeyIsReportedAsItsReloadModeSays(key: ConfigKey) throws {
-        let new = key.isArrayOfTables
+        let new =
+            key.isArrayOfTables
             ? try Self.reading("[[table]]\nname = \"bronze.changed\"")
             : try Self.reading(Self.anotherValue(than: key), as: key)
         #expect(key.differs(new, AgentConfiguration()))
@@ -156,13 +160,13 @@ struct ConfigKeyTests {
     // MARK: Rendering
 
     @Test func theDefaultsRenderAsBefore() {
-        #expect(EffectiveConfiguration.render(AgentConfiguration(), apiKey: "<redacted>") == EFFECTIVE_DEFAULTS)
+        #expect(EffectiveConfiguration.render(AgentConfiguration(), apiKey: "<redacted>") == effectiveDefaults)
     }
 
     @Test func everyKeySetRendersAsBefore() throws {
-        var config = try ConfigurationLoader.parse(CONFIGURATION)
+        var config = try ConfigurationLoader.parse(configurationOfEveryKey)
         config.spool.group = "readers"  // set here: the loader checks that the group exists
-        #expect(EffectiveConfiguration.render(config, apiKey: "<redacted>") == EFFECTIVE_CONFIGURATION)
+        #expect(EffectiveConfiguration.render(config, apiKey: "<redacted>") == effectiveConfiguration)
     }
 
     // MARK: Helpers
@@ -171,7 +175,9 @@ struct ConfigKeyTests {
     static func expectSameKeys(_ documented: Set<String>, in document: String) {
         let names = Set(ConfigKey.all.map(\.name))
         #expect(names.subtracting(documented).isEmpty, "keys missing from \(document): \(names.subtracting(documented).sorted())")
-        #expect(documented.subtracting(names).isEmpty, "keys in \(document) that are not in ConfigKey.all: \(documented.subtracting(names).sorted())")
+        #expect(
+            documented.subtracting(names).isEmpty,
+            "keys in \(document) that are not in ConfigKey.all: \(documented.subtracting(names).sorted())")
     }
 
     /// `maxInFlight` → `max_in_flight`, `allowUIDs` → `allow_uids`.
@@ -222,7 +228,7 @@ struct ConfigKeyTests {
 }
 
 /// `config check` of an empty file before the table of keys (the API key's line aside).
-private let EFFECTIVE_DEFAULTS = """
+private let effectiveDefaults = """
     [api]
     url = "https://api.definite.app/v2/stream"
     # key_file not set
@@ -277,7 +283,7 @@ private let EFFECTIVE_DEFAULTS = """
     """
 
 /// A configuration that sets every key.
-private let CONFIGURATION = """
+private let configurationOfEveryKey = """
     [api]
     url = "http://127.0.0.1:1/v2/stream"
     key_file = "/tmp/agent/key"
@@ -327,8 +333,8 @@ private let CONFIGURATION = """
     format = "json"
     """
 
-/// `config check` of ``CONFIGURATION`` before the table of keys (with `group = "readers"`).
-private let EFFECTIVE_CONFIGURATION = """
+/// `config check` of ``configurationOfEveryKey`` before the table of keys (with `group = "readers"`).
+private let effectiveConfiguration = """
     [api]
     url = "http://127.0.0.1:1/v2/stream"
     key_file = "/tmp/agent/key"

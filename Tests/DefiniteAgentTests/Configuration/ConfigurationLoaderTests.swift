@@ -31,7 +31,8 @@ struct ConfigurationLoaderTests {
     }
 
     @Test func readsEveryKey() throws {
-        let config = try ConfigurationLoader.parse("""
+        let config = try ConfigurationLoader.parse(
+            """
             [api]
             url = "http://127.0.0.1:8765/v2/stream"
             key_file = "/etc/definite-agent/api-key"
@@ -70,10 +71,11 @@ struct ConfigurationLoaderTests {
         #expect(config.api.keyFile == "/etc/definite-agent/api-key")
         #expect(config.spool.durability == .normal)
         #expect(config.intake.socketMode == 0o600)
-        #expect(config.tables == [
-            .init(name: "bronze.users", mode: .merge, primaryKey: "id"),
-            .init(name: "bronze.events", mode: .append, primaryKey: nil),
-        ])
+        #expect(
+            config.tables == [
+                .init(name: "bronze.users", mode: .merge, primaryKey: "id"),
+                .init(name: "bronze.events", mode: .append, primaryKey: nil),
+            ])
         #expect(config.batch.format == .ndjson)
         #expect(config.batch.gzipLevel == 9)
         #expect(config.batch.concurrency == 4 && config.batch.maxInFlight == 16)

@@ -13,8 +13,10 @@ struct AdaptiveConcurrencyTests {
     let rtt = Duration.milliseconds(150)
 
     /// Answers `count` requests with `signal` after `roundTrip`, as if the limit were in use.
-    func answer(_ limiter: inout AdaptiveConcurrency, _ signal: AdaptiveConcurrency.Signal, count: Int,
-                roundTrip: Duration, from: Duration = .zero, spacing: Duration = .milliseconds(10)) {
+    func answer(
+        _ limiter: inout AdaptiveConcurrency, _ signal: AdaptiveConcurrency.Signal, count: Int,
+        roundTrip: Duration, from: Duration = .zero, spacing: Duration = .milliseconds(10)
+    ) {
         for i in 0..<count {
             limiter.record(signal, roundTrip: roundTrip, saturated: true, now: start + from + spacing * i)
         }

@@ -17,8 +17,10 @@ struct DeliveryMachineTests {
     static let merge = SpoolTarget(table: "bronze.users", mode: .merge, primaryKey: "id")
 
     /// A simulation with one target holding `rows` rows, the ones in `bad` refused by the API.
-    func simulation(_ target: SpoolTarget = append, rows: Int, bad: Set<Int> = [], settings: DeliveryMachine.Settings? = nil,
-                    workers: Int = 1, configure: (inout DeliverySimulation.API) -> Void = { _ in }) -> DeliverySimulation {
+    func simulation(
+        _ target: SpoolTarget = append, rows: Int, bad: Set<Int> = [], settings: DeliveryMachine.Settings? = nil,
+        workers: Int = 1, configure: (inout DeliverySimulation.API) -> Void = { _ in }
+    ) -> DeliverySimulation {
         let simulation = DeliverySimulation(settings: settings ?? DeliverySimulation.settings(), seed: 7, workers: workers)
         configure(&simulation.api)
         let id = simulation.addTarget(target)
@@ -32,8 +34,10 @@ struct DeliveryMachineTests {
     }
 
     /// Lets worker 0 act (the clock jumping ahead when it has nothing to do) until `done` holds.
-    func run(_ simulation: DeliverySimulation, until done: () -> Bool, limit: Int = 1000,
-             sourceLocation: SourceLocation = #_sourceLocation) {
+    func run(
+        _ simulation: DeliverySimulation, until done: () -> Bool, limit: Int = 1000,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         var actions = 0
         while !done() {
             guard actions < limit else {
@@ -270,7 +274,8 @@ struct DeliveryMachineTests {
         simulation.append(b, [Row()])
         simulation.advance(by: .milliseconds(200))
         for _ in 0..<20 { simulation.act(0) }
-        #expect(simulation.spool[a]!.state.kind == .heldTableNotFound && simulation.spool[a]!.rows.count - simulation.spool[a]!.left.count == 1)
+        #expect(
+            simulation.spool[a]!.state.kind == .heldTableNotFound && simulation.spool[a]!.rows.count - simulation.spool[a]!.left.count == 1)
         #expect(simulation.spool[b]!.left.count == 3, "the other table keeps flowing")
         simulation.api.missingTables = []
         simulation.runUntilQuiet()

@@ -72,9 +72,10 @@ struct DeliveryModelTests {
         simulation.api.dropAfterCommitRate = chance(0.5) ? Double(pick(0...10)) / 100 : 0
 
         let targets = (0..<pick(1...3)).map { index in
-            simulation.addTarget(chance(0.35)
-                ? SpoolTarget(table: "bronze.m\(index)", mode: .merge, primaryKey: "id")
-                : SpoolTarget(table: "bronze.a\(index)", mode: .append))
+            simulation.addTarget(
+                chance(0.35)
+                    ? SpoolTarget(table: "bronze.m\(index)", mode: .merge, primaryKey: "id")
+                    : SpoolTarget(table: "bronze.a\(index)", mode: .append))
         }
         var remaining = pick(1...150)
         let rows = remaining
@@ -91,9 +92,11 @@ struct DeliveryModelTests {
                 let count = min(remaining, pick(1...20))
                 remaining -= count
                 let target = targets[pick(0...(targets.count - 1))]
-                simulation.append(target, (0..<count).map { _ in
-                    DeliverySimulation.Row(key: "k\(pick(0...(keys - 1)))", bad: chance(badShare))
-                })
+                simulation.append(
+                    target,
+                    (0..<count).map { _ in
+                        DeliverySimulation.Row(key: "k\(pick(0...(keys - 1)))", bad: chance(badShare))
+                    })
             } else if roll < 9, restartsLeft > 0, chance(0.3) {
                 restartsLeft -= 1
                 simulation.restart()
@@ -106,7 +109,8 @@ struct DeliveryModelTests {
             }
         }
         if ProcessInfo.processInfo.environment["DELIVERY_MODEL_TRACE"] != nil { simulation.dump() }
-        var problems = remaining > 0 || simulation.queued > 0 || simulation.isBusy
+        var problems =
+            remaining > 0 || simulation.queued > 0 || simulation.isBusy
             ? ["did not drain: \(remaining) rows not appended, \(simulation.queued) queued"] : []
         problems += simulation.checkDrained()
         if simulation.api.maxRows == .max {
@@ -114,7 +118,9 @@ struct DeliveryModelTests {
                 let levels = Int(ceil(log2(Double(max(2, cost.live)))))
                 let bound = cost.bad * (2 * levels + 1) + 1 + cost.restarts
                 if cost.answered > bound {
-                    problems.append("batch \(cost.batchID): \(cost.answered) answered requests for \(cost.bad) refused rows among \(cost.live) (bound \(bound))")
+                    problems.append(
+                        "batch \(cost.batchID): \(cost.answered) answered requests for \(cost.bad) refused rows among \(cost.live) (bound \(bound))"
+                    )
                 }
             }
         }

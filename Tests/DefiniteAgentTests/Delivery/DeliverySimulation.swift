@@ -129,8 +129,10 @@ final class DeliverySimulation {
         self.awaitingRecord = Array(repeating: nil, count: workers)
     }
 
-    static func settings(maxRows: Int = 1000, linger: Duration = .milliseconds(100), concurrency: Int = 2,
-                         initial: Int64 = 50, max: Int64 = 500, maxAge: HumanDuration = .seconds(86_400)) -> DeliveryMachine.Settings {
+    static func settings(
+        maxRows: Int = 1000, linger: Duration = .milliseconds(100), concurrency: Int = 2,
+        initial: Int64 = 50, max: Int64 = 500, maxAge: HumanDuration = .seconds(86_400)
+    ) -> DeliveryMachine.Settings {
         var configuration = AgentConfiguration()
         configuration.batch.maxRows = maxRows
         configuration.batch.linger = HumanDuration(milliseconds: Int64(linger.seconds * 1000))
@@ -190,7 +192,7 @@ final class DeliverySimulation {
     /// The daemon restarts: every worker's step in progress is lost; the machine is rebuilt from the spool.
     func restart() {
         restarts += 1
-        for case let (targetID, seqs)? in awaitingRecord {
+        for case (let targetID, let seqs)? in awaitingRecord {
             for seq in seqs { unconfirmed[targetID, default: [:]][seq, default: 0] += 1 }
         }
         awaitingRecord = Array(repeating: nil, count: workers.count)
@@ -202,8 +204,9 @@ final class DeliverySimulation {
             let target = spool[row.id]!
             let ends = target.batches.values.map(\.range.upperBound) + [(target.left.keys.max() ?? -1) + 1]
             let batches = target.batches.map { id, batch in
-                SpoolReader.BatchRow(id: id, targetID: row.id, firstSeq: batch.range.lowerBound, endSeq: batch.range.upperBound,
-                                     attempts: batch.attempts, parts: batch.parts)
+                SpoolReader.BatchRow(
+                    id: id, targetID: row.id, firstSeq: batch.range.lowerBound, endSeq: batch.range.upperBound,
+                    attempts: batch.attempts, parts: batch.parts)
             }
             return DeliveryMachine.Restored(row: row, assignedEnd: ends.max() ?? 0, batches: batches)
         }
@@ -287,9 +290,11 @@ final class DeliverySimulation {
         func roll(_ rate: Double) -> Bool { rate > 0 && Double.random(in: 0..<1, using: &random) < rate }
         func respond(_ status: Int, rejected: Int = 0, errors: [String] = []) -> DeliveryMachine.Outcome {
             request.status = status
-            let body = #"{"request_id":"req_\#(requests.count)","rejected_rows":\#(rejected),"errors":[\#(errors.map { "\"\($0)\"" }.joined(separator: ","))]}"#
-            return .answered(status: status, answer: StreamAPIResponse(body: Array(body.utf8)),
-                             retryAfter: status == 429 ? api.retryAfter : nil)
+            let body =
+                #"{"request_id":"req_\#(requests.count)","rejected_rows":\#(rejected),"errors":[\#(errors.map { "\"\($0)\"" }.joined(separator: ","))]}"#
+            return .answered(
+                status: status, answer: StreamAPIResponse(body: Array(body.utf8)),
+                retryAfter: status == 429 ? api.retryAfter : nil)
         }
         if let forced = api.forced.first {
             api.forced.removeFirst()
@@ -310,7 +315,10 @@ final class DeliverySimulation {
         let bad = send.seqs.indices.filter { target.rows[Int(send.seqs[$0])].bad }
         let errors = bad.map { api.namesRows ? "row \($0): refused" : "refused" }
         if !bad.isEmpty, api.refusal == .wholeRequest {
-            return (respond(400, errors: api.namesRows ? ["row \(bad[0]): refused; request rejected"] : ["a row is refused; request rejected"]), [])
+            return (
+                respond(400, errors: api.namesRows ? ["row \(bad[0]): refused; request rejected"] : ["a row is refused; request rejected"]),
+                []
+            )
         }
         let written = send.seqs.enumerated().filter { !bad.contains($0.offset) }.map(\.element)
         for seq in written {
@@ -345,8 +353,10 @@ final class DeliverySimulation {
         case .cut(let cut):
             outcome = .read(read(cut.targetID, from: cut.from, end: cut.end, maxRows: cut.maxRows, keys: cut.target.mode == .merge))
         case .load(let load):
-            outcome = .read(read(load.targetID, from: load.batch.range.lowerBound, end: load.batch.range.upperBound, maxRows: .max,
-                                 keys: load.target.mode == .merge))
+            outcome = .read(
+                read(
+                    load.targetID, from: load.batch.range.lowerBound, end: load.batch.range.upperBound, maxRows: .max,
+                    keys: load.target.mode == .merge))
         case .register(let record), .record(let record):
             apply(record.change)
             awaitingRecord[index] = nil

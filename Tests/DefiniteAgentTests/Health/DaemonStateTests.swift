@@ -17,9 +17,11 @@ struct DaemonStateTests {
     }
 
     func state(pid: Int32 = getpid()) -> DaemonState {
-        DaemonState(pid: pid, processStart: DaemonStateFile.processStart(pid: pid) ?? 1, startedAt: Date(timeIntervalSince1970: 1_700_000_000.25),
-                    version: "0.1.0", stopping: false,
-                    intakeRefusal: IntakeRefusal(reason: .diskReserve, since: Date(timeIntervalSince1970: 1_700_000_100), detail: "2 MiB free \"quoted\""))
+        DaemonState(
+            pid: pid, processStart: DaemonStateFile.processStart(pid: pid) ?? 1, startedAt: Date(timeIntervalSince1970: 1_700_000_000.25),
+            version: "0.1.0", stopping: false,
+            intakeRefusal: IntakeRefusal(
+                reason: .diskReserve, since: Date(timeIntervalSince1970: 1_700_000_100), detail: "2 MiB free \"quoted\""))
     }
 
     @Test func theStateFileRoundTripsAndTellsARunningDaemonFromAGoneOne() throws {
@@ -39,25 +41,29 @@ struct DaemonStateTests {
     }
 
     func target(_ table: String, pending: Int, age: Double?, state: String? = nil, until: Double? = nil) -> SpoolStatus.Target {
-        SpoolStatus.Target(table: table, mode: .append, primaryKey: "", tags: "", pending: pending, pendingBytes: pending * 10,
-                           oldestAgeSeconds: age, deadLetters: 0, lastError: nil, state: state, lastSuccessAt: nil, stateUntil: until)
+        SpoolStatus.Target(
+            table: table, mode: .append, primaryKey: "", tags: "", pending: pending, pendingBytes: pending * 10,
+            oldestAgeSeconds: age, deadLetters: 0, lastError: nil, state: state, lastSuccessAt: nil, stateUntil: until)
     }
 
     @Test func checkFindsADownDaemonHeldTablesRefusalsAndOldRows() {
         let now = Date()
         let status = SpoolStatus(targets: [
-            target("bronze.a", pending: 5, age: 700), target("bronze.b", pending: 2, age: 3, state: "held: table not found", until: now.timeIntervalSince1970 + 60),
+            target("bronze.a", pending: 5, age: 700),
+            target("bronze.b", pending: 2, age: 3, state: "held: table not found", until: now.timeIntervalSince1970 + 60),
             target("bronze.c", pending: 1, age: 1, state: "backing off", until: now.timeIntervalSince1970 + 5),
         ])
         var running = state()
         running.intakeRefusal = nil
-        let healthy = StatusReport(status: SpoolStatus(targets: [target("bronze.a", pending: 5, age: 2)]), daemon: (running, true), now: now)
+        let healthy = StatusReport(
+            status: SpoolStatus(targets: [target("bronze.a", pending: 5, age: 2)]), daemon: (running, true), now: now)
         #expect(healthy.problems(maxAge: HumanDuration(parsing: "10m")).isEmpty)
         let report = StatusReport(status: status, daemon: (state(), true), now: now)
-        #expect(report.problems(maxAge: HumanDuration(parsing: "10m")) == [
-            "intake refused: disk full (2 MiB free \"quoted\")", "bronze.b: held: table not found",
-            "the oldest pending row of bronze.a is 11m 40s old (over 10m)",
-        ])
+        #expect(
+            report.problems(maxAge: HumanDuration(parsing: "10m")) == [
+                "intake refused: disk full (2 MiB free \"quoted\")", "bronze.b: held: table not found",
+                "the oldest pending row of bronze.a is 11m 40s old (over 10m)",
+            ])
         let down = StatusReport(status: SpoolStatus(targets: []), daemon: (state(), false), now: now)
         #expect(down.problems(maxAge: nil).count == 1 && down.problems(maxAge: nil)[0].hasPrefix("daemon not running"))
         #expect(down.intakeRefusal == nil, "a stopped daemon refuses nothing")

@@ -20,9 +20,10 @@ struct DatagramReceiverTests {
     /// run meanwhile, so a descriptor is told by what it is, not by its number.
     static func openFiles() throws -> Set<String> {
         let directory = "/proc/self/fd"
-        return Set(try FileManager.default.contentsOfDirectory(atPath: directory).compactMap {
-            try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)
-        })
+        return Set(
+            try FileManager.default.contentsOfDirectory(atPath: directory).compactMap {
+                try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)
+            })
     }
 
     static func pipeName(_ fd: Int32) -> String {

@@ -24,14 +24,17 @@ struct HTTPIntakeHandlerTests {
     }
 
     /// A connection of the local Stream API writing to `spool`.
-    func connection(_ spool: TestSpool, configuration: AgentConfiguration = configuration(),
-                    readiness: IntakeReadiness? = nil) async throws -> OutboundCollector<IOData> {
+    func connection(
+        _ spool: TestSpool, configuration: AgentConfiguration = configuration(),
+        readiness: IntakeReadiness? = nil
+    ) async throws -> OutboundCollector<IOData> {
         let writer = spool.writer
         let channel = try await NIOAsyncTestingChannel.connected { pipeline in
             try pipeline.configureHTTPServerPipeline(withErrorHandling: true)
             try pipeline.addHandler(StopNotice(), position: .first)
-            try pipeline.addHandler(HTTPIntakeHandler(
-                configuration: configuration, writer: writer, readiness: readiness, confirmations: nil, logger: quietLogger))
+            try pipeline.addHandler(
+                HTTPIntakeHandler(
+                    configuration: configuration, writer: writer, readiness: readiness, confirmations: nil, logger: quietLogger))
         }
         return OutboundCollector(channel, as: IOData.self) { data in
             if case .byteBuffer(let buffer) = data { return Array(buffer.readableBytesView) }
@@ -39,8 +42,10 @@ struct HTTPIntakeHandlerTests {
         }
     }
 
-    static func request(_ method: String = "POST", _ uri: String = "/v2/stream", version: String = "HTTP/1.1",
-                        headers: [(String, String)] = [], body: [UInt8] = []) -> [UInt8] {
+    static func request(
+        _ method: String = "POST", _ uri: String = "/v2/stream", version: String = "HTTP/1.1",
+        headers: [(String, String)] = [], body: [UInt8] = []
+    ) -> [UInt8] {
         var head = "\(method) \(uri) \(version)\r\nHost: localhost\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         if method == "POST", !headers.contains(where: { $0.0 == "Transfer-Encoding" || $0.0 == "Content-Length" }) {
@@ -49,7 +54,9 @@ struct HTTPIntakeHandlerTests {
         return Array((head + "\r\n").utf8) + body
     }
 
-    static func post(_ body: String, _ uri: String = "/v2/stream", headers: [(String, String)] = [("Content-Type", "application/json")]) -> [UInt8] {
+    static func post(_ body: String, _ uri: String = "/v2/stream", headers: [(String, String)] = [("Content-Type", "application/json")])
+        -> [UInt8]
+    {
         request("POST", uri, headers: headers, body: Array(body.utf8))
     }
 
@@ -108,8 +115,10 @@ struct HTTPIntakeHandlerTests {
         defer { spool.shutDown() }
         var http = try await connection(spool)
 
-        try await send(Self.post("{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n", "/v2/stream?table=bronze.nd",
-                                 headers: [("Content-Type", "application/x-ndjson")]), to: http)
+        try await send(
+            Self.post(
+                "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n", "/v2/stream?table=bronze.nd",
+                headers: [("Content-Type", "application/x-ndjson")]), to: http)
         let ndjson = try await response(&http)
         #expect(ndjson.status == 200)
         #expect(try ndjson.json["accepted"] as? Int == 3)
@@ -148,9 +157,10 @@ struct HTTPIntakeHandlerTests {
         defer { spool.shutDown() }
         var http = try await connection(spool)
 
-        try await send(Self.post(#"{"config":{"table":"bronze.one"},"data":{"a":1}}"#)
-            + Self.request("GET", "/nowhere")
-            + Self.post(#"{"config":{"table":"bronze.two"},"data":[{"a":1},{"a":2}]}"#), to: http)
+        try await send(
+            Self.post(#"{"config":{"table":"bronze.one"},"data":{"a":1}}"#)
+                + Self.request("GET", "/nowhere")
+                + Self.post(#"{"config":{"table":"bronze.two"},"data":[{"a":1},{"a":2}]}"#), to: http)
         let first = try await response(&http)
         let second = try await response(&http)
         let third = try await response(&http)
@@ -256,8 +266,10 @@ struct HTTPIntakeHandlerTests {
         let inflated = Array("[".utf8) + [UInt8](repeating: UInt8(ascii: " "), count: StreamAPILimits.maxBodyBytes) + Array("]".utf8)
         let body = try Gzip.compress(inflated, level: 1)
         #expect(body.count < 100_000)
-        try await send(Self.request("POST", "/v2/stream?table=bronze.bomb",
-                                    headers: [("Content-Type", "application/json"), ("Content-Encoding", "gzip")], body: body), to: http)
+        try await send(
+            Self.request(
+                "POST", "/v2/stream?table=bronze.bomb",
+                headers: [("Content-Type", "application/json"), ("Content-Encoding", "gzip")], body: body), to: http)
         let answer = try await response(&http)
         #expect(answer.status == 413)
         #expect(try answer.error == "the inflated request body is over 10000000 bytes (the Stream API's 10 MB limit)")
@@ -299,7 +311,8 @@ struct HTTPIntakeHandlerTests {
         #expect(try noTable.json["table"] is NSNull)
         #expect(try noTable.error == "config.table is required: the body must be {\"data\":…,\"config\":{\"table\":\"ns.table\"}}")
 
-        try await send(Self.post(#"{"config":{"table":"bronze.m","mode":"merge","primary_key":["id"]},"data":[{"id":1},{"x":2}]}"#), to: http)
+        try await send(
+            Self.post(#"{"config":{"table":"bronze.m","mode":"merge","primary_key":["id"]},"data":[{"id":1},{"x":2}]}"#), to: http)
         let missingKey = try await response(&http)
         #expect(missingKey.status == 400)
         #expect(try missingKey.json["table"] as? String == "bronze.m")
@@ -368,8 +381,10 @@ struct HTTPIntakeHandlerTests {
         defer { spool.shutDown() }
         var http = try await connection(spool)
 
-        try await send(Self.request("POST", "/v2/stream", version: "HTTP/1.0", headers: [("Content-Type", "application/json")],
-                                    body: Array(#"{"config":{"table":"bronze.old"},"data":{"a":1}}"#.utf8)), to: http)
+        try await send(
+            Self.request(
+                "POST", "/v2/stream", version: "HTTP/1.0", headers: [("Content-Type", "application/json")],
+                body: Array(#"{"config":{"table":"bronze.old"},"data":{"a":1}}"#.utf8)), to: http)
         let answer = try await response(&http)
         #expect(answer.status == 200)
         #expect(answer.header("Connection") == "close")

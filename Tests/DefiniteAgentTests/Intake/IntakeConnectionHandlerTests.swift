@@ -26,8 +26,9 @@ struct IntakeConnectionHandlerTests {
     func connection(_ spool: TestSpool, configuration: AgentConfiguration = configuration()) async throws -> OutboundCollector<ByteBuffer> {
         let writer = spool.writer
         let channel = try await NIOAsyncTestingChannel.connected { pipeline in
-            try pipeline.addHandler(IntakeConnectionHandler(
-                configuration: configuration, writer: writer, budget: IntakeMemoryBudget(), logger: quietLogger))
+            try pipeline.addHandler(
+                IntakeConnectionHandler(
+                    configuration: configuration, writer: writer, budget: IntakeMemoryBudget(), logger: quietLogger))
         }
         return OutboundCollector(channel, as: ByteBuffer.self) { Array($0.readableBytesView) }
     }
@@ -91,7 +92,8 @@ struct IntakeConnectionHandlerTests {
         defer { spool.shutDown() }
         var replies = try await connection(spool)
 
-        try await send(#"{"ack":"m","config":{"table":"bronze.u","mode":"merge","primary_key":["id"]},"data":[{"name":"x"}]}"# + "\n", to: replies)
+        try await send(
+            #"{"ack":"m","config":{"table":"bronze.u","mode":"merge","primary_key":["id"]},"data":[{"name":"x"}]}"# + "\n", to: replies)
         let reply = try object(try #require(try await replies.lines(1).first))
         #expect(reply["ack"] as? String == "m")
         #expect(reply["status"] as? Int == 400)
@@ -128,10 +130,11 @@ struct IntakeConnectionHandlerTests {
         var replies = try await connection(spool)
 
         try await send("[1,2]\n\n", to: replies)
-        #expect(try await replies.lines(2) == [
-            #"{"ok":false,"line":1,"status":400,"code":"invalid_row","error":"each line must be a JSON object"}"#,
-            #"{"ok":false,"line":2,"status":400,"code":"invalid_json","error":"empty line: expected a JSON object"}"#,
-        ])
+        #expect(
+            try await replies.lines(2) == [
+                #"{"ok":false,"line":1,"status":400,"code":"invalid_row","error":"each line must be a JSON object"}"#,
+                #"{"ok":false,"line":2,"status":400,"code":"invalid_json","error":"empty line: expected a JSON object"}"#,
+            ])
         try await finish(replies)
     }
 
@@ -173,9 +176,13 @@ struct IntakeConnectionHandlerTests {
         try await send(lines.joined(separator: "\n") + "\n", to: replies)
         let answered = try await replies.lines(5)
         #expect(answered[0] == #"{"ack":"1","ok":true,"accepted":1}"#)
-        #expect(answered[1].hasPrefix(#"{"ack":"3","ok":false,"status":400,"code":"invalid_table","error":"table \"nope\" must be"#), "\(answered[1])")
+        #expect(
+            answered[1].hasPrefix(#"{"ack":"3","ok":false,"status":400,"code":"invalid_table","error":"table \"nope\" must be"#),
+            "\(answered[1])")
         #expect(answered[2] == #"{"ack":"4","ok":true,"accepted":1}"#)
-        #expect(answered[3].hasPrefix(#"{"ok":false,"line":5,"status":400,"code":"invalid_json","error":"invalid JSON at byte 11"#), "\(answered[3])")
+        #expect(
+            answered[3].hasPrefix(#"{"ok":false,"line":5,"status":400,"code":"invalid_json","error":"invalid JSON at byte 11"#),
+            "\(answered[3])")
         #expect(answered[4] == #"{"ack":"6","ok":true,"accepted":1}"#)
         #expect(try spool.records(of: "bronze.events") == [#"{"a":1}"#, #"{"a":2}"#, #"{"a":4}"#, #"{"a":6}"#])
         try await replies.drain()
@@ -183,7 +190,10 @@ struct IntakeConnectionHandlerTests {
 
         // Line numbers go on counting on the connection across reads.
         try await send("[]\n", to: replies)
-        #expect(try await replies.lines(1) == [#"{"ok":false,"line":7,"status":400,"code":"invalid_row","error":"each line must be a JSON object"}"#])
+        #expect(
+            try await replies.lines(1) == [
+                #"{"ok":false,"line":7,"status":400,"code":"invalid_row","error":"each line must be a JSON object"}"#
+            ])
         try await finish(replies)
     }
 
@@ -209,7 +219,10 @@ struct IntakeConnectionHandlerTests {
         let answered = try await replies.lines(2)
         #expect(answered[0] == #"{"ack":"first","ok":true,"accepted":1}"#)
         // The long line's ack is not read: it is answered by its line number.
-        #expect(answered[1] == #"{"ok":false,"line":2,"status":413,"code":"line_too_long","error":"line 2 is longer than [intake] max_line_bytes (64); closing the connection"}"#)
+        #expect(
+            answered[1]
+                == #"{"ok":false,"line":2,"status":413,"code":"line_too_long","error":"line 2 is longer than [intake] max_line_bytes (64); closing the connection"}"#
+        )
         #expect(try await replies.waitUntilClosed())
         // Nothing after the long line was taken.
         #expect(try spool.records(of: "bronze.events") == [#"{"a":1}"#])
@@ -232,7 +245,10 @@ struct IntakeConnectionHandlerTests {
 
         let over = prefix + String(repeating: "p", count: 65 - prefix.utf8.count - 2) + #""}"#
         try await send(over + "\n", to: replies)
-        #expect(try await replies.lines(1) == [#"{"ok":false,"line":2,"status":413,"code":"line_too_long","error":"line 2 is longer than [intake] max_line_bytes (64); closing the connection"}"#])
+        #expect(
+            try await replies.lines(1) == [
+                #"{"ok":false,"line":2,"status":413,"code":"line_too_long","error":"line 2 is longer than [intake] max_line_bytes (64); closing the connection"}"#
+            ])
         #expect(try await replies.waitUntilClosed())
         try await finish(replies)
     }
@@ -246,7 +262,10 @@ struct IntakeConnectionHandlerTests {
         try await replies.drain()
         #expect(replies.bytes.isEmpty)
         try await send(String(repeating: "p", count: 40), to: replies)
-        #expect(try await replies.lines(1) == [#"{"ok":false,"line":1,"status":413,"code":"line_too_long","error":"line 1 is longer than [intake] max_line_bytes (64); closing the connection"}"#])
+        #expect(
+            try await replies.lines(1) == [
+                #"{"ok":false,"line":1,"status":413,"code":"line_too_long","error":"line 1 is longer than [intake] max_line_bytes (64); closing the connection"}"#
+            ])
         #expect(try await replies.waitUntilClosed())
         try await finish(replies)
     }
@@ -259,7 +278,10 @@ struct IntakeConnectionHandlerTests {
         try await send(#"{"ack":"ok","a":1}"# + "\n" + #"{"ack":"cut","a":2"#, to: replies)
         #expect(try await replies.lines(1) == [#"{"ack":"ok","ok":true,"accepted":1}"#])
         try await replies.channel.fireUserEvent(ChannelEvent.inputClosed)
-        #expect(try await replies.lines(1) == [#"{"ok":false,"line":2,"status":400,"code":"invalid_json","error":"the connection ended inside line 2: every request must end with a newline"}"#])
+        #expect(
+            try await replies.lines(1) == [
+                #"{"ok":false,"line":2,"status":400,"code":"invalid_json","error":"the connection ended inside line 2: every request must end with a newline"}"#
+            ])
         #expect(try await replies.waitUntilClosed())
         #expect(try spool.pending() == ["bronze.events": 1])
         try await finish(replies)
@@ -303,10 +325,11 @@ struct IntakeConnectionHandlerTests {
 
         try await send(#"{"ack":"a","x":1}"# + "\n" + #"{"x":2}"# + "\n", to: replies)
         // Accepted lines fail with the commit: each gets the writer's error, with its ack or its line number.
-        #expect(try await replies.lines(2) == [
-            #"{"ack":"a","ok":false,"status":503,"code":"shutting_down","error":"the agent is shutting down; retry shortly"}"#,
-            #"{"ok":false,"line":2,"status":503,"code":"shutting_down","error":"the agent is shutting down; retry shortly"}"#,
-        ])
+        #expect(
+            try await replies.lines(2) == [
+                #"{"ack":"a","ok":false,"status":503,"code":"shutting_down","error":"the agent is shutting down; retry shortly"}"#,
+                #"{"ok":false,"line":2,"status":503,"code":"shutting_down","error":"the agent is shutting down; retry shortly"}"#,
+            ])
         try await finish(replies)
     }
 

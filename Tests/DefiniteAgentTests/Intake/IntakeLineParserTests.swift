@@ -1,3 +1,4 @@
+import NIOCore
 import Testing
 
 @testable import Core
@@ -186,7 +187,8 @@ struct IntakeLineParserTests {
         #expect(rejection.status == 413)
         #expect(rejection.code == .fieldTooLarge)
         #expect(rejection.message.contains("\"f\""))
-        #expect(parse(#"{"config":{"table":"bronze.t"},"data":[{"a":1},{"f":"\#(over)"}]}"#).rejection?.message.hasPrefix("data[1]:") == true)
+        #expect(
+            parse(#"{"config":{"table":"bronze.t"},"data":[{"a":1},{"f":"\#(over)"}]}"#).rejection?.message.hasPrefix("data[1]:") == true)
     }
 
     @Test func rowLimitIsFiftyThousand() throws {
@@ -246,7 +248,10 @@ struct IntakeLineParserTests {
         (#"{"config":{"table":"bronze.t"},"data":[1,2],"ack":"b2"}"#, "invalid_row"),
         (#"{"config":{"table":"bronze.t"},"ack2":"x","ack":"b2"}"#, "invalid_config"),
         (#"{"x":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":1}}}}}}}}}}, "s":"}]{[", "ack" : "b2" }"#, "too_deep"),
-        (#"{"config":{"table":"bronze.t"},"data":{"deep":"# + String(repeating: "[", count: 70) + "1" + String(repeating: "]", count: 70) + #"},"n":-1.5e3,"t":true,"ack":"b2"}"#, "too_deep"),
+        (
+            #"{"config":{"table":"bronze.t"},"data":{"deep":"# + String(repeating: "[", count: 70) + "1" + String(repeating: "]", count: 70)
+                + #"},"n":-1.5e3,"t":true,"ack":"b2"}"#, "too_deep"
+        ),
     ])
     func aRefusedLineCarriesItsAckWhereverTheMemberStands(line: String, code: String) throws {
         let outcome = parse(line, config: Self.configuration(defaultTable: nil))
@@ -269,7 +274,9 @@ struct IntakeLineParserTests {
 
     // MARK: HTTP bodies with the config in query parameters
 
-    func parseArray(_ body: String, query: [String: String] = ["table": "bronze.t"]) -> (Result<ParsedLine.Accepted, IntakeRejection>, SpoolBatch) {
+    func parseArray(_ body: String, query: [String: String] = ["table": "bronze.t"]) -> (
+        Result<ParsedLine.Accepted, IntakeRejection>, SpoolBatch
+    ) {
         let parser = IntakeLineParser(configuration: Self.configuration())
         var batch = SpoolBatch()
         let result = parser.target(query: query).flatMap { target in
@@ -280,7 +287,8 @@ struct IntakeLineParserTests {
 
     /// Issue 17: Fluent Bit's `format json` and Vector's JSON codec post a bare array of rows.
     @Test func aBareArrayOfRowsTakesItsConfigFromTheQuery() throws {
-        let (result, batch) = parseArray(" [ {\"a\": 1}, {\"a\": 2, \"b\": [1, 2]} ]\n", query: ["table": "bronze.users", "mode": "merge", "primary_key": "a"])
+        let (result, batch) = parseArray(
+            " [ {\"a\": 1}, {\"a\": 2, \"b\": [1, 2]} ]\n", query: ["table": "bronze.users", "mode": "merge", "primary_key": "a"])
         #expect(try result.get().records == 2)
         #expect(batch.targets == [SpoolTarget(table: "bronze.users", mode: .merge, primaryKey: "a")])
         #expect(String(decoding: batch.records[0], as: UTF8.self) == "{\"a\":1}\n{\"a\":2,\"b\":[1,2]}\n")
@@ -357,18 +365,17 @@ struct IntakeLineParserTests {
         write(ack: "plain-7 é", line: 6, result: .success(50_000))
         write(ack: #"tab\there"#, line: 7, result: .success(1))
         write(ack: #"\u0061b"#, line: 8, result: .failure(IntakeRejection(.invalidRow, "no")))
-        #expect(buffer.readString(length: buffer.readableBytes) == """
-            {"ack":"x\\"1","ok":true,"accepted":2}
-            {"ok":false,"line":4,"status":400,"code":"invalid_json","error":"bad"}
-            {"ack":"plain-7 é","ok":true,"accepted":50000}
-            {"ack":"tab\\there","ok":true,"accepted":1}
-            {"ack":"\\u0061b","ok":false,"status":400,"code":"invalid_row","error":"no"}
+        #expect(
+            buffer.readString(length: buffer.readableBytes) == """
+                {"ack":"x\\"1","ok":true,"accepted":2}
+                {"ok":false,"line":4,"status":400,"code":"invalid_json","error":"bad"}
+                {"ack":"plain-7 é","ok":true,"accepted":50000}
+                {"ack":"tab\\there","ok":true,"accepted":1}
+                {"ack":"\\u0061b","ok":false,"status":400,"code":"invalid_row","error":"no"}
 
-            """)
+                """)
     }
 }
-
-import NIOCore
 
 enum ByteBufferAllocatorForTests {
     static func make() -> ByteBuffer { ByteBufferAllocator().buffer(capacity: 256) }

@@ -12,9 +12,17 @@ import Testing
 struct IntakeMemoryBudgetTests {
     @Test func readsAreAdmittedWhileBatchesInFlightHoldLessThanTheLimit() {
         let budget = IntakeMemoryBudget(limit: 1000)
-        #expect(budget.admitOrWait { Issue.record("asked for a wake-up while there was room"); return {} })
+        #expect(
+            budget.admitOrWait {
+                Issue.record("asked for a wake-up while there was room")
+                return {}
+            })
         budget.hold(999)
-        #expect(budget.admitOrWait { Issue.record("asked for a wake-up while there was room"); return {} })
+        #expect(
+            budget.admitOrWait {
+                Issue.record("asked for a wake-up while there was room")
+                return {}
+            })
         budget.release(999)
         #expect(budget.heldBytes == 0)
     }

@@ -95,7 +95,10 @@ struct IntakeParserPropertyTests {
                 switch Int.random(in: 0..<4, using: &random) {
                 case 0: bytes[at] = UInt8.random(in: 0...255, using: &random)
                 case 1: bytes.removeSubrange(at..<min(bytes.count, at + Int.random(in: 1...8, using: &random)))
-                case 2: bytes.insert(contentsOf: (0..<Int.random(in: 1...4, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }, at: at)
+                case 2:
+                    bytes.insert(
+                        contentsOf: (0..<Int.random(in: 1...4, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) },
+                        at: at)
                 default: bytes.removeSubrange(at...)
                 }
             }
@@ -130,9 +133,10 @@ indirect enum JSONDocument {
 
     /// An object of at most `depth` levels (the object itself is level 1).
     static func object<G: RandomNumberGenerator>(depth: Int, using random: inout G) -> JSONDocument {
-        .object((0..<Int.random(in: 0...4, using: &random)).map { _ in
-            (keys.randomElement(using: &random)!, value(depth: depth - 1, using: &random))
-        })
+        .object(
+            (0..<Int.random(in: 0...4, using: &random)).map { _ in
+                (keys.randomElement(using: &random)!, value(depth: depth - 1, using: &random))
+            })
     }
 
     static func value<G: RandomNumberGenerator>(depth: Int, using random: inout G) -> JSONDocument {
@@ -153,9 +157,11 @@ indirect enum JSONDocument {
         switch self {
         case .scalar(let text): return text
         case .array(let items):
-            return "[" + gap() + items.map { $0.render(spaced: spaced, using: &random) }.joined(separator: gap() + "," + gap()) + gap() + "]"
+            return "[" + gap() + items.map { $0.render(spaced: spaced, using: &random) }.joined(separator: gap() + "," + gap()) + gap()
+                + "]"
         case .object(let members):
-            return "{" + gap() + members.map { "\"\($0.0)\"" + gap() + ":" + gap() + $0.1.render(spaced: spaced, using: &random) }
+            return "{" + gap()
+                + members.map { "\"\($0.0)\"" + gap() + ":" + gap() + $0.1.render(spaced: spaced, using: &random) }
                 .joined(separator: gap() + "," + gap()) + gap() + "}"
         }
     }

@@ -9,7 +9,7 @@ import Testing
 @testable import Spool
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("Listening sockets")
@@ -23,7 +23,8 @@ struct ListeningSocketTests {
     }
 
     func unix(_ path: String, kind: SocketKind = .stream, passed: PassedSockets? = nil) throws(StartupError) -> ListeningSocket {
-        try ListeningSocket.unix(path: path, kind: kind, mode: 0o660, backlog: 16, part: "intake socket \(path)", passedSockets: passed ?? none)
+        try ListeningSocket.unix(
+            path: path, kind: kind, mode: 0o660, backlog: 16, part: "intake socket \(path)", passedSockets: passed ?? none)
     }
 
     func isCloseOnExec(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) & FD_CLOEXEC != 0 }
@@ -105,7 +106,9 @@ struct ListeningSocketTests {
         #expect(isCloseOnExec(first.fd))
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(first.fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(first.fd, $0, &length) }
+        }
         let port = Int(UInt16(bigEndian: address.sin_port))
         let error = #expect(throws: StartupError.self) {
             try ListeningSocket.tcp(host: "127.0.0.1", port: port, backlog: 16, part: "metrics endpoint 127.0.0.1:\(port)")
@@ -123,6 +126,8 @@ struct ListeningSocketTests {
             try ListeningSocket.passed(PassedSocket(fd: datagram.fd, name: "intake", path: path), kind: .stream, part: "intake socket")
         }
         #expect(error?.code == .passedSocketUnusable)
-        #expect(try ListeningSocket.passed(PassedSocket(fd: datagram.fd, name: "datagram", path: path), kind: .datagram, part: "x").ownedPath == nil)
+        #expect(
+            try ListeningSocket.passed(PassedSocket(fd: datagram.fd, name: "datagram", path: path), kind: .datagram, part: "x").ownedPath
+                == nil)
     }
 }

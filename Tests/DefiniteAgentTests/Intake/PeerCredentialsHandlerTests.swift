@@ -85,7 +85,9 @@ struct PeerCredentialsHandlerTests {
         let served = try await Served(allowUIDs: [geteuid() &+ 1], allowGIDs: [getegid() &+ 1], writer: spool.writer)
 
         let (reply, closed) = try exchange(served, #"{"ack":"intruder","a":1}"#)
-        #expect(reply == Self.refusalPrefix + "\"uid \(geteuid()) (gid \(getegid())) is not allowed to write to this agent ([intake] allow_uids / allow_gids)\"}")
+        #expect(
+            reply == Self.refusalPrefix
+                + "\"uid \(geteuid()) (gid \(getegid())) is not allowed to write to this agent ([intake] allow_uids / allow_gids)\"}")
         #expect(closed, "the connection stayed open or said more after the refusal")
         // What the peer sent was never parsed: nothing is stored.
         #expect(try spool.pending().isEmpty)
@@ -99,8 +101,9 @@ struct PeerCredentialsHandlerTests {
         let writer = spool.writer
         let channel = try await NIOAsyncTestingChannel.connected { pipeline in
             try pipeline.addHandler(PeerCredentialsHandler(allowUIDs: [geteuid()], allowGIDs: [], logger: quietLogger))
-            try pipeline.addHandler(IntakeConnectionHandler(
-                configuration: AgentConfiguration(), writer: writer, budget: IntakeMemoryBudget(), logger: quietLogger))
+            try pipeline.addHandler(
+                IntakeConnectionHandler(
+                    configuration: AgentConfiguration(), writer: writer, budget: IntakeMemoryBudget(), logger: quietLogger))
         }
         var replies = OutboundCollector(channel, as: ByteBuffer.self) { Array($0.readableBytesView) }
         #expect(try await replies.lines(1) == [Self.refusalPrefix + #""the agent cannot read this connection's credentials"}"#])

@@ -121,10 +121,13 @@ struct StreamListenerTests {
     }
 
     @Test func aPathInUseFailsTheStartNamingThePart() async throws {
-        let other = try ListeningSocket.unix(path: path, kind: .stream, mode: 0o600, backlog: 8, part: "x", passedSockets: PassedSockets([]))
+        let other = try ListeningSocket.unix(
+            path: path, kind: .stream, mode: 0o600, backlog: 8, part: "x", passedSockets: PassedSockets([]))
         defer { other.discard() }
         let error = await #expect(throws: StartupError.self) { try await listener(ReplyPipeline()).start() }
-        #expect(error?.description == "cannot start the intake socket \(path): another process is listening on it (is definite-agent already running?)")
+        #expect(
+            error?.description
+                == "cannot start the intake socket \(path): another process is listening on it (is definite-agent already running?)")
         try await shutDown()
     }
 }

@@ -33,8 +33,9 @@ extension MetricsSuites {
                 group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
                 blocking = NIOThreadPool(numberOfThreads: 1)
                 blocking.start()
-                let server = MetricsServer(registry: registry, spoolPath: spool.path, capacity: spool.writer.capacity,
-                                           blocking: blocking, readiness: readiness)
+                let server = MetricsServer(
+                    registry: registry, spoolPath: spool.path, capacity: spool.writer.capacity,
+                    blocking: blocking, readiness: readiness)
                 channel = try await server.configure(ServerBootstrap(group: group)).bind(unixDomainSocketPath: path).get()
             }
 
@@ -62,9 +63,12 @@ extension MetricsSuites {
             let spool = try TestSpool("metrics-http")
             defer { spool.shutDown() }
             let registry = PrometheusCollectorRegistry()
-            let scrapes = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "test_scrapes", unitName: "total", helpText: "Scrapes seen."))
+            let scrapes = registry.makeCounter(
+                descriptor: MetricNameDescriptor(metricName: "test_scrapes", unitName: "total", helpText: "Scrapes seen."))
             scrapes.increment(by: Int64(3))
-            registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "test_level", unitName: "", helpText: ""), labels: [("kind", "x")]).set(1.5)
+            registry.makeGauge(
+                descriptor: MetricNameDescriptor(metricName: "test_level", unitName: "", helpText: ""), labels: [("kind", "x")]
+            ).set(1.5)
             let served = try await Served(registry: registry, spool: spool, readiness: nil)
 
             let client = try UnixClient(path: served.path)
@@ -97,7 +101,9 @@ extension MetricsSuites {
 
             let client = try UnixClient(path: served.path)
             var pending: [UInt8] = []
-            for request in [Self.get("/"), Self.get("/metrics/x"), Self.get("/metrics", method: "POST"), Self.get("/healthz", method: "POST")] {
+            for request in [
+                Self.get("/"), Self.get("/metrics/x"), Self.get("/metrics", method: "POST"), Self.get("/healthz", method: "POST"),
+            ] {
                 try client.send(request)
                 let answer = try response(client, pending: &pending)
                 #expect(answer.status == 404, "\(request)")

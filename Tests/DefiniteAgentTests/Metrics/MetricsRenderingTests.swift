@@ -66,16 +66,18 @@ extension MetricsSuites {
             }
 
             #expect(type(of: "definite_agent_intake_refusing") == ["# TYPE definite_agent_intake_refusing gauge"])
-            #expect(samples("definite_agent_intake_refusing") == [
-                #"definite_agent_intake_refusing{reason="max_bytes"}"#: "0.0",
-                #"definite_agent_intake_refusing{reason="disk_reserve"}"#: "0.0",
-            ])
+            #expect(
+                samples("definite_agent_intake_refusing") == [
+                    #"definite_agent_intake_refusing{reason="max_bytes"}"#: "0.0",
+                    #"definite_agent_intake_refusing{reason="disk_reserve"}"#: "0.0",
+                ])
             #expect(type(of: "definite_agent_spool_max_bytes") == ["# TYPE definite_agent_spool_max_bytes gauge"])
             #expect(samples("definite_agent_spool_max_bytes") == ["definite_agent_spool_max_bytes": "123456789.0"])
             #expect(type(of: "definite_agent_build_info") == ["# TYPE definite_agent_build_info gauge"])
-            #expect(samples("definite_agent_build_info") == [
-                "definite_agent_build_info{version=\"\(AgentVersion.current)\",commit=\"\(AgentVersion.commit)\"}": "1.0",
-            ])
+            #expect(
+                samples("definite_agent_build_info") == [
+                    "definite_agent_build_info{version=\"\(AgentVersion.current)\",commit=\"\(AgentVersion.commit)\"}": "1.0"
+                ])
         }
 
         @Test func aRefusalGaugeFollowsWhatItIsToldAndRefusalsAreCountedByReason() {
@@ -136,24 +138,25 @@ extension MetricsSuites {
 
             #expect(type(of: "definite_agent_test_latency_seconds") == ["# TYPE definite_agent_test_latency_seconds histogram"])
             let lines = rendered.filter { $0.hasPrefix("definite_agent_test_latency_seconds") }
-            #expect(lines == [
-                #"definite_agent_test_latency_seconds_bucket{le="0.00025"} 0"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.001"} 0"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.002"} 0"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.005"} 2"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.01"} 2"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.025"} 2"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.05"} 2"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.1"} 2"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.25"} 2"#,
-                #"definite_agent_test_latency_seconds_bucket{le="0.5"} 2"#,
-                #"definite_agent_test_latency_seconds_bucket{le="1.0"} 2"#,
-                #"definite_agent_test_latency_seconds_bucket{le="5.0"} 3"#,
-                #"definite_agent_test_latency_seconds_bucket{le="30.0"} 3"#,
-                #"definite_agent_test_latency_seconds_bucket{le="+Inf"} 3"#,
-                #"definite_agent_test_latency_seconds_sum 2.006"#,
-                #"definite_agent_test_latency_seconds_count 3"#,
-            ])
+            #expect(
+                lines == [
+                    #"definite_agent_test_latency_seconds_bucket{le="0.00025"} 0"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.001"} 0"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.002"} 0"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.005"} 2"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.01"} 2"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.025"} 2"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.05"} 2"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.1"} 2"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.25"} 2"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="0.5"} 2"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="1.0"} 2"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="5.0"} 3"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="30.0"} 3"#,
+                    #"definite_agent_test_latency_seconds_bucket{le="+Inf"} 3"#,
+                    #"definite_agent_test_latency_seconds_sum 2.006"#,
+                    #"definite_agent_test_latency_seconds_count 3"#,
+                ])
         }
 
         @Test func anIntervalIsRecordedFromItsStartOnTheMonotonicClock() {

@@ -33,16 +33,31 @@ struct CommandValidationTests {
     @Test(arguments: [
         (["send", "--mode", "merge"], "--mode merge needs --primary-key COLUMN"),
         (["send", "--table", "bronze.users", "--mode", "merge"], "--mode merge needs --primary-key COLUMN"),
-        (["send", "--mode", "append", "--primary-key", "id"], "--primary-key applies only to merge: drop --mode append, or drop --primary-key"),
+        (
+            ["send", "--mode", "append", "--primary-key", "id"],
+            "--primary-key applies only to merge: drop --mode append, or drop --primary-key"
+        ),
         (["send", "--mode", "bogus"], "The value 'bogus' is invalid for '--mode <mode>'. Please provide one of 'append' and 'merge'."),
-        (["send", "--mode", "Merge", "--primary-key", "id"], "The value 'Merge' is invalid for '--mode <mode>'. Please provide one of 'append' and 'merge'."),
+        (
+            ["send", "--mode", "Merge", "--primary-key", "id"],
+            "The value 'Merge' is invalid for '--mode <mode>'. Please provide one of 'append' and 'merge'."
+        ),
         (["send", "--mode", ""], "The value '' is invalid for '--mode <mode>'. Please provide one of 'append' and 'merge'."),
-        (["send", "--primary-key", "id,name"], "--primary-key must name exactly one column (the Stream API does not support composite keys)"),
+        (
+            ["send", "--primary-key", "id,name"],
+            "--primary-key must name exactly one column (the Stream API does not support composite keys)"
+        ),
         (["send", "--primary-key", ""], "--primary-key must name exactly one column (the Stream API does not support composite keys)"),
         (["send", "--table", "events"], #"table "events" must be "namespace.table" or "LAKE.namespace.table""#),
         (["send", "--table", "a.b.c.d"], #"table "a.b.c.d" must be "namespace.table" or "LAKE.namespace.table""#),
-        (["send", "--table", "bronze.9lives"], #"table "bronze.9lives" has an invalid part "9lives" (letters, digits and _ only, not starting with a digit)"#),
-        (["send", "--table", "bronze."], #"table "bronze." has an invalid part "" (letters, digits and _ only, not starting with a digit)"#),
+        (
+            ["send", "--table", "bronze.9lives"],
+            #"table "bronze.9lives" has an invalid part "9lives" (letters, digits and _ only, not starting with a digit)"#
+        ),
+        (
+            ["send", "--table", "bronze."],
+            #"table "bronze." has an invalid part "" (letters, digits and _ only, not starting with a digit)"#
+        ),
     ])
     func sendRefusesInconsistentOptions(arguments: [String], message: String) throws {
         let refused = try #require(refusal(arguments), "\(arguments) was accepted")
@@ -103,7 +118,8 @@ struct CommandValidationTests {
     @Test func queuePeekNeedsALimitOfAtLeastOne() throws {
         #expect(try #require(refusal(["queue", "peek", "--limit", "0"])).message == "--limit must be at least 1")
         #expect(try #require(refusal(["queue", "peek", "--limit=-3"])).message == "--limit must be at least 1")
-        #expect(try #require(refusal(["queue", "peek", "--limit", "ten"])).message.contains("The value 'ten' is invalid for '--limit <limit>'"))
+        #expect(
+            try #require(refusal(["queue", "peek", "--limit", "ten"])).message.contains("The value 'ten' is invalid for '--limit <limit>'"))
 
         let defaults = try parsed(["queue", "peek"], as: QueueCommand.Peek.self)
         #expect(defaults.limit == 10 && defaults.table == nil && !defaults.json)
@@ -123,13 +139,22 @@ struct CommandValidationTests {
 
     @Test func dlqReplayTakesOneSelection() throws {
         let ids = try parsed(["dlq", "replay", "--id", "3", "1", "2"], as: DeadLetterCommand.Replay.self)
-        guard case .ids(let chosen) = ids.selection.value else { Issue.record("not ids: \(ids.selection.value)"); return }
+        guard case .ids(let chosen) = ids.selection.value else {
+            Issue.record("not ids: \(ids.selection.value)")
+            return
+        }
         #expect(chosen == [3, 1, 2])
         #expect(!ids.includeWritten)
         let table = try parsed(["dlq", "replay", "--table", "bronze.t"], as: DeadLetterCommand.Replay.self)
-        guard case .table("bronze.t") = table.selection.value else { Issue.record("not the table: \(table.selection.value)"); return }
+        guard case .table("bronze.t") = table.selection.value else {
+            Issue.record("not the table: \(table.selection.value)")
+            return
+        }
         let all = try parsed(["dlq", "replay", "--all", "--include-written"], as: DeadLetterCommand.Replay.self)
-        guard case .all = all.selection.value else { Issue.record("not all: \(all.selection.value)"); return }
+        guard case .all = all.selection.value else {
+            Issue.record("not all: \(all.selection.value)")
+            return
+        }
         #expect(all.includeWritten)
     }
 
@@ -165,7 +190,9 @@ struct CommandValidationTests {
 
     @Test func statusMaxAgeGoesWithCheckAndMustBeADuration() throws {
         #expect(try #require(refusal(["status", "--max-age", "10m"])).message == "--max-age goes with --check")
-        #expect(try #require(refusal(["status", "--check", "--max-age", "ten minutes"])).message == #"--max-age "ten minutes" is not a duration such as "10m""#)
+        #expect(
+            try #require(refusal(["status", "--check", "--max-age", "ten minutes"])).message
+                == #"--max-age "ten minutes" is not a duration such as "10m""#)
 
         let check = try parsed(["status", "--check", "--max-age", "10m"], as: StatusCommand.self)
         #expect(check.check && check.maxAge == "10m" && !check.json)
@@ -174,8 +201,9 @@ struct CommandValidationTests {
     }
 
     @Test func configCheckTakesTheConfigurationFile() throws {
-        #expect(try parsed(["config", "check", "--config", "/etc/definite-agent/agent.toml"], as: ConfigCheckCommand.self).global.config
-            == "/etc/definite-agent/agent.toml")
+        #expect(
+            try parsed(["config", "check", "--config", "/etc/definite-agent/agent.toml"], as: ConfigCheckCommand.self).global.config
+                == "/etc/definite-agent/agent.toml")
         #expect(try parsed(["config", "check"], as: ConfigCheckCommand.self).global.config == nil)
         #expect(try #require(refusal(["config", "check", "--config"])).message.contains("Missing value for '--config <path>'"))
     }

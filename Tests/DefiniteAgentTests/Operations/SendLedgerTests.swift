@@ -22,10 +22,13 @@ struct SendLedgerTests {
 
     static func request(_ line: Int) -> SendLedger.Request { request([line]) }
 
-    static func ledger(waitsForRoom: Bool = true, maxRequestBytes: Int = 64 << 10, maxInFlight: Int = 10_000,
-                       maxInFlightBytes: Int = 4 << 20) -> SendLedger {
-        SendLedger(waitsForRoom: waitsForRoom, format: format, maxRequestBytes: maxRequestBytes, maxInFlight: maxInFlight,
-                   maxInFlightBytes: maxInFlightBytes)
+    static func ledger(
+        waitsForRoom: Bool = true, maxRequestBytes: Int = 64 << 10, maxInFlight: Int = 10_000,
+        maxInFlightBytes: Int = 4 << 20
+    ) -> SendLedger {
+        SendLedger(
+            waitsForRoom: waitsForRoom, format: format, maxRequestBytes: maxRequestBytes, maxInFlight: maxInFlight,
+            maxInFlightBytes: maxInFlightBytes)
     }
 
     /// Hands lines `lines` to the ledger as fresh input, as far as it takes them; returns the lines written.
@@ -60,8 +63,9 @@ struct SendLedgerTests {
         let one = Self.request(7)
         #expect(String(decoding: one.bytes, as: UTF8.self) == #"{"ack":"7","config":{"table":"bronze.t"},"data":{"i":7}}"# + "\n")
         let three = Self.request([7, 9, 10])
-        #expect(String(decoding: three.bytes, as: UTF8.self)
-            == #"{"ack":"7","config":{"table":"bronze.t"},"data":[{"i":7},{"i":9},{"i":10}]}"# + "\n")
+        #expect(
+            String(decoding: three.bytes, as: UTF8.self)
+                == #"{"ack":"7","config":{"table":"bronze.t"},"data":[{"i":7},{"i":9},{"i":10}]}"# + "\n")
         #expect(three.line == 7 && three.rows.map(\.line) == [7, 9, 10])
         #expect(three.rows.map { String(decoding: three.bytes[$0.record], as: UTF8.self) } == [#"{"i":7}"#, #"{"i":9}"#, #"{"i":10}"#])
     }
@@ -166,7 +170,8 @@ struct SendLedgerTests {
         _ = Self.write(&ledger, fresh: &input)
         _ = ledger.receive(Self.accepted(1))
         for line in 2...4 {
-            #expect(ledger.receive(Self.full(line)) == .rejected(lines: [line], status: 507, code: "spool_full", message: "the spool is full"))
+            #expect(
+                ledger.receive(Self.full(line)) == .rejected(lines: [line], status: 507, code: "spool_full", message: "the spool is full"))
         }
         #expect(ledger.isSettled && ledger.totals.refusedForRoom == [2, 3, 4] && ledger.totals.rejectedLines == 3)
     }
@@ -191,10 +196,12 @@ struct SendLedgerTests {
     @Test func repliesAreReadAsTheProtocolWritesThem() {
         func reply(_ text: String) -> SendLedger.Reply? { SendSession.reply(ArraySlice(text.utf8)) }
         #expect(reply(#"{"ack":"7","ok":true,"accepted":1}"#) == .accepted(ack: "7", records: 1))
-        #expect(reply(#"{"ack":"8","ok":false,"status":422,"code":"invalid_config","error":"no"}"#)
-            == .refused(ack: "8", status: 422, code: "invalid_config", message: "no"))
-        #expect(reply(#"{"ok":false,"line":3,"status":413,"code":"line_too_long","error":"long"}"#)
-            == .refused(ack: nil, status: 413, code: "line_too_long", message: "long"))
+        #expect(
+            reply(#"{"ack":"8","ok":false,"status":422,"code":"invalid_config","error":"no"}"#)
+                == .refused(ack: "8", status: 422, code: "invalid_config", message: "no"))
+        #expect(
+            reply(#"{"ok":false,"line":3,"status":413,"code":"line_too_long","error":"long"}"#)
+                == .refused(ack: nil, status: 413, code: "line_too_long", message: "long"))
         #expect(reply("garbage") == nil)
         #expect(reply(#"{"ack":"7","ok":true}"#) == nil)
     }
@@ -233,8 +240,9 @@ struct SendLedgerTests {
         #expect(again == [Self.request(1), Self.request(2), Self.request(3)])
         _ = ledger.receive(Self.accepted(4, records: 2))
         _ = ledger.receive(Self.accepted(1))
-        #expect(ledger.receive(.refused(ack: "2", status: 400, code: "missing_primary_key", message: "primary key …"))
-            == .rejected(lines: [2], status: 400, code: "missing_primary_key", message: "primary key …"))
+        #expect(
+            ledger.receive(.refused(ack: "2", status: 400, code: "missing_primary_key", message: "primary key …"))
+                == .rejected(lines: [2], status: 400, code: "missing_primary_key", message: "primary key …"))
         _ = ledger.receive(Self.accepted(3))
         #expect(ledger.isSettled && ledger.totals.acceptedRecords == 4 && ledger.totals.rejectedLines == 1)
     }
@@ -255,7 +263,11 @@ struct SendLedgerTests {
         let again = Self.resent(&ledger)
         #expect(again.flatMap { $0.rows.map(\.line) } == lines)
         #expect(again.count >= 4 && again.allSatisfy { $0.bytes.count <= ledger.maxRequestBytes })
-        for request in again { #expect(ledger.receive(Self.accepted(request.line, records: request.rows.count)) == .accepted(line: request.line, records: request.rows.count)) }
+        for request in again {
+            #expect(
+                ledger.receive(Self.accepted(request.line, records: request.rows.count))
+                    == .accepted(line: request.line, records: request.rows.count))
+        }
         #expect(ledger.isSettled && ledger.totals.acceptedRecords == 40)
     }
 
@@ -263,11 +275,14 @@ struct SendLedgerTests {
     @Test func aLineTooLongOnItsOwnIsRejectedAfterTheSplits() {
         var ledger = Self.ledger()
         Self.write(&ledger, requests: [Self.request([1, 2])])
-        #expect(ledger.receive(.refused(ack: nil, status: 413, code: "line_too_long", message: "long")) == .split(line: 1, lines: 2, code: "line_too_long"))
+        #expect(
+            ledger.receive(.refused(ack: nil, status: 413, code: "line_too_long", message: "long"))
+                == .split(line: 1, lines: 2, code: "line_too_long"))
         _ = ledger.connectionLost()
         #expect(Self.resent(&ledger) == [Self.request(1), Self.request(2)])
-        #expect(ledger.receive(.refused(ack: nil, status: 413, code: "line_too_long", message: "long"))
-            == .rejected(lines: [1], status: 413, code: "line_too_long", message: "long"))
+        #expect(
+            ledger.receive(.refused(ack: nil, status: 413, code: "line_too_long", message: "long"))
+                == .rejected(lines: [1], status: 413, code: "line_too_long", message: "long"))
         #expect(ledger.connectionLost() == .afterLineTooLong(resent: 1))
         #expect(Self.resent(&ledger) == [Self.request(2)])
         _ = ledger.receive(Self.accepted(2))

@@ -34,7 +34,10 @@ struct SendSessionTests {
     static func rowVerdict(_ line: [UInt8], mergeKey: String?) -> IntakeRejection? {
         let parser = IntakeLineParser(configuration: AgentConfiguration())
         var query = ["table": "bronze.t"]
-        if let mergeKey { query["mode"] = "merge"; query["primary_key"] = mergeKey }
+        if let mergeKey {
+            query["mode"] = "merge"
+            query["primary_key"] = mergeKey
+        }
         var batch = SpoolBatch()
         let result = line.withUnsafeBytes { parser.parse(ndjson: $0, target: try! parser.target(query: query).get(), into: &batch) }
         if case .failure(let rejection) = result { return rejection }
@@ -95,8 +98,9 @@ struct SendSessionTests {
                 guard !bytes.isEmpty else { break }
                 let at = Int.random(in: 0..<bytes.count, using: &random)
                 switch Int.random(in: 0..<4, using: &random) {
-                case 0: bytes[at] = [UInt8.random(in: 0...255, using: &random), UInt8(ascii: "]"), UInt8(ascii: "}"), UInt8(ascii: ",")]
-                    .randomElement(using: &random)!
+                case 0:
+                    bytes[at] = [UInt8.random(in: 0...255, using: &random), UInt8(ascii: "]"), UInt8(ascii: "}"), UInt8(ascii: ",")]
+                        .randomElement(using: &random)!
                 case 1: bytes.removeSubrange(at..<min(bytes.count, at + Int.random(in: 1...8, using: &random)))
                 case 2: bytes.insert(contentsOf: Array(#"},{"id":2"#.utf8), at: at)
                 default: bytes.removeSubrange(at...)
@@ -148,8 +152,10 @@ struct SendSessionTests {
             var bytes = Array(document.render(spaced: Bool.random(using: &random), using: &random).utf8)
             if !bytes.isEmpty, Bool.random(using: &random) {
                 let at = Int.random(in: 0..<bytes.count, using: &random)
-                bytes[at] = [UInt8.random(in: 0...255, using: &random), UInt8(ascii: "]"), UInt8(ascii: "}"), UInt8(ascii: ","),
-                             UInt8(ascii: "\""), UInt8(ascii: "0"), UInt8(ascii: "-"), UInt8(ascii: ".")].randomElement(using: &random)!
+                bytes[at] = [
+                    UInt8.random(in: 0...255, using: &random), UInt8(ascii: "]"), UInt8(ascii: "}"), UInt8(ascii: ","),
+                    UInt8(ascii: "\""), UInt8(ascii: "0"), UInt8(ascii: "-"), UInt8(ascii: "."),
+                ].randomElement(using: &random)!
             }
             let mergeKey = Bool.random(using: &random) ? "id" : nil
             if Self.isPlain(bytes, mergeKey: mergeKey) {
@@ -171,7 +177,13 @@ struct SendSessionTests {
 
     static func lines(_ reader: inout LineReader, blocking: Bool = true) -> [String] {
         var lines: [String] = []
-        while case .line = reader.next(blocking: blocking, { lines.append(String(decoding: $0, as: UTF8.self)); return true }) {}
+        while case .line = reader.next(
+            blocking: blocking,
+            {
+                lines.append(String(decoding: $0, as: UTF8.self))
+                return true
+            })
+        {}
         return lines
     }
 
@@ -188,7 +200,10 @@ struct SendSessionTests {
         defer { close(fds.read) }
         var reader = LineReader(fd: fds.read)
         var seen: [String] = []
-        _ = reader.next(blocking: true) { seen.append(String(decoding: $0, as: UTF8.self)); return false }
+        _ = reader.next(blocking: true) {
+            seen.append(String(decoding: $0, as: UTF8.self))
+            return false
+        }
         #expect(Self.lines(&reader) == ["one", "two"])
         #expect(seen == ["one"])
     }

@@ -9,7 +9,8 @@ import Testing
 
 @Suite("Daemon parts and their order")
 struct DaemonPartKindTests {
-    func configuration(http: String = "", httpListen: String? = nil, datagram: String? = nil, metrics: String? = nil) -> AgentConfiguration {
+    func configuration(http: String = "", httpListen: String? = nil, datagram: String? = nil, metrics: String? = nil) -> AgentConfiguration
+    {
         var configuration = AgentConfiguration()
         configuration.intake.socket = "/run/a.sock"
         configuration.intake.httpSocket = http
@@ -20,18 +21,21 @@ struct DaemonPartKindTests {
     }
 
     @Test func theLineSocketAloneComesAfterTheSpoolAndDeliveryAndBeforeSignalsAndTheNotifier() {
-        #expect(DaemonPartKind.startOrder(configuration()) == [
-            .writer, .checkpointer, .delivery, .lineSocket("/run/a.sock"), .operatorSignals, .intakeState, .notifier,
-        ])
+        #expect(
+            DaemonPartKind.startOrder(configuration()) == [
+                .writer, .checkpointer, .delivery, .lineSocket("/run/a.sock"), .operatorSignals, .intakeState, .notifier,
+            ])
     }
 
     @Test func everyListenerStartsAfterDeliveryAndBeforeTheNotifierInAFixedOrder() {
-        let order = DaemonPartKind.startOrder(configuration(
-            http: "/run/h.sock", httpListen: "127.0.0.1:8787", datagram: "/run/d.sock", metrics: "127.0.0.1:9464"))
-        #expect(order == [
-            .writer, .checkpointer, .delivery, .lineSocket("/run/a.sock"), .httpSocket("/run/h.sock"), .httpAddress("127.0.0.1:8787"),
-            .datagramSocket("/run/d.sock"), .metrics("127.0.0.1:9464"), .operatorSignals, .intakeState, .notifier,
-        ])
+        let order = DaemonPartKind.startOrder(
+            configuration(
+                http: "/run/h.sock", httpListen: "127.0.0.1:8787", datagram: "/run/d.sock", metrics: "127.0.0.1:9464"))
+        #expect(
+            order == [
+                .writer, .checkpointer, .delivery, .lineSocket("/run/a.sock"), .httpSocket("/run/h.sock"), .httpAddress("127.0.0.1:8787"),
+                .datagramSocket("/run/d.sock"), .metrics("127.0.0.1:9464"), .operatorSignals, .intakeState, .notifier,
+            ])
     }
 
     @Test(arguments: [

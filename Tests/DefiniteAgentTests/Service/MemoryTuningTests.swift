@@ -7,7 +7,7 @@ struct MemoryTuningTests {
     /// and the daemon ran with a malloc arena per thread unnoticed.
     @Test func mallocTuningTakesEffectOnGlibc() {
         #if os(Linux)
-        #expect(cagent_tune_malloc(1 << 20, 1) == 1)
+            #expect(cagent_tune_malloc(1 << 20, 1) == 1)
         #endif
     }
 }

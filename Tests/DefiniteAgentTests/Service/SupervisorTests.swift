@@ -85,9 +85,10 @@ struct SupervisorTests {
     func aFailedStartStopsThePartsAlreadyStartedInReverseAndTheGroupEndsWithItsError(failing: Int) async throws {
         let supervisor = supervisor(4)
         let failure = StartupError(.pathInUse, part: "p\(failing)", "another process is listening on it")
-        let group = supervisor.makeServiceGroup(parts(4) { index, part in
-            if index == failing { part.failure = failure }
-        })
+        let group = supervisor.makeServiceGroup(
+            parts(4) { index, part in
+                if index == failing { part.failure = failure }
+            })
         let thrown = await #expect(throws: StartupError.self) { try await group.run() }
         #expect(thrown?.code == .pathInUse && thrown?.part == "p\(failing)")
         let started = (0...failing).map { "start p\($0)" }
@@ -98,10 +99,11 @@ struct SupervisorTests {
 
     @Test func aFailedStartDoesNotWaitTheFullDrainBound() async throws {
         let supervisor = supervisor(3, drain: .seconds(60))
-        let group = supervisor.makeServiceGroup(parts(3) { index, part in
-            if index == 0 { part.holdUntilDeadline = true }
-            if index == 2 { part.failure = StartupError(.addressUnusable, part: "p2", "port 1 is in use") }
-        })
+        let group = supervisor.makeServiceGroup(
+            parts(3) { index, part in
+                if index == 0 { part.holdUntilDeadline = true }
+                if index == 2 { part.failure = StartupError(.addressUnusable, part: "p2", "port 1 is in use") }
+            })
         let start = ContinuousClock.now
         await #expect(throws: StartupError.self) { try await group.run() }
         #expect(ContinuousClock.now - start < .seconds(5))
@@ -110,9 +112,10 @@ struct SupervisorTests {
     @Test func aSignalDuringStartUpLetsThePartStartingFinishAndNoOtherStart() async throws {
         let supervisor = supervisor(4)
         let gate = CompletionSignal()
-        let group = supervisor.makeServiceGroup(parts(4) { index, part in
-            if index == 1 { part.gate = gate }
-        })
+        let group = supervisor.makeServiceGroup(
+            parts(4) { index, part in
+                if index == 1 { part.gate = gate }
+            })
         async let run: Void = group.run()
         try await waitFor("start p1")
         _ = supervisor.shutdownSignalled("SIGTERM")

@@ -47,7 +47,9 @@ struct CoalescedWritesTests {
         #expect(try integrity.step() && integrity.string(0) == "ok")
         integrity.reset()
         #expect(try reader.scalar("SELECT count(*) FROM t") == Int64(rows))
-        #expect(try reader.scalar("SELECT count(*) FROM t WHERE length(body) = \(size) AND substr(body, 1, 1) = substr(body, \(size), 1)") == Int64(rows))
+        #expect(
+            try reader.scalar("SELECT count(*) FROM t WHERE length(body) = \(size) AND substr(body, 1, 1) = substr(body, \(size), 1)")
+                == Int64(rows))
     }
 
     @Test func otherConnectionsSeeEveryCommitAndTheWritesWereGathered() throws {

@@ -52,9 +52,11 @@ struct DeliveryLedgerTests {
         let refusal = DeliveryLedger.Refusal(status: 400, reason: "rejected by the API: bad", errors: ["bad", "worse"], requestID: "req_1")
         var step = DeliveryLedger.Change(targetID: targetID)
         step.delivered = [0, 1]
-        step.progress = DeliveryLedger.Progress(batchID: "b1", parts: [
-            .init(range: 2..<4, refusal: refusal), .init(range: 4..<8, refusal: nil),
-        ])
+        step.progress = DeliveryLedger.Progress(
+            batchID: "b1",
+            parts: [
+                .init(range: 2..<4, refusal: refusal), .init(range: 4..<8, refusal: nil),
+            ])
         step.attempt = DeliveryLedger.Attempt(batchID: "b1", status: 400, error: "HTTP 400: bad")
         step.state = .isolating
         try ledger.apply(step, records: records)
@@ -63,9 +65,14 @@ struct DeliveryLedgerTests {
 
         // What a restart reads back.
         let open = try reader.openBatches()
-        #expect(open == [SpoolReader.BatchRow(id: "b1", targetID: targetID, firstSeq: 0, endSeq: 8, attempts: 1, parts: [
-            .init(range: 2..<4, refusal: refusal), .init(range: 4..<8, refusal: nil),
-        ])])
+        #expect(
+            open == [
+                SpoolReader.BatchRow(
+                    id: "b1", targetID: targetID, firstSeq: 0, endSeq: 8, attempts: 1,
+                    parts: [
+                        .init(range: 2..<4, refusal: refusal), .init(range: 4..<8, refusal: nil),
+                    ])
+            ])
         let (left, _) = try reader.read(targetID: targetID, from: 0, end: 8, maxRows: .max, maxBytes: .max)
         #expect(left.seqs == [2, 3, 4, 5, 6, 7])
         let status = try SpoolStatus.read(path: path)
@@ -73,9 +80,13 @@ struct DeliveryLedgerTests {
 
         var last = DeliveryLedger.Change(targetID: targetID)
         last.delivered = [3, 4, 5, 6, 7]
-        last.deadLetters = [.init(seqs: [2], failure: .init(
-            reason: refusal.reason, status: 400, errors: refusal.errors, warnings: [], requestID: "req_1", attempts: 3,
-            partial: false, firstFailedAt: Date()))]
+        last.deadLetters = [
+            .init(
+                seqs: [2],
+                failure: .init(
+                    reason: refusal.reason, status: 400, errors: refusal.errors, warnings: [], requestID: "req_1", attempts: 3,
+                    partial: false, firstFailedAt: Date()))
+        ]
         last.finished = batch
         last.state = .delivering
         last.succeededAt = Date()
@@ -148,8 +159,9 @@ struct DeliveryLedgerTests {
             let reader = try SpoolReader(path: path)
             let targets = try reader.targets()
             let target = targets[Int.random(in: 0..<targets.count, using: &random)]
-            let (records, _) = try reader.read(targetID: target.id, from: target.deliveredSeq, end: target.nextSeq,
-                                               maxRows: Int.random(in: 1...40, using: &random), maxBytes: .max)
+            let (records, _) = try reader.read(
+                targetID: target.id, from: target.deliveredSeq, end: target.nextSeq,
+                maxRows: Int.random(in: 1...40, using: &random), maxBytes: .max)
             guard !records.isEmpty else { continue }
             var seqs = Array(records.seqs)
             var change = DeliveryLedger.Change(targetID: target.id)
@@ -169,8 +181,13 @@ struct DeliveryLedgerTests {
             case 2:  // one row dead-lettered, the rest delivered
                 let bad = seqs.removeLast()
                 change.delivered = seqs
-                change.deadLetters = [.init(seqs: [bad], failure: .init(
-                    reason: "rejected", status: 400, errors: ["bad"], warnings: [], attempts: 1, partial: false, firstFailedAt: Date()))]
+                change.deadLetters = [
+                    .init(
+                        seqs: [bad],
+                        failure: .init(
+                            reason: "rejected", status: 400, errors: ["bad"], warnings: [], attempts: 1, partial: false,
+                            firstFailedAt: Date()))
+                ]
                 change.finished = DeliveryLedger.Batch(id: batchID, range: batchRange)
             default:  // superseded (merge), delivered
                 change.superseded = Array(seqs.prefix(1))
@@ -201,7 +218,9 @@ struct DeliveryLedgerTests {
         #expect(try db.scalar("SELECT count(*) FROM batch_parts") == 0)
         let after = try SpoolStatus.read(path: path)
         func summary(_ status: SpoolStatus) -> [String] {
-            status.targets.map { "\($0.table) \($0.pending) \($0.pendingBytes) \($0.deadLetters) \($0.state ?? "-") \($0.lastError ?? "-")" }
+            status.targets.map {
+                "\($0.table) \($0.pending) \($0.pendingBytes) \($0.deadLetters) \($0.state ?? "-") \($0.lastError ?? "-")"
+            }
         }
         #expect(summary(after) == summary(before))
         let open = try SpoolReader(path: path).openBatches()
@@ -211,7 +230,8 @@ struct DeliveryLedgerTests {
         // Delivery resumes both open batches.
         var configuration = AgentConfiguration()
         configuration.spool.path = path
-        let loop = try DeliveryLoop(settings: LiveConfiguration(configuration), writer: writer, key: APIKeyBox(nil), logger: Logger(label: "test"))
+        let loop = try DeliveryLoop(
+            settings: LiveConfiguration(configuration), writer: writer, key: APIKeyBox(nil), logger: Logger(label: "test"))
         #expect(loop.isIdle)
     }
 }

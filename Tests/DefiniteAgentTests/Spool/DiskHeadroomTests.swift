@@ -12,9 +12,12 @@ struct DiskHeadroomTests {
     let page = 4096
     let headroom = DiskHeadroom(spoolPath: "/unused", configuredReserve: nil)
 
-    func measurement(free: Int, size: Int = 8 << 20, pages: Int = 1000, freePages: Int = 0, mainPages: Int? = nil) -> DiskHeadroom.Measurement {
-        DiskHeadroom.Measurement(filesystemFree: free, filesystemSize: size, pageSize: page, pageCount: pages,
-                                 freePages: freePages, mainFileBytes: (mainPages ?? pages) * page, walBytes: 0)
+    func measurement(free: Int, size: Int = 8 << 20, pages: Int = 1000, freePages: Int = 0, mainPages: Int? = nil)
+        -> DiskHeadroom.Measurement
+    {
+        DiskHeadroom.Measurement(
+            filesystemFree: free, filesystemSize: size, pageSize: page, pageCount: pages,
+            freePages: freePages, mainFileBytes: (mainPages ?? pages) * page, walBytes: 0)
     }
 
     @Test func automaticReserveIsFivePercentCappedAt64MiB() {

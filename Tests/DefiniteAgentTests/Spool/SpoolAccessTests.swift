@@ -89,8 +89,11 @@ struct SpoolAccessTests {
     }
 
     @Test func anUnknownGroupIsAConfigurationErrorWithItsLine() {
-        #expect(throws: ConfigurationError(.invalidValue, key: "spool.group", line: 3,
-                                           "\"no-such-group-here\" is not a group on this machine (see `getent group`)")) {
+        #expect(
+            throws: ConfigurationError(
+                .invalidValue, key: "spool.group", line: 3,
+                "\"no-such-group-here\" is not a group on this machine (see `getent group`)")
+        ) {
             try ConfigurationLoader.parse("[spool]\npath = \"/tmp/x.db\"\ngroup = \"no-such-group-here\"\n")
         }
     }

@@ -74,7 +74,8 @@ struct SpoolTests {
         #expect(status.targets[0].pendingBytes == 24)
 
         let db = try SpoolDatabase.openForReading(path: path)
-        let rows = try db.prepared("SELECT s.first_seq, s.record_count, \(SegmentLog.records) FROM segments s WHERE s.target_id = 1 ORDER BY s.first_seq")
+        let rows = try db.prepared(
+            "SELECT s.first_seq, s.record_count, \(SegmentLog.records) FROM segments s WHERE s.target_id = 1 ORDER BY s.first_seq")
         var segments: [(Int, Int, String)] = []
         while try rows.step() {
             segments.append((rows.int(0), rows.int(1), String(decoding: rows.blob(2), as: UTF8.self)))
@@ -101,7 +102,8 @@ struct SpoolTests {
         writer.shutdown()
 
         let db = try SpoolDatabase.openForReading(path: path)
-        let rows = try db.prepared("SELECT s.first_seq, s.record_count, s.byte_count, \(SegmentLog.records), s.records_id FROM segments s ORDER BY s.first_seq")
+        let rows = try db.prepared(
+            "SELECT s.first_seq, s.record_count, s.byte_count, \(SegmentLog.records), s.records_id FROM segments s ORDER BY s.first_seq")
         var next = 0
         var decoded: [String] = []
         var segments = 0

@@ -41,9 +41,10 @@ struct TagRunsTests {
         let batch = batch(Self.lines)
         #expect(batch.targets == [SpoolTarget(table: "bronze.t", mode: .append), SpoolTarget(table: "bronze.other", mode: .append)])
         #expect(batch.counts == [6, 1])
-        #expect(batch.runs(of: 0).map { "\($0.count) \($0.tags)" } == [
-            #"3 {"trace_id":"a"}"#, "1 ", #"2 {"trace_id":"b"}"#,
-        ])
+        #expect(
+            batch.runs(of: 0).map { "\($0.count) \($0.tags)" } == [
+                #"3 {"trace_id":"a"}"#, "1 ", #"2 {"trace_id":"b"}"#,
+            ])
         #expect(batch.runs(of: 1).map(\.tags) == [#"{"trace_id":"c"}"#])
     }
 
@@ -62,19 +63,27 @@ struct TagRunsTests {
         let target = try #require(try reader.targets().first { $0.target.table == "bronze.t" })
         #expect(target.target.tags.isEmpty && target.nextSeq == 6)
         let (records, _) = try reader.read(targetID: target.id, from: 0, end: 6, maxRows: .max, maxBytes: .max)
-        #expect((0..<6).map { records.tags(of: $0) } == [#"{"trace_id":"a"}"#, #"{"trace_id":"a"}"#, #"{"trace_id":"a"}"#, "",
-                                                         #"{"trace_id":"b"}"#, #"{"trace_id":"b"}"#])
+        #expect(
+            (0..<6).map { records.tags(of: $0) } == [
+                #"{"trace_id":"a"}"#, #"{"trace_id":"a"}"#, #"{"trace_id":"a"}"#, "",
+                #"{"trace_id":"b"}"#, #"{"trace_id":"b"}"#,
+            ])
         // Every row in one request, which says which rows had which tags.
         let all = RequestBody.tags(of: records, target: target.target, batchID: "b1", host: "h")
-        #expect(all == #"{"agent_batch":"b1","agent_host":"h","client_tags":[{"from":0,"to":3,"tags":{"trace_id":"a"}},{"from":4,"to":6,"tags":{"trace_id":"b"}}]}"#)
+        #expect(
+            all
+                == #"{"agent_batch":"b1","agent_host":"h","client_tags":[{"from":0,"to":3,"tags":{"trace_id":"a"}},{"from":4,"to":6,"tags":{"trace_id":"b"}}]}"#
+        )
         // Rows of one tag set: their tags, flat, as the writer sent them.
         let same = RequestBody.tags(of: records.subset([4, 5]), target: target.target, batchID: "b1", host: "h")
         #expect(same == #"{"trace_id":"b","agent_batch":"b1","agent_host":"h"}"#)
-        #expect(RequestBody.tags(of: records.subset([3]), target: target.target, batchID: "b1", host: "h")
-            == #"{"agent_batch":"b1","agent_host":"h"}"#)
+        #expect(
+            RequestBody.tags(of: records.subset([3]), target: target.target, batchID: "b1", host: "h")
+                == #"{"agent_batch":"b1","agent_host":"h"}"#)
         // A target of a version-1 spool keeps its own tags.
         let legacy = SpoolTarget(table: "bronze.t", mode: .append, tags: #"{"old":1}"#)
-        #expect(RequestBody.tags(of: records, target: legacy, batchID: "b1", host: "h") == #"{"old":1,"agent_batch":"b1","agent_host":"h"}"#)
+        #expect(
+            RequestBody.tags(of: records, target: legacy, batchID: "b1", host: "h") == #"{"old":1,"agent_batch":"b1","agent_host":"h"}"#)
 
         // A tag budget ends a batch before the run that would pass it.
         let (cut, next) = try reader.read(targetID: target.id, from: 0, end: 6, maxRows: .max, maxBytes: .max, maxTagBytes: 60)
@@ -82,8 +91,13 @@ struct TagRunsTests {
 
         // Dead letters keep the runs, and a replay puts the rows back with their tags.
         var change = DeliveryLedger.Change(targetID: target.id)
-        change.deadLetters = [.init(seqs: [2, 3, 4], failure: .init(
-            reason: "test", status: 400, errors: [], warnings: [], requestID: nil, attempts: 1, partial: false, firstFailedAt: Date()))]
+        change.deadLetters = [
+            .init(
+                seqs: [2, 3, 4],
+                failure: .init(
+                    reason: "test", status: 400, errors: [], warnings: [], requestID: nil, attempts: 1, partial: false,
+                    firstFailedAt: Date()))
+        ]
         try DeliveryLedger(writer: writer).apply(change, records: records)
         let replayed = try DeadLetterStore(path: path).replay(.all)
         #expect(replayed.rows == 3)

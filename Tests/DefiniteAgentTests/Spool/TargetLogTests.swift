@@ -104,7 +104,8 @@ struct TargetLogTests {
     }
 
     @Test func positionsAndBytesAreRightBetweenSettlementsAndAfterDeliveryRemovesSegments() async throws {
-        let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, settleInterval: .seconds(3600), logger: Logger(label: "test"))
+        let writer = try SpoolWriter(
+            path: path, durability: .full, maxBytes: 1 << 30, settleInterval: .seconds(3600), logger: Logger(label: "test"))
         writer.start()
         let first = batch((0..<10).map { #"{"i":\#($0)}"# })
         let second = batch((10..<25).map { #"{"i":\#($0)}"# })
@@ -147,7 +148,8 @@ struct TargetLogTests {
 
     @Test func anIdleWriterSettlesWhatItAppendedOnceTheIntervalIsOver() async throws {
         let interval = Duration.seconds(3)
-        let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, settleInterval: interval, logger: Logger(label: "test"))
+        let writer = try SpoolWriter(
+            path: path, durability: .full, maxBytes: 1 << 30, settleInterval: interval, logger: Logger(label: "test"))
         writer.start()
         defer { writer.shutdown() }
         let first = ContinuousClock.now

@@ -37,7 +37,8 @@ struct TestSpool {
     /// The records stored for `table`, in order, as stored (compact JSON, one per element).
     func records(of table: String) throws -> [String] {
         let db = try SpoolDatabase.openForReading(path: path)
-        let rows = try db.prepared("""
+        let rows = try db.prepared(
+            """
             SELECT \(SegmentLog.records) FROM segments s JOIN targets t ON t.id = s.target_id
             WHERE t.table_name = ? ORDER BY s.first_seq
             """)
@@ -120,7 +121,9 @@ struct OutboundCollector<Out: Sendable> {
 extension NIOAsyncTestingChannel {
     /// A channel with the handlers `initialize` adds, registered and active (connected), as an accepted
     /// connection is when its handlers see it.
-    static func connected(_ initialize: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void) async throws -> NIOAsyncTestingChannel {
+    static func connected(_ initialize: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void) async throws
+        -> NIOAsyncTestingChannel
+    {
         let channel = try await NIOAsyncTestingChannel { channel in try initialize(channel.pipeline.syncOperations) }
         try await channel.connect(to: try SocketAddress(unixDomainSocketPath: "/tmp/test-peer.sock")).get()
         return channel

@@ -81,7 +81,9 @@ struct PassedSocketsTests {
     }
 
     @Test func namesAreMatchedToDescriptorsInOrderFromThree() {
-        let passed = PassedSockets.take(environment: ["LISTEN_PID": Self.ourPID, "LISTEN_FDS": "3", "LISTEN_FDNAMES": "http:datagram:intake"])
+        let passed = PassedSockets.take(environment: [
+            "LISTEN_PID": Self.ourPID, "LISTEN_FDS": "3", "LISTEN_FDNAMES": "http:datagram:intake",
+        ])
         #expect(passed.all.map(\.fd) == [3, 4, 5])
         #expect(passed.all.map(\.name) == ["http", "datagram", "intake"])
         #expect(passed[.http]?.fd == 3)
@@ -99,7 +101,9 @@ struct PassedSocketsTests {
     }
 
     @Test func moreNamesThanDescriptorsAreIgnored() {
-        let passed = PassedSockets.take(environment: ["LISTEN_PID": Self.ourPID, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "http:intake:datagram"])
+        let passed = PassedSockets.take(environment: [
+            "LISTEN_PID": Self.ourPID, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "http:intake:datagram",
+        ])
         #expect(passed.all.map(\.fd) == [3])
         #expect(passed.all.map(\.name) == ["http"])
         // One socket is the intake socket whatever its name.
@@ -141,7 +145,10 @@ struct PassedSocketsTests {
         #expect(SocketKind.boundPath(of: unbound) == nil)
         var pipeEnds: [Int32] = [-1, -1]
         #expect(pipe(&pipeEnds) == 0)
-        defer { close(pipeEnds[0]); close(pipeEnds[1]) }
+        defer {
+            close(pipeEnds[0])
+            close(pipeEnds[1])
+        }
         #expect(SocketKind.boundPath(of: pipeEnds[0]) == nil)
     }
 }

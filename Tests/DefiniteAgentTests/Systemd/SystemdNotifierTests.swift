@@ -114,17 +114,18 @@ struct SystemdNotifierTests {
 
     // MARK: The watchdog
 
-    @Test(arguments: [
-        (["WATCHDOG_USEC": "2000000"], Duration.seconds(2)),
-        (["WATCHDOG_USEC": "1500", "WATCHDOG_PID": "\(getpid())"], Duration.microseconds(1500)),
-        (["WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "\(getpid() + 1)"], nil),  // meant for another process
-        (["WATCHDOG_USEC": "0"], nil),
-        (["WATCHDOG_USEC": "-5"], nil),
-        (["WATCHDOG_USEC": "2s"], nil),
-        (["WATCHDOG_USEC": ""], nil),
-        ([:], nil),
-        (["WATCHDOG_PID": "\(getpid())"], nil),
-    ] as [([String: String], Duration?)])
+    @Test(
+        arguments: [
+            (["WATCHDOG_USEC": "2000000"], Duration.seconds(2)),
+            (["WATCHDOG_USEC": "1500", "WATCHDOG_PID": "\(getpid())"], Duration.microseconds(1500)),
+            (["WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "\(getpid() + 1)"], nil),  // meant for another process
+            (["WATCHDOG_USEC": "0"], nil),
+            (["WATCHDOG_USEC": "-5"], nil),
+            (["WATCHDOG_USEC": "2s"], nil),
+            (["WATCHDOG_USEC": ""], nil),
+            ([:], nil),
+            (["WATCHDOG_PID": "\(getpid())"], nil),
+        ] as [([String: String], Duration?)])
     func theWatchdogIntervalIsTakenOnlyWhenItIsMeantForThisProcess(environment: [String: String], interval: Duration?) {
         #expect(SystemdNotifier(environment: environment).watchdogInterval == interval)
     }

@@ -1,10 +1,10 @@
 import Core
+import Foundation
 import Intake
 import Spool
-import Foundation
 
 #if FUZZING
-import CFuzzerDriver
+    import CFuzzerDriver
 #endif
 
 /// A libFuzzer target for everything intake parses from untrusted bytes: a line of the socket protocol,
@@ -58,7 +58,8 @@ enum IntakeContract {
                     guard case .success(let accepted) = reparsed, accepted.records == 1 else {
                         preconditionFailure("a stored record does not parse again as one row")
                     }
-                    precondition(again.records.first { !$0.isEmpty }.map { Array($0.dropLast()) } == Array(record), "a stored record is not stable")
+                    precondition(
+                        again.records.first { !$0.isEmpty }.map { Array($0.dropLast()) } == Array(record), "a stored record is not stable")
                 }
             }
         }
@@ -71,22 +72,23 @@ enum IntakeContract {
 enum IntakeFuzzer {
     static func main() {
         #if FUZZING
-        var argc = CommandLine.argc
-        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
-            IntakeContract.check(UnsafeRawBufferPointer(start: data, count: size))
-            return 0
-        })
+            var argc = CommandLine.argc
+            var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+            exit(
+                LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+                    IntakeContract.check(UnsafeRawBufferPointer(start: data, count: size))
+                    return 0
+                })
         #else
-        let paths = CommandLine.arguments.dropFirst().flatMap(files(in:))
-        for path in paths {
-            guard let data = FileManager.default.contents(atPath: path) else {
-                FileHandle.standardError.write(Data("cannot read \(path)\n".utf8))
-                exit(1)
+            let paths = CommandLine.arguments.dropFirst().flatMap(files(in:))
+            for path in paths {
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    FileHandle.standardError.write(Data("cannot read \(path)\n".utf8))
+                    exit(1)
+                }
+                data.withUnsafeBytes { IntakeContract.check($0) }
             }
-            data.withUnsafeBytes { IntakeContract.check($0) }
-        }
-        print("\(paths.count) inputs replayed, no failure")
+            print("\(paths.count) inputs replayed, no failure")
         #endif
     }
 
