@@ -61,6 +61,14 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// A request the HTTP parser cannot read was answered 400 with `Connection: close` by NIO's protocol
+    /// error handler; nothing after it can be read, so the connection closes (a client that kept it open
+    /// would otherwise hold it for ever).
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+        context.fireErrorCaught(error)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         if let waiting {
             waiting.timer.cancel()

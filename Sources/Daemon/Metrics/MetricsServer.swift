@@ -54,7 +54,7 @@ struct MetricsServer: ConnectionPipeline {
         let (blocking, readiness) = (self.blocking, self.readiness)
         return bootstrap.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                 try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(blocking: blocking, render: render, readiness: readiness))
             }
         }
@@ -93,6 +93,11 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
         self.blocking = blocking
         self.render = render
         self.readiness = readiness
+    }
+
+    /// A request the parser cannot read got its 400 (`Connection: close`): close, as the answer says.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

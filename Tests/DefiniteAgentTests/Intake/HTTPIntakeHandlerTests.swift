@@ -427,8 +427,8 @@ struct HTTPIntakeHandlerTests {
         let answer = try await response(&http)
         #expect(answer.status == 400)
         #expect(answer.header("Connection") == "close")
-        // (The server does not close the connection itself, though: nothing in this pipeline does after a
-        // parser error, on a real socket either; the client is left to close it.)
+        // And the server closes it, as the answer says (a client that kept it open held it for ever).
+        #expect(try await http.waitUntilClosed())
         #expect(try spool.pending().isEmpty)
         try await finish(http)
     }

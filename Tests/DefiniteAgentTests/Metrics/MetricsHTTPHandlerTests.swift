@@ -59,6 +59,19 @@ extension MetricsSuites {
             return response
         }
 
+        @Test func bytesThatAreNotHTTPAre400AndTheConnectionCloses() async throws {
+            let spool = try TestSpool("metrics-http")
+            defer { spool.shutDown() }
+            let served = try await Served(registry: PrometheusCollectorRegistry(), spool: spool, readiness: nil)
+            let client = try UnixClient(path: served.path)
+            try client.send("{\"not\":\"http\"}\r\n\r\n")
+            let answer = client.receive()
+            #expect(answer.closed, "the connection stayed open after the 400")
+            let (response, _) = try #require(HTTPTestResponse.parse(answer.bytes), "no response: \(answer.bytes.text)")
+            #expect(response.status == 400 && response.header("Connection") == "close")
+            try await served.stop()
+        }
+
         @Test func getMetricsRendersTheRegistryAsPrometheusText() async throws {
             let spool = try TestSpool("metrics-http")
             defer { spool.shutDown() }
