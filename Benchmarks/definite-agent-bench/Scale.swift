@@ -92,20 +92,27 @@ struct Scale {
         let switches0 = contextSwitches(pid: pid)
         let cpu0 = procCPUSeconds(pid: pid)
         usleep(UInt32(seconds * 1_000_000))
+        // Per thread: a thread that ended in between takes its switches with it, and a sum over the
+        // process could then go down (an earlier version reported negative wake-ups). A thread started in
+        // between counts all of its own.
+        let switches = contextSwitches(pid: pid).reduce(0) { total, thread in
+            total + max(0, thread.value - (switches0[thread.key] ?? 0))
+        }
         return Idle(
-            wakeupsPerSecond: Double(contextSwitches(pid: pid) - switches0) / seconds,
+            wakeupsPerSecond: Double(switches) / seconds,
             cpuShare: (procCPUSeconds(pid: pid) - cpu0) / seconds)
     }
 
-    /// Voluntary and involuntary context switches of every thread of `pid` so far.
-    static func contextSwitches(pid: Int32) -> Int {
+    /// Voluntary and involuntary context switches of each thread of `pid` so far, by thread id.
+    static func contextSwitches(pid: Int32) -> [String: Int] {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-        return tasks.reduce(0) { total, task in
-            guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else { return total }
-            return total
-                + status.split(separator: "\n")
+        var switches: [String: Int] = [:]
+        for task in tasks {
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else { continue }
+            switches[task] = status.split(separator: "\n")
                 .filter { $0.hasPrefix("voluntary_ctxt_switches") || $0.hasPrefix("nonvoluntary_ctxt_switches") }
                 .reduce(0) { $0 + (Int($1.split(separator: "\t").last ?? "0") ?? 0) }
         }
+        return switches
     }
 }
