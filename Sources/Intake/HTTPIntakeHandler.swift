@@ -63,9 +63,11 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// A request the HTTP parser cannot read was answered 400 with `Connection: close` by NIO's protocol
     /// error handler; nothing after it can be read, so the connection closes (a client that kept it open
-    /// would otherwise hold it for ever).
+    /// would otherwise hold it for ever). NIO's pipeline handler holds the parser's error back until the
+    /// answers owed before it are written, so closing here loses none of them; other errors (bytes read
+    /// after the parser failed) leave the closing to that one.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
+        if error is HTTPParserError { context.close(promise: nil) }
         context.fireErrorCaught(error)
     }
 

@@ -106,10 +106,10 @@ public struct IntakeRejection: Error, Sendable, Equatable, CustomStringConvertib
 
     /// The answer for a batch the spool writer did not store.
     public init(_ error: SpoolWriteError) {
-        switch error.code {
+        switch error.code.reason {
         case .stopping: code = .shuttingDown
         case .diskFull: code = .spoolFull
-        default: code = .storageFailed
+        case .storage: code = .storageFailed
         }
         message = error.message
         if code == .storageFailed, let cause = error.cause { message += " (\(cause))" }

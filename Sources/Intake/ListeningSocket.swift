@@ -92,7 +92,8 @@ struct ListeningSocket: Sendable {
         let bound = SocketPath.withAddress(of: path) { Glibc.bind(fd, $0, $1) }
         guard let bound else {
             close(fd)
-            throw StartupError(.pathUnusable, part: part, "the path is longer than a socket address holds (107 bytes)")
+            throw StartupError(
+                .pathUnusable, part: part, "the path is longer than a socket address holds (\(UnixSocketAddress.maxPathBytes) bytes)")
         }
         guard bound == 0 else {
             let error = errno

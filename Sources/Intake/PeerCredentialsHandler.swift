@@ -1,5 +1,6 @@
 import Core
 import Logging
+import Metrics
 import NIOCore
 
 #if canImport(Glibc)
@@ -65,6 +66,7 @@ final class PeerCredentialsHandler: ChannelInboundHandler, RemovableChannelHandl
     private func refuse(context: ChannelHandlerContext, because reason: String) {
         var buffer = context.channel.allocator.buffer(capacity: 160)
         IntakeReply.write(connectionRefusal: IntakeRejection(.peerNotAllowed, reason), to: &buffer)
+        AgentMetrics.rejected(.peerNotAllowed).increment()
         context.writeAndFlush(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
         }

@@ -1,7 +1,6 @@
 import Core
 import FoundationEssentials
 import Glibc
-import Intake
 
 /// A Unix stream connection to the agent's line socket, for the CLI: non-blocking once connected, driven
 /// with `poll(2)` so one thread can write requests and read replies as either becomes possible.
@@ -26,7 +25,7 @@ final class AgentSocket {
     init(path: String) throws(ConnectError) {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ConnectError(description: SystemCallError().description) }
-        let result = SocketPath.withAddress(of: path) { connect(fd, $0, $1) }
+        let result = UnixSocketAddress(path)?.withSockAddr { connect(fd, $0, $1) }
         guard result == 0 else {
             let reason =
                 result == nil

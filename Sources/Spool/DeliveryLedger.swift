@@ -344,11 +344,12 @@ package struct DeliveryLedger: Sendable {
             try insert.step()
             insert.reset()
         }
-        let position = try db.prepared("SELECT delivered_seq, next_seq FROM targets WHERE id = ?1")
+        let position = try db.prepared("SELECT delivered_seq, next_seq, pending_bytes FROM targets WHERE id = ?1")
         position.bind(1, targetID)
         guard try position.step() else { return 0 }
         var delivered = position.int64(0)
         let settledBelow = position.int64(1)
+        let pendingBytes = position.int(2)
         position.reset()
         let candidates = try db.prepared("SELECT first_seq, end_seq FROM delivered_ranges WHERE target_id = ?1 ORDER BY first_seq")
         candidates.bind(1, targetID)
@@ -368,13 +369,15 @@ package struct DeliveryLedger: Sendable {
             remove.reset()
         }
         let removed = try TargetLog.removeSegments(of: targetID, below: delivered, settledBelow: settledBelow, db: db)
+        // `pending_bytes` never goes below 0 (it would only if it had been wrong before); what the stored
+        // total loses is what this update takes off it, plus the removed segments it did not count.
         let advance = try db.prepared("UPDATE targets SET delivered_seq = ?2, pending_bytes = max(0, pending_bytes - ?3) WHERE id = ?1")
         advance.bind(1, targetID)
         advance.bind(2, delivered)
         advance.bind(3, removed.counted)
         try advance.step()
         advance.reset()
-        return removed.removed
+        return removed.removed - removed.counted + min(removed.counted, pendingBytes)
     }
 
     /// Sorted seqs as contiguous ranges.

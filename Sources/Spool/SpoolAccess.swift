@@ -75,17 +75,18 @@ public struct SpoolAccess: Sendable, Equatable {
         let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode)
         guard fd >= 0 else {
             if errno == EEXIST { return }
-            throw SpoolError(.cannotOpen, path: path, "cannot create \(path): \(SystemCallError().description)")
+            let error = SystemCallError()
+            throw SpoolError(.cannotOpen, path: path, "cannot create \(path): \(error)", cause: error)
         }
         defer { close(fd) }
         guard fchmod(fd, mode) == 0, group.map({ fchown(fd, uid_t.max, $0) == 0 }) ?? true else {
-            let reason = SystemCallError().description
+            let error = SystemCallError()
             unlink(path)
             throw SpoolError(
                 .cannotOpen, path: path,
                 group.map {
-                    "cannot give \(path) to group \(Self.groupName($0)) (\(reason)): the daemon's user must be a member of that group"
-                } ?? "cannot set the mode of \(path) to \(Self.octal(mode)): \(reason)")
+                    "cannot give \(path) to group \(Self.groupName($0)) (\(error)): the daemon's user must be a member of that group"
+                } ?? "cannot set the mode of \(path) to \(Self.octal(mode)): \(error)", cause: error)
         }
     }
 
@@ -98,15 +99,15 @@ public struct SpoolAccess: Sendable, Equatable {
         guard current != mode || regroup != nil else { return nil }
         // The group first: chmod before chgrp would let the old group read for a moment.
         if let regroup, chown(file, uid_t.max, regroup) != 0 {
-            throw refusal(file, spool: spool, mode: current, reason: SystemCallError().description, owner: info.st_uid)
+            throw refusal(file, spool: spool, mode: current, reason: SystemCallError(), owner: info.st_uid)
         }
         guard chmod(file, mode) == 0 else {
-            throw refusal(file, spool: spool, mode: current, reason: SystemCallError().description, owner: info.st_uid)
+            throw refusal(file, spool: spool, mode: current, reason: SystemCallError(), owner: info.st_uid)
         }
         return Change(path: file, oldMode: current, newMode: mode, oldGroup: regroup.map { _ in info.st_gid })
     }
 
-    private func refusal(_ file: String, spool: String, mode current: mode_t, reason: String, owner: uid_t) -> SpoolError {
+    private func refusal(_ file: String, spool: String, mode current: mode_t, reason: SystemCallError, owner: uid_t) -> SpoolError {
         let fix =
             group.map { "chgrp \(Self.groupName($0)) \(file) && chmod \(Self.octal(mode)) \(file)" } ?? "chmod \(Self.octal(mode)) \(file)"
         return SpoolError(
@@ -116,7 +117,7 @@ public struct SpoolAccess: Sendable, Equatable {
             and this user (uid \(getuid())) cannot change that: \(reason) \
             (the file belongs to uid \(owner)). As its owner or root, run `\(fix)`, or `chown` the spool's files to the daemon's user; \
             then start again
-            """)
+            """, cause: reason)
     }
 
     package static func octal(_ mode: mode_t) -> String { "0" + String(mode, radix: 8) }

@@ -14,8 +14,9 @@ import Synchronization
 /// wholly passed leave it, dead letters join it; ``DeliveryLedger``). The count therefore equals the
 /// database's total (`SpoolWriter.storedBytes`) after every commit, which a test checks. Only changes
 /// made by another process (`dlq purge`, `dlq replay`) are not seen that way: the writer re-reads the
-/// total when a refusal begins and every few seconds while intake is refused, so room such a command
-/// made ends a refusal without a restart.
+/// total when SQLite says another connection committed (`PRAGMA data_version`, looked at after each round
+/// of commits), when a refusal begins and every few seconds while intake is refused, so room such a
+/// command made ends a refusal without a restart.
 ///
 /// It also knows whether intake is being refused (``refusal``): for `max_bytes`, from the first refused
 /// request until that request would fit; for the disk, as the writer reports it (``diskIsFull(_:)``,

@@ -1,18 +1,19 @@
 /// Why the spool writer did not store a batch. Nothing of a failed batch is stored: the writer's commit
 /// is all or nothing, and a batch refused before its commit never reaches the database.
 ///
-/// The spool speaks of storage only; intake turns the code into its answer (``code``'s catalogue is closed,
-/// so that mapping is exhaustive).
+/// The spool speaks of storage only; intake turns the code into its answer (``Code/reason`` is an enum, so
+/// that mapping is checked to be exhaustive by the compiler).
 public struct SpoolWriteError: Error, Sendable, CustomStringConvertible {
     /// The closed catalogue of reasons.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Reason: String, Hashable, Sendable {
+        /// The reasons, for code in this package that must handle each (intake's answer).
+        package enum Reason: String, Hashable, Sendable {
             case stopping
             case diskFull = "disk_full"
             case storage
         }
 
-        private let reason: Reason
+        package let reason: Reason
 
         /// The writer is stopping (the daemon is shutting down): the batch was not queued.
         public static let stopping = Code(reason: .stopping)

@@ -61,6 +61,9 @@ public final class SpoolWriter: @unchecked Sendable {
     private var refusalBegan = false
     private var lastFailureLog: ContinuousClock.Instant?
     private var lastResynchronization = ContinuousClock.now
+    /// `PRAGMA data_version` when the stored total was last known to be right: it changes when another
+    /// connection (a `dlq purge` or `dlq replay` in another process) commits to the spool.
+    private var knownDataVersion: Int64?
     /// Whether the disk still has room for intake beyond the reserve kept for delivery.
     private var diskAdmission: DiskAdmission
     /// Told of each commit's appends (guarded by `condition`; read by the writer thread once per commit).
@@ -312,8 +315,12 @@ public final class SpoolWriter: @unchecked Sendable {
             diskAdmission.relievePressure(connection)
             let now = ContinuousClock.now
             heartbeat.withLockedValue { $0 = now }
-            if resynchronizeNow || (capacity.refusal != nil && now - lastResynchronization > .seconds(5)) {
+            let dataVersion = try? connection.scalar("PRAGMA data_version")
+            if resynchronizeNow || dataVersion != knownDataVersion
+                || (capacity.refusal != nil && now - lastResynchronization > .seconds(5))
+            {
                 lastResynchronization = now
+                knownDataVersion = dataVersion
                 if let stored = try? Self.storedBytes(connection) { capacity.resynchronize(stored: stored) }
             }
         }

@@ -57,18 +57,6 @@ public struct SpooledRecords: Sendable {
 
     package func record(_ i: Int) -> ArraySlice<UInt8> { bytes[ranges[i]] }
 
-    /// The stored size of the records with `seqs` (those here): one pass when they are a run of these
-    /// records (the usual case: a request's rows), a lookup each otherwise.
-    package func storedSize(ofSeqs wanted: [Int64]) -> Int {
-        guard let first = wanted.first, let start = index(of: first) else {
-            return wanted.reduce(0) { $0 + (index(of: $1).map(storedSize) ?? 0) }
-        }
-        if start + wanted.count <= count, seqs[start..<(start + wanted.count)].elementsEqual(wanted) {
-            return ranges[start..<(start + wanted.count)].reduce(0) { $0 + $1.count + 1 }
-        }
-        return wanted.reduce(0) { $0 + (index(of: $1).map(storedSize) ?? 0) }
-    }
-
     /// The index of the record with `seq` (seqs are ascending), if it is here.
     package func index(of seq: Int64) -> Int? {
         var low = 0

@@ -6,8 +6,9 @@
 /// `sendto`.
 ///
 /// A path must leave room for its terminating NUL in `sun_path` (108 bytes on Linux: at most 107 bytes of
-/// path). A name starting with `@` is in the abstract namespace (systemd's `NOTIFY_SOCKET` may be one): the
-/// `@` becomes a NUL and the address is exactly as long as the name.
+/// path). Where the abstract namespace is allowed (systemd's `NOTIFY_SOCKET` may name one), a name starting
+/// with `@` is in it: the `@` becomes a NUL and the address is exactly as long as the name. Elsewhere (the
+/// agent's own sockets, which are files) `@` is an ordinary first character of a relative path.
 package struct UnixSocketAddress: Sendable, Equatable {
     /// The longest path (or abstract name, `@` included) an address can hold.
     package static let maxPathBytes = MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1
@@ -16,10 +17,10 @@ package struct UnixSocketAddress: Sendable, Equatable {
     private let isAbstract: Bool
 
     /// `nil` when `path` is empty or does not fit.
-    package init?(_ path: String) {
+    package init?(_ path: String, abstractNamespace: Bool = false) {
         var bytes = Array(path.utf8)
         guard !bytes.isEmpty, bytes.count <= Self.maxPathBytes else { return nil }
-        isAbstract = bytes[0] == UInt8(ascii: "@")
+        isAbstract = abstractNamespace && bytes[0] == UInt8(ascii: "@")
         if isAbstract { bytes[0] = 0 }
         self.bytes = bytes
     }

@@ -46,9 +46,9 @@ public enum DaemonStateFile {
             throw SpoolError(.storage, path: spoolPath, "cannot write the daemon state file \(temporary): \(error)", cause: error)
         }
         guard rename(temporary, path) == 0 else {
-            let reason = SystemCallError().description
+            let error = SystemCallError()
             unlink(temporary)
-            throw SpoolError(.storage, path: spoolPath, "cannot replace the daemon state file \(path): \(reason)")
+            throw SpoolError(.storage, path: spoolPath, "cannot replace the daemon state file \(path): \(error)", cause: error)
         }
     }
 

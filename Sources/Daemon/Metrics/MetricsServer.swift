@@ -95,9 +95,11 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
         self.readiness = readiness
     }
 
-    /// A request the parser cannot read got its 400 (`Connection: close`): close, as the answer says.
+    /// A request the parser cannot read got its 400 (`Connection: close`): close, as the answer says (see
+    /// `HTTPIntakeHandler.errorCaught`).
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
+        if error is HTTPParserError { context.close(promise: nil) }
+        context.fireErrorCaught(error)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -12,7 +12,7 @@ public struct SystemdNotifier: Sendable {
     public let watchdogInterval: Duration?
 
     public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
-        address = environment["NOTIFY_SOCKET"].flatMap(UnixSocketAddress.init)
+        address = environment["NOTIFY_SOCKET"].flatMap { UnixSocketAddress($0, abstractNamespace: true) }
         let pid = environment["WATCHDOG_PID"].flatMap { Int32($0) }
         if let usec = environment["WATCHDOG_USEC"].flatMap(UInt64.init), usec > 0, pid == nil || pid == getpid() {
             watchdogInterval = .microseconds(Int64(usec))

@@ -122,6 +122,40 @@ struct DeliveryLedgerTests {
         return writer.capacity.storedBytes == stored
     }
 
+    /// Room another process makes (`dlq purge`) is seen at the writer's next round of commits: SQLite's
+    /// `data_version` says another connection committed, and the writer re-reads the stored total.
+    @Test func aPurgeByAnotherProcessIsSeenAtTheNextCommit() async throws {
+        let (writer, path) = try await spool(records: 4)
+        defer { writer.shutdown() }
+        let reader = try SpoolReader(path: path)
+        let targetID = try #require(try reader.targets().first?.id)
+        let (records, _) = try reader.read(targetID: targetID, from: 0, end: 4, maxRows: .max, maxBytes: .max)
+        var change = DeliveryLedger.Change(targetID: targetID)
+        change.deadLetters = [
+            .init(
+                seqs: [0, 1, 2, 3],
+                failure: .init(
+                    reason: "rejected", status: 400, errors: ["bad"], warnings: [], attempts: 1, partial: false, firstFailedAt: Date()))
+        ]
+        try DeliveryLedger(writer: writer).apply(change, records: records)
+        #expect(try capacityMatchesTheDatabase(writer, path))
+        let held = writer.capacity.storedBytes
+
+        _ = try DeadLetterStore(path: path).purge(.all)  // its own connection, as `dlq purge` would
+
+        var config = AgentConfiguration()
+        config.intake.defaultTable = "bronze.events"
+        var parser = IntakeLineParser(configuration: config)
+        var batch = SpoolBatch()
+        _ = parser.parse(line: Array(#"{"i":99}"#.utf8), into: &batch)
+        #expect(writer.capacity.reserve(batch.totalBytes))
+        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
+        writer.submit(batch, promise: promise)
+        try await promise.futureResult.get()
+        #expect(try capacityMatchesTheDatabase(writer, path))
+        #expect(writer.capacity.storedBytes < held)
+    }
+
     /// Capacity has one owner and follows every commit exactly, with no re-reading of the database:
     /// seeded random appends (several targets, records big enough to span segments) and delivery changes
     /// (rows delivered in and out of order, superseded, dead-lettered, whole batches finished) leave the
