@@ -349,11 +349,13 @@ package final class DeliveryLoop: @unchecked Sendable {
 
     private func perform(_ id: Int) {
         let chain = chains[id]!
+        // Rows are read already separated as the body they go into wants them (no copy to make it).
+        let separator = settings.current.batch.format == .ndjson ? UInt8(ascii: "\n") : UInt8(ascii: ",")
         if needsBytes(chain.step), !chain.records.holdsBytes, let batch = chain.batch {
             workers.submit { [self] reader in
                 let (outcome, records) = Self.read(
                     reader, targetID: batch.targetID, from: batch.range.lowerBound, end: batch.range.upperBound,
-                    maxRows: .max, maxBytes: .max, maxTagBytes: .max, primaryKey: nil)
+                    maxRows: .max, maxBytes: .max, maxTagBytes: .max, primaryKey: nil, separator: separator)
                 guard case .read = outcome else { return post(.reread(chain: id, nil)) }
                 post(.reread(chain: id, records))
             }
@@ -366,7 +368,7 @@ package final class DeliveryLoop: @unchecked Sendable {
             workers.submit { [self] reader in
                 let (outcome, records) = Self.read(
                     reader, targetID: cut.targetID, from: cut.from, end: cut.end, maxRows: cut.maxRows,
-                    maxBytes: cut.maxBytes, maxTagBytes: cut.maxTagBytes, primaryKey: primaryKey)
+                    maxBytes: cut.maxBytes, maxTagBytes: cut.maxTagBytes, primaryKey: primaryKey, separator: separator)
                 post(.read(chain: id, outcome, records))
             }
         case .load(let load):
@@ -377,7 +379,7 @@ package final class DeliveryLoop: @unchecked Sendable {
                 let (outcome, records) = Self.read(
                     reader, targetID: load.targetID, from: load.batch.range.lowerBound,
                     end: load.batch.range.upperBound, maxRows: .max, maxBytes: .max, maxTagBytes: .max,
-                    primaryKey: primaryKey)
+                    primaryKey: primaryKey, separator: separator)
                 post(.read(chain: id, outcome, records))
             }
         case .register(let record), .record(let record):
@@ -428,12 +430,12 @@ package final class DeliveryLoop: @unchecked Sendable {
     /// Reads a batch's rows (and, for merge, each row's key) on a worker's connection.
     private static func read(
         _ reader: SpoolReader, targetID: Int64, from: Int64, end: Int64, maxRows: Int, maxBytes: Int,
-        maxTagBytes: Int, primaryKey: String?
+        maxTagBytes: Int, primaryKey: String?, separator: UInt8
     ) -> (DeliveryMachine.Outcome, SpooledRecords) {
         do {
             let (records, next) = try reader.read(
                 targetID: targetID, from: from, end: end, maxRows: maxRows, maxBytes: maxBytes,
-                maxTagBytes: maxTagBytes)
+                maxTagBytes: maxTagBytes, separator: separator)
             var result = DeliveryMachine.ReadResult(seqs: records.seqs, next: next)
             if let first = records.seqs.first { result.oldestAppendedAt = try reader.appendedAt(targetID: targetID, seq: first) }
             if let primaryKey {

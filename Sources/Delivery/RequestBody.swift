@@ -78,7 +78,7 @@ struct RequestBody {
             query = components.percentEncodedQuery?.replacing("+", with: "%2B") ?? ""
         }
         // JSON: the records with their commas, less the last one. NDJSON: one record per line.
-        let recordBytes = format == .json ? selected.bytes : selected.newlineSeparated
+        let recordBytes = format == .json ? selected.commaSeparated : selected.newlineSeparated
         let recordCount = format == .json ? max(0, recordBytes.count - 1) : recordBytes.count
         if compression == .gzip {
             try prefix.withUnsafeBytes { head in

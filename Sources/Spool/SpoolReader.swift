@@ -115,10 +115,11 @@ package final class SpoolReader {
     /// Reads records of `targetID` from `from` (inclusive) to at most `end` (exclusive), with their tags,
     /// stopping before `maxRows` records, `maxBytes` stored bytes or `maxTagBytes` of tags (each run of tagged
     /// records with other tags counts its tags and 32 bytes) would be passed; at least one record is read.
-    /// Seqs inside delivered ranges are skipped. Returns the records and the seq after the last one read.
+    /// Seqs inside delivered ranges are skipped. Each record is followed by `separator` (see
+    /// ``SpooledRecords``). Returns the records and the seq after the last one read.
     package func read(
         targetID: Int64, from requested: Int64, end: Int64, maxRows: Int, maxBytes: Int,
-        maxTagBytes: Int = .max
+        maxTagBytes: Int = .max, separator: UInt8 = UInt8(ascii: ",")
     ) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
         // Everything below delivered_seq has left the queue, including parts of a batch delivered or
         // dead-lettered on an earlier attempt and since folded into the position: never read it again.
@@ -136,7 +137,7 @@ package final class SpoolReader {
         while try ranges.step() { skip.append(ranges.int64(0)..<ranges.int64(1)) }
         ranges.reset()
 
-        var records = SpooledRecords()
+        var records = SpooledRecords(separator: separator)
         // Size the buffer once for a full batch rather than doubling into twice its size.
         if maxBytes < 64 << 20 { records.bytes.reserveCapacity(maxBytes + 4096) }
         var next = from

@@ -1,11 +1,14 @@
 /// Records read back from a target's log: their bytes in one buffer, and each record's seq and span.
 ///
 /// One contiguous buffer rather than an array per record keeps a 50,000-row batch to two allocations.
-/// Records are separated by commas, so all but the last byte of ``bytes`` is exactly the inside of a
-/// JSON request's `data` array: the common request is sent without building its body.
+/// Each record is followed by ``separator``, chosen for the body the records are read for: with `,` all
+/// but the last byte of ``bytes`` is exactly the inside of a JSON request's `data` array, with `\n` the
+/// whole of an NDJSON body, so the common request is sent without building its body.
 public struct SpooledRecords: Sendable {
-    /// Records, each followed by `,`.
+    /// Records, each followed by ``separator``.
     public var bytes: [UInt8] = []
+    /// What follows each record in ``bytes``: `,` (JSON bodies, the default) or `\n` (NDJSON).
+    public private(set) var separator = UInt8(ascii: ",")
     public var seqs: [Int64] = []
     /// `ranges[i]` is record `i` in `bytes`, without its newline.
     public var ranges: [Range<Int>] = []
@@ -19,6 +22,11 @@ public struct SpooledRecords: Sendable {
     }
 
     public init() {}
+
+    /// Records to be followed by `separator` (`,` or `\n`).
+    package init(separator: UInt8) {
+        self.separator = separator
+    }
 
     /// Whether the rows' bytes are here (``releaseBytes()`` drops them).
     public private(set) var holdsBytes = true
@@ -41,14 +49,22 @@ public struct SpooledRecords: Sendable {
         let start = bytes.count
         bytes.append(contentsOf: record)
         ranges.append(start..<bytes.count)
-        bytes.append(UInt8(ascii: ","))
+        bytes.append(separator)
         seqs.append(seq)
     }
 
-    /// The records as the spool stores them: each followed by `\n` (for NDJSON and dead letters).
-    package var newlineSeparated: [UInt8] {
+    /// The records as the spool stores them: each followed by `\n` (for NDJSON and dead letters); no copy
+    /// when that is already their separator.
+    package var newlineSeparated: [UInt8] { separated(by: UInt8(ascii: "\n")) }
+
+    /// The records each followed by `,` (a JSON body's `data`, less the last byte); no copy when that is
+    /// already their separator.
+    package var commaSeparated: [UInt8] { separated(by: UInt8(ascii: ",")) }
+
+    private func separated(by wanted: UInt8) -> [UInt8] {
+        guard wanted != separator else { return bytes }
         var copy = bytes
-        for range in ranges { copy[range.upperBound] = UInt8(ascii: "\n") }
+        for range in ranges { copy[range.upperBound] = wanted }
         return copy
     }
 
@@ -70,7 +86,7 @@ public struct SpooledRecords: Sendable {
 
     /// A new value holding only the records at `indexes`, in that order, with their tags.
     package func subset(_ indexes: some Sequence<Int>) -> SpooledRecords {
-        var result = SpooledRecords()
+        var result = SpooledRecords(separator: separator)
         bytes.withUnsafeBytes { raw in
             for i in indexes {
                 result.append(seq: seqs[i], UnsafeRawBufferPointer(rebasing: raw[ranges[i]]), tags: tags(of: i))
