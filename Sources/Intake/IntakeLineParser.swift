@@ -314,12 +314,8 @@ public struct IntakeLineParser {
                 field.position = deferredData.lowerBound
                 try field.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
             }
-        } catch let error as JSONScanError {
-            throw Self.rejection(for: error, row: nil)
-        } catch let error as IntakeRejection {
-            throw error
         } catch {
-            preconditionFailure("unexpected error \(error)")
+            throw Self.rejection(forThrown: error, row: nil)
         }
 
         let target = try defaultTarget.get()
@@ -390,12 +386,8 @@ public struct IntakeLineParser {
             default:
                 throw IntakeRejection(.invalidRow, "\"data\" must be an object or an array of objects")
             }
-        } catch let error as JSONScanError {
-            throw Self.rejection(for: error, row: nil)
-        } catch let error as IntakeRejection {
-            throw error
         } catch {
-            preconditionFailure("unexpected error \(error)")
+            throw Self.rejection(forThrown: error, row: nil)
         }
         batch.counts[index] += rows
         return .init(targetIndex: index, records: rows, bytes: batch.records[index].count - before)
@@ -426,12 +418,8 @@ public struct IntakeLineParser {
             guard keyPresent else { throw Self.missingKey(target.primaryKey, row: label) }
             JSONCompactor.append(s.bytes, start..<s.position, whitespace: s.whitespace - whitespaceBefore, to: &output)
             output.append(UInt8(ascii: "\n"))
-        } catch let error as JSONScanError {
-            throw Self.rejection(for: error, row: label)
-        } catch let error as IntakeRejection {
-            throw error
         } catch {
-            preconditionFailure("unexpected error \(error)")
+            throw Self.rejection(forThrown: error, row: label)
         }
     }
 
@@ -442,12 +430,8 @@ public struct IntakeLineParser {
         let result: Result<SpoolTarget, IntakeRejection>
         do {
             result = .success(try Self.resolve(config: try JSONValue.parse(bytes), configuration: configuration))
-        } catch let error as IntakeRejection {
-            result = .failure(error)
-        } catch let error as JSONScanError {
-            result = .failure(Self.rejection(for: error, row: nil))
         } catch {
-            preconditionFailure("unexpected error \(error)")
+            result = .failure(Self.rejection(forThrown: error, row: nil))
         }
         cachedConfigBytes = Array(bytes)
         cachedTarget = result
@@ -525,6 +509,16 @@ public struct IntakeLineParser {
     }
 
     private static func prefix(_ row: Int?) -> String { row.map { "data[\($0)]: " } ?? "" }
+
+    /// What a parsing step threw, as the answer: a scanner error becomes its rejection, a rejection stays as
+    /// it is; nothing else can be thrown there.
+    private static func rejection(forThrown error: any Error, row: Int?) -> IntakeRejection {
+        switch error {
+        case let error as JSONScanError: rejection(for: error, row: row)
+        case let error as IntakeRejection: error
+        default: preconditionFailure("unexpected error \(error)")
+        }
+    }
 
     package static func rejection(for error: JSONScanError, row: Int?) -> IntakeRejection {
         let prefix = prefix(row)
