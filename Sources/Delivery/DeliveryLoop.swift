@@ -290,7 +290,8 @@ package final class DeliveryLoop: @unchecked Sendable {
         case .appended(let ranges):
             machine.observe(
                 ranges.map {
-                    DeliveryMachine.LogEnd(targetID: $0.targetID, target: $0.target, start: $0.range.lowerBound, end: $0.range.upperBound)
+                    DeliveryMachine.LogEnd(
+                        targetID: $0.targetID, target: $0.target, start: $0.range.lowerBound, end: $0.range.upperBound, bytes: $0.bytes)
                 },
                 now: now)
         case .polled(let rows):
@@ -436,7 +437,7 @@ package final class DeliveryLoop: @unchecked Sendable {
             let (records, next) = try reader.read(
                 targetID: targetID, from: from, end: end, maxRows: maxRows, maxBytes: maxBytes,
                 maxTagBytes: maxTagBytes, separator: separator)
-            var result = DeliveryMachine.ReadResult(seqs: records.seqs, next: next)
+            var result = DeliveryMachine.ReadResult(seqs: records.seqs, next: next, bytes: records.bytes.count)
             if let first = records.seqs.first { result.oldestAppendedAt = try reader.appendedAt(targetID: targetID, seq: first) }
             if let primaryKey {
                 result.keys = records.bytes.withUnsafeBytes { raw in

@@ -35,6 +35,9 @@ struct DeliveryMachine {
         /// Bytes of tags a batch may carry (``RequestBody/tagBudget(_:)``).
         var maxTagBytes: Int
         var linger: Duration
+        /// How long a target's log must stand still before the rest of a burst goes without waiting out
+        /// linger: a tenth of linger, at most 100 ms (``DeliveryMachine/burstEnded(_:now:)``).
+        var quiet: Duration
         var appendConcurrency: Int
         var retry: RetryPolicy
         var maxAge: HumanDuration
@@ -44,6 +47,7 @@ struct DeliveryMachine {
             maxTagBytes = RequestBody.tagBudget(configuration.batch.format)
             maxBytes = max(1, configuration.batch.maxBytes.bytes - RequestBody.envelopeAllowance - maxTagBytes)
             linger = configuration.batch.linger.duration
+            quiet = min(linger / 10, .milliseconds(100))
             appendConcurrency = max(1, configuration.batch.concurrency)
             retry = RetryPolicy(configuration.retry)
             maxAge = configuration.retry.maxAge
@@ -131,6 +135,8 @@ struct DeliveryMachine {
         var keys: [ArraySlice<UInt8>?] = []
         /// Wall-clock time the oldest row was spooled, if known.
         var oldestAppendedAt: Double?
+        /// Stored bytes of the rows read (each with its newline), as ``LogEnd/bytes`` counts them.
+        var bytes = 0
     }
 
     /// Where a target's log ends now, and from where this is news (`start`: the first seq of an append,
@@ -140,6 +146,8 @@ struct DeliveryMachine {
         var target: SpoolTarget
         var start: Int64
         var end: Int64
+        /// Stored bytes of the rows `start..<end`, when known (an append says; the spool's row does not).
+        var bytes: Int?
     }
 
     /// A target as the spool holds it at start.
@@ -195,6 +203,13 @@ struct DeliveryMachine {
         /// Where the next batch starts.
         var assignedEnd: Int64
         var pendingSince: ContinuousClock.Instant?
+        /// When the log last grew (rows appended since the machine last saw it).
+        var grewAt: ContinuousClock.Instant?
+        /// When a batch was last cut full (a limit stopped it before the rows waiting ran out).
+        var fullCutAt: ContinuousClock.Instant?
+        /// Stored bytes known to wait past `assignedEnd`: rows whose append said how big they were. Rows
+        /// seen only in the spool's row count for nothing, so this never overstates what waits.
+        var waitingBytes = 0
         var flushThrough: Int64 = 0
         /// Registered batches, in seq order.
         var batches: [OpenBatch] = []
@@ -249,11 +264,17 @@ struct DeliveryMachine {
         for end in ends {
             if targets[end.targetID] == nil {
                 guard end.end > end.start else { continue }
-                targets[end.targetID] = TargetProgress(id: end.targetID, target: end.target, logEnd: end.end, assignedEnd: end.start)
+                targets[end.targetID] = TargetProgress(
+                    id: end.targetID, target: end.target, logEnd: end.start, assignedEnd: end.start)
                 order.append(end.targetID)
             }
             let flush = flushRequested
             update(end.targetID) { target in
+                // An append's bytes count only when all of its rows are news (not seen in the spool's row).
+                if let bytes = end.bytes, end.start >= target.logEnd {
+                    target.waitingBytes += bytes
+                }
+                if end.end > target.logEnd { target.grewAt = now.instant }
                 target.logEnd = max(target.logEnd, end.end)
                 if target.logEnd > target.assignedEnd, target.pendingSince == nil { target.pendingSince = now.instant }
                 if flush { target.flushThrough = target.logEnd }
@@ -341,7 +362,10 @@ struct DeliveryMachine {
         for target in targets.values where target.hasWork {
             consider(target.pausedUntil)
             for batch in target.batches where batch.holder == .free { consider(batch.notBefore) }
-            if target.logEnd > target.assignedEnd { consider(target.pendingSince.map { $0 + settings.linger }) }
+            if target.logEnd > target.assignedEnd {
+                consider(target.pendingSince.map { $0 + settings.linger })
+                if isBurst(target, now: now) { consider(target.grewAt.map { $0 + settings.quiet }) }
+            }
         }
         return earliest
     }
@@ -385,13 +409,32 @@ struct DeliveryMachine {
         else { return nil }
         let waiting = target.logEnd - target.assignedEnd
         guard waiting > 0 else { return nil }
+        // A full batch goes at once, whichever limit fills it; a partial one waits for linger, or for the
+        // end of the burst that brought it.
+        let full = waiting >= Int64(settings.maxRows) || target.waitingBytes >= settings.maxBytes
         let lingered = target.pendingSince.map { now.instant - $0 >= settings.linger } ?? false
-        guard waiting >= Int64(settings.maxRows) || lingered || target.flushThrough > target.assignedEnd else { return nil }
+        guard full || lingered || burstEnded(target, now: now) || target.flushThrough > target.assignedEnd else { return nil }
         target.cutting = true
         return .cut(
             Cut(
                 targetID: id, target: target.target, from: target.assignedEnd, end: target.logEnd,
                 maxRows: settings.maxRows, maxBytes: settings.maxBytes, maxTagBytes: settings.maxTagBytes))
+    }
+
+    /// Whether the rows waiting are part of a burst: they make at least a quarter of a full batch (by rows
+    /// or by known bytes), or follow a batch cut full less than linger ago.
+    private func isBurst(_ target: TargetProgress, now: Now) -> Bool {
+        if let fullCutAt = target.fullCutAt, now.instant - fullCutAt < settings.linger { return true }
+        return (target.logEnd - target.assignedEnd) * 4 >= Int64(settings.maxRows) || target.waitingBytes * 4 >= settings.maxBytes
+    }
+
+    /// A burst ended: its rows wait (``isBurst(_:now:)``) and the log has stood still for
+    /// ``Settings/quiet``. The burst's requests already spread their cost over many rows, and waiting out
+    /// linger would only delay the rest (a file loaded with `send`, a job's last records). A trickle never
+    /// gets here: it fills neither a batch nor a quarter of one within linger.
+    private func burstEnded(_ target: TargetProgress, now: Now) -> Bool {
+        guard let grewAt = target.grewAt, now.instant - grewAt >= settings.quiet else { return false }
+        return isBurst(target, now: now)
     }
 
     /// Without an API key nothing is sent; each target with rows waiting says why once, in the spool.
@@ -421,12 +464,17 @@ struct DeliveryMachine {
         }
         guard !stopping, !result.seqs.isEmpty else {
             target.cutting = false
-            if !stopping { target.assignedEnd = max(target.assignedEnd, result.next) }
+            if !stopping {
+                target.assignedEnd = max(target.assignedEnd, result.next)
+                if target.assignedEnd >= target.logEnd { target.waitingBytes = 0 }
+            }
             return nil
         }
         // `cutting` stays set until the batch is registered: a later batch registered first would leave
         // these rows behind every recorded batch if the daemon stopped in between.
+        if result.next < cut.end { target.fullCutAt = now.instant }
         target.assignedEnd = max(target.assignedEnd, result.next)
+        target.waitingBytes = target.assignedEnd >= target.logEnd ? 0 : max(0, target.waitingBytes - result.bytes)
         if target.assignedEnd >= target.logEnd { target.pendingSince = nil }
         let batch = DeliveryLedger.Batch(id: makeBatchID(now.date), range: cut.from..<result.next)
         let (live, superseded) = Self.lastWrites(result)

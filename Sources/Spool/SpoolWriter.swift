@@ -77,11 +77,13 @@ public final class SpoolWriter: @unchecked Sendable {
     /// target's row at most once per interval (by default a second).
     private let settleInterval: Duration
 
-    /// What one commit appended to one target's log: records `range` (seqs) of `target`.
+    /// What one commit appended to one target's log: records `range` (seqs) of `target`, `bytes` as
+    /// stored (each record with its newline: what they count for in `pending_bytes`).
     public struct AppendedRange: Sendable, Equatable {
         public var targetID: Int64
         public var target: SpoolTarget
         public var range: Range<Int64>
+        public var bytes: Int
     }
 
     /// Opens the spool at `path` and prepares the writer; call ``start()`` to begin committing.
@@ -509,10 +511,11 @@ public final class SpoolWriter: @unchecked Sendable {
             let seqs = try SegmentLog.append(
                 batch.records[index][run.bytes], count: run.count, targetID: id, tags: run.tags, at: now, db: db)
             appended[id] = AppendedRange(
-                targetID: id, target: target, range: (appended[id]?.range.lowerBound ?? seqs.lowerBound)..<seqs.upperBound)
+                targetID: id, target: target, range: (appended[id]?.range.lowerBound ?? seqs.lowerBound)..<seqs.upperBound,
+                bytes: (appended[id]?.bytes ?? 0) + run.bytes.count)
             these = (these?.lowerBound ?? seqs.lowerBound)..<seqs.upperBound
         }
-        return these.map { AppendedRange(targetID: id, target: target, range: $0) }
+        return these.map { AppendedRange(targetID: id, target: target, range: $0, bytes: batch.records[index].count) }
     }
 
     private func targetID(for target: SpoolTarget, at now: Double, db: SQLiteConnection) throws -> Int64 {

@@ -383,4 +383,77 @@ struct DeliveryMachineTests {
         simulation.runUntilQuiet(limit: 10)
         expectDrained(simulation)
     }
+
+    /// Records bigger than `max_bytes / max_rows` fill a batch by bytes first: such a batch goes at once
+    /// too, instead of waiting for linger (the peer comparison's last 40,000 records waited ~0.7 s).
+    /// A batch at least a quarter full goes once its log stood still for a tenth of linger (at most
+    /// 100 ms), instead of waiting out linger: the end of a burst. Less than a quarter waits for linger,
+    /// and so does a quarter whose log keeps growing.
+    @Test func aQuarterFullBatchGoesWhenTheBurstEnds() {
+        let simulation = DeliverySimulation(
+            settings: DeliverySimulation.settings(maxRows: 100, linger: .seconds(2)), seed: 7, workers: 1)
+        let id = simulation.addTarget(Self.append)
+        simulation.append(id, (0..<24).map { _ in Row() })
+        simulation.advance(by: .milliseconds(150))
+        #expect(!simulation.act(0), "24 of 100 rows: less than a quarter waits for linger")
+        simulation.append(id, [Row()])
+        #expect(!simulation.act(0), "a quarter, but rows just came")
+        #expect(simulation.machine.nextWakeUp(after: simulation.now) == simulation.now.instant + .milliseconds(100))
+        simulation.advance(by: .milliseconds(60))
+        simulation.append(id, [Row()])
+        simulation.advance(by: .milliseconds(60))
+        #expect(!simulation.act(0), "still growing 60 ms ago")
+        simulation.advance(by: .milliseconds(40))
+        #expect(simulation.act(0), "the log stood still for 100 ms: the batch goes")
+        while simulation.act(0) {}
+        #expect(simulation.requests.map(\.seqs.count) == [26])
+        expectDrained(simulation)
+
+        // The rest of a burst that filled a batch goes when the log stands still, however few rows.
+        simulation.append(id, (0..<103).map { _ in Row() })
+        #expect(simulation.act(0), "a full batch")
+        while simulation.act(0) {}
+        #expect(!simulation.act(0), "3 rows left, the log just grew")
+        simulation.advance(by: .milliseconds(100))
+        #expect(simulation.act(0), "the burst's rest, 100 ms after it ended")
+        while simulation.act(0) {}
+        #expect(simulation.requests.map(\.seqs.count) == [26, 100, 3])
+        // Long after that burst, a few rows are a trickle again: linger.
+        simulation.advance(by: .seconds(2))
+        simulation.append(id, [Row()])
+        simulation.advance(by: .milliseconds(150))
+        #expect(!simulation.act(0), "one row, no burst: linger")
+        simulation.advance(by: .seconds(2))
+        #expect(simulation.act(0))
+        while simulation.act(0) {}
+        expectDrained(simulation)
+    }
+
+    @Test func aBatchFullByBytesIsCutAtOnce() {
+        var settings = DeliverySimulation.settings(maxRows: 1000, linger: .seconds(5))
+        settings.maxBytes = 1000
+        let simulation = DeliverySimulation(settings: settings, seed: 7, workers: 1)
+        let id = simulation.addTarget(Self.append)
+        /// Worker 0 acts until it has nothing to do now (the clock stands still).
+        func actWhileDue() { while simulation.act(0) {} }
+        simulation.append(id, (0..<5).map { _ in Row(size: 150) })
+        #expect(!simulation.act(0), "750 of 1,000 bytes wait: linger")
+        simulation.append(id, (0..<5).map { _ in Row(size: 150) })
+        #expect(simulation.act(0), "1,500 bytes wait: a full batch is cut at once")
+        actWhileDue()
+        #expect(simulation.requests.map(\.seqs.count) == [6], "a full batch by bytes: 6 rows of 150")
+        simulation.append(id, (0..<3).map { _ in Row(size: 150) })
+        #expect(simulation.act(0), "what was left and what came count together: 1,050 bytes")
+        actWhileDue()
+        #expect(simulation.requests.map(\.seqs.count) == [6, 6], "one row left, waiting for linger")
+        // Rows the machine learns of only from the spool's row (a poll) have no size: they wait for linger
+        // rather than be guessed at.
+        simulation.append(id, (0..<10).map { _ in Row(size: 150) }, announce: false)
+        simulation.observe()
+        #expect(!simulation.act(0), "rows seen in a poll wait for linger")
+        simulation.advance(by: .seconds(5))
+        simulation.runUntilQuiet(limit: 40)
+        #expect(simulation.requests.map(\.seqs.count) == [6, 6, 6, 5])
+        expectDrained(simulation)
+    }
 }

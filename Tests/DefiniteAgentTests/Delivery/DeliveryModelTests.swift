@@ -59,8 +59,10 @@ struct DeliveryModelTests {
         func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &random) < p }
         func pick(_ range: ClosedRange<Int>) -> Int { Int.random(in: range, using: &random) }
 
-        let settings = DeliverySimulation.settings(
+        var settings = DeliverySimulation.settings(
             maxRows: pick(1...40), linger: .milliseconds(Int64(pick(0...200))), concurrency: pick(1...3), initial: 50, max: 400)
+        // Sometimes batches fill by bytes before rows (rows are 20–400 bytes below).
+        if chance(0.5) { settings.maxBytes = pick(300...4000) }
         let simulation = DeliverySimulation(settings: settings, seed: seed, workers: pick(1...3))
         simulation.api.refusal = chance(0.5) ? .wholeRequest : .rows
         simulation.api.namesRows = chance(0.3)
@@ -95,7 +97,7 @@ struct DeliveryModelTests {
                 simulation.append(
                     target,
                     (0..<count).map { _ in
-                        DeliverySimulation.Row(key: "k\(pick(0...(keys - 1)))", bad: chance(badShare))
+                        DeliverySimulation.Row(key: "k\(pick(0...(keys - 1)))", bad: chance(badShare), size: pick(20...400))
                     })
             } else if roll < 9, restartsLeft > 0, chance(0.3) {
                 restartsLeft -= 1

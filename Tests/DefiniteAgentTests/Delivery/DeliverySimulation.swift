@@ -18,6 +18,8 @@ final class DeliverySimulation {
         /// The API refuses this row (a 400 for the whole request, or a rejected row in a 200).
         var bad = false
         var appendedAt: Double = 0
+        /// Stored bytes (with the newline), for `[batch] max_bytes`.
+        var size = 100
     }
 
     enum Leave: Equatable {
@@ -130,11 +132,12 @@ final class DeliverySimulation {
     }
 
     static func settings(
-        maxRows: Int = 1000, linger: Duration = .milliseconds(100), concurrency: Int = 2,
+        maxRows: Int = 1000, maxBytes: ByteSize = .mebibytes(4), linger: Duration = .milliseconds(100), concurrency: Int = 2,
         initial: Int64 = 50, max: Int64 = 500, maxAge: HumanDuration = .seconds(86_400)
     ) -> DeliveryMachine.Settings {
         var configuration = AgentConfiguration()
         configuration.batch.maxRows = maxRows
+        configuration.batch.maxBytes = maxBytes
         configuration.batch.linger = HumanDuration(milliseconds: Int64(linger.seconds * 1000))
         configuration.batch.concurrency = concurrency
         configuration.retry.initial = HumanDuration(milliseconds: initial)
@@ -153,14 +156,23 @@ final class DeliverySimulation {
         return id
     }
 
-    /// Appends rows, as an intake commit would, and lets the machine see them.
-    func append(_ targetID: Int64, _ rows: [Row]) {
+    /// Appends rows, as an intake commit would, and tells the machine as the writer does (the range and
+    /// its bytes); with `announce` false the machine sees them only at the next ``observe()`` (a poll).
+    func append(_ targetID: Int64, _ rows: [Row], announce: Bool = true) {
+        let start = Int64(spool[targetID]!.rows.count)
         spool[targetID]!.rows += rows.map { row in
             var row = row
             row.appendedAt = now.date.timeIntervalSince1970
             return row
         }
-        observe()
+        guard announce else { return }
+        let target = spool[targetID]!
+        machine.observe(
+            [
+                DeliveryMachine.LogEnd(
+                    targetID: targetID, target: target.target, start: start, end: Int64(target.rows.count),
+                    bytes: rows.reduce(0) { $0 + $1.size })
+            ], now: now)
     }
 
     func observe() {
@@ -260,7 +272,9 @@ final class DeliverySimulation {
         spool[id] = target
     }
 
-    private func read(_ targetID: Int64, from: Int64, end: Int64, maxRows: Int, keys: Bool) -> DeliveryMachine.ReadResult {
+    private func read(
+        _ targetID: Int64, from: Int64, end: Int64, maxRows: Int, maxBytes: Int, keys: Bool
+    ) -> DeliveryMachine.ReadResult {
         let target = spool[targetID]!
         var result = DeliveryMachine.ReadResult(seqs: [], next: from)
         var keyBytes: [ArraySlice<UInt8>?] = []
@@ -272,6 +286,9 @@ final class DeliverySimulation {
                 continue
             }
             if result.seqs.count >= maxRows { break }
+            let size = target.rows[Int(seq)].size
+            if !result.seqs.isEmpty, result.bytes + size > maxBytes { break }
+            result.bytes += size
             result.seqs.append(seq)
             keyBytes.append(target.rows[Int(seq)].key.map { Array($0.utf8)[...] })
             result.next = seq + 1
@@ -351,12 +368,15 @@ final class DeliverySimulation {
         var outcome: DeliveryMachine.Outcome
         switch step {
         case .cut(let cut):
-            outcome = .read(read(cut.targetID, from: cut.from, end: cut.end, maxRows: cut.maxRows, keys: cut.target.mode == .merge))
+            outcome = .read(
+                read(
+                    cut.targetID, from: cut.from, end: cut.end, maxRows: cut.maxRows, maxBytes: cut.maxBytes,
+                    keys: cut.target.mode == .merge))
         case .load(let load):
             outcome = .read(
                 read(
                     load.targetID, from: load.batch.range.lowerBound, end: load.batch.range.upperBound, maxRows: .max,
-                    keys: load.target.mode == .merge))
+                    maxBytes: .max, keys: load.target.mode == .merge))
         case .register(let record), .record(let record):
             apply(record.change)
             awaitingRecord[index] = nil

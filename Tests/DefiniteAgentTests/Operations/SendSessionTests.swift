@@ -157,6 +157,9 @@ struct SendSessionTests {
                     UInt8(ascii: "\""), UInt8(ascii: "0"), UInt8(ascii: "-"), UInt8(ascii: "."),
                 ].randomElement(using: &random)!
             }
+            // `send` checks a line without its newline, so a line never holds one (the scanner would see
+            // `{\n  }` as two lines; seen once in about 300,000 documents).
+            bytes = bytes.map { $0 == UInt8(ascii: "\n") ? UInt8(ascii: " ") : $0 }
             let mergeKey = Bool.random(using: &random) ? "id" : nil
             if Self.isPlain(bytes, mergeKey: mergeKey) {
                 #expect(Self.rowVerdict(bytes, mergeKey: mergeKey) == nil, "\(String(decoding: bytes, as: UTF8.self))")
