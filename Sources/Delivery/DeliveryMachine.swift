@@ -32,7 +32,7 @@ struct DeliveryMachine {
         var maxRows: Int
         /// Stored bytes of a batch's rows: `[batch] max_bytes` less room for the envelope and the tags.
         var maxBytes: Int
-        /// Bytes of tags a batch may carry (``RequestBody/tagBudget(_:)``).
+        /// Bytes of tags a batch may carry (``RequestBody/tagBudget(_:maxBytes:)``).
         var maxTagBytes: Int
         var linger: Duration
         /// How long a target's log must stand still before the rest of a burst goes without waiting out
@@ -44,7 +44,7 @@ struct DeliveryMachine {
 
         init(_ configuration: AgentConfiguration) {
             maxRows = configuration.batch.maxRows
-            maxTagBytes = RequestBody.tagBudget(configuration.batch.format)
+            maxTagBytes = RequestBody.tagBudget(configuration.batch.format, maxBytes: configuration.batch.maxBytes.bytes)
             maxBytes = max(1, configuration.batch.maxBytes.bytes - RequestBody.envelopeAllowance - maxTagBytes)
             linger = configuration.batch.linger.duration
             quiet = min(linger / 10, .milliseconds(100))

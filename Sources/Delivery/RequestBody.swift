@@ -40,9 +40,11 @@ struct RequestBody {
     }
 
     /// Tag bytes a batch may carry (each run of rows with other tags counts its tags and 32 bytes): a JSON
-    /// body has room; NDJSON puts its config in the URL, which must stay short.
-    static func tagBudget(_ format: AgentConfiguration.BodyFormat) -> Int {
-        format == .json ? 64 << 10 : 4 << 10
+    /// body has room; NDJSON puts its config in the URL, which must stay short. Never more than an eighth
+    /// of `[batch] max_bytes`, which is what the rows give up for it (a small `max_bytes` would otherwise
+    /// leave the rows no room, and every batch would hold one row).
+    static func tagBudget(_ format: AgentConfiguration.BodyFormat, maxBytes: Int) -> Int {
+        min(format == .json ? 64 << 10 : 4 << 10, maxBytes / 8)
     }
 
     /// The body for `indexes` of `records` (in that order).

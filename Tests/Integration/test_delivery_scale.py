@@ -105,6 +105,25 @@ def test_a_busy_table_does_not_starve_a_quiet_one(api, make_agent):
     assert quiet.started - sent < 1.0 and len(busy_after) >= 10, (quiet.started - sent, len(busy_after))
 
 
+def test_a_batch_full_by_bytes_and_the_rest_of_its_burst_go_without_waiting_for_linger(api, make_agent):
+    # Rows of ~100 bytes fill a 16 KiB batch long before its 50,000 rows: it goes at once, and the burst's
+    # last rows once the table stood still (100 ms), not after the minute of linger. A lone row elsewhere
+    # is a trickle: it waits for linger.
+    agent = make_agent(api.url, batch={"linger": "60s", "max_bytes": "16KiB"})
+    rows = [{"n": n, "pad": "x" * 80} for n in range(500)]
+    sent = time.monotonic()
+    send(agent, [request(rows[i:i + 50], "bronze.burst", f"r{i}") for i in range(0, 500, 50)])
+    send(agent, [request({"n": 0}, "bronze.trickle", "t")])
+    wait_until(lambda: sum(len(r.rows) for r in api.snapshot() if r.table == "bronze.burst") == 500, 10, interval=0.05,
+               message="the burst delivered well within linger")
+    burst = [r for r in api.snapshot() if r.table == "bronze.burst"]
+    assert len(burst) >= 4 and all(len(json.dumps(r.rows)) <= 16 * 1024 for r in burst), [len(r.rows) for r in burst]
+    assert sorted(row["n"] for r in burst for row in r.rows) == list(range(500))
+    assert burst[-1].started - sent < 5, burst[-1].started - sent
+    time.sleep(1)
+    assert not [r for r in api.snapshot() if r.table == "bronze.trickle"], "a lone row waits for linger"
+
+
 def test_requests_with_different_tags_are_batched_together_and_say_which_rows_had_which_tags(api, make_agent):
     agent = make_agent(api.url, batch={"linger": "300ms"})
     lines = [request({"n": n}, "bronze.traced", f"a{n}", tags={"trace_id": f"t-{n}"}) for n in range(300)]

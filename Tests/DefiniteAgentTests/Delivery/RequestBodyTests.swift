@@ -47,4 +47,18 @@ struct RequestBodyTests {
         // A subset keeps the separator.
         #expect(newline.subset([2, 0]).bytes == Array((Self.rows[2] + "\n" + Self.rows[0] + "\n").utf8))
     }
+
+    /// The rows keep most of a small `[batch] max_bytes`: the tags' share is at most an eighth of it (it was
+    /// 64 KiB whatever `max_bytes` said, so below ~65 KiB every batch held one row).
+    @Test func aSmallMaxBytesLeavesTheRowsMostOfIt() {
+        var configuration = AgentConfiguration()
+        configuration.batch.maxBytes = .kibibytes(16)
+        let small = DeliveryMachine.Settings(configuration)
+        #expect(small.maxTagBytes == 2048 && small.maxBytes == 16384 - RequestBody.envelopeAllowance - 2048)
+        configuration.batch.maxBytes = .mebibytes(4)
+        let standard = DeliveryMachine.Settings(configuration)
+        #expect(standard.maxTagBytes == 64 << 10 && standard.maxBytes == (4 << 20) - RequestBody.envelopeAllowance - (64 << 10))
+        configuration.batch.format = .ndjson
+        #expect(DeliveryMachine.Settings(configuration).maxTagBytes == 4 << 10)
+    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
@@ -144,6 +145,33 @@ struct TargetLogTests {
         let settled = try targetRow(try SpoolDatabase.openForReading(path: path))
         let stored = try SpoolStatus.read(path: path).pendingBytes
         #expect(settled.nextSeq == 26 && Int(settled.pendingBytes) == stored)
+    }
+
+    /// Delivery learns of new rows from what each commit reports: their seqs and their stored bytes, the
+    /// same bytes a read of those rows gives (delivery cuts a batch as soon as a full one waits by either).
+    @Test func eachCommitReportsTheRowsItAppendedAndTheirBytes() async throws {
+        let writer = try SpoolWriter(path: path, durability: .full, maxBytes: 1 << 30, logger: Logger(label: "test"))
+        let reported = NIOLockedValueBox<[SpoolWriter.AppendedRange]>([])
+        writer.observeAppends { ranges in reported.withLockedValue { $0 += ranges } }
+        writer.start()
+        defer { writer.shutdown() }
+        // One commit, two targets.
+        let two = batch(
+            (0..<3).map { #"{"i":\#($0),"pad":"\#(String(repeating: "x", count: $0 * 10))"}"# }
+                + [#"{"data":[{"j":1},{"j":2}],"config":{"table":"bronze.other"}}"#])
+        try await commit(two, to: writer)
+        try await commit(batch([#"{"i":3}"#]), to: writer)
+        let ranges = reported.withLockedValue { $0 }.sorted {
+            ($0.target.table, $0.range.lowerBound) < ($1.target.table, $1.range.lowerBound)
+        }
+        #expect(ranges.map(\.target.table) == ["bronze.events", "bronze.events", "bronze.other"])
+        #expect(ranges.map(\.range) == [0..<3, 3..<4, 0..<2])
+        let reader = try SpoolReader(path: path)
+        for range in ranges {
+            let (records, _) = try reader.read(
+                targetID: range.targetID, from: range.range.lowerBound, end: range.range.upperBound, maxRows: .max, maxBytes: .max)
+            #expect(records.bytes.count == range.bytes, "\(range)")
+        }
     }
 
     @Test func anIdleWriterSettlesWhatItAppendedOnceTheIntervalIsOver() async throws {
