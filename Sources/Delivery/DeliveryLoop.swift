@@ -458,7 +458,8 @@ package final class DeliveryLoop: @unchecked Sendable {
         _ send: DeliveryMachine.Send, records: SpooledRecords, key: APIKey, host: String, wait: Bool,
         configuration: AgentConfiguration
     ) -> Built {
-        let indexes = send.seqs.compactMap(records.index(of:))
+        // Usually every row read is sent: no search then.
+        let indexes = send.seqs == records.seqs ? Array(records.seqs.indices) : send.seqs.compactMap(records.index(of:))
         guard indexes.count == send.seqs.count else {
             return .unsent(.noAnswer("the batch's rows could not be read back from the spool"))
         }
