@@ -59,6 +59,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         var entries: [Entry] = []
         /// The ack ids of `entries`, back to back.
         var ackBytes: [UInt8] = []
+        /// Whether an accepted line of this burst asked for an ack: its client waits for the commit.
+        var awaited = false
 
         mutating func handle(line: UnsafeRawBufferPointer, capacity: SpoolCapacity) {
             lineNumber += 1
@@ -72,6 +74,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             case .success(let accepted):
                 if batch.admit(accepted, into: capacity) {
                     entries.append(.accepted(ack: ack, records: Int32(accepted.records)))
+                    if ack.length >= 0 { awaited = true }
                 } else {
                     entries.append(
                         .refused(
@@ -95,13 +98,14 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         /// Hands over what was read since the last submit and starts afresh. The burst owns the buffers
         /// from then on; keeping their capacity here would hold a second buffer of that size per
         /// connection while idle.
-        mutating func takeBurst() -> (batch: SpoolBatch, entries: [Entry], ackBytes: [UInt8]) {
+        mutating func takeBurst() -> (batch: SpoolBatch, entries: [Entry], ackBytes: [UInt8], awaited: Bool) {
             defer {
                 batch = SpoolBatch()
                 entries = []
                 ackBytes = []
+                awaited = false
             }
-            return (batch, entries, ackBytes)
+            return (batch, entries, ackBytes, awaited)
         }
     }
 
@@ -279,7 +283,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         guard !reading.entries.isEmpty else { return }
         let started = burstStarted ?? .now
         burstStarted = nil
-        let (batch, entries, ackBytes) = reading.takeBurst()
+        let (batch, entries, ackBytes, awaited) = reading.takeBurst()
         AgentMetrics.linesReceived.increment(by: Int64(entries.count))
         // Entries are consecutive lines: beginClosing (after which lines are skipped) always follows a submit.
         let firstLine = reading.lineNumber - entries.count + 1
@@ -290,7 +294,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             let promise = context.eventLoop.makePromise(of: Void.self)
             let held = batch.allocatedBytes + entries.capacity * MemoryLayout<Entry>.stride + ackBytes.capacity
             budget.hold(held)
-            writer.submit(batch, promise: promise)
+            // A burst without acks is awaited by nobody: it may wait a moment to share a commit (GroupCommit).
+            writer.submit(batch, promise: promise, awaited: awaited)
             promise.futureResult.assumeIsolated().whenComplete { [self] result in
                 budget.release(held)
                 burst.outcome = result.mapError { IntakeRejection(submissionFailure: $0) }

@@ -48,6 +48,16 @@ public final class SpoolWriter: @unchecked Sendable {
     public let capacity: SpoolCapacity
     private let condition = ConditionLock()
     private var queue: [Job] = []
+    /// Whether anything queued is awaited (an ack, an answer): then the next commit does not wait.
+    private var awaitedQueued = false
+    /// The writer is waiting for more of a bulk stream (``GroupCommit``): only awaited work wakes it.
+    private var gathering = false
+    private var gatherCount = 0
+
+    /// How many times the writer waited for more of a bulk stream before a commit (``GroupCommit``).
+    package var groupCommitWaits: Int { condition.withLock { gatherCount } }
+    /// Whether the next commit waits for more of a bulk stream (writer thread only).
+    private var groupCommit = GroupCommit()
     private var stopping = false
     private var stopped = false
     /// Signalled by the writer thread once it stopped and the WAL is checkpointed.
@@ -178,11 +188,13 @@ public final class SpoolWriter: @unchecked Sendable {
     }
 
     /// Queues a batch; `promise` succeeds once it is durable, or fails with a ``SpoolWriteError``.
-    /// The batch's bytes must already be reserved in ``capacity``. `appended`, when given, hears the seqs
+    /// The batch's bytes must already be reserved in ``capacity``. `awaited`: whether anyone waits for the
+    /// commit (an ack, an answer); a batch nobody waits for may wait up to ``GroupCommit/window`` to share
+    /// its commit with more of a bulk stream. `appended`, when given, hears the seqs
     /// the records got (on the writer thread, before the commit makes them visible to any reader; if the
     /// commit fails, `promise` fails after it).
     public func submit(
-        _ batch: SpoolBatch, promise: EventLoopPromise<Void>,
+        _ batch: SpoolBatch, promise: EventLoopPromise<Void>, awaited: Bool = true,
         appended: (@Sendable ([AppendedRange]) -> Void)? = nil
     ) {
         condition.lock()
@@ -193,7 +205,8 @@ public final class SpoolWriter: @unchecked Sendable {
             return
         }
         queue.append(.append(Pending(batch: batch, promise: promise, appended: appended)))
-        condition.signal()
+        if awaited { awaitedQueued = true }
+        if awaited || !gathering { condition.signal() }
         condition.unlock()
     }
 
@@ -210,6 +223,7 @@ public final class SpoolWriter: @unchecked Sendable {
             return
         }
         queue.append(.transaction(body, completion))
+        awaitedQueued = true
         condition.signal()
         condition.unlock()
     }
@@ -271,6 +285,21 @@ public final class SpoolWriter: @unchecked Sendable {
                     condition.wait()
                 }
             }
+            if !queue.isEmpty,
+                let delay = groupCommit.delay(
+                    awaited: awaitedQueued, stopping: stopping, refusing: refusalBegan || capacity.refusal != nil)
+            {
+                // Records nobody waits for, in a bulk stream: let more join this commit (GroupCommit). Only
+                // awaited work, stopping or a refusal wakes the thread early (submits meanwhile do not).
+                gathering = true
+                gatherCount += 1
+                let deadline = ContinuousClock.now + delay
+                while !awaitedQueued, !stopping, !refusalBegan, case let left = deadline - .now, left > .zero {
+                    condition.wait(timeout: left)
+                }
+                gathering = false
+            }
+            awaitedQueued = false
             let resynchronizeNow = refusalBegan
             refusalBegan = false
             if queue.isEmpty && stopping {
@@ -413,6 +442,11 @@ public final class SpoolWriter: @unchecked Sendable {
                 try TargetLog.settle(id, db: db)
                 settledNow.append(id)
             }
+        }
+        if case .success = result {
+            groupCommit.committed(records: batches.reduce(0) { $0 + $1.batch.totalRecords })
+        } else {
+            groupCommit.committed(records: 0)
         }
         switch result {
         case .success:

@@ -197,6 +197,32 @@ struct IntakeConnectionHandlerTests {
         try await finish(replies)
     }
 
+    /// Lines asking for no ack are awaited by nobody: after a bulk commit their burst may wait a moment to
+    /// share a commit (``GroupCommit``). A burst with an ack never waits.
+    @Test func onlyABurstWithoutAcksMayWaitToShareACommit() async throws {
+        let spool = try TestSpool("intake-handler")
+        defer { spool.shutDown() }
+        var replies = try await connection(spool)
+        let bulk = GroupCommit.bulkRecords
+        func lines(_ range: Range<Int>, ack: Bool) -> String {
+            range.map { ack ? #"{"ack":"\#($0)","n":\#($0)}"# : #"{"n":\#($0)}"# }.joined(separator: "\n") + "\n"
+        }
+        func pending() throws -> Int { try spool.pending()["bronze.events"] ?? 0 }
+
+        try await send(lines(0..<bulk, ack: true), to: replies)
+        _ = try await replies.lines(bulk)
+        #expect(spool.writer.groupCommitWaits == 0)
+        try await send(lines(bulk..<2 * bulk, ack: false), to: replies)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while try pending() < 2 * bulk, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(try pending() == 2 * bulk)
+        #expect(spool.writer.groupCommitWaits == 1, "the burst without acks after a bulk commit waited")
+        try await send(lines(2 * bulk..<2 * bulk + 1, ack: true), to: replies)
+        #expect(try await replies.lines(1) == [#"{"ack":"\#(2 * bulk)","ok":true,"accepted":1}"#])
+        #expect(spool.writer.groupCommitWaits == 1, "a burst with an ack does not wait")
+        try await finish(replies)
+    }
+
     @Test func anAckIdIsEchoedAsSentEscapesIncluded() async throws {
         let spool = try TestSpool("intake-handler")
         defer { spool.shutDown() }
