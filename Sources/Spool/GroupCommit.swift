@@ -1,12 +1,12 @@
 /// When the writer waits a moment before a commit, so that one commit and one `fdatasync` carry what would
 /// have been several (the idea of PostgreSQL's `commit_delay`).
 ///
-/// Only records nobody waits for wait: a connection that asks for no acks, a datagram. After a commit that
+/// Only records nobody waits for wait: a connection's lines that ask for no ack. After a commit that
 /// appended at least ``bulkRecords`` records (a bulk stream) the writer waits up to ``window`` before taking
-/// such records, and what arrives meanwhile joins the commit. Anything awaited — a line asking for an ack,
-/// an HTTP request, delivery's bookkeeping waits no more than before — ends the wait at once, and a
-/// writer acknowledging one record at a time never starts one. Durability is unchanged: a record is
-/// acknowledged, and counted as stored, only once the commit holding it is durable.
+/// such records, and what arrives meanwhile joins the commit. Anything awaited (a line asking for an ack,
+/// an HTTP request, a datagram, whose thread blocks on its in-flight limit, delivery's bookkeeping) ends
+/// the wait at once, and a writer acknowledging one record at a time never starts one. Durability is
+/// unchanged: a record is acknowledged, and counted as stored, only once the commit holding it is durable.
 package struct GroupCommit: Sendable, Equatable {
     /// The longest the writer waits before a commit.
     package static let window = Duration.milliseconds(1)
