@@ -191,6 +191,9 @@ struct DeliveryMachine {
         /// The parts as the spool has them (empty: one whole part).
         var recordedParts: [DeliveryLedger.Part]
         var holder: Holder = .free
+        /// Stored bytes of the rows, as the cut read them (0 for a batch restored from the spool): they
+        /// wait again if the batch cannot be registered.
+        var cutBytes = 0
 
         var ledgerBatch: DeliveryLedger.Batch { DeliveryLedger.Batch(id: id, range: range) }
     }
@@ -479,6 +482,7 @@ struct DeliveryMachine {
         let batch = DeliveryLedger.Batch(id: makeBatchID(now.date), range: cut.from..<result.next)
         let (live, superseded) = Self.lastWrites(result)
         var open = OpenBatch(id: batch.id, range: batch.range, attempts: 0, recordedParts: [])
+        open.cutBytes = result.bytes
         open.holder = .working(
             Held(
                 isolation: BatchIsolation(range: batch.range, parts: [], live: live),
@@ -521,8 +525,10 @@ struct DeliveryMachine {
         else { return nil }  // a note, or the batch was resolved by this record
         guard case .recorded = outcome else {
             if registration {
-                // Not registered: forget the batch; its rows are cut again after a pause.
+                // Not registered: forget the batch; its rows wait again (with their bytes, so a full batch
+                // is not held for linger) and are cut again after a pause.
                 update(targetID) { target in
+                    target.waitingBytes += target.batches[index].cutBytes
                     target.batches.remove(at: index)
                     target.assignedEnd = min(target.assignedEnd, record.change.register?.range.lowerBound ?? target.assignedEnd)
                     if target.logEnd > target.assignedEnd, target.pendingSince == nil { target.pendingSince = now.instant }

@@ -456,4 +456,20 @@ struct DeliveryMachineTests {
         #expect(simulation.requests.map(\.seqs.count) == [6, 6, 6, 5])
         expectDrained(simulation)
     }
+
+    @Test func aFullBatchWhoseRegistrationFailedIsCutAgainAfterThePauseNotAfterLinger() {
+        var settings = DeliverySimulation.settings(maxRows: 1000, linger: .seconds(60))
+        settings.maxBytes = 1000
+        let simulation = DeliverySimulation(settings: settings, seed: 7, workers: 1)
+        let id = simulation.addTarget(Self.append)
+        simulation.failingRegistrations = 1
+        // Exactly a full batch by bytes, and nothing after it: no burst goes on for its rows to join.
+        simulation.append(id, (0..<5).map { _ in Row(size: 200) })
+        while simulation.act(0) {}
+        #expect(simulation.requests.isEmpty, "the batch could not be registered")
+        simulation.advance(by: DeliveryMachine.storagePause)
+        while simulation.act(0) {}
+        #expect(simulation.requests.map(\.seqs) == [Array(0..<5)], "cut again as full as it was, without waiting out linger")
+        expectDrained(simulation)
+    }
 }

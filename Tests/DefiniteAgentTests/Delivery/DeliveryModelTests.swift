@@ -10,7 +10,7 @@ import Testing
 
 /// Randomized, model-based test of delivery, in the spirit of Vector's disk-buffer model tests: random
 /// schedules of rows (append and merge, some refused by the API), transient failures, drops after the
-/// API committed, 413s and restarts, run against ``DeliverySimulation`` and checked against what must hold
+/// API committed, 413s, batch registrations the spool fails to write, and restarts, run against ``DeliverySimulation`` and checked against what must hold
 /// whatever happens:
 /// - no acknowledged row is lost: each leaves the queue delivered, dead-lettered or superseded by a later
 ///   write of its merge key;
@@ -102,6 +102,8 @@ struct DeliveryModelTests {
             } else if roll < 9, restartsLeft > 0, chance(0.3) {
                 restartsLeft -= 1
                 simulation.restart()
+            } else if roll == 9, action < healAt, chance(0.2) {
+                simulation.failingRegistrations += 1
             } else if roll < 15 {
                 simulation.advance(by: .milliseconds(Int64(pick(0...300))))
             } else if roll < 17 {

@@ -111,6 +111,8 @@ final class DeliverySimulation {
     private(set) var registered: [String: (live: Int, bad: Int, restarts: Int)] = [:]
     var api = API()
     var hasKey = true
+    /// The next this many batch registrations fail to be written (a full disk, a locked spool).
+    var failingRegistrations = 0
     private(set) var machine: DeliveryMachine
     private(set) var settings: DeliveryMachine.Settings
     private(set) var now: DeliveryMachine.Now
@@ -377,6 +379,9 @@ final class DeliverySimulation {
                 read(
                     load.targetID, from: load.batch.range.lowerBound, end: load.batch.range.upperBound, maxRows: .max,
                     maxBytes: .max, keys: load.target.mode == .merge))
+        case .register where failingRegistrations > 0:
+            failingRegistrations -= 1
+            outcome = .notRecorded("disk full")
         case .register(let record), .record(let record):
             apply(record.change)
             awaitingRecord[index] = nil
