@@ -10,8 +10,8 @@ import Testing
 
 /// Randomized, model-based test of delivery, in the spirit of Vector's disk-buffer model tests: random
 /// schedules of rows (append and merge, some refused by the API), transient failures, drops after the
-/// API committed, 413s, batch registrations the spool fails to write, and restarts, run against ``DeliverySimulation`` and checked against what must hold
-/// whatever happens:
+/// API committed, 413s, batch registrations the spool fails to write, and restarts, run against
+/// ``DeliverySimulation`` and checked against what must hold whatever happens:
 /// - no acknowledged row is lost: each leaves the queue delivered, dead-lettered or superseded by a later
 ///   write of its merge key;
 /// - no refused row is ever written or recorded as delivered, and each is dead-lettered exactly once;
