@@ -429,11 +429,16 @@ struct DeliveryMachineTests {
         expectDrained(simulation)
     }
 
-    @Test func aBatchFullByBytesIsCutAtOnce() {
-        var settings = DeliverySimulation.settings(maxRows: 1000, linger: .seconds(5))
-        settings.maxBytes = 1000
+    /// One worker and one append target (its id returned), batches of at most 1,000 rows and `maxBytes`.
+    func byteLimitedSimulation(maxBytes: Int, linger: Duration) -> (DeliverySimulation, Int64) {
+        var settings = DeliverySimulation.settings(maxRows: 1000, linger: linger)
+        settings.maxBytes = maxBytes
         let simulation = DeliverySimulation(settings: settings, seed: 7, workers: 1)
-        let id = simulation.addTarget(Self.append)
+        return (simulation, simulation.addTarget(Self.append))
+    }
+
+    @Test func aBatchFullByBytesIsCutAtOnce() {
+        let (simulation, id) = byteLimitedSimulation(maxBytes: 1000, linger: .seconds(5))
         /// Worker 0 acts until it has nothing to do now (the clock stands still).
         func actWhileDue() { while simulation.act(0) {} }
         simulation.append(id, (0..<5).map { _ in Row(size: 150) })
@@ -458,10 +463,7 @@ struct DeliveryMachineTests {
     }
 
     @Test func aFullBatchWhoseRegistrationFailedIsCutAgainAfterThePauseNotAfterLinger() {
-        var settings = DeliverySimulation.settings(maxRows: 1000, linger: .seconds(60))
-        settings.maxBytes = 1000
-        let simulation = DeliverySimulation(settings: settings, seed: 7, workers: 1)
-        let id = simulation.addTarget(Self.append)
+        let (simulation, id) = byteLimitedSimulation(maxBytes: 1000, linger: .seconds(60))
         simulation.failingRegistrations = 1
         // Exactly a full batch by bytes, and nothing after it: no burst goes on for its rows to join.
         simulation.append(id, (0..<5).map { _ in Row(size: 200) })
