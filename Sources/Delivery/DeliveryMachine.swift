@@ -229,6 +229,10 @@ struct DeliveryMachine {
 
     private(set) var settings: Settings
     private var targets: [Int64: TargetProgress] = [:]
+    /// Where each dropped target's rows were all resolved (its `assignedEnd` when it went idle): where it
+    /// starts again when it comes back. Rows another process appended meanwhile (`dlq replay`) lie between
+    /// this and the append that brings the target back.
+    private var droppedAt: [Int64: Int64] = [:]
     private var order: [Int64] = []
     private var cursor = 0
     private var authPausedUntil: ContinuousClock.Instant?
@@ -261,14 +265,16 @@ struct DeliveryMachine {
 
     // MARK: Inputs
 
-    /// Takes in the targets' log ends (new rows, new targets). A target the machine does not know (new,
-    /// or dropped while idle) starts at `start`: every row before it was resolved.
+    /// Takes in the targets' log ends (new rows, new targets). A target dropped while idle starts again
+    /// where its rows were all resolved, so rows another process appended meanwhile are sent even when an
+    /// append of this daemon's intake is what brings it back; a new target starts at `start`.
     mutating func observe(_ ends: [LogEnd], now: Now) {
         for end in ends {
             if targets[end.targetID] == nil {
-                guard end.end > end.start else { continue }
-                targets[end.targetID] = TargetProgress(
-                    id: end.targetID, target: end.target, logEnd: end.start, assignedEnd: end.start)
+                let start = droppedAt[end.targetID] ?? end.start
+                guard end.end > start else { continue }
+                droppedAt[end.targetID] = nil
+                targets[end.targetID] = TargetProgress(id: end.targetID, target: end.target, logEnd: start, assignedEnd: start)
                 order.append(end.targetID)
             }
             let flush = flushRequested
@@ -348,7 +354,10 @@ struct DeliveryMachine {
     private mutating func drop(_ idle: [Int64]) {
         guard !idle.isEmpty else { return }
         let gone = Set(idle)
-        for id in idle { targets[id] = nil }
+        for id in idle {
+            droppedAt[id] = targets[id]?.assignedEnd
+            targets[id] = nil
+        }
         order.removeAll { gone.contains($0) }
         cursor = order.isEmpty ? 0 : cursor % order.count
     }
@@ -578,7 +587,7 @@ struct DeliveryMachine {
         case .answered(let code, let body, let retryAfter):
             verdict = DeliveryVerdict(status: code, answer: body, retryAfter: retryAfter, sentRows: request.seqs.count)
             (answer, status) = (body, code)
-            error = body.summary.isEmpty ? "HTTP \(code)" : "HTTP \(code): \(body.summary)"
+            error = Self.describe(status: code, answer: body, sentRows: request.seqs.count)
         case .noAnswer(let message):
             verdict = .transient(retryAfter: nil)
             (answer, status, error) = (StreamAPIResponse(body: []), nil, message)
@@ -622,6 +631,17 @@ struct DeliveryMachine {
                     effect, targetID: send.targetID, index: index, attempts: attempts,
                     warnings: answer.warnings, status: status, error: error, into: change, now: now))
         }
+    }
+
+    /// An answer as `last_error` and the logs give it: the status and the API's errors, and for a 2xx that
+    /// does not say what it wrote, why the rows go again.
+    static func describe(status: Int, answer: StreamAPIResponse, sentRows: Int) -> String {
+        var text = "HTTP \(status)"
+        if (200..<300).contains(status), answer.rejected(of: sentRows) == nil {
+            text += " without rejected_rows or successful_rows, so what it wrote is unknown: not a Stream API answer"
+            text += " (is [api] url right?); the rows go again after a backoff"
+        }
+        return answer.summary.isEmpty ? text : "\(text): \(answer.summary)"
     }
 
     // MARK: A held batch

@@ -18,7 +18,9 @@ enum DeliveryVerdict: Sendable, Equatable {
     case authRefused
     /// 404: the namespace or table does not exist (yet). This table waits.
     case tableNotFound
-    /// 429, 5xx, any other status, or no answer at all: may succeed later.
+    /// 429, 5xx, any other status, no answer at all, or a 2xx whose answer does not say how many rows it
+    /// wrote (not a Stream API answer: a proxy's page, a wrong `[api] url`): may succeed later. A resend
+    /// risks a duplicate, where taking such an answer for "all written" could lose every row.
     case transient(retryAfter: Duration?)
 
     /// One row an answer's errors blame: its index in the request's `data` and the API's message.
@@ -31,12 +33,16 @@ enum DeliveryVerdict: Sendable, Equatable {
     init(status: Int, answer: StreamAPIResponse, retryAfter: Double?, sentRows: Int) {
         switch status {
         case 200..<300:
-            guard answer.rejectedRows > 0 else {
+            guard let rejected = answer.rejected(of: sentRows) else {
+                self = .transient(retryAfter: nil)
+                return
+            }
+            guard rejected > 0 else {
                 self = .delivered
                 return
             }
             let named = Self.rowErrors(answer.errors, rows: sentRows)
-            self = .partlyRejected(count: answer.rejectedRows, named: named.count == answer.rejectedRows ? named : nil)
+            self = .partlyRejected(count: rejected, named: named.count == rejected ? named : nil)
         case 400:
             self = .refused(named: Self.rowErrors(answer.errors, rows: sentRows))
         case 413:
@@ -48,9 +54,22 @@ enum DeliveryVerdict: Sendable, Equatable {
         case 404:
             self = .tableNotFound
         default:
-            self = .transient(retryAfter: retryAfter.map { .milliseconds(Int64(($0 * 1000).rounded(.up))) })
+            self = .transient(retryAfter: retryAfter.flatMap(Self.duration(seconds:)))
         }
     }
+
+    /// `Retry-After` as a duration: whole milliseconds, rounded up, at most ``maximumRetryAfter``; none
+    /// for a value that is not a finite number of seconds (the exponential backoff applies instead).
+    static func duration(seconds: Double) -> Duration? {
+        guard seconds.isFinite else { return nil }
+        let limit = Double(maximumRetryAfter.components.seconds)
+        return .milliseconds(Int64((min(max(0, seconds), limit) * 1000).rounded(.up)))
+    }
+
+    /// The longest wait a `Retry-After` gets: an hour. A longer one (a day, a year, a garbled date) would
+    /// hold the batch, and its table's next batches, past any sense, and past `retry.max_age`, which is
+    /// looked at when the batch is next taken: after an hour it is asked again, and waits again if told to.
+    static let maximumRetryAfter = Duration.seconds(3600)
 
     /// The rows named by errors of the form `row <index>: <reason>` (the API's index into `data`), each
     /// once, in order; an index that is not a row of the request is ignored.

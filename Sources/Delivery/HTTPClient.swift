@@ -9,10 +9,11 @@ struct HTTPResponse: Sendable {
     var headers: [String: String]
     var body: [UInt8]
 
-    /// `Retry-After` in seconds (delta-seconds or an HTTP date), when present.
+    /// `Retry-After` in seconds (delta-seconds or an HTTP date), when present and a finite number of
+    /// seconds (`inf`, `nan` and `1e999` are not).
     func retryAfter(now: Date = Date()) -> Double? {
         guard let value = headers["retry-after"]?.trimmingWhitespace() else { return nil }
-        if let seconds = Double(value) { return max(0, seconds) }
+        if let seconds = Double(value) { return seconds.isFinite ? max(0, seconds) : nil }
         // An HTTP date ("Wed, 21 Oct 2015 07:28:00 GMT"), parsed by libcurl, which reads the three forms
         // RFC 9110 allows.
         let date = curl_getdate(value, nil)

@@ -7,44 +7,84 @@ struct StreamAPIResponse: Sendable, Equatable {
     var snapshotID: String?
     var acceptedRows: Int?
     var successfulRows: Int?
-    var rejectedRows: Int
+    /// `rejected_rows`; `nil` when the answer does not say.
+    var rejectedRows: Int?
     var errors: [String]
     var warnings: [String]
+    /// The body was not a whole JSON object: cut at the client's limit (many errors), or not JSON at all.
+    /// Members read before the point where it stopped making sense are kept.
+    var isIncomplete = false
 
-    /// Parses a JSON answer; a body that is not one gives empty fields (the status still decides).
+    /// Parses a JSON answer. A body cut short keeps the members that came whole before the cut (the
+    /// reference's order puts the counts before `errors`, the part that grows with the rows); a body that
+    /// is not JSON gives empty fields and its first bytes as the error (the status still decides).
     init(body: [UInt8]) {
-        let value = body.withUnsafeBytes { try? JSONValue.parse($0) }
+        let members: [(String, JSONValue)]
+        if case .object(let whole)? = body.withUnsafeBytes({ try? JSONValue.parse($0) }) {
+            members = whole
+        } else {
+            members = body.withUnsafeBytes(Self.membersBeforeTheCut)
+            isIncomplete = true
+        }
+        func value(_ key: String) -> JSONValue? { members.first { $0.0 == key }?.1 }
         func int(_ key: String) -> Int? {
-            if case .number(let text)? = value?[key] { return Int(text) }
+            if case .number(let text)? = value(key) { return Int(text) }
             return nil
         }
         func strings(_ key: String) -> [String] {
-            guard case .array(let items)? = value?[key] else { return [] }
+            guard case .array(let items)? = value(key) else { return [] }
             return items.map { item in
                 if case .string(let text) = item { return text }
                 return JSONCompactor.render(item)
             }
         }
-        if case .bool(let flag)? = value?["success"] { success = flag }
-        if case .string(let id)? = value?["request_id"] { requestID = id }
-        switch value?["snapshot_id"] {
+        if case .bool(let flag)? = value("success") { success = flag }
+        if case .string(let id)? = value("request_id") { requestID = id }
+        switch value("snapshot_id") {
         case .string(let id)?: snapshotID = id
         case .number(let id)?: snapshotID = id
         default: snapshotID = nil
         }
         acceptedRows = int("accepted")
         successfulRows = int("successful_rows")
-        rejectedRows = int("rejected_rows") ?? 0
+        rejectedRows = int("rejected_rows")
         errors = strings("errors")
         warnings = strings("warnings")
-        if errors.isEmpty, value == nil, !body.isEmpty {
+        if errors.isEmpty, members.isEmpty, !body.isEmpty {
             errors = [String(decoding: body.prefix(512), as: UTF8.self)]
         }
+    }
+
+    /// How many of `sent` rows the answer says were not written: `rejected_rows`, else what
+    /// `successful_rows` leaves out; `nil` when it says neither, and so does not tell what was written.
+    func rejected(of sent: Int) -> Int? {
+        if let rejectedRows { return max(0, rejectedRows) }
+        if let successfulRows { return max(0, sent - successfulRows) }
+        return nil
     }
 
     /// A one-line summary of the server's errors for logs and `status`.
     var summary: String {
         let text = errors.prefix(3).joined(separator: "; ")
         return errors.count > 3 ? text + " (and \(errors.count - 3) more)" : text
+    }
+
+    /// The top-level members of a JSON object that come whole before the body stops being JSON (a cut, or
+    /// garbage); none when it does not start as an object.
+    private static func membersBeforeTheCut(_ bytes: UnsafeRawBufferPointer) -> [(String, JSONValue)] {
+        var scanner = JSONScanner(bytes)
+        var members: [(String, JSONValue)] = []
+        do {
+            try scanner.beginObject()
+            while let name = try scanner.nextMember() {
+                let start = scanner.position
+                try scanner.skipValue(depth: 1, maxDepth: 32)
+                let value = try JSONValue.parse(UnsafeRawBufferPointer(rebasing: bytes[start..<scanner.position]))
+                members.append((scanner.decode(name), value))
+            }
+        } catch {
+            // Cut here: what came before stands.
+        }
+        return members
     }
 }

@@ -836,6 +836,34 @@ def test_dlq_replay_all_lands_poison_rows_once_the_api_accepts_them(emu, make_ag
     assert json.loads(agent.cli("dlq", "list", "--json").stdout) == []
 
 
+def test_rows_replayed_into_an_idle_table_go_before_a_record_that_arrives_before_the_next_poll(emu, make_agent):
+    """`dlq replay` puts rows back from another process; the daemon sees them at its next poll (every 5 s). A
+    record for the same table arriving first brings the idle table back: delivery must start where the table's
+    rows were all resolved, before the replayed ones. Were it to start at the new record, that record would be
+    written first and the replayed rows (earlier in the log) would overwrite it, on a merge table, when the
+    poll found them."""
+    agent = make_agent(emu.stream_url)
+
+    def merge_line(rows: list[dict], ack: str) -> bytes:
+        config = {"table": "bronze.replayed", "mode": "merge", "primary_key": ["id"]}
+        return json.dumps({"data": rows, "config": config, "ack": ack}, separators=(",", ":")).encode()
+
+    emu.control(force={"status": 422, "count": 1})
+    assert pipeline(agent, [merge_line([{"id": i, "v": "replayed"} for i in range(10)], "r")])[0]["ok"]
+    wait_until(lambda: agent.status()["dead_letters"] == 10, timeout=30, message="the rows dead-lettered")
+    wait_delivered(agent, table="bronze.replayed")
+    # Delivery forgets an idle table when it next looks for work (another table's rows make it look).
+    send(agent, [{"i": 0}], "bronze.other", chunk=1, tag="o")
+    wait_delivered(agent, table="bronze.other")
+    replay = agent.cli("dlq", "replay", "--all")
+    assert replay.returncode == 0 and b"10 rows" in replay.stdout, (replay.stdout, replay.stderr)
+    assert pipeline(agent, [merge_line([{"id": 5, "v": "new"}], "n")])[0]["ok"]
+    wait_delivered(agent, table="bronze.replayed", timeout=30)
+    assert agent.status()["dead_letters"] == 0
+    rows = {r["id"]: r["v"] for r in emu.query("SELECT id, v FROM lake.bronze.replayed")}
+    assert rows == {i: ("new" if i == 5 else "replayed") for i in range(10)}, rows
+
+
 # --------------------------------------------------------------------------------------------------------------
 # dlq / queue CLI against the dead_letters table
 

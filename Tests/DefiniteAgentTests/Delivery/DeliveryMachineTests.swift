@@ -132,6 +132,36 @@ struct DeliveryMachineTests {
         #expect(simulation.spool[1]!.state.kind == .delivering)
     }
 
+    /// A `Retry-After` of `inf`, `1e999` or years is no reason to crash or to hold the table for good:
+    /// no finite value means the usual backoff, and the longest wait is an hour.
+    @Test func aRetryAfterThatIsNotFiniteOrIsYearsLongWaitsTheBackoffOrAnHour() {
+        for (retryAfter, wait) in [(Double.infinity, Duration.milliseconds(50)), (.nan, .milliseconds(50)), (1e300, .seconds(3600))] {
+            let simulation = simulation(rows: 3, settings: DeliverySimulation.settings(initial: 50, max: 50)) { $0.forced = [429] }
+            simulation.api.retryAfter = retryAfter
+            untilFirstAnswer(simulation)
+            simulation.advance(by: wait - .milliseconds(1))
+            #expect(!simulation.act(0), "\(retryAfter): sent before its wait")
+            simulation.advance(by: .milliseconds(1))
+            simulation.runUntilQuiet()
+            expectDrained(simulation)
+            #expect(simulation.requests.map(\.status) == [429, 200], "\(retryAfter)")
+        }
+    }
+
+    /// A 200 that does not say what it wrote (a proxy's page, a wrong `[api] url`) is not taken for "all
+    /// written": the rows go again after a backoff, and the target's last error says why.
+    @Test func aTwoHundredThatIsNotAStreamAPIAnswerIsSentAgainNotTakenForDelivered() {
+        let simulation = simulation(rows: 3) { $0.notStreamAPIAnswers = 1 }
+        untilFirstAnswer(simulation)
+        let first = simulation.spool[1]!
+        #expect(first.left.isEmpty && first.state.kind == .backingOff)
+        #expect(first.lastError?.hasPrefix("HTTP 200 without rejected_rows or successful_rows") == true)
+        #expect(first.lastError?.contains("Welcome to nginx!") == true)
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.map(\.status) == [200, 200] && simulation.lake[1]!.count == 3)
+    }
+
     // MARK: Isolation
 
     @Test func isolationCostsStayWithinTwoKLogNAndProvenRowsAreSentAlone() {
@@ -365,6 +395,22 @@ struct DeliveryMachineTests {
         simulation.runUntilQuiet()
         expectDrained(simulation)
         #expect(simulation.requests.suffix(1).map(\.seqs) == [[1, 2]])
+    }
+
+    /// `dlq replay` (another process) puts rows back at the end of an idle target's log; the daemon learns
+    /// of them at its next poll. An intake append arriving first must not make the machine start the
+    /// target past them: they would never be sent, and `delivered_seq` would stay below them for good.
+    @Test func rowsAnotherProcessAppendedToADroppedTargetAreSentWhenAnAppendBringsItBack() {
+        let simulation = simulation(rows: 2)
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        simulation.act(0)
+        #expect(simulation.machine.targetCount == 0)
+        simulation.append(1, [Row(), Row(), Row()], announce: false)  // dlq replay: seqs 2..<5
+        simulation.append(1, [Row()])  // intake, before the next poll: seq 5
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.suffix(1).map(\.seqs) == [[2, 3, 4, 5]])
     }
 
     @Test func batchesAreCutAtMaxRowsOrAfterLingerOrOnFlush() {

@@ -88,6 +88,9 @@ final class DeliverySimulation {
         /// Statuses for the next requests, in order, before any other rule (`nil`: no answer). A forced
         /// 200 still rejects bad rows as ``refusal`` says.
         var forced: [Int?] = []
+        /// The next this many requests get a 200 that is not a Stream API answer (a proxy's page, with no
+        /// row counts); nothing is written.
+        var notStreamAPIAnswers = 0
 
         mutating func heal() {
             (serverErrorRate, rateLimitRate, noAnswerRate, dropAfterCommitRate) = (0, 0, 0, 0)
@@ -314,6 +317,12 @@ final class DeliverySimulation {
             return .answered(
                 status: status, answer: StreamAPIResponse(body: Array(body.utf8)),
                 retryAfter: status == 429 ? api.retryAfter : nil)
+        }
+        if api.notStreamAPIAnswers > 0 {
+            api.notStreamAPIAnswers -= 1
+            request.status = 200
+            let page = StreamAPIResponse(body: Array("<html><body>Welcome to nginx!</body></html>".utf8))
+            return (.answered(status: 200, answer: page, retryAfter: nil), [])
         }
         if let forced = api.forced.first {
             api.forced.removeFirst()

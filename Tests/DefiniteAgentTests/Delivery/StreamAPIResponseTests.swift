@@ -1,0 +1,70 @@
+import Foundation
+import Testing
+
+@testable import Core
+@testable import Delivery
+
+/// Reading the API's answers: what they say was written, even when the client cut them short, and what
+/// a verdict makes of an answer that does not say.
+@Suite("StreamAPIResponse")
+struct StreamAPIResponseTests {
+    static let documented =
+        #"{"success":true,"request_id":"req_abc123def456","stream_id":"st_xyz789ghi012","table":"bronze.customers","accepted":2,"successful_rows":2,"rejected_rows":0,"partitions":["2024-01-15"],"snapshot_id":null,"warnings":[],"errors":[]}"#
+
+    func answer(_ text: String) -> StreamAPIResponse { StreamAPIResponse(body: Array(text.utf8)) }
+
+    @Test func theDocumentedAnswerIsReadWhole() {
+        let answer = answer(Self.documented)
+        #expect(answer.success == true && answer.requestID == "req_abc123def456")
+        #expect(answer.acceptedRows == 2 && answer.successfulRows == 2 && answer.rejectedRows == 0)
+        #expect(!answer.isIncomplete && answer.errors.isEmpty)
+        #expect(answer.rejected(of: 2) == 0)
+    }
+
+    /// An answer with an error per rejected row outgrows the client's 1 MiB cap on 50,000 rows; the counts
+    /// come before the errors and are kept.
+    @Test func anAnswerCutInItsErrorsKeepsItsCounts() {
+        let errors = (0..<30_000).map { "\"row \($0): could not convert string to INTEGER\"" }.joined(separator: ",")
+        let whole =
+            #"{"success":false,"request_id":"r1","accepted":50000,"successful_rows":20000,"rejected_rows":30000,"warnings":["w"],"errors":["#
+            + errors + "]}"
+        let cut = Array(whole.utf8.prefix(1 << 20))
+        #expect(cut.count < whole.utf8.count)
+        let answer = StreamAPIResponse(body: cut)
+        #expect(answer.isIncomplete)
+        #expect(answer.rejectedRows == 30_000 && answer.successfulRows == 20_000 && answer.requestID == "r1")
+        #expect(answer.warnings == ["w"] && answer.errors.isEmpty, "the errors were cut: none is taken")
+        let verdict = DeliveryVerdict(status: 200, answer: answer, retryAfter: nil, sentRows: 50_000)
+        #expect(verdict == .partlyRejected(count: 30_000, named: nil))
+    }
+
+    @Test func anAnswerThatSaysNeitherCountDoesNotSayWhatWasWritten() {
+        for body in ["<html><body>Welcome to nginx!</body></html>", "", "{}", #"{"ok":true}"#, #"{"success":true,"errors":[]}"#] {
+            let answer = answer(body)
+            #expect(answer.rejected(of: 10) == nil, "\(body)")
+            #expect(DeliveryVerdict(status: 200, answer: answer, retryAfter: nil, sentRows: 10) == .transient(retryAfter: nil), "\(body)")
+        }
+        #expect(answer("<html>x</html>").errors == ["<html>x</html>"], "a body that is not JSON shows as the error")
+    }
+
+    @Test func successfulRowsAloneTellWhatWasRejected() {
+        #expect(answer(#"{"successful_rows":7}"#).rejected(of: 10) == 3)
+        #expect(answer(#"{"successful_rows":10}"#).rejected(of: 10) == 0)
+        #expect(DeliveryVerdict(status: 200, answer: answer(#"{"successful_rows":10}"#), retryAfter: nil, sentRows: 10) == .delivered)
+        #expect(answer(#"{"successful_rows":10,"rejected_rows":1}"#).rejected(of: 10) == 1, "rejected_rows, when given, decides")
+    }
+
+    @Test func retryAfterIsFiniteAndAtMostAnHour() {
+        #expect(DeliveryVerdict.duration(seconds: 1.5) == .milliseconds(1500))
+        #expect(DeliveryVerdict.duration(seconds: -3) == .zero)
+        #expect(DeliveryVerdict.duration(seconds: 1e300) == .seconds(3600))
+        #expect(DeliveryVerdict.duration(seconds: .infinity) == nil)
+        #expect(DeliveryVerdict.duration(seconds: .nan) == nil)
+        #expect(
+            DeliveryVerdict(status: 429, answer: answer("{}"), retryAfter: 1e300, sentRows: 1) == .transient(retryAfter: .seconds(3600)))
+        for header in ["inf", "nan", "1e999", "-inf", "infinity"] {
+            #expect(HTTPResponse(status: 429, headers: ["retry-after": header], body: []).retryAfter() == nil, "\(header)")
+        }
+        #expect(HTTPResponse(status: 429, headers: ["retry-after": "120"], body: []).retryAfter() == 120)
+    }
+}
