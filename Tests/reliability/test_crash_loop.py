@@ -271,5 +271,7 @@ def test_an_external_crash_signal_ends_the_daemon(tmp_path, signame):
             code = None
         assert code is not None, f"the daemon is still running 10 s after {signame}"
         assert code == -signo, code
+        # One line in the log says what ended it, even from the release binary, which has no backtracer.
+        assert f"definite-agent: ended by {signame} from process {os.getpid()}" in agent.log(), agent.log()[-2000:]
     finally:
         agent.kill9()

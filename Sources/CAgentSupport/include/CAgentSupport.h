@@ -19,8 +19,18 @@ int cagent_name_current_thread(const char *name);
 /// its handler returns and the process carries on. This chains in front of whatever handler is
 /// installed: faults inside the process are reported as before; a SIGABRT from another process (what
 /// systemd sends when the watchdog expires) is reported, then ends the process; any other crash signal
-/// from another process ends it at once with its default action. Returns how many signals were hooked.
+/// from another process ends it at once with its default action. Each writes one line to standard error
+/// first (``cagent_describe_crash``): the release binary has no backtracer (and the unit turns it off), so
+/// without it a crash would leave nothing in the journal. Returns how many signals were hooked.
 int cagent_install_fatal_signal_handlers(void);
+
+/// The line the crash handler writes to standard error for `signo`, into `out` (NUL-terminated, cut to
+/// `capacity`); returns its length. `sender` is the process that sent the signal (0: a fault inside this
+/// one), `address` where it struck, `offset` that address less the executable's start (0: not in the
+/// executable), `thread` the thread's name, `commit` the build's commit.
+unsigned long cagent_describe_crash(
+    char *out, unsigned long capacity, int signo, long sender, unsigned long address, unsigned long offset,
+    const char *thread, const char *commit);
 
 /// Catches SIGTERM, SIGINT, SIGHUP and SIGUSR1 from the start of `run` until the daemon's own handling
 /// (a dispatch signal source, which replaces this handler) takes each over, and remembers which came:
