@@ -79,7 +79,12 @@ struct StreamAPIResponse: Sendable, Equatable {
             while let name = try scanner.nextMember() {
                 let start = scanner.position
                 try scanner.skipValue(depth: 1, maxDepth: 32)
-                let value = try JSONValue.parse(UnsafeRawBufferPointer(rebasing: bytes[start..<scanner.position]))
+                let end = scanner.position
+                // Whole only if something follows it: a number cut short (`"rejected_rows":30|0`) still
+                // scans as a number.
+                scanner.skipWhitespace()
+                guard let next = scanner.peek(), next == UInt8(ascii: ",") || next == UInt8(ascii: "}") else { break }
+                let value = try JSONValue.parse(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
                 members.append((scanner.decode(name), value))
             }
         } catch {

@@ -38,6 +38,17 @@ struct StreamAPIResponseTests {
         #expect(verdict == .partlyRejected(count: 30_000, named: nil))
     }
 
+    /// A cut can fall inside a number, which still scans as one: a member counts only once what follows
+    /// it shows it whole.
+    @Test func aCountCutShortIsNotTaken() {
+        let answer = answer(#"{"request_id":"r1","successful_rows":7,"rejected_rows":30"#)
+        #expect(answer.isIncomplete && answer.requestID == "r1" && answer.successfulRows == 7)
+        #expect(answer.rejectedRows == nil, "30 may be the start of 300")
+        #expect(self.answer(#"{"rejected_rows":30 "#).rejectedRows == nil)
+        #expect(self.answer(#"{"rejected_rows":30}"#).rejectedRows == 30)
+        #expect(self.answer(#"{"rejected_rows":30,"errors":["row 1: x"#).rejectedRows == 30)
+    }
+
     @Test func anAnswerThatSaysNeitherCountDoesNotSayWhatWasWritten() {
         for body in ["<html><body>Welcome to nginx!</body></html>", "", "{}", #"{"ok":true}"#, #"{"success":true,"errors":[]}"#] {
             let answer = answer(body)
