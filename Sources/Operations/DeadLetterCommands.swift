@@ -81,7 +81,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 rows follow:
 
                 """
-            writeOutput(Array(header.utf8) + e.records)
+            try writeOutput(Array(header.utf8) + e.records, exporting: "entry \(e.id)")
         }
     }
 
@@ -173,10 +173,15 @@ struct DeadLetterCommand: AsyncParsableCommand {
 
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path
-            try await reportingErrors {
-                try DeadLetterStore(path: path).export(table: table, rejectedOnly: rejectedOnly) {
-                    writeOutput($0.records)
+            let store = DeadLetterStore(path: path)
+            var last: Int64 = 0
+            while true {
+                let entries = try await reportingErrors { try store.export(table: table, rejectedOnly: rejectedOnly, after: last) }
+                guard let end = entries.last?.id else { return }
+                for entry in entries {
+                    try writeOutput(entry.records, exporting: "the rows of entry \(entry.id)")
                 }
+                last = end
             }
         }
     }

@@ -36,10 +36,17 @@ func printError(_ message: String) {
     try? FileSystem.write(Array((message + "\n").utf8), to: STDERR_FILENO)
 }
 
-/// Writes `bytes` to standard output as they are, after whatever `print` wrote before.
-func writeOutput(_ bytes: [UInt8]) {
-    fflush(nil)
-    try? FileSystem.write(bytes, to: STDOUT_FILENO)
+/// Writes `bytes` (`what`, for the error) to standard output as they are, after whatever `print` wrote
+/// before. A failed write (a full disk behind `> file`, a closed pipe) ends the command with exit code 74
+/// and says so: `dlq export > file && dlq purge` must not purge what never reached the file.
+func writeOutput(_ bytes: [UInt8], exporting what: String) throws {
+    do {
+        guard fflush(nil) == 0 else { throw SystemCallError() }
+        try FileSystem.write(bytes, to: STDOUT_FILENO)
+    } catch {
+        printError("error: cannot write \(what) to standard output: \(error); the output is incomplete")
+        throw ExitCode(EX_IOERR)
+    }
 }
 
 /// Runs `body`, turning the agent's own errors into a message on stderr and their exit code.

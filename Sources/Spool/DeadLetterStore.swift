@@ -114,21 +114,35 @@ public struct DeadLetterStore {
         }
     }
 
-    /// Calls `body` with each entry's rows, in order, for export. With `rejectedOnly`, only entries whose
-    /// rows are all known to be rejected by the API: not partial entries (they also hold rows the API
-    /// wrote), nor rows that expired without an answer.
-    public func export(table: String?, rejectedOnly: Bool = false, _ body: (Entry) -> Void) throws(SpoolError) {
+    /// The next entries with their rows for export, in order after entry `id` (0: from the first), up to
+    /// about `maxBytes` of rows (always at least one entry). Each call is one short read: the caller writes
+    /// the rows out between calls, so a slow reader of the export (a pager, a pipe over ssh) never holds a
+    /// snapshot that keeps the daemon's WAL from being checkpointed. Entries added meanwhile come after.
+    ///
+    /// With `rejectedOnly`, only entries whose rows are all known to be rejected by the API: not partial
+    /// entries (they also hold rows the API wrote), nor rows that expired without an answer.
+    public func export(
+        table: String?, rejectedOnly: Bool = false, after id: Int64, maxBytes: Int = 16 << 20
+    ) throws(SpoolError) -> [Entry] {
         try withDatabase(write: false) { db in
             let select = try db.prepared(
                 """
                 SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id
-                WHERE (?1 IS NULL OR t.table_name = ?1) AND (?2 = 0 OR (d.partial = 0 AND d.http_status IS NOT NULL))
+                WHERE d.id > ?3 AND (?1 IS NULL OR t.table_name = ?1) AND (?2 = 0 OR (d.partial = 0 AND d.http_status IS NOT NULL))
                 ORDER BY d.id
                 """)
             defer { select.reset() }
             select.bind(1, table)
             select.bind(2, rejectedOnly ? 1 : 0)
-            while try select.step() { body(try Self.entry(select, withRecords: true)) }
+            select.bind(3, id)
+            var entries: [Entry] = []
+            var bytes = 0
+            while bytes < maxBytes, try select.step() {
+                let entry = try Self.entry(select, withRecords: true)
+                bytes += entry.records.count
+                entries.append(entry)
+            }
+            return entries
         }
     }
 

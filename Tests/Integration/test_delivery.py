@@ -11,6 +11,7 @@ import random
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent_harness import Agent, agent_config, free_port, wait_until  # noqa: E402
+from agent_harness import Agent, agent_binary, agent_config, free_port, wait_until  # noqa: E402
 from harness import Emulator  # noqa: E402
 
 API_KEY = "test-key"
@@ -296,6 +297,12 @@ def test_200_partial_append_with_named_rows_dead_letters_exactly_those_and_deliv
     exported = agent.cli("dlq", "export", "--rejected-only")
     assert [json.loads(line)["i"] for line in exported.stdout.splitlines()] == [5, 60]
     assert table_status(agent, "bronze.events")["dead_letters"] == 2
+    # An export that cannot be written (a full disk behind `> file`) fails, so `export && purge` purges nothing.
+    with open("/dev/full", "wb") as full:
+        failed = subprocess.run([agent_binary(), "dlq", "export", "--config", agent.config_path],
+                                stdout=full, stderr=subprocess.PIPE, env=agent.env, timeout=30)
+    assert failed.returncode == 74, failed
+    assert b"cannot write the rows of entry" in failed.stderr and b"No space left" in failed.stderr, failed.stderr
     assert agent.stop() == 0
 
 

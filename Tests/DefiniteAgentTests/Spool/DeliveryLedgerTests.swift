@@ -156,6 +156,40 @@ struct DeliveryLedgerTests {
         #expect(writer.capacity.storedBytes < held)
     }
 
+    /// `dlq export` reads in chunks, each one short read, so a slow reader of its output pins no snapshot:
+    /// every entry comes once, in order, whatever the chunk size.
+    @Test func anExportReadInChunksGivesEveryEntryOnceInOrder() async throws {
+        let (writer, path) = try await spool(records: 6)
+        defer { writer.shutdown() }
+        let reader = try SpoolReader(path: path)
+        let targetID = try #require(try reader.targets().first?.id)
+        let (records, _) = try reader.read(targetID: targetID, from: 0, end: 6, maxRows: .max, maxBytes: .max)
+        var change = DeliveryLedger.Change(targetID: targetID)
+        change.deadLetters = (0..<6).map { seq in
+            .init(
+                seqs: [Int64(seq)],
+                failure: .init(
+                    reason: "rejected", status: 400, errors: ["bad"], warnings: [], attempts: 1, partial: false, firstFailedAt: Date()))
+        }
+        try DeliveryLedger(writer: writer).apply(change, records: records)
+        let store = DeadLetterStore(path: path)
+        for maxBytes in [1, 20, 1 << 20] {
+            var exported: [String] = []
+            var last: Int64 = 0
+            var reads = 0
+            while true {
+                let entries = try store.export(table: nil, after: last, maxBytes: maxBytes)
+                guard let end = entries.last?.id else { break }
+                exported += entries.map { String(decoding: $0.records, as: UTF8.self) }
+                last = end
+                reads += 1
+            }
+            #expect(exported == (0..<6).map { "{\"i\":\($0)}\n" }, "maxBytes \(maxBytes)")
+            #expect(reads == (maxBytes == 1 ? 6 : maxBytes == 20 ? 2 : 1), "maxBytes \(maxBytes)")  // rows of 8 bytes
+        }
+        #expect(try store.export(table: "bronze.other", after: 0).isEmpty)
+    }
+
     /// Capacity has one owner and follows every commit exactly, with no re-reading of the database:
     /// seeded random appends (several targets, records big enough to span segments) and delivery changes
     /// (rows delivered in and out of order, superseded, dead-lettered, whole batches finished) leave the
