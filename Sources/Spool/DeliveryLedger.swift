@@ -324,23 +324,56 @@ package struct DeliveryLedger: Sendable {
         }
     }
 
+    /// `ranges` as disjoint ranges in order, overlapping or touching ones joined; empty ones left out.
+    static func disjointUnion(_ ranges: [Range<Int64>]) -> [Range<Int64>] {
+        var union: [Range<Int64>] = []
+        for range in ranges.filter({ !$0.isEmpty }).sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let last = union.last, range.lowerBound <= last.upperBound {
+                union[union.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
+            } else {
+                union.append(range)
+            }
+        }
+        return union
+    }
+
     private static func jsonArray(_ items: [String]) -> String {
         JSONCompactor.render(.array(items.map(JSONValue.string)))
     }
 
     /// Adds delivered ranges, folds those contiguous with `delivered_seq` into it, and drops segments
     /// that are wholly behind it; returns the bytes of those segments.
+    ///
+    /// The ranges stay disjoint: one that overlaps or touches ranges already there (a finished batch's
+    /// whole range after the runs its rows left in) absorbs them, so the rows left, which `status` counts
+    /// as the ranges' total length, are counted once.
     @discardableResult
     static func markDelivered(_ db: SQLiteConnection, targetID: Int64, ranges: [Range<Int64>]) throws -> Int {
-        let insert = try db.prepared(
-            """
-            INSERT INTO delivered_ranges (target_id, first_seq, end_seq) VALUES (?1, ?2, ?3)
-            ON CONFLICT (target_id, first_seq) DO UPDATE SET end_seq = max(end_seq, excluded.end_seq)
-            """)
-        for range in ranges where !range.isEmpty {
+        let overlapping = try db.prepared(
+            "SELECT first_seq, end_seq FROM delivered_ranges WHERE target_id = ?1 AND first_seq <= ?3 AND end_seq >= ?2")
+        let removeRange = try db.prepared("DELETE FROM delivered_ranges WHERE target_id = ?1 AND first_seq = ?2")
+        let insert = try db.prepared("INSERT INTO delivered_ranges (target_id, first_seq, end_seq) VALUES (?1, ?2, ?3)")
+        for range in disjointUnion(ranges) {
+            var merged = range
+            overlapping.bind(1, targetID)
+            overlapping.bind(2, range.lowerBound)
+            overlapping.bind(3, range.upperBound)
+            var absorbed: [Int64] = []
+            while try overlapping.step() {
+                let (first, end) = (overlapping.int64(0), overlapping.int64(1))
+                merged = min(merged.lowerBound, first)..<max(merged.upperBound, end)
+                absorbed.append(first)
+            }
+            overlapping.reset()
+            for first in absorbed {
+                removeRange.bind(1, targetID)
+                removeRange.bind(2, first)
+                try removeRange.step()
+                removeRange.reset()
+            }
             insert.bind(1, targetID)
-            insert.bind(2, range.lowerBound)
-            insert.bind(3, range.upperBound)
+            insert.bind(2, merged.lowerBound)
+            insert.bind(3, merged.upperBound)
             try insert.step()
             insert.reset()
         }

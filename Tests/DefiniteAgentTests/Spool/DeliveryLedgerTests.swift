@@ -156,6 +156,34 @@ struct DeliveryLedgerTests {
         #expect(writer.capacity.storedBytes < held)
     }
 
+    /// A later batch finishing while an earlier one waits leaves its rows in `delivered_ranges`: as runs
+    /// (delivered, dead-lettered) and as the batch's whole range. `status` counts pending rows as the log
+    /// less those ranges, so overlapping ranges once counted rows twice (pending 10 rows showed -1).
+    @Test func rowsLeftAheadOfAWaitingBatchAreCountedOnceInPending() async throws {
+        let (writer, path) = try await spool(records: 10)
+        defer { writer.shutdown() }
+        let reader = try SpoolReader(path: path)
+        let targetID = try #require(try reader.targets().first?.id)
+        let (records, _) = try reader.read(targetID: targetID, from: 4, end: 10, maxRows: .max, maxBytes: .max)
+        var change = DeliveryLedger.Change(targetID: targetID)
+        change.register = DeliveryLedger.Batch(id: "b2", range: 4..<10)
+        try DeliveryLedger(writer: writer).apply(change, records: records)
+        change = DeliveryLedger.Change(targetID: targetID)
+        change.delivered = [4, 6, 7, 9]
+        change.deadLetters = [
+            .init(
+                seqs: [5, 8],
+                failure: .init(
+                    reason: "rejected", status: 200, errors: [], warnings: [], attempts: 1, partial: false, firstFailedAt: Date()))
+        ]
+        change.finished = DeliveryLedger.Batch(id: "b2", range: 4..<10)
+        try DeliveryLedger(writer: writer).apply(change, records: records)
+        let status = try SpoolStatus.read(path: path)
+        #expect(status.targets.map(\.pending) == [4], "rows 0..<4 wait behind the earlier batch")
+        #expect(DeliveryLedger.disjointUnion([6..<7, 4..<5, 9..<10, 7..<8, 5..<5, 4..<10]) == [4..<10])
+        #expect(DeliveryLedger.disjointUnion([0..<2, 3..<4, 2..<3, 8..<9]) == [0..<4, 8..<9])
+    }
+
     /// `dlq export` reads in chunks, each one short read, so a slow reader of its output pins no snapshot:
     /// every entry comes once, in order, whatever the chunk size.
     @Test func anExportReadInChunksGivesEveryEntryOnceInOrder() async throws {
