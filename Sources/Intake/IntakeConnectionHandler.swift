@@ -134,6 +134,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var outstanding = Deque<Burst>()
     private var readHeld = false
     private var closing = false
+    /// The last reply written: it completes once every reply before it has reached the socket too.
+    private var lastReply: EventLoopFuture<Void>?
     private var burstStarted: ContinuousClock.Instant?
     /// Whether this connection waits for room in the shared budget (and will be woken for it).
     private var waitingForBudget = false
@@ -333,10 +335,10 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             }
         }
         if buffer.readableBytes > 0 {
-            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+            lastReply = context.writeAndFlush(wrapOutboundOut(buffer))
         }
         if closing, outstanding.isEmpty {
-            context.close(promise: nil)
+            closeAfterReplies(context: context)
         } else {
             resumeReadingIfPossible(context: context)
         }
@@ -373,7 +375,16 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private func beginClosing(context: ChannelHandlerContext) {
         closing = true
-        if outstanding.isEmpty { context.close(promise: nil) }
+        if outstanding.isEmpty { closeAfterReplies(context: context) }
+    }
+
+    /// Closes the connection once every reply written has reached the socket. Closing at once would fail
+    /// the writes still queued in the channel (the socket's buffer full: a writer that reads its replies
+    /// only after sending everything), and those are acks of records already durable. A writer that never
+    /// reads keeps its connection until the daemon's stop closes it.
+    private func closeAfterReplies(context: ChannelHandlerContext) {
+        guard let lastReply else { return context.close(promise: nil) }
+        lastReply.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {

@@ -67,3 +67,28 @@ def test_a_bare_json_array_body_takes_its_config_from_the_query(agent):
                           {"Content-Type": "application/json"})
     assert status == 413, answer
     assert len(agent.spooled_records("bronze.arr")) == 30
+
+
+def test_a_writer_that_half_closes_before_reading_gets_every_reply(agent):
+    """`socat`, `nc -N` and a client that shuts down its sending side, then reads: the agent answers every line
+    it read, then closes. Replies beyond what the socket buffers wait in the channel; closing the connection at
+    once threw those away, acks of records already durable among them."""
+    import socket
+
+    records = 200
+    lines = b"\n" * 5000 + b"".join(json.dumps({"i": i, "ack": f"a{i}"}).encode() + b"\n" for i in range(records))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(agent.socket_path)
+        sock.sendall(lines)
+        sock.shutdown(socket.SHUT_WR)
+        import time
+        time.sleep(1.0)  # the agent has read everything and answered (its replies wait on us), then closes
+        received = b""
+        sock.settimeout(30)
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    replies = [json.loads(line) for line in received.splitlines()]
+    assert len(replies) == 5000 + records, f"{len(replies)} replies for {5000 + records} lines"
+    assert [r["ack"] for r in replies if "ack" in r] == [f"a{i}" for i in range(records)]
+    assert all(r["ok"] for r in replies if "ack" in r)
+    assert len(agent.spooled_records()) == records
