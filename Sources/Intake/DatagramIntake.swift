@@ -207,9 +207,13 @@ final class DatagramReceiver: @unchecked Sendable {
         while waitForDatagram() {
             var batch = SpoolBatch()
             var requests = 0
-            while requests < Self.maxRequestsPerBatch {
+            // A burst ends after so many datagrams, refused and dropped ones included: a flood of bad ones
+            // must not keep the thread from submitting the good ones, writing its counts or seeing a stop.
+            var taken = 0
+            while taken < Self.maxRequestsPerBatch, !stopping.load(ordering: .relaxed) {
                 let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT) | Int32(MSG_TRUNC)) }
                 if n < 0 { break }  // none left (EAGAIN) or interrupted: submit what we have
+                taken += 1
                 counters.add(received: 1)
                 guard n <= buffer.count else {
                     counters.add(rejected: 1)
