@@ -40,6 +40,9 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var body = ByteBuffer()
     /// Set once this request was answered early (auth, route, size): the rest of it is ignored.
     private var answered = false
+    /// The daemon stops: a request that asks to wait for the API's commit is answered as soon as its
+    /// rows are durable, without waiting.
+    private var stopping = false
 
     init(
         configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil,
@@ -55,6 +58,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         // The daemon stops: a request still waiting for the API is answered now (its rows are durable).
         if event is DaemonStopping {
+            stopping = true
             answerNotYetCommitted(context: context)
             return
         }
@@ -188,9 +192,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 bytes.withUnsafeBytes { parser.parse(array: $0, target: target, into: &batch) }
             }
         } else {
-            wait = bytes.withUnsafeBytes { raw in
-                (try? JSONValue.parse(raw, maxDepth: 64))?["config"]?["wait"] == .bool(true)
-            }
+            wait = bytes.withUnsafeBytes(Self.asksToWait)
             result = bytes.withUnsafeBytes { parser.parse(body: $0, into: &batch) }.result
         }
         switch result {
@@ -222,6 +224,9 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                             self.answerNotYetCommitted(context: context)
                         }
                         waiting = Waiting(head: head, rows: accepted.records, table: table, ticket: ticket, timer: timer)
+                        // Committed after the stop began (its body was still arriving, or its commit in
+                        // flight): the stop's answer to the waiting requests has gone by.
+                        if stopping { answerNotYetCommitted(context: context) }
                     } else {
                         respond(context: context, head: head, Self.success(rows: accepted.records, table: table), close: false)
                     }
@@ -232,6 +237,25 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
             }
         }
+    }
+
+    /// Whether a JSON request body's `config` says `"wait": true`. Only the `config` object is decoded: a
+    /// body of 10 MB of rows decoded whole would take several times that in memory.
+    static func asksToWait(_ body: UnsafeRawBufferPointer) -> Bool {
+        var scanner = JSONScanner(body)
+        do {
+            try scanner.beginObject()
+            while let name = try scanner.nextMember() {
+                let start = scanner.position
+                try scanner.skipValue(depth: 1, maxDepth: 64)
+                guard scanner.string(name, is: "config") else { continue }
+                let config = try JSONValue.parse(UnsafeRawBufferPointer(rebasing: body[start..<scanner.position]))
+                return config["wait"] == .bool(true)
+            }
+        } catch {
+            // Not JSON: the parser refuses the body and says why.
+        }
+        return false
     }
 
     // MARK: Waiting for the API

@@ -252,3 +252,35 @@ def test_a_request_waiting_for_the_api_is_answered_when_the_daemon_stops(tmp_pat
         assert agent.stop() == 0
         caller.join(timeout=30)
         assert answers and answers[0].status_code == 202 and answers[0].json()["committed"] is False, answers
+
+
+def test_a_waiting_request_whose_body_was_still_arriving_at_the_stop_is_answered(tmp_path):
+    """The stop answers the requests waiting for the API; one whose body was still arriving (or whose commit
+    was in flight) only starts to wait after that answer went round. It is answered 202 at its commit, not
+    left to the drain deadline and closed unanswered."""
+    import signal
+    import time
+    with Emulator(quiet=True) as emu:
+        emu.control(error_rate=1.0)
+        agent, url = wait_agent(tmp_path, emu, timeout="60s")
+        port = int(url.split(":")[2].split("/")[0])
+        body = json.dumps({"data": [{"id": 1}], "config": {"table": "bronze.waited_body", "wait": True}}).encode()
+        head = (f"POST /v2/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {emu.api_key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(head + body[:10])
+            time.sleep(0.3)
+            agent.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            started = time.monotonic()
+            conn.sendall(body[10:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["committed"] is False
+        assert time.monotonic() - started < 5, "answered only at the drain deadline"
+        assert agent.process.wait(timeout=30) == 0

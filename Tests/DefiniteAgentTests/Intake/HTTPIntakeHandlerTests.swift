@@ -433,3 +433,21 @@ struct HTTPIntakeHandlerTests {
         try await finish(http)
     }
 }
+
+@Suite("HTTP intake: config.wait")
+struct HTTPIntakeWaitTests {
+    @Test func onlyTheConfigObjectSaysWhetherARequestWaits() {
+        let cases: [(String, Bool)] = [
+            (#"{"data":[{"wait":true}],"config":{"table":"bronze.t","wait":true}}"#, true),
+            (#"{"config":{"table":"bronze.t","wait":true},"data":{"a":1}}"#, true),
+            (#"{"data":[{"wait":true}],"config":{"table":"bronze.t"}}"#, false),
+            (#"{"data":{"config":{"wait":true}},"config":{"table":"bronze.t","wait":false}}"#, false),
+            (#"{"data":[],"config":{"table":"bronze.t","wait":"true"}}"#, false),
+            (#"{"data":[1,"#, false),
+            ("[]", false),
+        ]
+        for (body, waits) in cases {
+            #expect(Array(body.utf8).withUnsafeBytes(HTTPIntakeHandler.asksToWait) == waits, "\(body)")
+        }
+    }
+}
