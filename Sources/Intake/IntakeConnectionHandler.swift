@@ -156,13 +156,17 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         guard !closing else { return }
         var input = unwrapInboundIn(data)
         if burstStarted == nil { burstStarted = .now }
+        // A carried line holds no newline: it is not searched again (a line arriving in small pieces would
+        // otherwise be searched from its start at every piece, quadratic in its length).
+        var searched = 0
         if var carried = unfinishedLine {
             unfinishedLine = nil
+            searched = carried.readableBytes
             carried.writeBuffer(&input)
             input = carried
         }
         let consumed = input.withUnsafeReadableBytes { raw in
-            Self.handleLines(in: raw, maxLineBytes: maxLineBytes, capacity: writer.capacity, reading: &reading)
+            Self.handleLines(in: raw, newlineFree: searched, maxLineBytes: maxLineBytes, capacity: writer.capacity, reading: &reading)
         }
         guard consumed >= 0, input.readableBytes - consumed <= maxLineBytes else {
             refuseOverlongLine(context: context)
@@ -179,14 +183,17 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         }
     }
 
-    /// Handles every finished line in `raw`; returns how many bytes they took, or -1 if a line is longer
-    /// than `maxLineBytes` (the lines before it are handled).
+    /// Handles every finished line in `raw`, whose first `newlineFree` bytes are known to hold no newline
+    /// (they are not searched); returns how many bytes the lines took, or -1 if a line is longer than
+    /// `maxLineBytes` (the lines before it are handled).
     private static func handleLines(
-        in raw: UnsafeRawBufferPointer, maxLineBytes: Int, capacity: SpoolCapacity, reading: inout Reading
+        in raw: UnsafeRawBufferPointer, newlineFree: Int, maxLineBytes: Int, capacity: SpoolCapacity, reading: inout Reading
     ) -> Int {
         guard let base = raw.baseAddress else { return 0 }
         var start = 0
-        while start < raw.count, let newline = memchr(base + start, Int32(UInt8(ascii: "\n")), raw.count - start) {
+        while start < raw.count,
+            let newline = memchr(base + max(start, newlineFree), Int32(UInt8(ascii: "\n")), raw.count - max(start, newlineFree))
+        {
             let end = base.distance(to: UnsafeRawPointer(newline))
             let lineEnd = end > start && raw[end - 1] == UInt8(ascii: "\r") ? end - 1 : end
             guard lineEnd - start <= maxLineBytes else { return -1 }

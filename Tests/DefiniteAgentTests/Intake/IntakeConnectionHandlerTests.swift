@@ -160,6 +160,20 @@ struct IntakeConnectionHandlerTests {
         try await finish(replies)
     }
 
+    /// The carried start of a line is not searched again for its newline at every piece (quadratic in the
+    /// line's length); what arrives after it is, wherever the pieces fall: one byte at a time, the CR and
+    /// the newline apart, the next line's start in the same piece as a newline.
+    @Test func aLineArrivingOneByteAtATimeIsOneRequest() async throws {
+        let spool = try TestSpool("intake-handler")
+        defer { spool.shutDown() }
+        var replies = try await connection(spool)
+        let text = #"{"ack":"b1","pad":"\#(String(repeating: "x", count: 300))"}"# + "\r\n" + #"{"ack":"b2","n":2}"# + "\n"
+        for byte in text.utf8 { try await send(String(decoding: [byte], as: UTF8.self), to: replies) }
+        #expect(try await replies.lines(2) == [#"{"ack":"b1","ok":true,"accepted":1}"#, #"{"ack":"b2","ok":true,"accepted":1}"#])
+        #expect(try spool.records(of: "bronze.events").count == 2)
+        try await finish(replies)
+    }
+
     @Test func severalLinesInOneReadAreAnsweredInOrderAndLinesWithoutAckOnlyWhenRefused() async throws {
         let spool = try TestSpool("intake-handler")
         defer { spool.shutDown() }
