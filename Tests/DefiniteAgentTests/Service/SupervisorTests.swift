@@ -106,7 +106,9 @@ struct SupervisorTests {
             })
         let start = ContinuousClock.now
         await #expect(throws: StartupError.self) { try await group.run() }
-        #expect(ContinuousClock.now - start < .seconds(5))
+        // The failed start's drain is 1 s; the bound only has to tell it from the 60 s one. It took 1 s
+        // alone, 3.7 s among the other suites in CI, 5.3 s on a loaded machine.
+        #expect(ContinuousClock.now - start < .seconds(30))
     }
 
     @Test func aSignalDuringStartUpLetsThePartStartingFinishAndNoOtherStart() async throws {
