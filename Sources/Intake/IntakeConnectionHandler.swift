@@ -21,7 +21,9 @@ import Spool
 /// a commit. Back-pressure: while `maxOutstandingBatches` batches await their commit, while the socket
 /// will not take our replies, or while all connections' batches in flight fill the shared
 /// ``IntakeMemoryBudget``, the connection is not read, so memory stays bounded however fast or slow the
-/// clients are and however many there are.
+/// clients are and however many there are. A burst handles at most `maxLinesPerBurst` lines, so the
+/// replies one read can queue for a client that does not read them stay small; the lines after wait in
+/// the read buffer for the next burst.
 final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -29,6 +31,12 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     /// How many committed-but-unanswered bursts a connection may have before it stops being read.
     static let maxOutstandingBatches = 2
+
+    /// The most lines one burst handles (a read cycle of bulk records holds a few thousand). Each line is
+    /// answered, and a refused one in ~100 bytes: a read of 512 KiB of empty lines would otherwise queue
+    /// 56 MB of replies for a client that does not read them. Lines beyond wait in the read buffer, and
+    /// the socket is not read until they are handled.
+    static let maxLinesPerBurst = 16_384
 
     /// One line's answer-to-be. Kept small (16 bytes; an accepted line's holds nothing to retain): a
     /// burst holds one per line until its commit. The line number is not stored: a burst's entries are
@@ -139,8 +147,13 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var burstStarted: ContinuousClock.Instant?
     /// Whether this connection waits for room in the shared budget (and will be woken for it).
     private var waitingForBudget = false
-    /// The start of a line whose newline has not arrived yet.
-    private var unfinishedLine: ByteBuffer?
+    /// Input read but not handled yet: the start of a line whose newline has not arrived, or, when a burst
+    /// reached ``maxLinesPerBurst``, whole lines that wait for the next burst.
+    private var carried: ByteBuffer?
+    /// Leading bytes of `carried` known to hold no newline: all of an unfinished line, none of waiting lines.
+    private var carriedNewlineFree = 0
+    /// `carried` holds whole lines: they are handled, a burst at a time, before the socket is read again.
+    private var linesWaiting = false
 
     init(configuration: AgentConfiguration, writer: SpoolWriter, budget: IntakeMemoryBudget, logger: Logger) {
         self.writer = writer
@@ -154,64 +167,88 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
-        var input = unwrapInboundIn(data)
+        handle(unwrapInboundIn(data), context: context)
+    }
+
+    /// Handles the lines of what was carried followed by `input`, up to `lineLimit` lines in this burst;
+    /// carries the rest: the unfinished last line, or whole lines past the limit.
+    private func handle(_ input: ByteBuffer, context: ChannelHandlerContext, lineLimit: Int = maxLinesPerBurst) {
+        var input = input
         if burstStarted == nil { burstStarted = .now }
-        // A carried line holds no newline: it is not searched again (a line arriving in small pieces would
-        // otherwise be searched from its start at every piece, quadratic in its length).
-        var searched = 0
-        if var carried = unfinishedLine {
-            unfinishedLine = nil
-            searched = carried.readableBytes
-            carried.writeBuffer(&input)
-            input = carried
+        // A carried unfinished line holds no newline: it is not searched again (a line arriving in small
+        // pieces would otherwise be searched from its start at every piece, quadratic in its length).
+        var newlineFree = 0
+        if var earlier = carried {
+            carried = nil
+            newlineFree = carriedNewlineFree
+            earlier.writeBuffer(&input)
+            input = earlier
         }
-        let consumed = input.withUnsafeReadableBytes { raw in
-            Self.handleLines(in: raw, newlineFree: searched, maxLineBytes: maxLineBytes, capacity: writer.capacity, reading: &reading)
+        linesWaiting = false
+        let (consumed, full) = input.withUnsafeReadableBytes { raw in
+            Self.handleLines(
+                in: raw, newlineFree: newlineFree, maxLines: lineLimit - reading.entries.count, maxLineBytes: maxLineBytes,
+                capacity: writer.capacity, reading: &reading)
         }
-        guard consumed >= 0, input.readableBytes - consumed <= maxLineBytes else {
+        guard consumed >= 0, full || input.readableBytes - consumed <= maxLineBytes else {
             refuseOverlongLine(context: context)
             return
         }
         input.moveReaderIndex(forwardBy: consumed)
-        if consumed == 0 {
-            unfinishedLine = input  // all of it is one line still arriving: keep (and later grow) it as is
-        } else if input.readableBytes > 0 {
+        guard input.readableBytes > 0 else { return }
+        if full {
+            carried = input  // whole lines (at most what one read brought in) wait as they are
+            carriedNewlineFree = 0
+            linesWaiting = true
+        } else if consumed == 0 {
+            carried = input  // all of it is one line still arriving: keep (and later grow) it as is
+            carriedNewlineFree = input.readableBytes
+        } else {
             // Keep only the unfinished line, not the whole read buffer it sits in.
-            var carried = context.channel.allocator.buffer(capacity: max(input.readableBytes * 2, 1024))
-            carried.writeBuffer(&input)
-            unfinishedLine = carried
+            var line = context.channel.allocator.buffer(capacity: max(input.readableBytes * 2, 1024))
+            line.writeBuffer(&input)
+            carried = line
+            carriedNewlineFree = line.readableBytes
         }
     }
 
-    /// Handles every finished line in `raw`, whose first `newlineFree` bytes are known to hold no newline
-    /// (they are not searched); returns how many bytes the lines took, or -1 if a line is longer than
-    /// `maxLineBytes` (the lines before it are handled).
+    /// Handles up to `maxLines` finished lines in `raw`, whose first `newlineFree` bytes are known to hold
+    /// no newline (they are not searched). Returns how many bytes the lines took (-1 if a line is longer
+    /// than `maxLineBytes`; the lines before it are handled), and whether it stopped at `maxLines` with
+    /// bytes left.
     private static func handleLines(
-        in raw: UnsafeRawBufferPointer, newlineFree: Int, maxLineBytes: Int, capacity: SpoolCapacity, reading: inout Reading
-    ) -> Int {
-        guard let base = raw.baseAddress else { return 0 }
+        in raw: UnsafeRawBufferPointer, newlineFree: Int, maxLines: Int, maxLineBytes: Int, capacity: SpoolCapacity,
+        reading: inout Reading
+    ) -> (consumed: Int, full: Bool) {
+        guard let base = raw.baseAddress else { return (0, false) }
         var start = 0
-        while start < raw.count,
-            let newline = memchr(base + max(start, newlineFree), Int32(UInt8(ascii: "\n")), raw.count - max(start, newlineFree))
-        {
+        var lines = 0
+        while start < raw.count {
+            guard lines < maxLines else { return (start, true) }
+            let from = max(start, newlineFree)
+            guard let newline = memchr(base + from, Int32(UInt8(ascii: "\n")), raw.count - from) else { break }
             let end = base.distance(to: UnsafeRawPointer(newline))
             let lineEnd = end > start && raw[end - 1] == UInt8(ascii: "\r") ? end - 1 : end
-            guard lineEnd - start <= maxLineBytes else { return -1 }
+            guard lineEnd - start <= maxLineBytes else { return (-1, false) }
             reading.handle(line: UnsafeRawBufferPointer(rebasing: raw[start..<lineEnd]), capacity: capacity)
+            lines += 1
             start = end + 1
         }
-        return start
+        return (start, false)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         submitBurst(context: context)
+        // Lines past the burst's limit go now if they may (not only at the channel's next read()).
+        if linesWaiting { pump(context: context) }
         context.fireChannelReadComplete()
     }
 
     /// A line over `max_line_bytes`: answered after everything before it, then the connection closes
     /// (the rest of the line cannot be told apart from new requests).
     private func refuseOverlongLine(context: ChannelHandlerContext) {
-        unfinishedLine = nil
+        carried = nil
+        linesWaiting = false
         reading.refuseLine { [maxLineBytes] line in
             IntakeRejection(
                 .lineTooLong,
@@ -233,8 +270,19 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             // Shutdown, or the client finished sending: answer what was read, then close. A line cut off
             // by the client's end of input is refused; one cut off by our shutdown gets no answer (the
             // client never finished it, and a 400 would tell it the record itself was bad).
-            if !closing, event as? ChannelEvent == .inputClosed, let unfinished = unfinishedLine, unfinished.readableBytes > 0 {
-                unfinishedLine = nil
+            if !closing, linesWaiting {
+                if event is ChannelShouldQuiesceEvent {
+                    // Lines still waiting were read but not handled: like lines not read yet, nothing of
+                    // them is stored, and they get no answer.
+                    carried = nil
+                    linesWaiting = false
+                } else {
+                    // The client has sent everything: every line of it is answered.
+                    handle(ByteBuffer(), context: context, lineLimit: .max)
+                }
+            }
+            if !closing, event as? ChannelEvent == .inputClosed, let unfinished = carried, unfinished.readableBytes > 0 {
+                carried = nil
                 reading.refuseLine { line in
                     IntakeRejection(.invalidJSON, "the connection ended inside line \(line): every request must end with a newline")
                 }
@@ -255,11 +303,25 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     func read(context: ChannelHandlerContext) {
         if closing { return }
-        if !mayRead(context: context) {
-            readHeld = true
-            return
+        pump(context: context)
+    }
+
+    /// While another burst may be read: handles the lines waiting from an earlier read, a burst at a time,
+    /// then asks the socket for more. Stops with `readHeld` set when back-pressure says to wait.
+    private func pump(context: ChannelHandlerContext) {
+        readHeld = false  // a burst answered during the loop must not start another pump
+        while !closing {
+            guard mayRead(context: context) else {
+                readHeld = true
+                return
+            }
+            guard linesWaiting else {
+                context.read()
+                return
+            }
+            handle(ByteBuffer(), context: context)
+            submitBurst(context: context)
         }
-        context.read()
     }
 
     /// Whether another burst may be read now: few enough bursts await their commit, the socket takes our
@@ -395,8 +457,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
-        guard readHeld, !closing, mayRead(context: context) else { return }
-        readHeld = false
-        context.read()
+        guard readHeld, !closing else { return }
+        pump(context: context)
     }
 }

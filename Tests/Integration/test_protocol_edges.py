@@ -92,3 +92,38 @@ def test_a_writer_that_half_closes_before_reading_gets_every_reply(agent):
     assert [r["ack"] for r in replies if "ack" in r] == [f"a{i}" for i in range(records)]
     assert all(r["ok"] for r in replies if "ack" in r)
     assert len(agent.spooled_records()) == records
+
+
+def test_a_writer_that_never_reads_its_replies_does_not_grow_the_agents_memory(agent):
+    """Every line is answered, a refused one in ~100 bytes: a read of 512 KiB of empty lines once queued 56 MB
+    of replies for a client that never reads them. A burst now takes at most 16,384 lines and the rest wait in
+    the read buffer, so what such a client costs stays at a burst's replies and one read."""
+    import socket
+    import threading
+    import time
+
+    def rss_kib() -> int:
+        status = open(f"/proc/{agent.process.pid}/status").read()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+    before = rss_kib()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(agent.socket_path)
+
+    def flood():
+        try:
+            sock.sendall(b"\n" * (8 << 20))  # blocks once the agent stops reading
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    time.sleep(2.0)
+    grown = rss_kib() - before
+    sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked sender; the agent sees the connection end
+    sender.join(timeout=10)
+    sock.close()
+    assert grown < 24 * 1024, f"the agent grew by {grown // 1024} MiB for one client that does not read"
+    # The agent still serves others.
+    with agent.connect() as conn:
+        assert conn.request('{"i":1,"ack":"x"}')["ok"]

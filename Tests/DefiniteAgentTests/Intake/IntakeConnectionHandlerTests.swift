@@ -174,6 +174,36 @@ struct IntakeConnectionHandlerTests {
         try await finish(replies)
     }
 
+    /// A read holding more lines than one burst takes: the rest wait in the buffer and go in the next
+    /// bursts, before anything more is read, every line answered in order, whatever the cut.
+    @Test func linesBeyondABurstWaitForTheNextAndAllAreAnsweredInOrder() async throws {
+        let spool = try TestSpool("intake-handler")
+        defer { spool.shutDown() }
+        var replies = try await connection(spool)
+        let lines = IntakeConnectionHandler.maxLinesPerBurst * 2 + 10
+        // Empty lines (refused with their line number), an acked record at each burst's edge, one at the end.
+        var text = ""
+        for line in 1...lines {
+            text +=
+                line % IntakeConnectionHandler.maxLinesPerBurst == 0 || line == lines ? #"{"ack":"a\#(line)","n":\#(line)}"# + "\n" : "\n"
+        }
+        try await send(text + #"{"ack":"last","n":0}"# + "\n", to: replies)
+        let answered = try await replies.lines(lines + 1)
+        #expect(answered.count == lines + 1)
+        for (index, reply) in answered.enumerated() {
+            let line = index + 1
+            if line % IntakeConnectionHandler.maxLinesPerBurst == 0 || line == lines {
+                #expect(reply == #"{"ack":"a\#(line)","ok":true,"accepted":1}"#)
+            } else if line <= lines {
+                #expect(reply.hasPrefix(#"{"ok":false,"line":\#(line),"status":400,"code":"invalid_json""#), "\(reply)")
+            } else {
+                #expect(reply == #"{"ack":"last","ok":true,"accepted":1}"#)
+            }
+        }
+        #expect(try spool.records(of: "bronze.events").count == 4)
+        try await finish(replies)
+    }
+
     @Test func severalLinesInOneReadAreAnsweredInOrderAndLinesWithoutAckOnlyWhenRefused() async throws {
         let spool = try TestSpool("intake-handler")
         defer { spool.shutDown() }
