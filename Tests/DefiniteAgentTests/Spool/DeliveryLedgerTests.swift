@@ -37,6 +37,22 @@ struct DeliveryLedgerTests {
         return (writer, path)
     }
 
+    /// The only target of the spool at `path`, and its rows `seqs` as delivery reads them.
+    func rows(_ seqs: Range<Int64>, of path: String) throws -> (targetID: Int64, records: SpooledRecords) {
+        let reader = try SpoolReader(path: path)
+        let targetID = try #require(try reader.targets().first?.id)
+        let (records, _) = try reader.read(targetID: targetID, from: seqs.lowerBound, end: seqs.upperBound, maxRows: .max, maxBytes: .max)
+        return (targetID, records)
+    }
+
+    /// A dead letter of `seqs`, refused with `status`.
+    static func refused(_ seqs: [Int64], status: Int = 400) -> DeliveryLedger.DeadLetter {
+        .init(
+            seqs: seqs,
+            failure: .init(
+                reason: "rejected", status: status, errors: ["bad"], warnings: [], attempts: 1, partial: false, firstFailedAt: Date()))
+    }
+
     @Test func isolationProgressIsKeptInTheSpoolUntilTheBatchIsFinished() async throws {
         let (writer, path) = try await spool(records: 8)
         defer { writer.shutdown() }
@@ -127,16 +143,9 @@ struct DeliveryLedgerTests {
     @Test func aPurgeByAnotherProcessIsSeenAtTheNextCommit() async throws {
         let (writer, path) = try await spool(records: 4)
         defer { writer.shutdown() }
-        let reader = try SpoolReader(path: path)
-        let targetID = try #require(try reader.targets().first?.id)
-        let (records, _) = try reader.read(targetID: targetID, from: 0, end: 4, maxRows: .max, maxBytes: .max)
+        let (targetID, records) = try rows(0..<4, of: path)
         var change = DeliveryLedger.Change(targetID: targetID)
-        change.deadLetters = [
-            .init(
-                seqs: [0, 1, 2, 3],
-                failure: .init(
-                    reason: "rejected", status: 400, errors: ["bad"], warnings: [], attempts: 1, partial: false, firstFailedAt: Date()))
-        ]
+        change.deadLetters = [Self.refused([0, 1, 2, 3])]
         try DeliveryLedger(writer: writer).apply(change, records: records)
         #expect(try capacityMatchesTheDatabase(writer, path))
         let held = writer.capacity.storedBytes
@@ -162,20 +171,13 @@ struct DeliveryLedgerTests {
     @Test func rowsLeftAheadOfAWaitingBatchAreCountedOnceInPending() async throws {
         let (writer, path) = try await spool(records: 10)
         defer { writer.shutdown() }
-        let reader = try SpoolReader(path: path)
-        let targetID = try #require(try reader.targets().first?.id)
-        let (records, _) = try reader.read(targetID: targetID, from: 4, end: 10, maxRows: .max, maxBytes: .max)
+        let (targetID, records) = try rows(4..<10, of: path)
         var change = DeliveryLedger.Change(targetID: targetID)
         change.register = DeliveryLedger.Batch(id: "b2", range: 4..<10)
         try DeliveryLedger(writer: writer).apply(change, records: records)
         change = DeliveryLedger.Change(targetID: targetID)
         change.delivered = [4, 6, 7, 9]
-        change.deadLetters = [
-            .init(
-                seqs: [5, 8],
-                failure: .init(
-                    reason: "rejected", status: 200, errors: [], warnings: [], attempts: 1, partial: false, firstFailedAt: Date()))
-        ]
+        change.deadLetters = [Self.refused([5, 8], status: 200)]
         change.finished = DeliveryLedger.Batch(id: "b2", range: 4..<10)
         try DeliveryLedger(writer: writer).apply(change, records: records)
         let status = try SpoolStatus.read(path: path)
@@ -189,16 +191,9 @@ struct DeliveryLedgerTests {
     @Test func anExportReadInChunksGivesEveryEntryOnceInOrder() async throws {
         let (writer, path) = try await spool(records: 6)
         defer { writer.shutdown() }
-        let reader = try SpoolReader(path: path)
-        let targetID = try #require(try reader.targets().first?.id)
-        let (records, _) = try reader.read(targetID: targetID, from: 0, end: 6, maxRows: .max, maxBytes: .max)
+        let (targetID, records) = try rows(0..<6, of: path)
         var change = DeliveryLedger.Change(targetID: targetID)
-        change.deadLetters = (0..<6).map { seq in
-            .init(
-                seqs: [Int64(seq)],
-                failure: .init(
-                    reason: "rejected", status: 400, errors: ["bad"], warnings: [], attempts: 1, partial: false, firstFailedAt: Date()))
-        }
+        change.deadLetters = (0..<6).map { Self.refused([$0]) }
         try DeliveryLedger(writer: writer).apply(change, records: records)
         let store = DeadLetterStore(path: path)
         for maxBytes in [1, 20, 1 << 20] {
