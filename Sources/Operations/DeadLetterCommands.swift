@@ -165,7 +165,12 @@ struct DeadLetterCommand: AsyncParsableCommand {
     }
 
     struct Export: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Write dead-lettered rows to stdout as NDJSON (one row per line).")
+        static let configuration = CommandConfiguration(
+            abstract: "Write dead-lettered rows to stdout as NDJSON (one row per line).",
+            discussion: """
+                Exits 74 when standard output cannot be written whole (a full disk behind > FILE, a closed \
+                pipe): the output is then incomplete, and nothing exported should be purged.
+                """)
         @OptionGroup var global: GlobalOptions
         @Option(help: "Only this table.") var table: String?
         @Flag(help: "Only rows known to be rejected by the API: leave out partial entries (they hold rows it wrote) and expired rows.")
