@@ -105,15 +105,6 @@ struct RequestBody {
 
     /// The raw bytes (relative range) of the top-level `primaryKey` value of a stored record.
     static func keyValue(_ record: UnsafeRawBufferPointer, primaryKey: String) -> Range<Int>? {
-        var scanner = JSONScanner(record)
-        do {
-            try scanner.beginObject()
-            while let name = try scanner.nextMember() {
-                let start = scanner.position
-                try scanner.skipValue(depth: 2, maxDepth: 64)
-                if scanner.string(name, equals: primaryKey) { return start..<scanner.position }
-            }
-        } catch {}
-        return nil
+        JSONScanner.valueOfMember(primaryKey, in: record)
     }
 }

@@ -422,6 +422,23 @@ package struct JSONScanner {
         return name
     }
 
+    /// Where the value of the first top-level member named `name` lies in the JSON object `bytes`; `nil`
+    /// when it has none, or when the bytes stop being JSON before it.
+    package static func valueOfMember(_ name: String, in bytes: UnsafeRawBufferPointer) -> Range<Int>? {
+        var scanner = JSONScanner(bytes)
+        do {
+            try scanner.beginObject()
+            while let member = try scanner.nextMember() {
+                let start = scanner.position
+                try scanner.skipValue(depth: 2, maxDepth: 64)
+                if scanner.string(member, equals: name) { return start..<scanner.position }
+            }
+        } catch {
+            // Not JSON from here on: no such member can be told.
+        }
+        return nil
+    }
+
     /// Whether `span` (a string's contents) equals `name`; decodes escapes when the span has any.
     package func string(_ span: StringSpan, equals name: String) -> Bool {
         if span.hasEscapes { return decode(span) == name }
