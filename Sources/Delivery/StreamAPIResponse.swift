@@ -26,21 +26,21 @@ struct StreamAPIResponse: Sendable, Equatable {
             members = body.withUnsafeBytes(Self.membersBeforeTheCut)
             isIncomplete = true
         }
-        func value(_ key: String) -> JSONValue? { members.first { $0.0 == key }?.1 }
+        let value = JSONValue.object(members)
         func int(_ key: String) -> Int? {
-            if case .number(let text)? = value(key) { return Int(text) }
+            if case .number(let text)? = value[key] { return Int(text) }
             return nil
         }
         func strings(_ key: String) -> [String] {
-            guard case .array(let items)? = value(key) else { return [] }
+            guard case .array(let items)? = value[key] else { return [] }
             return items.map { item in
                 if case .string(let text) = item { return text }
                 return JSONCompactor.render(item)
             }
         }
-        if case .bool(let flag)? = value("success") { success = flag }
-        if case .string(let id)? = value("request_id") { requestID = id }
-        switch value("snapshot_id") {
+        if case .bool(let flag)? = value["success"] { success = flag }
+        if case .string(let id)? = value["request_id"] { requestID = id }
+        switch value["snapshot_id"] {
         case .string(let id)?: snapshotID = id
         case .number(let id)?: snapshotID = id
         default: snapshotID = nil

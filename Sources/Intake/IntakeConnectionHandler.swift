@@ -153,7 +153,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// Leading bytes of `carried` known to hold no newline: all of an unfinished line, none of waiting lines.
     private var carriedNewlineFree = 0
     /// `carried` holds whole lines: they are handled, a burst at a time, before the socket is read again.
-    private var linesWaiting = false
+    private var linesWaiting: Bool { carried != nil && carriedNewlineFree == 0 }
 
     init(configuration: AgentConfiguration, writer: SpoolWriter, budget: IntakeMemoryBudget, logger: Logger) {
         self.writer = writer
@@ -184,7 +184,6 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             earlier.writeBuffer(&input)
             input = earlier
         }
-        linesWaiting = false
         let (consumed, full) = input.withUnsafeReadableBytes { raw in
             Self.handleLines(
                 in: raw, newlineFree: newlineFree, maxLines: lineLimit - reading.entries.count, maxLineBytes: maxLineBytes,
@@ -199,7 +198,6 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         if full {
             carried = input  // whole lines (at most what one read brought in) wait as they are
             carriedNewlineFree = 0
-            linesWaiting = true
         } else if consumed == 0 {
             carried = input  // all of it is one line still arriving: keep (and later grow) it as is
             carriedNewlineFree = input.readableBytes
@@ -248,7 +246,6 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// (the rest of the line cannot be told apart from new requests).
     private func refuseOverlongLine(context: ChannelHandlerContext) {
         carried = nil
-        linesWaiting = false
         reading.refuseLine { [maxLineBytes] line in
             IntakeRejection(
                 .lineTooLong,
@@ -275,7 +272,6 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
                     // Lines still waiting were read but not handled: like lines not read yet, nothing of
                     // them is stored, and they get no answer.
                     carried = nil
-                    linesWaiting = false
                 } else {
                     // The client has sent everything: every line of it is answered.
                     handle(ByteBuffer(), context: context, lineLimit: .max)

@@ -182,17 +182,15 @@ struct IntakeConnectionHandlerTests {
         var replies = try await connection(spool)
         let lines = IntakeConnectionHandler.maxLinesPerBurst * 2 + 10
         // Empty lines (refused with their line number), an acked record at each burst's edge, one at the end.
+        func acked(_ line: Int) -> Bool { line % IntakeConnectionHandler.maxLinesPerBurst == 0 || line == lines }
         var text = ""
-        for line in 1...lines {
-            text +=
-                line % IntakeConnectionHandler.maxLinesPerBurst == 0 || line == lines ? #"{"ack":"a\#(line)","n":\#(line)}"# + "\n" : "\n"
-        }
+        for line in 1...lines { text += acked(line) ? #"{"ack":"a\#(line)","n":\#(line)}"# + "\n" : "\n" }
         try await send(text + #"{"ack":"last","n":0}"# + "\n", to: replies)
         let answered = try await replies.lines(lines + 1)
         #expect(answered.count == lines + 1)
         for (index, reply) in answered.enumerated() {
             let line = index + 1
-            if line % IntakeConnectionHandler.maxLinesPerBurst == 0 || line == lines {
+            if acked(line) {
                 #expect(reply == #"{"ack":"a\#(line)","ok":true,"accepted":1}"#)
             } else if line <= lines {
                 #expect(reply.hasPrefix(#"{"ok":false,"line":\#(line),"status":400,"code":"invalid_json""#), "\(reply)")
