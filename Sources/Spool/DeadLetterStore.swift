@@ -2,8 +2,9 @@ import Core
 import FoundationEssentials
 import Glibc
 
-/// The dead-letter queue, for the operator's `dlq` commands. Each call is one transaction on its own
-/// connection, so it is safe while the daemon runs (SQLite makes the two writers take turns).
+/// The dead-letter queue, for the operator's `dlq` commands. Each read is one short transaction on its
+/// own connection, and replay and purge work in short write transactions, so all are safe while the
+/// daemon runs (SQLite makes the two writers take turns, and the daemon's turn never waits long).
 public struct DeadLetterStore {
     /// One dead-letter entry: rows the API rejected (or that expired), or a whole request the API partially
     /// rejected without saying which rows (`partial`).
@@ -183,48 +184,129 @@ public struct DeadLetterStore {
         return missing
     }
 
+    /// About how many bytes of rows one transaction of ``replay(_:includeWritten:bytesPerTransaction:afterEachTransaction:)``
+    /// or ``purge(_:bytesPerTransaction:)`` moves. The daemon's commits wait while the CLI holds the write
+    /// lock (and fail after its 10 s busy timeout), so each transaction stays short whatever the size of
+    /// the dead-letter queue: a few milliseconds per MiB, one fsync each.
+    public static let bytesPerTransaction = 4 << 20
+
+    /// One selected entry, as replay and purge plan their transactions.
+    private struct PlannedEntry {
+        var id: Int64
+        var rows: Int
+        var bytes: Int
+        var partial: Bool
+    }
+
+    /// The entries `selection` names now, in replay order (by target, then as they were queued), and the
+    /// ids it names that no entry has. One short read: what is planned is fixed here, so entries dead-lettered
+    /// while a replay runs (its own rows rejected again, say) wait for the next command.
+    private func plan(_ selection: Selection) throws(SpoolError) -> (entries: [PlannedEntry], missing: [Int64]) {
+        try withDatabase(write: false) { db in
+            let missing = try Self.missingIDs(selection, db: db)
+            guard missing.isEmpty else { return ([], missing) }
+            let (clause, bind) = selection.sql
+            let select = try db.prepared(
+                """
+                SELECT d.id, d.record_count, d.byte_count, d.partial FROM dead_letters d JOIN targets t ON t.id = d.target_id
+                WHERE \(clause) ORDER BY d.target_id, d.first_seq, d.id
+                """)
+            defer { select.reset() }
+            bind(select)
+            var entries: [PlannedEntry] = []
+            while try select.step() {
+                entries.append(PlannedEntry(id: select.int64(0), rows: select.int(1), bytes: select.int(2), partial: select.int(3) != 0))
+            }
+            return (entries, [])
+        }
+    }
+
+    /// `entries` cut, in order, into runs of about `maxBytes` of rows (at least one entry each).
+    private static func transactions(_ entries: [PlannedEntry], maxBytes: Int) -> [ArraySlice<PlannedEntry>] {
+        var result: [ArraySlice<PlannedEntry>] = []
+        var start = entries.startIndex
+        var bytes = 0
+        for index in entries.indices {
+            if index > start, bytes + entries[index].bytes > maxBytes {
+                result.append(entries[start..<index])
+                (start, bytes) = (index, 0)
+            }
+            bytes += entries[index].bytes
+        }
+        if start < entries.endIndex { result.append(entries[start...]) }
+        return result
+    }
+
+    /// `error`, from a transaction after others had committed: says what was already done, so the
+    /// operator knows that running the command again finishes it.
+    private static func interrupted(_ error: SpoolError, after entries: Int, rows: Int, _ verb: String) -> SpoolError {
+        guard entries > 0 else { return error }
+        return SpoolError(
+            error.code, path: error.path,
+            "\(error.message); \(entries) entries (\(rows) rows) had been \(verb) before this, the others are still in the dead-letter queue: run the command again for them",
+            cause: error)
+    }
+
     /// Puts the selected entries' rows back at the end of their target's queue, in their original order,
-    /// and removes the entries — all in one transaction.
+    /// and removes the entries.
+    ///
+    /// The work is done in transactions of about `bytesPerTransaction` of rows, so the daemon's commits
+    /// never wait long. Each entry moves whole: after a crash or an error it is either back in the queue
+    /// or still a dead letter, never both or neither; the error says how many had moved. An entry purged
+    /// or replayed by another command meanwhile is skipped. `afterEachTransaction` hears the running
+    /// totals after each commit.
     ///
     /// - Important: A partial entry also holds rows the API wrote; replaying it writes them again. Unless
     ///   `includeWritten` is set, a selection with a partial entry replays nothing and names them. A
     ///   selection naming an id that is not in the queue replays nothing either (a mistyped id is not a
     ///   success).
-    public func replay(_ selection: Selection, includeWritten: Bool = false) throws(SpoolError) -> Replay {
-        try withDatabase(write: true) { db in
-            let missing = try Self.missingIDs(selection, db: db)
-            guard missing.isEmpty else { return Replay(missing: missing) }
-            let (clause, bind) = selection.sql
-            let select = try db.prepared(
-                """
-                SELECT d.id, d.target_id, d.record_count, d.records, d.partial, d.tags FROM dead_letters d
-                JOIN targets t ON t.id = d.target_id
-                WHERE \(clause) ORDER BY d.target_id, d.first_seq, d.id
-                """)
-            bind(select)
-            var picked: [(id: Int64, target: Int64, count: Int, records: [UInt8], tags: String)] = []
-            var partial: [(id: Int64, rows: Int)] = []
-            while try select.step() {
-                picked.append((select.int64(0), select.int64(1), select.int(2), Array(select.blob(3)), select.string(5) ?? ""))
-                if select.int(4) != 0 { partial.append((select.int64(0), select.int(2))) }
+    public func replay(
+        _ selection: Selection, includeWritten: Bool = false, bytesPerTransaction: Int = Self.bytesPerTransaction,
+        afterEachTransaction: (Replay) -> Void = { _ in }
+    ) throws(SpoolError) -> Replay {
+        let (planned, missing) = try plan(selection)
+        guard missing.isEmpty else { return Replay(missing: missing) }
+        let partial = planned.filter(\.partial).map { (id: $0.id, rows: $0.rows) }
+        guard partial.isEmpty || includeWritten else { return Replay(refusedPartial: partial) }
+        var done = Replay()
+        for transaction in Self.transactions(planned, maxBytes: bytesPerTransaction) {
+            do {
+                let moved = try withDatabase(write: true) { db in try Self.replay(transaction.map(\.id), db: db) }
+                done.entries += moved.entries
+                done.rows += moved.rows
+            } catch {
+                throw Self.interrupted(error, after: done.entries, rows: done.rows, "replayed")
             }
-            select.reset()
-            guard partial.isEmpty || includeWritten else { return Replay(refusedPartial: partial) }
-            let delete = try db.prepared("DELETE FROM dead_letters WHERE id = ?1")
-            let now = Date().timeIntervalSince1970
-            for entry in picked {
-                // Back into the log as they came: in order, each run of rows with its tags.
-                for run in Self.tagRuns(entry.records, tags: entry.tags) {
-                    _ = try SegmentLog.append(
-                        entry.records[run.bytes], count: run.count, targetID: entry.target, tags: run.tags, at: now, db: db)
-                }
-                delete.bind(1, entry.id)
-                try delete.step()
-                delete.reset()
-            }
-            for target in Set(picked.map(\.target)) { try TargetLog.settle(target, db: db) }
-            return Replay(entries: picked.count, rows: picked.reduce(0) { $0 + $1.count })
+            afterEachTransaction(done)
         }
+        return done
+    }
+
+    /// Moves the entries `ids` (those still there) back into their targets' logs, in the order given.
+    private static func replay(_ ids: [Int64], db: SQLiteConnection) throws -> (entries: Int, rows: Int) {
+        let select = try db.prepared("SELECT target_id, record_count, records, tags FROM dead_letters WHERE id = ?1")
+        let delete = try db.prepared("DELETE FROM dead_letters WHERE id = ?1")
+        let now = Date().timeIntervalSince1970
+        var targets: Set<Int64> = []
+        var (entries, rows) = (0, 0)
+        for id in ids {
+            select.bind(1, id)
+            defer { select.reset() }
+            guard try select.step() else { continue }
+            let (target, count, tags) = (select.int64(0), select.int(1), select.string(3) ?? "")
+            let records = Array(select.blob(2))
+            // Back into the log as they came: in order, each run of rows with its tags.
+            for run in tagRuns(records, tags: tags) {
+                _ = try SegmentLog.append(records[run.bytes], count: run.count, targetID: target, tags: run.tags, at: now, db: db)
+            }
+            delete.bind(1, id)
+            try delete.step()
+            delete.reset()
+            targets.insert(target)
+            (entries, rows) = (entries + 1, rows + count)
+        }
+        for target in targets { try TargetLog.settle(target, db: db) }
+        return (entries, rows)
     }
 
     /// An entry's rows (each followed by `\n`) as runs of one tag set, from its `tags` column
@@ -251,27 +333,29 @@ public struct DeadLetterStore {
         return result
     }
 
-    /// Deletes the selected entries for good. A selection naming an id that is not in the queue purges
-    /// nothing and names it.
-    public func purge(_ selection: Selection) throws(SpoolError) -> Purge {
-        try withDatabase(write: true) { db in
-            let missing = try Self.missingIDs(selection, db: db)
-            guard missing.isEmpty else { return Purge(missing: missing) }
-            let (clause, bind) = selection.sql
-            let count = try db.prepared(
-                "SELECT count(*), coalesce(sum(d.record_count), 0) FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause)"
-            )
-            bind(count)
-            _ = try count.step()
-            let result = Purge(entries: count.int(0), rows: count.int(1))
-            count.reset()
-            let delete = try db.prepared(
-                "DELETE FROM dead_letters WHERE id IN (SELECT d.id FROM dead_letters d JOIN targets t ON t.id = d.target_id WHERE \(clause))"
-            )
-            bind(delete)
-            try delete.step()
-            delete.reset()
-            return result
+    /// Deletes the selected entries for good, in transactions of about `bytesPerTransaction` of rows (see
+    /// ``replay(_:includeWritten:bytesPerTransaction:afterEachTransaction:)``). A selection naming an id
+    /// that is not in the queue purges nothing and names it.
+    public func purge(_ selection: Selection, bytesPerTransaction: Int = Self.bytesPerTransaction) throws(SpoolError) -> Purge {
+        let (planned, missing) = try plan(selection)
+        guard missing.isEmpty else { return Purge(missing: missing) }
+        var done = Purge()
+        for transaction in Self.transactions(planned, maxBytes: bytesPerTransaction) {
+            do {
+                try withDatabase(write: true) { db in
+                    let delete = try db.prepared("DELETE FROM dead_letters WHERE id = ?1")
+                    for entry in transaction {
+                        delete.bind(1, entry.id)
+                        try delete.step()
+                        delete.reset()
+                        // An entry replayed or purged by another command meanwhile is not counted.
+                        if db.changes == 1 { (done.entries, done.rows) = (done.entries + 1, done.rows + entry.rows) }
+                    }
+                }
+            } catch {
+                throw Self.interrupted(error, after: done.entries, rows: done.rows, "purged")
+            }
         }
+        return done
     }
 }

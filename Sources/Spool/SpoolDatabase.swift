@@ -97,8 +97,13 @@ package enum SpoolDatabase {
         }
     }
 
-    /// Opens an existing spool read-only, for the CLI. Works while the daemon writes.
-    static func openForReading(path: String) throws(SpoolError) -> SQLiteConnection {
+    /// Opens an existing spool read-only, for the CLI and delivery's readers. Works while the daemon writes.
+    ///
+    /// A spool an earlier release wrote is refused (``SpoolError/Code/olderSchema``) unless
+    /// `acceptingOlderSchema`: only the daemon migrates, and the CLI's queries read the current layout.
+    /// `status`, whose queries read only what every version has, accepts it, so an operator can look at
+    /// a spool between a package upgrade and the daemon's restart.
+    static func openForReading(path: String, acceptingOlderSchema: Bool = false) throws(SpoolError) -> SQLiteConnection {
         guard FileManager.default.fileExists(atPath: path) else {
             throw SpoolError(
                 .missing, path: path, "no spool file here; the daemon creates it at its first start (check [spool] path and --config)")
@@ -108,12 +113,14 @@ package enum SpoolDatabase {
             // Readers stream through the log once; a small page cache keeps each connection's memory low.
             try db.execute("\(busyTimeout); PRAGMA cache_size = -512")
             try checkIdentity(db, path: path, allowEmpty: false)
+            if !acceptingOlderSchema { try checkMigrated(db, path: path) }
             return db
         }
     }
 
     /// Opens an existing spool for maintenance writes from the CLI (the daemon may be running; SQLite's
-    /// locking makes the two take turns).
+    /// locking makes the two take turns). A spool an earlier release wrote is refused
+    /// (``SpoolError/Code/olderSchema``): only the daemon migrates.
     static func openForMaintenance(path: String) throws(SpoolError) -> SQLiteConnection {
         guard FileManager.default.fileExists(atPath: path) else {
             throw SpoolError(.missing, path: path, "no spool file here; check [spool] path and --config")
@@ -123,6 +130,7 @@ package enum SpoolDatabase {
             try db.execute("\(busyTimeout); PRAGMA synchronous = FULL")
             try db.execute(Self.deletePolicy)
             try checkIdentity(db, path: path, allowEmpty: false)
+            try checkMigrated(db, path: path)
             return db
         }
     }
@@ -175,6 +183,18 @@ package enum SpoolDatabase {
                     "the spool has schema version \(version), written by a newer definite-agent (this one knows up to \(SpoolSchema.currentVersion)); it was left untouched. Run the newer version, or drain it there first"
                 )
             }
+        }
+    }
+
+    /// The CLI does not migrate a spool: the daemon of the release that wrote it may still be running (a
+    /// package upgraded, the service not yet restarted), and it must not find its layout changed under it.
+    private static func checkMigrated(_ db: SQLiteConnection, path: String) throws(SpoolError) {
+        let version = try mapErrors(path: path, .cannotOpen) { Int(try db.scalar("PRAGMA user_version")) }
+        guard version >= SpoolSchema.currentVersion else {
+            throw SpoolError(
+                .olderSchema, path: path,
+                "the spool has schema version \(version), written by an earlier definite-agent; this one (schema \(SpoolSchema.currentVersion)) upgrades it when its daemon starts. Restart the daemon once (systemctl restart definite-agent), then run this command again; nothing was changed"
+            )
         }
     }
 

@@ -10,6 +10,8 @@ public struct SpoolError: Error, CustomStringConvertible, Sendable {
 
         public static let notASpool = Code("spool.not_a_spool")
         public static let newerSchema = Code("spool.newer_schema")
+        /// Written by an earlier release and not yet upgraded: only the daemon migrates a spool.
+        public static let olderSchema = Code("spool.older_schema")
         public static let cannotOpen = Code("spool.cannot_open")
         public static let corrupt = Code("spool.corrupt")
         public static let storage = Code("spool.storage")

@@ -35,9 +35,11 @@ public struct SpoolStatus: Sendable, Equatable {
     public var pendingBytes: Int { targets.reduce(0) { $0 + $1.pendingBytes } }
     public var deadLetters: Int { targets.reduce(0) { $0 + $1.deadLetters } }
 
-    /// Reads the spool at `path` read-only; safe while the daemon writes.
+    /// Reads the spool at `path` read-only; safe while the daemon writes. A spool of an earlier schema is
+    /// read as it is (this reads only what every version has), so `status` works between a package
+    /// upgrade and the daemon's restart.
     public static func read(path: String, now: Date = Date()) throws(SpoolError) -> SpoolStatus {
-        let db = try SpoolDatabase.openForReading(path: path)
+        let db = try SpoolDatabase.openForReading(path: path, acceptingOlderSchema: true)
         return try SpoolDatabase.mapErrors(path: path) {
             try db.execute("BEGIN")
             defer { try? db.execute("COMMIT") }

@@ -390,6 +390,14 @@ def test_a_spool_written_by_the_previous_release_is_migrated_and_everything_in_i
         assert fixture.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         fixture.close()
+    # Before the daemon upgrades it (a package upgraded, the service not yet restarted): `status` reads it,
+    # the commands that need the new layout say what to do and change nothing.
+    assert agent.cli("status").returncode == 0
+    for command in (("queue", "peek"), ("dlq", "replay", "--all")):
+        refused = agent.cli(*command)
+        assert refused.returncode == 65, refused
+        assert b"schema version 2, written by an earlier definite-agent" in refused.stderr, refused.stderr
+        assert b"Restart the daemon once" in refused.stderr, refused.stderr
     agent.start()
     wait_delivered(agent)
 

@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+
+@testable import Core
+@testable import Spool
+
+/// `dlq replay` and `dlq purge` on a real spool: short transactions, each entry moved whole, and a spool
+/// the daemon has not migrated yet.
+extension DeliveryLedgerTests {
+    /// A spool whose records `0..<deadLettered` were each dead-lettered as an entry of their own, out of
+    /// `records`; the writer is returned still running.
+    func deadLetters(_ deadLettered: Int, of records: Int) async throws -> (SpoolWriter, String) {
+        let (writer, path) = try await spool(records: records)
+        let (targetID, rows) = try rows(0..<Int64(records), of: path)
+        var change = DeliveryLedger.Change(targetID: targetID)
+        change.deadLetters = (0..<Int64(deadLettered)).map { Self.refused([$0]) }
+        try DeliveryLedger(writer: writer).apply(change, records: rows)
+        return (writer, path)
+    }
+
+    /// The rows of the spool's only target from `seq` on, as delivery would read them.
+    func rows(from seq: Int64, of path: String) throws -> [String] {
+        let reader = try SpoolReader(path: path)
+        let target = try #require(try reader.targets().first)
+        let (records, _) = try reader.read(targetID: target.id, from: seq, end: .max, maxRows: .max, maxBytes: .max)
+        return records.seqs.indices.map { String(decoding: records.record($0), as: UTF8.self) }
+    }
+
+    /// A replay of a large dead-letter queue once held the write lock for the whole of it, and the
+    /// daemon's commits (intake's acks) waited, failing after the 10 s busy timeout. Now the lock is free
+    /// between transactions of a few MiB, every entry moves whole, and entries dead-lettered meanwhile
+    /// (the replayed rows rejected again) are left for the next command instead of chasing them.
+    @Test func aReplayMovesEntriesInShortTransactionsAndReleasesTheLockBetweenThem() async throws {
+        let (writer, path) = try await deadLetters(40, of: 41)
+        defer { writer.shutdown() }
+        let store = DeadLetterStore(path: path)
+        let entryBytes = try store.list().map(\.bytes)
+        #expect(entryBytes.count == 40 && Set(entryBytes).count <= 2)
+
+        var heard: [DeadLetterStore.Replay] = []
+        let replayed = try store.replay(.all, bytesPerTransaction: 2 * entryBytes.max()!) { done in
+            heard.append(done)
+            // Another writer (the daemon) gets the lock at once: no transaction is open.
+            let other = try! SQLiteConnection(path: path, mode: .readWrite)
+            try! other.execute("PRAGMA busy_timeout = 0; BEGIN IMMEDIATE; COMMIT")
+            // Each entry is either still a dead letter or back in the queue, never both nor neither.
+            let left = try! store.list().filter { $0.firstSeq < 40 }.count
+            #expect(left + done.entries == 40 && done.rows == done.entries)
+            if heard.count == 1 {
+                // The daemon dead-letters a row while the replay runs.
+                let (targetID, rows) = try! self.rows(40..<41, of: path)
+                var change = DeliveryLedger.Change(targetID: targetID)
+                change.deadLetters = [Self.refused([40])]
+                try! DeliveryLedger(writer: writer).apply(change, records: rows)
+            }
+        }
+        #expect(replayed.entries == 40 && replayed.rows == 40)
+        #expect(heard.count == 20 && heard.map(\.entries) == Array(stride(from: 2, through: 40, by: 2)))
+        let left = try store.list()
+        #expect(left.count == 1 && left.first?.firstSeq == 40, "the entry made during the replay waits for the next command")
+        #expect(try rows(from: 41, of: path) == (0..<40).map { "{\"i\":\($0)}" }, "the rows are back in their order")
+    }
+
+    /// A transaction that fails after others committed: those entries stay replayed, the rest stay dead
+    /// letters, and the error says so (running the command again finishes the job).
+    @Test func aReplayThatFailsHalfWaySaysWhatItHadDone() async throws {
+        let (writer, path) = try await deadLetters(6, of: 6)
+        writer.shutdown()
+        let store = DeadLetterStore(path: path)
+        let entryBytes = try #require(try store.list().map(\.bytes).max())
+        do {
+            _ = try store.replay(.all, bytesPerTransaction: 2 * entryBytes) { _ in
+                // The next transaction cannot open the spool.
+                try! FileManager.default.moveItem(atPath: path, toPath: path + ".away")
+            }
+            Issue.record("the replay went on without its spool")
+        } catch {
+            #expect(error.code == .missing)
+            #expect(
+                error.message.hasSuffix(
+                    "2 entries (2 rows) had been replayed before this, the others are still in the dead-letter queue: run the command again for them"
+                ))
+        }
+        try FileManager.default.moveItem(atPath: path + ".away", toPath: path)
+        #expect(try store.list().map(\.firstSeq) == [2, 3, 4, 5])
+        #expect(try store.replay(.all) == DeadLetterStore.Replay(entries: 4, rows: 4))
+        #expect(try rows(from: 6, of: path) == (0..<6).map { "{\"i\":\($0)}" })
+    }
+
+    @Test func aPurgeDeletesInShortTransactionsAndCountsWhatItDeleted() async throws {
+        let (writer, path) = try await deadLetters(9, of: 9)
+        defer { writer.shutdown() }
+        let store = DeadLetterStore(path: path)
+        #expect(try store.purge(.ids([3, 99])).missing == [99])
+        #expect(try store.list().count == 9, "a mistyped id purges nothing")
+        let purged = try store.purge(.all, bytesPerTransaction: 1)
+        #expect(purged == DeadLetterStore.Purge(entries: 9, rows: 9))
+        #expect(try store.list().isEmpty)
+    }
+
+    /// The CLI never migrates: the daemon of the release that wrote the spool may still run (a package
+    /// upgraded, the service not yet restarted). It once failed with "no such column"; it now says what
+    /// to do and changes nothing, and `status` still reads the spool.
+    @Test(arguments: ["spool-v1.db", "spool-v2.db"])
+    func theCLIAsksForTheDaemonToUpgradeASpoolOfAnEarlierRelease(fixture: String) throws {
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Fixtures/\(fixture)").path
+        let path = directory + "/spool.db"
+        try FileManager.default.copyItem(atPath: source, toPath: path)
+        let version = try SQLiteConnection(path: path, mode: .readOnly).scalar("PRAGMA user_version")
+        #expect(version < SpoolSchema.currentVersion)
+
+        let store = DeadLetterStore(path: path)
+        let attempts: [(String, () throws(SpoolError) -> Void)] = [
+            ("dlq list", { () throws(SpoolError) in _ = try store.list() }),
+            ("dlq replay", { () throws(SpoolError) in _ = try store.replay(.all) }),
+            ("dlq purge", { () throws(SpoolError) in _ = try store.purge(.all) }),
+            ("queue peek", { () throws(SpoolError) in _ = try QueuePeek.read(path: path, table: nil, limit: 5) }),
+        ]
+        for (command, attempt) in attempts {
+            do {
+                try attempt()
+                Issue.record("\(command) used a spool of schema \(version)")
+            } catch {
+                #expect(error.code == .olderSchema, "\(command): \(error)")
+                #expect(error.message.contains("schema version \(version)") && error.message.contains("systemctl restart definite-agent"))
+            }
+        }
+        #expect(try SpoolStatus.read(path: path).deadLetters == 1)
+        let after = try SQLiteConnection(path: path, mode: .readOnly)
+        #expect(try after.scalar("PRAGMA user_version") == version)
+        #expect(try after.scalar("SELECT count(*) FROM dead_letters") == 1, "nothing was purged")
+    }
+}
