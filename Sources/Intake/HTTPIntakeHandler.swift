@@ -38,6 +38,8 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         let timer: Scheduled<Void>
     }
     private var body = ByteBuffer()
+    /// `body`, counted with every connection's unfinished input (``UnfinishedInputBudget``).
+    private var unfinished: UnfinishedInputShare
     /// Set once this request was answered early (auth, route, size): the rest of it is ignored.
     private var answered = false
     /// The daemon stops: a request that asks to wait for the API's commit is answered as soon as its
@@ -46,8 +48,9 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     init(
         configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil,
-        confirmations: RemoteConfirmations? = nil, logger: Logger
+        confirmations: RemoteConfirmations? = nil, unfinishedInput: UnfinishedInputBudget = UnfinishedInputBudget(), logger: Logger
     ) {
+        self.unfinished = UnfinishedInputShare(of: unfinishedInput, maxLineBytes: configuration.intake.maxLineBytes.bytes)
         self.configuration = configuration
         self.writer = writer
         self.readiness = readiness
@@ -75,7 +78,13 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireErrorCaught(error)
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        unfinished.release()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        body = ByteBuffer()
+        unfinished.release()
         if let waiting {
             waiting.timer.cancel()
             waiting.ticket.cancel()
@@ -89,11 +98,25 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .head(let head):
             self.head = head
             body.clear()
+            unfinished.release()
             answered = false
             if let early = check(head) { respond(context: context, head: head, early, close: false) }
         case .body(var part):
             guard !answered, let head else { return }
             body.writeBuffer(&part)
+            guard unfinished.resize(to: body.readableBytes) else {
+                // Refused as it streams in, as an oversized body is: the rest is not read.
+                var answer = Self.failure(
+                    IntakeRejection(
+                        .busy,
+                        "the agent already holds \(ByteSize(bytes: unfinished.limit)) of request bodies still arriving and unfinished lines from all connections, as much as it keeps; nothing of this request was stored; retry"
+                    ), table: nil)
+                answer.headers.append(("Retry-After", "1"))
+                respond(context: context, head: head, answer, close: true)
+                body = ByteBuffer()
+                unfinished.release()
+                return
+            }
             if body.readableBytes > StreamAPILimits.maxBodyBytes {
                 // Refused as it streams in: the rest is not read; the connection closes after the answer.
                 respond(
@@ -104,6 +127,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                             "the request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)"), table: nil),
                     close: true)
                 body = ByteBuffer()
+                unfinished.release()
             }
         case .end:
             guard let head else { return }
@@ -149,6 +173,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func process(context: ChannelHandlerContext, head: HTTPRequestHead) {
         var bytes = Array(body.readableBytesView)
         body = ByteBuffer()
+        unfinished.release()  // handled within this tick
         let encoding = head.headers["Content-Encoding"].first?.lowercased()
         if encoding == "gzip" {
             do {

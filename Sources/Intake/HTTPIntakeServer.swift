@@ -18,12 +18,16 @@ package struct HTTPIntakeServer: ConnectionPipeline {
     var readiness: IntakeReadiness?
     /// Where requests with `config.wait = true` wait for the API's commit (nil: they are answered at once).
     var confirmations: RemoteConfirmations?
+    /// Shared by every connection of every listener (see ``UnfinishedInputBudget``).
+    let unfinishedInput: UnfinishedInputBudget
     let logger: Logger
 
     package var backlog: Int32 { 256 }
 
     package func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
-        let (settings, writer, readiness, confirmations, logger) = (settings, writer, readiness, confirmations, logger)
+        let (settings, writer, readiness, confirmations, unfinishedInput, logger) = (
+            settings, writer, readiness, confirmations, unfinishedInput, logger
+        )
         return bootstrap.childChannelInitializer { channel in
             let configuration = settings.current
             return channel.eventLoop.makeCompletedFuture {
@@ -31,15 +35,17 @@ package struct HTTPIntakeServer: ConnectionPipeline {
                 try channel.pipeline.syncOperations.addHandler(StopNotice(), position: .first)
                 try channel.pipeline.syncOperations.addHandler(
                     HTTPIntakeHandler(
-                        configuration: configuration, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
+                        configuration: configuration, writer: writer, readiness: readiness, confirmations: confirmations,
+                        unfinishedInput: unfinishedInput, logger: logger))
             }
         }
     }
 
     package init(
         settings: LiveConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil, confirmations: RemoteConfirmations? = nil,
-        logger: Logger
+        unfinishedInput: UnfinishedInputBudget = UnfinishedInputBudget(), logger: Logger
     ) {
+        self.unfinishedInput = unfinishedInput
         self.settings = settings
         self.writer = writer
         self.readiness = readiness

@@ -136,6 +136,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private let writer: SpoolWriter
     private let budget: IntakeMemoryBudget
+    /// This connection's unfinished line, counted with every connection's (``UnfinishedInputBudget``).
+    private var unfinished: UnfinishedInputShare
     private let logger: Logger
     private let maxLineBytes: Int
     private var reading: Reading
@@ -155,9 +157,13 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
     /// `carried` holds whole lines: they are handled, a burst at a time, before the socket is read again.
     private var linesWaiting: Bool { carried != nil && carriedNewlineFree == 0 }
 
-    init(configuration: AgentConfiguration, writer: SpoolWriter, budget: IntakeMemoryBudget, logger: Logger) {
+    init(
+        configuration: AgentConfiguration, writer: SpoolWriter, budget: IntakeMemoryBudget,
+        unfinishedInput: UnfinishedInputBudget = UnfinishedInputBudget(), logger: Logger
+    ) {
         self.writer = writer
         self.budget = budget
+        self.unfinished = UnfinishedInputShare(of: unfinishedInput, maxLineBytes: configuration.intake.maxLineBytes.bytes)
         self.logger = logger
         self.maxLineBytes = configuration.intake.maxLineBytes.bytes
         self.reading = Reading(parser: IntakeLineParser(configuration: configuration))
@@ -190,10 +196,24 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
                 capacity: writer.capacity, reading: &reading)
         }
         guard consumed >= 0, full || input.readableBytes - consumed <= maxLineBytes else {
-            refuseOverlongLine(context: context)
+            refuseUnfinishedLine(context: context) { [maxLineBytes] line in
+                IntakeRejection(
+                    .lineTooLong,
+                    "line \(line) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")
+            }
             return
         }
         input.moveReaderIndex(forwardBy: consumed)
+        // Only an unfinished line counts: whole lines waiting are at most what one read brought in.
+        guard unfinished.resize(to: full ? 0 : input.readableBytes) else {
+            refuseUnfinishedLine(context: context) { [limit = unfinished.limit] line in
+                IntakeRejection(
+                    .busy,
+                    "line \(line) is unfinished while the agent already holds \(ByteSize(bytes: limit)) of unfinished lines and request bodies from all connections, as much as it keeps; nothing of it was stored; closing the connection, retry"
+                )
+            }
+            return
+        }
         guard input.readableBytes > 0 else { return }
         if full {
             carried = input  // whole lines (at most what one read brought in) wait as they are
@@ -242,17 +262,19 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         context.fireChannelReadComplete()
     }
 
-    /// A line over `max_line_bytes`: answered after everything before it, then the connection closes
-    /// (the rest of the line cannot be told apart from new requests).
-    private func refuseOverlongLine(context: ChannelHandlerContext) {
+    /// A line that cannot be kept until its newline (over `max_line_bytes`, or past the shared budget of
+    /// unfinished input): answered after everything before it, then the connection closes (the rest of the
+    /// line cannot be told apart from new requests).
+    private func refuseUnfinishedLine(context: ChannelHandlerContext, _ rejection: (_ lineNumber: Int) -> IntakeRejection) {
         carried = nil
-        reading.refuseLine { [maxLineBytes] line in
-            IntakeRejection(
-                .lineTooLong,
-                "line \(line) is longer than [intake] max_line_bytes (\(ByteSize(bytes: maxLineBytes))); closing the connection")
-        }
+        unfinished.release()
+        reading.refuseLine(rejection)
         submitBurst(context: context)
         beginClosing(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        unfinished.release()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

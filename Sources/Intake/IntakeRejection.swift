@@ -26,6 +26,7 @@ public struct IntakeRejection: Error, Sendable, Equatable, CustomStringConvertib
             case invalidConfig = "invalid_config"
             case spoolFull = "spool_full"
             case storageFailed = "storage_failed"
+            case busy
             case shuttingDown = "shutting_down"
         }
 
@@ -67,6 +68,9 @@ public struct IntakeRejection: Error, Sendable, Equatable, CustomStringConvertib
         public static let spoolFull = Code(reason: .spoolFull)
         /// The spool's commit failed.
         public static let storageFailed = Code(reason: .storageFailed)
+        /// The agent already holds as much unfinished input (lines without their newline yet, request bodies
+        /// still arriving) from all connections as it keeps (``UnfinishedInputBudget``); retry.
+        public static let busy = Code(reason: .busy)
         /// The agent is stopping.
         public static let shuttingDown = Code(reason: .shuttingDown)
 
@@ -88,7 +92,7 @@ public struct IntakeRejection: Error, Sendable, Equatable, CustomStringConvertib
             case .fieldTooLarge, .tooManyRows, .lineTooLong, .bodyTooLarge: 413
             case .invalidConfig: 422
             case .storageFailed: 500
-            case .shuttingDown: 503
+            case .busy, .shuttingDown: 503
             case .spoolFull: 507
             }
         }

@@ -15,11 +15,13 @@ package struct IntakeServer: ConnectionPipeline {
     let logger: Logger
     /// Shared by every connection of the socket (see ``IntakeMemoryBudget``).
     let budget = IntakeMemoryBudget()
+    /// Shared by every connection of every listener (see ``UnfinishedInputBudget``).
+    let unfinishedInput: UnfinishedInputBudget
 
     package var backlog: Int32 { 1024 }
 
     package func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
-        let (settings, writer, logger, budget) = (settings, writer, logger, budget)
+        let (settings, writer, logger, budget, unfinishedInput) = (settings, writer, logger, budget, unfinishedInput)
         return
             bootstrap
             .childChannelOption(.allowRemoteHalfClosure, value: true)
@@ -38,14 +40,19 @@ package struct IntakeServer: ConnectionPipeline {
                             PeerCredentialsHandler(allowUIDs: allowUIDs, allowGIDs: allowGIDs, logger: logger))
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        IntakeConnectionHandler(configuration: configuration, writer: writer, budget: budget, logger: logger))
+                        IntakeConnectionHandler(
+                            configuration: configuration, writer: writer, budget: budget, unfinishedInput: unfinishedInput,
+                            logger: logger))
                 }
             }
     }
 
-    package init(settings: LiveConfiguration, writer: SpoolWriter, logger: Logger) {
+    package init(
+        settings: LiveConfiguration, writer: SpoolWriter, unfinishedInput: UnfinishedInputBudget = UnfinishedInputBudget(), logger: Logger
+    ) {
         self.settings = settings
         self.writer = writer
+        self.unfinishedInput = unfinishedInput
         self.logger = logger
     }
 }

@@ -127,3 +127,77 @@ def test_a_writer_that_never_reads_its_replies_does_not_grow_the_agents_memory(a
     # The agent still serves others.
     with agent.connect() as conn:
         assert conn.request('{"i":1,"ack":"x"}')["ok"]
+
+
+def test_unfinished_lines_and_bodies_of_all_connections_share_one_bound(agent):
+    """Each connection may hold a line of up to `max_line_bytes` (16 MiB) before its newline comes, and a body
+    of up to 10 MB before it ends; how many connections did so at once was bounded by nothing (a hundred writers
+    in the middle of long lines held over a gigabyte). Now all of them, line and HTTP listeners together, hold
+    at most 64 MiB: what would pass it is refused 503 `busy`, nothing of it is stored, and the others finish
+    undisturbed."""
+    import socket
+    import threading
+
+    def unfinished(ack: str) -> socket.socket:
+        """A connection that sent 15 MiB of a record (in fields under the API's 1 MB), not its end."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(agent.socket_path)
+        sock.sendall(b'{"ack":"%s"' % ack.encode() + b"".join(b',"p%d":"%s"' % (k, b"p" * 524_000) for k in range(30)))
+        return sock
+
+    def send_then_read(sock: socket.socket, data: bytes) -> bytes:
+        """Sends what the agent may stop reading (it answers and closes early), then reads its answer."""
+        sender = threading.Thread(target=lambda: _send_ignoring_close(sock, data))
+        sender.start()
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass  # after the answer: the agent closed with some of what was sent unread
+        sender.join()
+        return answer
+
+    held = [unfinished(f"held{i}") for i in range(4)]
+    try:
+        # A fifth long line passes the bound: refused, and its connection closed.
+        extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        extra.settimeout(30)  # without the bound, the agent kept reading: no answer, no close
+        extra.connect(agent.socket_path)
+        with extra:
+            reply = json.loads(send_then_read(extra, b'{"ack":"extra","pad":"' + b"p" * (8 << 20)).splitlines()[0])
+        assert (reply["ok"], reply["status"], reply["code"], reply["line"]) == (False, 503, "busy", 1), reply
+        assert "64MiB of unfinished lines and request bodies" in reply["error"], reply
+        # So does a body on the local Stream API: the bound is shared by every listener.
+        http = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        http.settimeout(30)
+        http.connect(agent.http_socket_path)
+        body = b'{"config":{"table":"bronze.http"},"data":[{"pad":"' + b"p" * (8 << 20) + b'"}]}'
+        with http:
+            answer = send_then_read(http, b"POST /v2/stream HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                                    + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower(), head
+        assert json.loads(payload)["errors"][0].startswith("the agent already holds 64MiB"), payload
+        # The connections holding long lines were not disturbed: each finishes its line and gets its ack.
+        for i, sock in enumerate(held):
+            sock.sendall(b"}\n")
+            reply = json.loads(sock.makefile("rb").readline())
+            assert reply == {"ack": f"held{i}", "ok": True, "accepted": 1}, reply
+    finally:
+        for sock in held:
+            sock.close()
+    # With the long lines finished, there is room again.
+    status, answer = post(agent, "/v2/stream", b'{"config":{"table":"bronze.http"},"data":[{"i":1}]}',
+                          {"Content-Type": "application/json"})
+    assert status == 200, answer
+    assert len(agent.spooled_records("bronze.events")) == 4
+    assert agent.spooled_records("bronze.http") == [{"i": 1}]
+
+
+def _send_ignoring_close(sock, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the agent answered and closed before reading all of it, as it should

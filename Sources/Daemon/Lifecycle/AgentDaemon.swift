@@ -149,6 +149,7 @@ public struct AgentDaemon: Sendable {
             passedSockets[role].map(ListenerAddress.passed) ?? .path(path, mode: configuration.intake.socketMode)
         }
         let environment = ListenerEnvironment(passedSockets: passedSockets, eventLoops: eventLoops, blocking: blocking, logger: logger)
+        let unfinishedInput = UnfinishedInputBudget()
         func listener<Pipeline: ConnectionPipeline>(_ kind: DaemonPartKind, _ address: ListenerAddress, _ pipeline: Pipeline)
             -> any DaemonPart
         {
@@ -163,17 +164,21 @@ public struct AgentDaemon: Sendable {
             case .delivery:
                 return delivery
             case .lineSocket(let path):
-                return listener(kind, address(.intake, path: path), IntakeServer(settings: settings, writer: writer, logger: logger))
+                return listener(
+                    kind, address(.intake, path: path),
+                    IntakeServer(settings: settings, writer: writer, unfinishedInput: unfinishedInput, logger: logger))
             case .httpSocket(let path):
                 return listener(
                     kind, address(.http, path: path),
                     HTTPIntakeServer(
-                        settings: settings, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger))
+                        settings: settings, writer: writer, readiness: readiness, confirmations: confirmations,
+                        unfinishedInput: unfinishedInput, logger: logger))
             case .httpAddress(let listen):
                 return listener(
                     kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
-                    HTTPIntakeServer(settings: settings, writer: writer, readiness: readiness, confirmations: confirmations, logger: logger)
-                )
+                    HTTPIntakeServer(
+                        settings: settings, writer: writer, readiness: readiness, confirmations: confirmations,
+                        unfinishedInput: unfinishedInput, logger: logger))
             case .datagramSocket(let path):
                 return DatagramIntakeServer(
                     part: kind, address: address(.datagram, path: path), settings: settings, writer: writer, environment: environment)

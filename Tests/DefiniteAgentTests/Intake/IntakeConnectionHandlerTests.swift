@@ -23,12 +23,16 @@ struct IntakeConnectionHandlerTests {
     }
 
     /// A connection served by an ``IntakeConnectionHandler`` writing to `spool`, and its replies.
-    func connection(_ spool: TestSpool, configuration: AgentConfiguration = configuration()) async throws -> OutboundCollector<ByteBuffer> {
+    func connection(
+        _ spool: TestSpool, configuration: AgentConfiguration = configuration(),
+        unfinishedInput: UnfinishedInputBudget = UnfinishedInputBudget()
+    ) async throws -> OutboundCollector<ByteBuffer> {
         let writer = spool.writer
         let channel = try await NIOAsyncTestingChannel.connected { pipeline in
             try pipeline.addHandler(
                 IntakeConnectionHandler(
-                    configuration: configuration, writer: writer, budget: IntakeMemoryBudget(), logger: quietLogger))
+                    configuration: configuration, writer: writer, budget: IntakeMemoryBudget(), unfinishedInput: unfinishedInput,
+                    logger: quietLogger))
         }
         return OutboundCollector(channel, as: ByteBuffer.self) { Array($0.readableBytesView) }
     }
@@ -336,6 +340,39 @@ struct IntakeConnectionHandlerTests {
             ])
         #expect(try await replies.waitUntilClosed())
         try await finish(replies)
+    }
+
+    /// Unfinished lines of every connection count together: each connection was bounded by
+    /// `max_line_bytes`, their number by nothing. The line that would pass the shared limit is refused
+    /// `busy` (the others are not disturbed), and a finished or refused line gives its bytes back.
+    @Test func unfinishedLinesOfAllConnectionsShareOneLimitAndTheLineThatPassesItIsRefused() async throws {
+        let spool = try TestSpool("intake-handler")
+        defer { spool.shutDown() }
+        let shared = UnfinishedInputBudget(fixedLimit: 100)
+        var first = try await connection(spool, unfinishedInput: shared)
+        var second = try await connection(spool, unfinishedInput: shared)
+
+        try await send(#"{"ack":"a","pad":""# + String(repeating: "p", count: 60), to: first)
+        #expect(shared.heldBytes == 78)
+        try await send(#"{"ack":"ok","a":1}"# + "\n" + #"{"ack":"b","pad":""# + String(repeating: "q", count: 10), to: second)
+        let refused = try await second.lines(2)
+        #expect(refused[0] == #"{"ack":"ok","ok":true,"accepted":1}"#, "lines before it are answered")
+        #expect(
+            refused[1]
+                == #"{"ok":false,"line":2,"status":503,"code":"busy","error":"line 2 is unfinished while the agent already holds 100 of unfinished lines and request bodies from all connections, as much as it keeps; nothing of it was stored; closing the connection, retry"}"#
+        )
+        #expect(try await second.waitUntilClosed())
+        #expect(shared.heldBytes == 78, "the refused line gave its bytes back")
+
+        try await send(String(repeating: "p", count: 10) + #""}"# + "\n", to: first)
+        #expect(try await first.lines(1) == [#"{"ack":"a","ok":true,"accepted":1}"#], "the first connection was not disturbed")
+        #expect(shared.heldBytes == 0)
+        try await send(#"{"ack":"c","pad":"#, to: first)
+        #expect(shared.heldBytes == 17)
+        try await finish(first)
+        try await finish(second)
+        #expect(shared.heldBytes == 0, "a connection that ends gives back its unfinished line")
+        #expect(try spool.records(of: "bronze.events").count == 2)
     }
 
     @Test func whenTheClientEndsInsideALineThatLineIsRefusedAndTheConnectionCloses() async throws {
