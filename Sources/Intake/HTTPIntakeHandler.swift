@@ -136,6 +136,23 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// Why a `Content-Encoding: gzip` body could not be inflated, as the answer.
+    static func rejection(inflating error: any Error) -> IntakeRejection {
+        let gzip = error as? Gzip.Error
+        return switch gzip?.kind {
+        case .overLimit:
+            IntakeRejection(
+                .bodyTooLarge, "the inflated request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)")
+        case .trailingData:
+            IntakeRejection(
+                .invalidEncoding,
+                "the body has \(gzip?.code ?? 0) bytes after the end of its gzip data that do not start another gzip member; nothing was stored"
+            )
+        default:
+            IntakeRejection(.invalidEncoding, "the body is not valid gzip (Content-Encoding: gzip)")
+        }
+    }
+
     /// The answer to give before reading the body, if any.
     private func check(_ head: HTTPRequestHead) -> Answer? {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
@@ -179,16 +196,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             do {
                 bytes = try Gzip.decompress(bytes, limit: StreamAPILimits.maxBodyBytes)
             } catch {
-                let tooLarge = (error as? Gzip.Error)?.kind == .overLimit
-                respond(
-                    context: context, head: head,
-                    Self.failure(
-                        tooLarge
-                            ? IntakeRejection(
-                                .bodyTooLarge,
-                                "the inflated request body is over \(StreamAPILimits.maxBodyBytes) bytes (the Stream API's 10 MB limit)")
-                            : IntakeRejection(.invalidEncoding, "the body is not valid gzip (Content-Encoding: gzip)"), table: nil),
-                    close: false)
+                respond(context: context, head: head, Self.failure(Self.rejection(inflating: error), table: nil), close: false)
                 return
             }
         } else if let encoding, encoding != "identity" {

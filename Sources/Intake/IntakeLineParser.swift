@@ -120,19 +120,45 @@ public struct IntakeLineParser {
 
     /// Parses a Stream API JSON request body (`{"data":…,"config":{…}}`), which must carry its `config`:
     /// over HTTP there is no default table.
+    ///
+    /// A `config` that is not an object, or a second `config` or `data`, is refused: a line of the line
+    /// protocol would be a plain record then, and JSON parsers disagree on which of two members counts.
     public mutating func parse(body: UnsafeRawBufferPointer, into batch: inout SpoolBatch) -> ParsedLine {
         var scanner = JSONScanner(body)
-        var hasConfig = false
+        var configs = 0
+        var datas = 0
         do {
             try scanner.beginObject()
             while let name = try scanner.nextMember() {
-                if scanner.string(name, is: "config") { hasConfig = true }
+                if scanner.string(name, is: "config") {
+                    configs += 1
+                    guard scanner.peek() == UInt8(ascii: "{") else {
+                        return ParsedLine(
+                            ackRange: nil,
+                            result: .failure(
+                                IntakeRejection(
+                                    .invalidConfig,
+                                    "config must be an object, {\"table\":\"ns.table\",…}; found \(Self.kindOfValue(startingWith: scanner.peek())) at byte \(scanner.position)"
+                                )))
+                    }
+                } else if scanner.string(name, is: "data") {
+                    datas += 1
+                }
+                guard configs <= 1, datas <= 1 else {
+                    return ParsedLine(
+                        ackRange: nil,
+                        result: .failure(
+                            IntakeRejection(
+                                .invalidJSON,
+                                "the body has a second \"\(configs > 1 ? "config" : "data")\" member at byte \(name.start - 1); send each once"
+                            )))
+                }
                 try scanner.skipValue(depth: 1, maxDepth: 64)
             }
         } catch {
             return ParsedLine(ackRange: nil, result: .failure(Self.rejection(for: error, row: nil)))
         }
-        guard hasConfig else {
+        guard configs == 1 else {
             return ParsedLine(
                 ackRange: nil,
                 result: .failure(
@@ -140,6 +166,17 @@ public struct IntakeLineParser {
                         .invalidConfig, "config.table is required: the body must be {\"data\":…,\"config\":{\"table\":\"ns.table\"}}")))
         }
         return parse(line: body, into: &batch)
+    }
+
+    /// What a JSON value starting with `byte` is, for messages.
+    private static func kindOfValue(startingWith byte: UInt8?) -> String {
+        switch byte {
+        case UInt8(ascii: "\""): "a string"
+        case UInt8(ascii: "["): "an array"
+        case UInt8(ascii: "n"): "null"
+        case UInt8(ascii: "t"), UInt8(ascii: "f"): "a boolean"
+        default: "a number"
+        }
     }
 
     /// Parses an NDJSON body: one row per line, all for `target` (whose config came with the request's
@@ -243,6 +280,9 @@ public struct IntakeLineParser {
         var rowsTarget: SpoolTarget?
         var rowsAccepted: ParsedLine.Accepted?
         var deferredData: Range<Int>?
+        /// The compact size of `deferredData`, checked against the field limit only if the line is a plain
+        /// record: a request's `data` is rows, each held to the limit on its own.
+        var deferredDataBytes = 0
         var plainKeyPresent = false
         let plainKey = defaultPrimaryKey
         members.removeAll(keepingCapacity: true)
@@ -284,6 +324,9 @@ public struct IntakeLineParser {
                     // Whether this is a request's data or a record's field is known only at the end.
                     try s.skipValue(depth: 0, maxDepth: 64)
                     deferredData = valueStart..<s.position
+                    deferredDataBytes = s.position - valueStart - (s.whitespace - whitespaceAtValue)
+                    members.append(MemberSpan(start: memberStart, end: s.position, whitespace: s.whitespace - whitespaceBefore))
+                    continue
                 } else {
                     if !plainKey.isEmpty, s.string(name, equals: plainKey), s.peek() != UInt8(ascii: "n") {
                         plainKeyPresent = true
@@ -313,6 +356,9 @@ public struct IntakeLineParser {
                 var field = JSONScanner(line)
                 field.position = deferredData.lowerBound
                 try field.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
+                if deferredDataBytes > StreamAPILimits.maxFieldBytes {
+                    throw Self.fieldTooLarge("data", bytes: deferredDataBytes, row: nil)
+                }
             }
         } catch {
             throw Self.rejection(forThrown: error, row: nil)
@@ -498,10 +544,13 @@ public struct IntakeLineParser {
         throws(IntakeRejection)
     {
         guard valueBytes > StreamAPILimits.maxFieldBytes else { return }
-        throw IntakeRejection(
+        throw fieldTooLarge(scanner.decode(name), bytes: valueBytes, row: row)
+    }
+
+    private static func fieldTooLarge(_ name: String, bytes: Int, row: Int?) -> IntakeRejection {
+        IntakeRejection(
             .fieldTooLarge,
-            "\(prefix(row))field \"\(scanner.decode(name))\" is \(valueBytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field"
-        )
+            "\(prefix(row))field \"\(name)\" is \(bytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field")
     }
 
     private static func missingKey(_ key: String, row: Int?) -> IntakeRejection {

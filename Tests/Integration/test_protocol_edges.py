@@ -201,3 +201,19 @@ def _send_ignoring_close(sock, data: bytes) -> None:
         sock.sendall(data)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the agent answered and closed before reading all of it, as it should
+
+
+def test_a_gzip_body_of_several_members_is_read_whole_and_trailing_bytes_are_refused(agent):
+    """RFC 1952 lets gzip data be several members (`cat a.gz b.gz`, a file appended to with
+    `gzip.open(path, "ab")`). Only the first was inflated: the answer said 200 for its rows, and the others were
+    gone. Bytes after a member that start no other one were ignored too."""
+    headers = {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
+    members = gzip.compress(b'{"id":1}\n{"id":2}\n') + gzip.compress(b'{"id":3}\n{"id":4}\n')
+    status, answer = post(agent, "/v2/stream?table=bronze.members", members, headers)
+    assert status == 200 and answer["successful_rows"] == 4, answer
+    assert agent.spooled_records("bronze.members") == [{"id": i} for i in range(1, 5)]
+    status, answer = post(agent, "/v2/stream?table=bronze.members", gzip.compress(b'{"id":5}\n') + b'GARBAGE{"id":6}\n',
+                          headers)
+    assert status == 400 and answer["errors"] == [
+        "the body has 16 bytes after the end of its gzip data that do not start another gzip member; nothing was stored"], answer
+    assert len(agent.spooled_records("bronze.members")) == 4

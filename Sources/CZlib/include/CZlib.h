@@ -6,8 +6,8 @@
 static inline int czlib_deflate_init_gzip(z_streamp stream, int level) {
     return deflateInit2(stream, level, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
 }
-/// inflateInit2 with automatic gzip/zlib header detection (32 + MAX_WBITS).
-static inline int czlib_inflate_init_auto(z_streamp stream) {
-    return inflateInit2(stream, 32 + MAX_WBITS);
+/// inflateInit2 for gzip data only (16 + MAX_WBITS): a zlib stream is not gzip.
+static inline int czlib_inflate_init_gzip(z_streamp stream) {
+    return inflateInit2(stream, 16 + MAX_WBITS);
 }
 #endif

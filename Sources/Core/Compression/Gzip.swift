@@ -10,8 +10,10 @@ package enum Gzip {
     package struct Error: Swift.Error, CustomStringConvertible {
         /// The closed set of reasons.
         package enum Kind: Sendable, Equatable {
-            /// The input is not gzip (or zlib) data, or is cut short.
+            /// The input is not gzip data, or is cut short.
             case invalidData
+            /// Bytes after the end of the gzip data that do not start another member (`code`: how many).
+            case trailingData
             /// The decompressed data would pass the caller's limit.
             case overLimit
             /// The library could not work (no memory, a bad level).
@@ -30,6 +32,7 @@ package enum Gzip {
         package var description: String {
             switch kind {
             case .invalidData: "not valid gzip data (zlib status \(code))"
+            case .trailingData: "\(code) bytes after the end of the gzip data that do not start another gzip member"
             case .overLimit: "the decompressed data passes its limit"
             case .library: "the compression library failed (status \(code))"
             }
@@ -86,33 +89,47 @@ package enum Gzip {
         }
     }
 
-    /// Decompresses a gzip member (used by tests and the HTTP intake).
+    /// Decompresses gzip data: every member of it, one after the other, as RFC 1952 allows (`cat a.gz
+    /// b.gz`, a file appended to). Anything else after a member is an error, never ignored (used by tests and
+    /// the HTTP intake).
     package static func decompress(_ input: [UInt8], limit: Int = .max) throws -> [UInt8] {
         var stream = z_stream()
-        let initialized = czlib_inflate_init_auto(&stream)
+        let initialized = czlib_inflate_init_gzip(&stream)
         guard initialized == Z_OK else { throw Error(.library, code: initialized) }
         defer { inflateEnd(&stream) }
         var output: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        var status: Int32 = Z_OK
         try input.withUnsafeBytes { (inRaw: UnsafeRawBufferPointer) throws in
             stream.next_in = UnsafeMutablePointer(mutating: inRaw.baseAddress?.assumingMemoryBound(to: Bytef.self))
             stream.avail_in = uInt(inRaw.count)
-            repeat {
-                let produced = chunk.withUnsafeMutableBytes { outRaw -> Int in
-                    stream.next_out = outRaw.baseAddress?.assumingMemoryBound(to: Bytef.self)
-                    stream.avail_out = uInt(outRaw.count)
-                    status = inflate(&stream, Z_NO_FLUSH)
-                    return outRaw.count - Int(stream.avail_out)
+            while true {
+                try inflateMember(&stream, chunk: &chunk, into: &output, limit: limit)
+                guard stream.avail_in > 0, let next = stream.next_in else { break }
+                guard stream.avail_in >= 2, next[0] == 0x1f, next[1] == 0x8b else {
+                    throw Error(.trailingData, code: Int32(clamping: stream.avail_in))
                 }
-                guard status == Z_OK || status == Z_STREAM_END else {
-                    throw Error(status == Z_MEM_ERROR ? .library : .invalidData, code: status)
-                }
-                output.append(contentsOf: chunk[0..<produced])
-                guard output.count <= limit else { throw Error(.overLimit, code: Z_BUF_ERROR) }
-                if produced == 0 && stream.avail_in == 0 && status != Z_STREAM_END { throw Error(.invalidData, code: Z_DATA_ERROR) }
-            } while status != Z_STREAM_END
+                inflateReset(&stream)
+            }
         }
         return output
+    }
+
+    /// Inflates the member `stream` is at to its end, appending to `output`.
+    private static func inflateMember(_ stream: inout z_stream, chunk: inout [UInt8], into output: inout [UInt8], limit: Int) throws {
+        var status: Int32 = Z_OK
+        repeat {
+            let produced = chunk.withUnsafeMutableBytes { outRaw -> Int in
+                stream.next_out = outRaw.baseAddress?.assumingMemoryBound(to: Bytef.self)
+                stream.avail_out = uInt(outRaw.count)
+                status = inflate(&stream, Z_NO_FLUSH)
+                return outRaw.count - Int(stream.avail_out)
+            }
+            guard status == Z_OK || status == Z_STREAM_END else {
+                throw Error(status == Z_MEM_ERROR ? .library : .invalidData, code: status)
+            }
+            output.append(contentsOf: chunk[0..<produced])
+            guard output.count <= limit else { throw Error(.overLimit, code: Z_BUF_ERROR) }
+            if produced == 0 && stream.avail_in == 0 && status != Z_STREAM_END { throw Error(.invalidData, code: Z_DATA_ERROR) }
+        } while status != Z_STREAM_END
     }
 }

@@ -51,6 +51,29 @@ struct GzipTests {
         #expect(try compress([Self.rows], level: 6).count < compress([Self.rows], level: 1).count)
     }
 
+    /// RFC 1952: gzip data may be several members one after the other (`cat a.gz b.gz`). Only the first
+    /// was inflated, and the rows of the others were dropped without a word; bytes after a member that
+    /// start no other one were ignored, and so was a zlib stream's wrapper.
+    @Test func everyMemberIsInflatedAndAnythingElseAfterOneIsRefused() throws {
+        let first = try Gzip.compress(Array(#"{"id":1}\#n"#.utf8), level: 6)
+        let second = try Gzip.compress(Array(#"{"id":2}\#n"#.utf8), level: 1)
+        #expect(try Gzip.decompress(first + second + first) == Array(#"{"id":1}\#n{"id":2}\#n{"id":1}\#n"#.utf8))
+        func failure(_ input: [UInt8], limit: Int = .max) -> (Gzip.Error.Kind, Int32)? {
+            do {
+                _ = try Gzip.decompress(input, limit: limit)
+                return nil
+            } catch {
+                return (error as? Gzip.Error).map { ($0.kind, $0.code) }
+            }
+        }
+        #expect(failure(first + second, limit: 10)?.0 == .overLimit, "the limit holds across members")
+        #expect(failure(first + Array("GARBAGE\n".utf8)).map { [$0.0 == .trailingData, $0.1 == 8] } == [true, true])
+        #expect(failure(first + [0x1f]).map { [$0.0 == .trailingData, $0.1 == 1] } == [true, true])
+        #expect(failure(first + Array(second.dropLast(3)))?.0 == .invalidData, "a member cut short")
+        let zlib: [UInt8] = [0x78, 0x9c, 0xab, 0xae, 0x05, 0x00, 0x01, 0x75, 0x00, 0xf9]  // "{}" in a zlib wrapper
+        #expect(failure(zlib)?.0 == .invalidData)
+    }
+
     @Test func decompressingPastTheLimitIsABufferError() throws {
         let body = try Gzip.compress(Self.rows, level: 6)
         #expect(throws: Gzip.Error.self) { try Gzip.decompress(body, limit: 1_000) }

@@ -191,6 +191,44 @@ struct IntakeLineParserTests {
             parse(#"{"config":{"table":"bronze.t"},"data":[{"a":1},{"f":"\#(over)"}]}"#).rejection?.message.hasPrefix("data[1]:") == true)
     }
 
+    /// `json.dumps({"data": rows, "config": …})`, the order of the project's own example clients: a
+    /// request's `data` is rows, each held to the field limit on its own, not one field of 1 MB. Only a
+    /// plain record's field named `data` is one field.
+    @Test func dataBeforeConfigIsRowsWhateverTheirTotalSize() throws {
+        let row = #"{"id":1,"pad":"\#(String(repeating: "p", count: 1000))"}"#
+        let rows = "[" + Array(repeating: row, count: 1200).joined(separator: ", ") + "]"
+        #expect(rows.utf8.count > StreamAPILimits.maxFieldBytes)
+        let dataFirst = parse(#"{"data": \#(rows), "config": {"table": "bronze.t"}}"#)
+        #expect(dataFirst.rejection == nil, "\(dataFirst.rejection.map(String.init(describing:)) ?? "")")
+        #expect(dataFirst.batch.counts == [1200])
+        let plain = try #require(parse(#"{"a":1,"data": \#(rows)}"#).rejection)
+        #expect(plain.code == .fieldTooLarge && plain.message.hasPrefix("field \"data\" is "))
+        #expect(parse(#"{"a":1,"data":[1,2]}"#).stored == "{\"a\":1,\"data\":[1,2]}\n")
+    }
+
+    /// A local Stream API body whose `config` is not an object was a plain record in the default table
+    /// (answered 200); and with two `config` or `data` members, which counted depended on their order.
+    @Test func aBodyNeedsOneConfigObjectAndOneData() throws {
+        func body(_ text: String) -> IntakeRejection? {
+            var parser = IntakeLineParser(configuration: Self.configuration())
+            var batch = SpoolBatch()
+            let parsed = Array(text.utf8).withUnsafeBytes { parser.parse(body: $0, into: &batch) }
+            if case .failure(let rejection) = parsed.result { return rejection }
+            #expect(batch.targets.map(\.table) == ["bronze.t"])
+            return nil
+        }
+        #expect(body(#"{"data":[{"id":1}],"config":{"table":"bronze.t"}}"#) == nil)
+        #expect(
+            body(#"{"data":[{"id":1}],"config":"bronze.t"}"#)
+                == IntakeRejection(.invalidConfig, #"config must be an object, {"table":"ns.table",…}; found a string at byte 28"#))
+        #expect(body(#"{"config":null,"data":[{"id":1}]}"#)?.message.contains("found null at byte 10") == true)
+        #expect(
+            body(#"{"config":{"table":"bronze.t"},"data":[{"a":1}],"config":{"table":"bronze.u"}}"#)
+                == IntakeRejection(.invalidJSON, #"the body has a second "config" member at byte 48; send each once"#))
+        #expect(body(#"{"data":[{"a":1}],"config":{"table":"bronze.t"},"data":[]}"#)?.message.contains(#"second "data""#) == true)
+        #expect(body(#"{"data":[{"id":1}]}"#)?.code == .invalidConfig)
+    }
+
     @Test func rowLimitIsFiftyThousand() throws {
         let row = #"{"a":1}"#
         let fits = #"{"config":{"table":"bronze.t"},"data":["# + Array(repeating: row, count: 50_000).joined(separator: ",") + "]}"
