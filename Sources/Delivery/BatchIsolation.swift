@@ -11,8 +11,8 @@ import Spool
 ///
 /// A known-refused part of one row is sent alone before it is dead-lettered: a row is dead-lettered only
 /// for an answer about itself (an inference would be wrong where two rows are refused only together, such
-/// as two merge keys the API casts to the same value). Rows the API names (`row 17: …`) are dead-lettered
-/// at once, and the rest of the part is sent again to confirm. Isolating `k` refused rows in a batch of
+/// as two merge keys the API casts to the same value). Rows a 400 names (`row 17: …`) become known-refused
+/// parts of one row each, so they too are sent alone first, and the rest of the part is sent again. Isolating `k` refused rows in a batch of
 /// `n` so costs at most about `2·k·log2(n)` answered requests, however many transient failures come
 /// between them: a transient failure only repeats the request it hit (the ``DeliveryMachine`` decides
 /// when), and everything proven good has already left the queue.
@@ -120,12 +120,15 @@ struct BatchIsolation: Sendable, Equatable {
             remove(sent)
             replaceFirstPart(with: rest.map { [Part(range: $0, refusal: nil)] } ?? [])
         case .partlyRejected(let count, nil) where mode == .append:
-            // Sending again would write the accepted rows twice: keep them all, marked partial.
-            let partial = sent.count > 1
+            // Sending again would write the accepted rows twice: keep them all, marked partial (unless the
+            // API rejected every one: then none was written, and they can go again as they are).
+            let partial = sent.count > 1 && count < sent.count
             let reason =
                 partial
                 ? "partially rejected: \(count) of \(sent.count) rows rejected and the others written; the API did not say which (request \(answer.requestID ?? "?")): \(answer.summary)"
-                : "rejected by the API: \(answer.summary)"
+                : sent.count > 1
+                    ? "rejected by the API (all \(sent.count) rows of the request): \(answer.summary)"
+                    : "rejected by the API: \(answer.summary)"
             effect.rejected = [Rejection(seqs: sent, refusal: refusal(reason), partial: partial)]
             remove(sent)
             replaceFirstPart(with: rest.map { [Part(range: $0, refusal: nil)] } ?? [])
@@ -141,19 +144,34 @@ struct BatchIsolation: Sendable, Equatable {
                 if let rest { replacement.append(Part(range: rest, refusal: nil)) }
                 replaceFirstPart(with: replacement)
             }
-        case .refused(let named):
-            // The API says which rows: they go, and the rest of the part is sent again to confirm.
-            let rejected = named.map { sent[$0.index] }
-            let messages = named.map(\.message)
+        case .refused(let named) where sent.count == 1:
+            // An answer about this row alone.
             effect.rejected = [
                 Rejection(
-                    seqs: rejected,
-                    refusal: Refusal(
-                        status: status, reason: "rejected by the API: \(Self.summary(messages))", errors: messages,
-                        requestID: answer.requestID), partial: false)
+                    seqs: sent, refusal: refusal("rejected by the API: \(Self.summary(named.map(\.message)))"), partial: false)
             ]
-            remove(rejected)
-            replaceFirstPart(with: [Part(range: part.range, refusal: nil)])
+            remove(sent)
+            replaceFirstPart(with: rest.map { [Part(range: $0, refusal: nil)] } ?? [])
+        case .refused(let named):
+            // The API names rows: each is sent alone before it is dead-lettered (the names are not a
+            // documented promise, and a row is dead-lettered only for an answer about itself); the rows
+            // between them are sent again to confirm.
+            var replacement: [Part] = []
+            var start = first
+            for row in named {
+                let seq = sent[row.index]
+                if start < seq { replacement.append(Part(range: start..<seq, refusal: nil)) }
+                replacement.append(
+                    Part(
+                        range: seq..<(seq + 1),
+                        refusal: Refusal(
+                            status: status, reason: "rejected by the API: \(row.message)", errors: [row.message],
+                            requestID: answer.requestID)))
+                start = seq + 1
+            }
+            let end = rest?.upperBound ?? (last + 1)
+            if start < end { replacement.append(Part(range: start..<end, refusal: nil)) }
+            replaceFirstPart(with: replacement)
         case .tooLarge:
             if sent.count == 1 {
                 effect.rejected = [

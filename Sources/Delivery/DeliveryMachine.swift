@@ -602,7 +602,10 @@ struct DeliveryMachine {
         }
         switch verdict {
         case .transient(let retryAfter):
-            let delay = retryAfter ?? settings.retry.delay(attempt: target.batches[index].failures, using: &random)
+            // Retry-After lengthens the backoff, never shortens it: a "0" (or a date already past) once
+            // meant no wait at all, every answer at once followed by the same request.
+            let backoff = settings.retry.delay(attempt: target.batches[index].failures, using: &random)
+            let delay = max(retryAfter ?? .zero, backoff)
             target.batches[index].failures += 1
             target.batches[index].notBefore = now.instant + delay
             return wait(.backingOff(until: (now + delay).date), error: error, status: status)
@@ -637,9 +640,10 @@ struct DeliveryMachine {
     /// does not say what it wrote, why the rows go again.
     static func describe(status: Int, answer: StreamAPIResponse, sentRows: Int) -> String {
         var text = "HTTP \(status)"
-        if (200..<300).contains(status), answer.rejected(of: sentRows) == nil {
-            text += " without rejected_rows or successful_rows, so what it wrote is unknown: not a Stream API answer"
-            text += " (is [api] url right?); the rows go again after a backoff"
+        if (200..<300).contains(status), let unknown = answer.unknownWritten(of: sentRows) {
+            text += " \(unknown), so what it wrote is unknown"
+            if answer.rejectedRows == nil, answer.successfulRows == nil { text += ": not a Stream API answer (is [api] url right?)" }
+            text += "; the rows go again after a backoff"
         }
         return answer.summary.isEmpty ? text : "\(text): \(answer.summary)"
     }

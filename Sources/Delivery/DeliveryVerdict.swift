@@ -71,16 +71,19 @@ enum DeliveryVerdict: Sendable, Equatable {
     /// looked at when the batch is next taken: after an hour it is asked again, and waits again if told to.
     static let maximumRetryAfter = Duration.seconds(3600)
 
-    /// The rows named by errors of the form `row <index>: <reason>` (the API's index into `data`), each
-    /// once, in order; an index that is not a row of the request is ignored.
+    /// The rows named by errors of the form `row <index>: <reason>` (the API's index into `data`), in
+    /// order. The reference does not promise such names, so they are taken only when every one is a row
+    /// of the request, named once: an index out of range or repeated means the numbering is not what is
+    /// assumed here (1-based, say), and then no name is trusted. A wrong name would record a rejected row
+    /// as written and dead-letter a written one.
     static func rowErrors(_ errors: [String], rows: Int) -> [RowError] {
         var seen = Set<Int>()
         var named: [RowError] = []
         for message in errors {
             guard message.hasPrefix("row "), let colon = message.firstIndex(of: ":"),
-                let index = Int(message[message.index(message.startIndex, offsetBy: 4)..<colon]),
-                index >= 0, index < rows, seen.insert(index).inserted
+                let index = Int(message[message.index(message.startIndex, offsetBy: 4)..<colon])
             else { continue }
+            guard index >= 0, index < rows, seen.insert(index).inserted else { return [] }
             named.append(RowError(index: index, message: message))
         }
         return named.sorted { $0.index < $1.index }

@@ -56,10 +56,30 @@ struct StreamAPIResponse: Sendable, Equatable {
     }
 
     /// How many of `sent` rows the answer says were not written: `rejected_rows`, else what
-    /// `successful_rows` leaves out; `nil` when it says neither, and so does not tell what was written.
+    /// `successful_rows` leaves out; `nil` when it does not tell what was written (see
+    /// ``unknownWritten(of:)``).
     func rejected(of sent: Int) -> Int? {
-        if let rejectedRows { return max(0, rejectedRows) }
-        if let successfulRows { return max(0, sent - successfulRows) }
+        guard unknownWritten(of: sent) == nil else { return nil }
+        if let rejectedRows { return rejectedRows }
+        if let successfulRows { return sent - successfulRows }
+        return nil
+    }
+
+    /// Why the answer does not tell what of `sent` rows was written, or `nil` when it does: it has neither
+    /// count, or counts that cannot be (negative, more than were sent, not adding up to what was sent), or
+    /// says `success: false` with nothing rejected. Taking such an answer for "all written" could lose
+    /// every row.
+    func unknownWritten(of sent: Int) -> String? {
+        guard rejectedRows != nil || successfulRows != nil else { return "without rejected_rows or successful_rows" }
+        for (name, count) in [("rejected_rows", rejectedRows), ("successful_rows", successfulRows)] {
+            if let count, count < 0 || count > sent { return "with \(name) \(count) for \(sent) rows sent" }
+        }
+        if let rejectedRows, let successfulRows, rejectedRows + successfulRows != sent {
+            return "with rejected_rows \(rejectedRows) and successful_rows \(successfulRows) for \(sent) rows sent"
+        }
+        if success == false, (rejectedRows ?? (sent - (successfulRows ?? 0))) == 0 {
+            return "with success false and no rows rejected"
+        }
         return nil
     }
 

@@ -178,13 +178,31 @@ struct DeliveryMachineTests {
         }
     }
 
-    @Test func rowsTheAnswerNamesGoAtOnceAndTheRestIsSentAgain() {
+    /// Names in a 400's errors (`row 5: …`) are not a documented promise: a named row is sent alone before
+    /// it is dead-lettered, like any other, and the rows around it go again.
+    @Test func rowsA400NamesAreSentAloneAndTheRestAgain() {
         let simulation = simulation(rows: 100, bad: [5, 60]) { $0.namesRows = true }
         simulation.runUntilQuiet()
         expectDrained(simulation)
-        #expect(simulation.requests.map { [$0.seqs.count, $0.status ?? 0] } == [[100, 400], [99, 400], [98, 200]])
+        #expect(
+            simulation.requests.map { [$0.seqs.count, $0.status ?? 0] } == [
+                [100, 400], [5, 200], [1, 400], [94, 400], [54, 200], [1, 400], [39, 200],
+            ])
         #expect(simulation.deadLetters.map(\.seqs) == [[5], [60]])
-        #expect(simulation.deadLetters[0].failure.errors == ["row 5: refused; request rejected"])
+        #expect(simulation.deadLetters[0].failure.errors == ["row 0: refused; request rejected"])
+    }
+
+    /// Names the request cannot have (an index past its rows, one named twice) mean the numbering is not
+    /// the one assumed (1-based, say): no name of that answer is trusted.
+    @Test func namesOutOfRangeOrRepeatedAreNotTrusted() {
+        #expect(DeliveryVerdict.rowErrors(["row 0: x", "row 3: y"], rows: 4).map(\.index) == [0, 3])
+        #expect(DeliveryVerdict.rowErrors(["row 0: x", "row 4: y"], rows: 4).isEmpty)
+        #expect(DeliveryVerdict.rowErrors(["row 2: x", "row 2: y"], rows: 4).isEmpty)
+        #expect(DeliveryVerdict.rowErrors(["row -1: x"], rows: 4).isEmpty)
+        #expect(DeliveryVerdict.rowErrors(["schema mismatch", "row 1: y"], rows: 4).map(\.index) == [1])
+        let answer = StreamAPIResponse(body: Array(#"{"rejected_rows":1,"successful_rows":9,"errors":["row 0: x","row 99: y"]}"#.utf8))
+        #expect(
+            DeliveryVerdict(status: 200, answer: answer, retryAfter: nil, sentRows: 10) == .partlyRejected(count: 1, named: nil))
     }
 
     @Test(arguments: 0..<12)
@@ -250,6 +268,31 @@ struct DeliveryMachineTests {
         let failure = simulation.deadLetters[0].failure
         #expect(failure.partial && failure.reason.hasPrefix("partially rejected: 2 of 10 rows rejected and the others written"))
         #expect(simulation.lake[1]!.count == 8)
+    }
+
+    /// A 200 rejecting every row of the request wrote none: the entry is not partial, so `dlq replay`
+    /// takes it without `--include-written`.
+    @Test func anAppendBatchWhollyRejectedByATwoHundredIsNotPartial() {
+        let simulation = simulation(rows: 10, bad: Set(0..<10)) { $0.refusal = .rows }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.count == 1 && simulation.deadLetters.count == 1)
+        let failure = simulation.deadLetters[0].failure
+        #expect(!failure.partial && failure.reason.hasPrefix("rejected by the API (all 10 rows of the request)"), "\(failure.reason)")
+    }
+
+    /// `Retry-After: 0` (or a date already past) once meant no wait at all: every 429 answered by the same
+    /// request at once, each with a commit, a read and gzip. It lengthens the backoff, never shortens it.
+    @Test func aRetryAfterOfZeroStillWaitsTheBackoff() {
+        let simulation = simulation(rows: 3, settings: DeliverySimulation.settings(initial: 50, max: 50)) { $0.forced = [429] }
+        simulation.api.retryAfter = 0
+        untilFirstAnswer(simulation)
+        simulation.advance(by: .milliseconds(49))
+        #expect(!simulation.act(0), "sent again before the backoff")
+        simulation.advance(by: .milliseconds(1))
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.map(\.status) == [429, 200])
     }
 
     @Test func anAppendBatchPartlyRejectedWithNamedRowsDeadLettersExactlyThose() {

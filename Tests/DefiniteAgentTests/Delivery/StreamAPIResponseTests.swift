@@ -62,7 +62,33 @@ struct StreamAPIResponseTests {
         #expect(answer(#"{"successful_rows":7}"#).rejected(of: 10) == 3)
         #expect(answer(#"{"successful_rows":10}"#).rejected(of: 10) == 0)
         #expect(DeliveryVerdict(status: 200, answer: answer(#"{"successful_rows":10}"#), retryAfter: nil, sentRows: 10) == .delivered)
-        #expect(answer(#"{"successful_rows":10,"rejected_rows":1}"#).rejected(of: 10) == 1, "rejected_rows, when given, decides")
+        #expect(answer(#"{"successful_rows":9,"rejected_rows":1}"#).rejected(of: 10) == 1)
+    }
+
+    /// Counts that cannot be were taken for "all written": a negative `rejected_rows` (clamped to 0), more
+    /// successful rows than were sent, `success: false` with nothing rejected. What such an answer wrote is
+    /// unknown, so the rows go again, as for an answer without counts.
+    @Test func countsThatCannotBeDoNotSayWhatWasWritten() {
+        let cases = [
+            (#"{"rejected_rows":-1,"successful_rows":0}"#, "with rejected_rows -1 for 5 rows sent"),
+            (#"{"successful_rows":9}"#, "with successful_rows 9 for 5 rows sent"),
+            (#"{"rejected_rows":7}"#, "with rejected_rows 7 for 5 rows sent"),
+            (#"{"successful_rows":5,"rejected_rows":1}"#, "with rejected_rows 1 and successful_rows 5 for 5 rows sent"),
+            (
+                #"{"success":false,"accepted":0,"successful_rows":0,"rejected_rows":0,"errors":["boom"]}"#,
+                "with rejected_rows 0 and successful_rows 0 for 5 rows sent"
+            ),
+            (#"{"success":false,"rejected_rows":0,"errors":["boom"]}"#, "with success false and no rows rejected"),
+        ]
+        for (body, why) in cases {
+            let answer = answer(body)
+            #expect(answer.unknownWritten(of: 5) == why, "\(body)")
+            #expect(DeliveryVerdict(status: 200, answer: answer, retryAfter: nil, sentRows: 5) == .transient(retryAfter: nil), "\(body)")
+        }
+        #expect(
+            DeliveryMachine.describe(status: 200, answer: answer(#"{"successful_rows":9}"#), sentRows: 5)
+                == "HTTP 200 with successful_rows 9 for 5 rows sent, so what it wrote is unknown; the rows go again after a backoff")
+        #expect(answer(#"{"success":false,"rejected_rows":5,"successful_rows":0}"#).rejected(of: 5) == 5)
     }
 
     @Test func retryAfterIsFiniteAndAtMostAnHour() {
