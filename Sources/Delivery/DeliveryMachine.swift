@@ -170,6 +170,10 @@ struct DeliveryMachine {
     private struct Held: Equatable {
         var isolation: BatchIsolation
         var oldestAppendedAt: Double?
+        /// Merge: for a row sent, the earlier writes of its key in the batch, which are not sent. They leave
+        /// the queue with it: superseded once it is written, in its dead letter if it is not (the earlier
+        /// values would otherwise be lost with nothing written in their place).
+        var supersededBy: [Int64: [Int64]] = [:]
         var inFlight: BatchIsolation.Request?
         /// After the record step in progress: give the batch up (it waits) rather than go on.
         var releaseAfterRecord = false
@@ -489,17 +493,16 @@ struct DeliveryMachine {
         target.waitingBytes = target.assignedEnd >= target.logEnd ? 0 : max(0, target.waitingBytes - result.bytes)
         if target.assignedEnd >= target.logEnd { target.pendingSince = nil }
         let batch = DeliveryLedger.Batch(id: makeBatchID(now.date), range: cut.from..<result.next)
-        let (live, superseded) = Self.lastWrites(result)
+        let (live, supersededBy) = Self.lastWrites(result)
         var open = OpenBatch(id: batch.id, range: batch.range, attempts: 0, recordedParts: [])
         open.cutBytes = result.bytes
         open.holder = .working(
             Held(
                 isolation: BatchIsolation(range: batch.range, parts: [], live: live),
-                oldestAppendedAt: result.oldestAppendedAt))
+                oldestAppendedAt: result.oldestAppendedAt, supersededBy: supersededBy))
         target.batches.append(open)
         var change = DeliveryLedger.Change(targetID: cut.targetID)
         change.register = batch
-        change.superseded = superseded
         return .register(Record(change: change, batchID: batch.id))
     }
 
@@ -510,18 +513,14 @@ struct DeliveryMachine {
             targets[load.targetID]?.pausedUntil = now.instant + Self.storagePause
             return nil
         }
-        // A merge batch registered by an earlier version still holds the writes its later ones supersede.
-        let (live, superseded) = Self.lastWrites(result)
+        // The batch's earlier writes of a merge key are still queued until the write that supersedes them
+        // is resolved (also in a batch registered by version 1 of the spool).
+        let (live, supersededBy) = Self.lastWrites(result)
         updateBatch(load.targetID, index) { batch in
             batch.holder = .working(
                 Held(
                     isolation: BatchIsolation(range: batch.range, parts: batch.recordedParts, live: live),
-                    oldestAppendedAt: result.oldestAppendedAt))
-        }
-        guard superseded.isEmpty else {
-            var change = DeliveryLedger.Change(targetID: load.targetID)
-            change.superseded = superseded
-            return .record(Record(change: change, batchID: load.batch.id))
+                    oldestAppendedAt: result.oldestAppendedAt, supersededBy: supersededBy))
         }
         return decide(load.targetID, index, now: now)
     }
@@ -693,11 +692,19 @@ struct DeliveryMachine {
         let batch = targets[targetID]!.batches[index]
         guard case .working(var held) = batch.holder else { return Record(change: change, batchID: batch.id) }
         change.delivered = effect.delivered
+        change.superseded = effect.delivered.flatMap { held.supersededBy[$0] ?? [] }.sorted()
         change.deadLetters = effect.rejected.map { rejection in
-            DeliveryLedger.DeadLetter(
-                seqs: rejection.seqs,
+            // The earlier writes of a rejected row's key go with it, in order: replaying the entry applies them
+            // as they came, where dropping them would have lost every value of the key in the batch.
+            let earlier = rejection.seqs.flatMap { held.supersededBy[$0] ?? [] }
+            let reason =
+                earlier.isEmpty
+                ? rejection.refusal.reason
+                : rejection.refusal.reason + " (with \(earlier.count) earlier writes of the same keys in the batch, which were not sent)"
+            return DeliveryLedger.DeadLetter(
+                seqs: (rejection.seqs + earlier).sorted(),
                 failure: DeliveryLedger.Failure(
-                    reason: rejection.refusal.reason, status: rejection.refusal.status, errors: rejection.refusal.errors,
+                    reason: reason, status: rejection.refusal.status, errors: rejection.refusal.errors,
                     warnings: warnings, requestID: rejection.refusal.requestID, attempts: attempts, partial: rejection.partial,
                     firstFailedAt: batch.firstFailedAt ?? now.date))
         }
@@ -748,15 +755,20 @@ struct DeliveryMachine {
         return "b" + String(millis, radix: 36) + "-" + String(random.next() >> 14, radix: 36)
     }
 
-    /// The rows of a read to send, and those superseded by a later write of their key (merge reads come
-    /// with keys; other reads send every row).
-    private static func lastWrites(_ read: ReadResult) -> (live: [Int64], superseded: [Int64]) {
-        guard !read.keys.isEmpty, read.keys.count == read.seqs.count else { return (read.seqs, []) }
+    /// The rows of a read to send, and for each of them the earlier writes of its key that it supersedes
+    /// (merge reads come with keys; other reads send every row).
+    private static func lastWrites(_ read: ReadResult) -> (live: [Int64], supersededBy: [Int64: [Int64]]) {
+        guard !read.keys.isEmpty, read.keys.count == read.seqs.count else { return (read.seqs, [:]) }
         let kept = lastWritePerKey(read.keys)
-        guard kept.count < read.seqs.count else { return (read.seqs, []) }
-        let live = kept.map { read.seqs[$0] }
-        let keptSet = Set(live)
-        return (live, read.seqs.filter { !keptSet.contains($0) })
+        guard kept.count < read.seqs.count else { return (read.seqs, [:]) }
+        var lastWrite: [ArraySlice<UInt8>: Int64] = [:]
+        for index in kept { if let key = read.keys[index] { lastWrite[key] = read.seqs[index] } }
+        var supersededBy: [Int64: [Int64]] = [:]
+        for (index, seq) in read.seqs.enumerated() {
+            guard let key = read.keys[index], let last = lastWrite[key], last != seq else { continue }
+            supersededBy[last, default: []].append(seq)
+        }
+        return (kept.map { read.seqs[$0] }, supersededBy)
     }
 
     /// Indexes of the rows to send for a merge batch: for each primary key value only the last write, in

@@ -160,11 +160,18 @@ package struct DeliveryLedger: Sendable {
     /// on the writer thread, before `completion` runs; a failed commit changes nothing.
     package func apply(_ change: Change, records: SpooledRecords, completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
         let storedChange = LockedResult(0)
-        let capacity = writer.capacity
+        let (capacity, path) = (writer.capacity, writer.path)
         writer.perform(
             { db in
-                let letters = change.deadLetters.map { letter in
-                    (letter, records.subset(letter.seqs.compactMap(records.index(of:))))
+                let letters = try change.deadLetters.map { letter in
+                    let indexes = letter.seqs.compactMap(records.index(of:))
+                    // A row leaving the queue as a dead letter must leave with its copy: never one without the other.
+                    guard indexes.count == letter.seqs.count else {
+                        throw SpoolError(
+                            .storage, path: path,
+                            "\(letter.seqs.count - indexes.count) rows to dead-letter were not among the rows read; nothing was recorded")
+                    }
+                    return (letter, records.subset(indexes))
                 }
                 storedChange.set(.success(try Self.write(change, letters: letters, db: db)))
             },

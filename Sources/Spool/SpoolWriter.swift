@@ -43,7 +43,8 @@ public final class SpoolWriter: @unchecked Sendable {
     private let connection: SQLiteConnection
     /// Copies the WAL into the spool file beside this thread, so that commits seldom wait for it.
     private let checkpointer: SpoolCheckpointer
-    private let path: String
+    /// The spool file.
+    package let path: String
     private let logger: Logger
     public let capacity: SpoolCapacity
     private let condition = ConditionLock()

@@ -318,6 +318,30 @@ def test_a_single_row_rejected_alone_is_not_called_partial(emu, make_agent):
     assert agent.stop() == 0
 
 
+def test_the_earlier_writes_of_a_merge_key_go_with_its_rejected_last_write_into_the_dead_letter(emu, make_agent):
+    """A merge batch sends only the last write of each key. The earlier writes once left the queue when the
+    batch was registered: if the API then rejected the last write, no value of that key was written and the
+    earlier ones were nowhere. They now go into its dead letter, in order, and `dlq replay` applies them."""
+    emu.control(reject_marker="bad", reject_marker_mode="row")
+    agent = make_agent(emu.stream_url, tables=({"name": "bronze.users", "mode": "merge", "primary_key": ["id"]},))
+    rows = [{"id": 1, "plan": "free"}, {"id": 2, "plan": "free"}, {"id": 1, "plan": "pro"},
+            {"id": 1, "plan": "garbled", "bad": True}, {"id": 2, "plan": "pro"}]
+    send(agent, rows, "bronze.users", chunk=5)
+    wait_delivered(agent)
+    assert {r["id"]: r["plan"] for r in emu.query("SELECT id, plan FROM lake.bronze.users")} == {2: "pro"}
+    entries = dead_letters(agent)
+    assert len(entries) == 1 and [r["plan"] for r in entries[0]["records"]] == ["free", "pro", "garbled"], entries
+    assert "with 2 earlier writes of the same keys in the batch" in entries[0]["reason"], entries[0]["reason"]
+    # Replayed as they are, the last write is rejected again, and the earlier ones stay with it: nothing is lost
+    # on the way round.
+    replay = agent.cli("dlq", "replay", "--all")
+    assert replay.returncode == 0, replay
+    wait_delivered(agent)
+    again = dead_letters(agent)
+    assert len(again) == 1 and [r["plan"] for r in again[0]["records"]] == ["free", "pro", "garbled"], again
+    assert agent.stop() == 0
+
+
 @pytest.mark.parametrize("named", [True, False], ids=["rows-named", "rows-not-named"])
 def test_400_splits_the_batch_and_dead_letters_only_the_offending_rows(emu, make_agent, named):
     emu.control(reject_marker="bad", reject_marker_mode="request", name_rejected_rows=named)

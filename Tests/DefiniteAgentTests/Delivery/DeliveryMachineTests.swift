@@ -368,7 +368,25 @@ struct DeliveryMachineTests {
 
     // MARK: Batches
 
-    @Test func mergeSendsOnlyTheLastWriteOfEachKeyAndTheEarlierOnesLeaveAtRegistration() {
+    /// The earlier writes of a key leave with the write that supersedes them: superseded once it is
+    /// written, in its dead letter when the API rejects it. They once left at registration, and a rejected
+    /// last write then lost every value of its key in the batch.
+    @Test(arguments: [DeliverySimulation.API.Refusal.rows, .wholeRequest])
+    func theEarlierWritesOfARejectedKeyGoIntoItsDeadLetter(refusal: DeliverySimulation.API.Refusal) {
+        let simulation = DeliverySimulation(settings: DeliverySimulation.settings(), seed: 1, workers: 1)
+        simulation.api.refusal = refusal
+        let id = simulation.addTarget(Self.merge)
+        simulation.append(id, [Row(key: "a"), Row(key: "b"), Row(key: "a"), Row(key: "a", bad: true), Row(key: "b")])
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.deadLetters.map(\.seqs) == [[0, 2, 3]])
+        #expect(
+            simulation.deadLetters[0].failure.reason.hasSuffix("(with 2 earlier writes of the same keys in the batch, which were not sent)")
+        )
+        #expect(simulation.spool[id]!.left[1] == .superseded && simulation.spool[id]!.left[4] == .delivered)
+    }
+
+    @Test func mergeSendsOnlyTheLastWriteOfEachKeyAndTheEarlierOnesLeaveWithIt() {
         let simulation = DeliverySimulation(settings: DeliverySimulation.settings(), seed: 1, workers: 1)
         let id = simulation.addTarget(Self.merge)
         simulation.append(id, ["a", "b", "a", "c", "b", nil].map { Row(key: $0) })

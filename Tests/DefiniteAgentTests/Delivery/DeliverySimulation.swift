@@ -504,6 +504,12 @@ final class DeliverySimulation {
                     problems.append("target \(id) seq \(seq): still queued")
                 case .superseded:
                     if writes > 0 { problems.append("target \(id) seq \(seq): superseded but written") }
+                    // Only a write that was written replaces it: a superseding write the API rejected would
+                    // leave neither value.
+                    let replaced = target.rows.indices.contains { later in
+                        later > Int(seq) && target.rows[later].key == row.key && target.left[Int64(later)] == .delivered
+                    }
+                    if !replaced { problems.append("target \(id) seq \(seq): superseded, but no later write of its key was delivered") }
                 case .delivered:
                     if row.bad { problems.append("target \(id) seq \(seq): bad row delivered") }
                     if writes == 0 { problems.append("target \(id) seq \(seq): recorded as delivered, never written") }
@@ -512,8 +518,11 @@ final class DeliverySimulation {
                     if row.bad, writes > 0 { problems.append("target \(id) seq \(seq): bad row written") }
                     // A good row is dead-lettered only with its request (partial, 422, 413) or as expired, never
                     // as refused itself.
+                    // Or as an earlier write of a merge key, with the later write of it that the API refused.
                     let excused = dead.contains { letter in
-                        letter.seqs.contains(seq) && (letter.failure.partial || [nil, 413, 422].contains(letter.failure.status))
+                        letter.seqs.contains(seq)
+                            && (letter.failure.partial || [nil, 413, 422].contains(letter.failure.status)
+                                || (row.key != nil && letter.seqs.contains { $0 > seq && target.rows[Int($0)].key == row.key }))
                     }
                     if !row.bad, !excused { problems.append("target \(id) seq \(seq): good row dead-lettered as refused") }
                 }
