@@ -10,7 +10,8 @@ enum DeliveryVerdict: Sendable, Equatable {
     case partlyRejected(count: Int, named: [RowError]?)
     /// 400: nothing was written. `named` lists the rows the errors blame, if any (possibly not all of them).
     case refused(named: [RowError])
-    /// 413: the request is too large; its halves may not be.
+    /// 413 (or 414, 431: a URL or headers too long, as an NDJSON body's tags make it): the request is too
+    /// large; its halves may not be.
     case tooLarge
     /// 422: the request is invalid as a request (e.g. merge without a key); sending it again cannot help.
     case invalid
@@ -45,7 +46,7 @@ enum DeliveryVerdict: Sendable, Equatable {
             self = .partlyRejected(count: rejected, named: named.count == rejected ? named : nil)
         case 400:
             self = .refused(named: Self.rowErrors(answer.errors, rows: sentRows))
-        case 413:
+        case 413, 414, 431:
             self = .tooLarge
         case 422:
             self = .invalid

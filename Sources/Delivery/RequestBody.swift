@@ -101,7 +101,7 @@ struct RequestBody {
     }
 
     /// Size of the JSON envelope around the records, so batches can be cut under `[batch] max_bytes`.
-    static let envelopeAllowance = 1024
+    static let envelopeAllowance = StreamAPILimits.requestEnvelopeBytes
 
     /// The raw bytes (relative range) of the top-level `primaryKey` value of a stored record.
     static func keyValue(_ record: UnsafeRawBufferPointer, primaryKey: String) -> Range<Int>? {

@@ -386,6 +386,7 @@ public struct IntakeLineParser {
             i += 1
         }
         batch.records[index].append(UInt8(ascii: "}"))
+        try Self.checkRowSize(batch.records[index].count - before, row: nil)
         batch.records[index].append(UInt8(ascii: "\n"))
         batch.counts[index] += 1
         return .init(targetIndex: index, records: 1, bytes: batch.records[index].count - before)
@@ -462,6 +463,7 @@ public struct IntakeLineParser {
                     name: name, scanner: s, valueBytes: s.position - valueStart - (s.whitespace - whitespaceAtValue), row: label)
             }
             guard keyPresent else { throw Self.missingKey(target.primaryKey, row: label) }
+            try Self.checkRowSize(s.position - start - (s.whitespace - whitespaceBefore), row: row)
             JSONCompactor.append(s.bytes, start..<s.position, whitespace: s.whitespace - whitespaceBefore, to: &output)
             output.append(UInt8(ascii: "\n"))
         } catch {
@@ -521,12 +523,23 @@ public struct IntakeLineParser {
         return try target(table: table, mode: mode, primaryKey: primaryKey, tags: tags, configuration: configuration)
     }
 
+    /// The most a request's tags may take as compact JSON. They travel with every request their rows go in
+    /// (in the URL, for NDJSON bodies), and a batch carries at most a few KiB of them
+    /// (`RequestBody.tagBudget`): larger ones made each of their rows a request of its own, or a URL the
+    /// API's front refuses. Trace ids and labels take far less.
+    static let maxTagBytes = 2048
+
     /// Combines what a request says with the `[[table]]` defaults for its table.
     static func target(
         table: String, mode: AgentConfiguration.Mode?, primaryKey: String?, tags: String, configuration: AgentConfiguration
     ) throws(IntakeRejection) -> SpoolTarget {
         if let problem = TableName.problem(with: table) {
             throw IntakeRejection(.invalidTable, problem)
+        }
+        guard tags.utf8.count <= maxTagBytes else {
+            throw IntakeRejection(
+                .invalidConfig,
+                "config.tags is \(tags.utf8.count) bytes as compact JSON; at most \(maxTagBytes) (they go with every request of the rows)")
         }
         let defaults = configuration.tableDefaults(for: table)
         let mode = mode ?? defaults?.mode ?? .append
@@ -545,6 +558,15 @@ public struct IntakeLineParser {
     {
         guard valueBytes > StreamAPILimits.maxFieldBytes else { return }
         throw fieldTooLarge(scanner.decode(name), bytes: valueBytes, row: row)
+    }
+
+    /// A row of `bytes` (compact JSON) that no request could carry.
+    package static func checkRowSize(_ bytes: Int, row: Int?) throws(IntakeRejection) {
+        guard bytes > StreamAPILimits.maxRowBytes else { return }
+        throw IntakeRejection(
+            .rowTooLarge,
+            "\(prefix(row))the row is \(bytes) bytes as compact JSON; a Stream API request of at most \(StreamAPILimits.maxBodyBytes) bytes can carry at most \(StreamAPILimits.maxRowBytes) of it"
+        )
     }
 
     private static func fieldTooLarge(_ name: String, bytes: Int, row: Int?) -> IntakeRejection {

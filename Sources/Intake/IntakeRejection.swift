@@ -20,6 +20,7 @@ public struct IntakeRejection: Error, Sendable, Equatable, CustomStringConvertib
             case unauthorized
             case peerNotAllowed = "peer_not_allowed"
             case fieldTooLarge = "field_too_large"
+            case rowTooLarge = "row_too_large"
             case tooManyRows = "too_many_rows"
             case lineTooLong = "line_too_long"
             case bodyTooLarge = "body_too_large"
@@ -56,6 +57,8 @@ public struct IntakeRejection: Error, Sendable, Equatable, CustomStringConvertib
         public static let peerNotAllowed = Code(reason: .peerNotAllowed)
         /// A top-level field over the Stream API's 1 MB.
         public static let fieldTooLarge = Code(reason: .fieldTooLarge)
+        /// A row whose compact JSON passes what one request can carry (``StreamAPILimits/maxRowBytes``).
+        public static let rowTooLarge = Code(reason: .rowTooLarge)
         /// More than the Stream API's 50,000 rows in one request.
         public static let tooManyRows = Code(reason: .tooManyRows)
         /// A line over `[intake] max_line_bytes`, or a datagram over its limit.
@@ -89,7 +92,7 @@ public struct IntakeRejection: Error, Sendable, Equatable, CustomStringConvertib
             case .peerNotAllowed: 403
             case .notFound: 404
             case .methodNotAllowed: 405
-            case .fieldTooLarge, .tooManyRows, .lineTooLong, .bodyTooLarge: 413
+            case .fieldTooLarge, .rowTooLarge, .tooManyRows, .lineTooLong, .bodyTooLarge: 413
             case .invalidConfig: 422
             case .storageFailed: 500
             case .busy, .shuttingDown: 503

@@ -150,7 +150,8 @@ struct SendLedger {
     /// merge key): a request of several lines refused so is split, so that each line gets its own answer.
     static let rowCodes: Set<String> = Set(
         [
-            IntakeRejection.Code.invalidJSON, .invalidUTF8, .tooDeep, .invalidRow, .missingPrimaryKey, .fieldTooLarge, .tooManyRows,
+            IntakeRejection.Code.invalidJSON, .invalidUTF8, .tooDeep, .invalidRow, .missingPrimaryKey, .fieldTooLarge, .rowTooLarge,
+            .tooManyRows,
         ].map(\.rawValue))
 
     /// Whether a 507 (spool full) means "wait and send again" (`true`) or "rejected".

@@ -11,7 +11,7 @@ import Intake
 /// cannot vouch for, gets the agent's scanner and its verdict (``problem(_:mergeKey:)``).
 enum SendLineCheck {
     /// Why the agent would refuse `line` as a row, or `nil`: anything but one JSON object, invalid UTF-8,
-    /// nesting deeper than the Stream API's limit, a field over its size limit, and — when the table
+    /// nesting deeper than the Stream API's limit, a field or the row over its size limit, and — when the table
     /// merges on `mergeKey` — a missing or null key. The same rules, codes and order as the agent's.
     static func problem(_ line: UnsafeRawBufferPointer, mergeKey: String? = nil) -> IntakeRejection? {
         if line.count <= StreamAPILimits.maxFieldBytes {
@@ -32,8 +32,14 @@ enum SendLineCheck {
             if mergeKey == nil, line.count <= StreamAPILimits.maxFieldBytes {
                 // No field can be over the limit and no key is looked for: one pass over the object.
                 try scanner.skipValue(depth: 1, maxDepth: StreamAPILimits.maxDepth)
-            } else if let problem = try memberProblem(&scanner, mergeKey: mergeKey) {
-                return problem
+            } else {
+                let (start, whitespace) = (scanner.position, scanner.whitespace)
+                if let problem = try memberProblem(&scanner, mergeKey: mergeKey) { return problem }
+                do {
+                    try IntakeLineParser.checkRowSize(scanner.position - start - (scanner.whitespace - whitespace), row: nil)
+                } catch {
+                    return error
+                }
             }
             scanner.skipWhitespace()
             guard scanner.isAtEnd else { throw scanner.unexpected("end of line after the JSON object") }

@@ -138,12 +138,16 @@ def test_unfinished_lines_and_bodies_of_all_connections_share_one_bound(agent):
     import socket
     import threading
 
+    def fields(count: int) -> bytes:
+        return b",".join(b'"p%d":"%s"' % (k, b"p" * 524_000) for k in range(count))
+
     def unfinished(ack: str) -> socket.socket:
-        """A connection that sent 15 MiB of a record (in fields under the API's 1 MB), not its end."""
+        """A connection that sent 15 MiB of a request of two rows (fields under the API's 1 MB, rows under its
+        10 MB), not its end."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(30)
         sock.connect(agent.socket_path)
-        sock.sendall(b'{"ack":"%s"' % ack.encode() + b"".join(b',"p%d":"%s"' % (k, b"p" * 524_000) for k in range(30)))
+        sock.sendall(b'{"ack":"%s","config":{"table":"bronze.events"},"data":[{%s},{%s' % (ack.encode(), fields(15), fields(15)))
         return sock
 
     def send_then_read(sock: socket.socket, data: bytes) -> bytes:
@@ -182,9 +186,9 @@ def test_unfinished_lines_and_bodies_of_all_connections_share_one_bound(agent):
         assert json.loads(payload)["errors"][0].startswith("the agent already holds 64MiB"), payload
         # The connections holding long lines were not disturbed: each finishes its line and gets its ack.
         for i, sock in enumerate(held):
-            sock.sendall(b"}\n")
+            sock.sendall(b"}]}\n")
             reply = json.loads(sock.makefile("rb").readline())
-            assert reply == {"ack": f"held{i}", "ok": True, "accepted": 1}, reply
+            assert reply == {"ack": f"held{i}", "ok": True, "accepted": 2}, reply
     finally:
         for sock in held:
             sock.close()
@@ -192,7 +196,7 @@ def test_unfinished_lines_and_bodies_of_all_connections_share_one_bound(agent):
     status, answer = post(agent, "/v2/stream", b'{"config":{"table":"bronze.http"},"data":[{"i":1}]}',
                           {"Content-Type": "application/json"})
     assert status == 200, answer
-    assert len(agent.spooled_records("bronze.events")) == 4
+    assert len(agent.spooled_records("bronze.events")) == 8
     assert agent.spooled_records("bronze.http") == [{"i": 1}]
 
 

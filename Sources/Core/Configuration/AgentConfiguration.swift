@@ -178,4 +178,9 @@ public enum StreamAPILimits {
     public static let maxFieldBytes = 1_000_000
     /// A scalar has depth 0; an object or array 1 + the deepest child. A row is an object, so depth ≥ 1.
     public static let maxDepth = 10
+    /// Room a request's JSON envelope (`{"data":[…],"config":{…}}`, without tags) takes around its rows.
+    public static let requestEnvelopeBytes = 1024
+    /// The largest row (compact JSON) a request can carry: alone, in its envelope, within the body limit.
+    /// A larger one could never be delivered, so intake refuses it rather than dead-letter it later.
+    public static let maxRowBytes = maxBodyBytes - requestEnvelopeBytes
 }

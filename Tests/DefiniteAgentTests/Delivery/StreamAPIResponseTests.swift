@@ -91,6 +91,14 @@ struct StreamAPIResponseTests {
         #expect(answer(#"{"success":false,"rejected_rows":5,"successful_rows":0}"#).rejected(of: 5) == 5)
     }
 
+    /// A URL or headers too long (an NDJSON body's tags travel in the URL) can never pass as they are: like
+    /// a 413, the request is split, where a transient failure repeated it until `retry.max_age`.
+    @Test func aURLOrHeadersTooLongAreTooLargeNotTransient() {
+        for status in [413, 414, 431] {
+            #expect(DeliveryVerdict(status: status, answer: answer(""), retryAfter: nil, sentRows: 4) == .tooLarge, "\(status)")
+        }
+    }
+
     @Test func retryAfterIsFiniteAndAtMostAnHour() {
         #expect(DeliveryVerdict.duration(seconds: 1.5) == .milliseconds(1500))
         #expect(DeliveryVerdict.duration(seconds: -3) == .zero)

@@ -229,6 +229,43 @@ struct IntakeLineParserTests {
         #expect(body(#"{"data":[{"id":1}]}"#)?.code == .invalidConfig)
     }
 
+    /// A row no request of the API's 10 MB could carry was acknowledged, then dead-lettered for good by
+    /// delivery (413 even alone). It is refused at once, with the limit; fields are each under 1 MB.
+    @Test func aRowNoRequestCouldCarryIsRefusedAtIntake() throws {
+        let field = String(repeating: "x", count: 999_000)
+        func row(fields: Int) -> String {
+            "{" + (0..<fields).map { #""f\#($0)":"\#(field)""# }.joined(separator: ",") + "}"
+        }
+        let fits = row(fields: 10)
+        #expect(fits.utf8.count <= StreamAPILimits.maxRowBytes)
+        #expect(parse(fits).rejection == nil)
+        let over = row(fields: 11)
+        let plain = try #require(parse(over).rejection)
+        #expect(plain.code == .rowTooLarge && plain.status == 413)
+        #expect(
+            plain.message
+                == "the row is \(over.utf8.count) bytes as compact JSON; a Stream API request of at most 10000000 bytes can carry at most 9998976 of it"
+        )
+        let inData = parse(#"{"config":{"table":"bronze.t"},"data":[{"a":1},\#(over)]}"#)
+        #expect(inData.rejection?.code == .rowTooLarge && inData.rejection?.message.hasPrefix("data[1]: the row is ") == true)
+        #expect(inData.batch.records.allSatisfy { $0.isEmpty }, "all or nothing")
+        #expect(Array(over.utf8).withUnsafeBytes { SendLineCheck.problem($0) }?.code == .rowTooLarge, "send checks it too")
+    }
+
+    /// Tags go with every request of their rows (in the URL, for NDJSON bodies): large ones made each row a
+    /// request of its own, or a URL the API's front refuses (414), retried for days.
+    @Test func tagsOverTwoKilobytesAreRefused() throws {
+        func line(_ tags: Int) -> String {
+            #"{"config":{"table":"bronze.t","tags":{"t":"\#(String(repeating: "x", count: tags))"}},"data":[{"a":1}]}"#
+        }
+        #expect(parse(line(2048 - 8)).rejection == nil)
+        let refused = try #require(parse(line(2048 - 7)).rejection)
+        #expect(
+            refused
+                == IntakeRejection(
+                    .invalidConfig, "config.tags is 2049 bytes as compact JSON; at most 2048 (they go with every request of the rows)"))
+    }
+
     @Test func rowLimitIsFiftyThousand() throws {
         let row = #"{"a":1}"#
         let fits = #"{"config":{"table":"bronze.t"},"data":["# + Array(repeating: row, count: 50_000).joined(separator: ",") + "]}"
