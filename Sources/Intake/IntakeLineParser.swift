@@ -284,6 +284,7 @@ public struct IntakeLineParser {
         /// record: a request's `data` is rows, each held to the limit on its own.
         var deferredDataBytes = 0
         var plainKeyPresent = false
+        var plainKeySeen = false
         let plainKey = defaultPrimaryKey
         members.removeAll(keepingCapacity: true)
 
@@ -328,8 +329,10 @@ public struct IntakeLineParser {
                     members.append(MemberSpan(start: memberStart, end: s.position, whitespace: s.whitespace - whitespaceBefore))
                     continue
                 } else {
-                    if !plainKey.isEmpty, s.string(name, equals: plainKey), s.peek() != UInt8(ascii: "n") {
-                        plainKeyPresent = true
+                    if !plainKey.isEmpty, s.string(name, equals: plainKey) {
+                        guard !plainKeySeen else { throw Self.repeatedKey(plainKey, at: name.start - 1, row: nil) }
+                        plainKeySeen = true
+                        plainKeyPresent = s.peek() != UInt8(ascii: "n")
                     }
                     try s.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
                 }
@@ -451,10 +454,14 @@ public struct IntakeLineParser {
             let start = s.position
             let whitespaceBefore = s.whitespace
             var keyPresent = target.mode != .merge
+            var keySeen = false
             try s.beginObject()
             while let name = try s.nextMember() {
-                if !keyPresent, s.string(name, equals: target.primaryKey), s.peek() != UInt8(ascii: "n") {
-                    keyPresent = true
+                if target.mode == .merge, s.string(name, equals: target.primaryKey) {
+                    // JSON parsers disagree on which of two members counts: the key would not be one value.
+                    guard !keySeen else { throw Self.repeatedKey(target.primaryKey, at: name.start - 1, row: label) }
+                    keySeen = true
+                    keyPresent = s.peek() != UInt8(ascii: "n")
                 }
                 let valueStart = s.position
                 let whitespaceAtValue = s.whitespace
@@ -573,6 +580,11 @@ public struct IntakeLineParser {
         IntakeRejection(
             .fieldTooLarge,
             "\(prefix(row))field \"\(name)\" is \(bytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field")
+    }
+
+    private static func repeatedKey(_ key: String, at offset: Int, row: Int?) -> IntakeRejection {
+        IntakeRejection(
+            .invalidRow, "\(prefix(row))primary key \"\(key)\" appears twice (again at byte \(offset)); a merge row must have it once")
     }
 
     private static func missingKey(_ key: String, row: Int?) -> IntakeRejection {

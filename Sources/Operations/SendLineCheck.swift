@@ -52,10 +52,17 @@ enum SendLineCheck {
     /// Walks a row's members as the agent does: each field's compact size, and the merge key.
     private static func memberProblem(_ scanner: inout JSONScanner, mergeKey: String?) throws(JSONScanError) -> IntakeRejection? {
         var keyPresent = mergeKey == nil
+        var keySeen = false
         try scanner.beginObject()
         while let name = try scanner.nextMember() {
-            if let mergeKey, !keyPresent, scanner.string(name, equals: mergeKey), scanner.peek() != UInt8(ascii: "n") {
-                keyPresent = true
+            if let mergeKey, scanner.string(name, equals: mergeKey) {
+                if keySeen {
+                    return IntakeRejection(
+                        .invalidRow,
+                        "primary key \"\(mergeKey)\" appears twice (again at byte \(name.start - 1)); a merge row must have it once")
+                }
+                keySeen = true
+                keyPresent = scanner.peek() != UInt8(ascii: "n")
             }
             let valueStart = scanner.position
             let whitespaceBefore = scanner.whitespace
@@ -161,6 +168,7 @@ enum SendLineCheck {
             var depth = 1
             var arrays: UInt32 = 0
             var keyFound = mergeKey == nil
+            var keySeen = false
             var opened = true  // just after `{` or `[`: the container may close at once
             while true {
                 skipWhitespace(&i)
@@ -179,10 +187,12 @@ enum SendLineCheck {
                         guard i < count, bytes[i] == UInt8(ascii: ":") else { return false }
                         i &+= 1
                         skipWhitespace(&i)
-                        if !keyFound, depth == 1, let key = mergeKey, nameEnd &- nameStart == key.count,
-                            memcmp(bytes + nameStart, key.baseAddress!, key.count) == 0, i < count, bytes[i] != UInt8(ascii: "n")
+                        if depth == 1, let key = mergeKey, nameEnd &- nameStart == key.count,
+                            memcmp(bytes + nameStart, key.baseAddress!, key.count) == 0
                         {
-                            keyFound = true
+                            guard !keySeen else { return false }  // the key twice: the scanner says why
+                            keySeen = true
+                            keyFound = i < count && bytes[i] != UInt8(ascii: "n")
                         }
                     }
                     guard i < count else { return false }

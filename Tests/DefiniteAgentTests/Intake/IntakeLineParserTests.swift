@@ -266,6 +266,25 @@ struct IntakeLineParserTests {
                     .invalidConfig, "config.tags is 2049 bytes as compact JSON; at most 2048 (they go with every request of the rows)"))
     }
 
+    /// A merge row with its key twice (`{"id":1,…,"id":2}`): the agent took the first, a parser keeping
+    /// the last (Python's, and the API's, likely) sees another key, and the write it supersedes is not the
+    /// one meant. Refused, in requests, plain records and `send`'s own check.
+    @Test func aMergeRowWithItsKeyTwiceIsRefused() throws {
+        let request = parse(#"{"config":{"table":"bronze.users"},"data":[{"id":1,"v":"a"},{"id":1,"v":"b","id":2}]}"#)
+        #expect(
+            request.rejection
+                == IntakeRejection(
+                    .invalidRow, #"data[1]: primary key "id" appears twice (again at byte 76); a merge row must have it once"#))
+        var users = Self.configuration()
+        users.intake.defaultTable = "bronze.users"
+        #expect(parse(#"{"id":null,"id":3}"#, config: users).rejection?.code == .invalidRow)
+        #expect(parse(#"{"id":3,"v":{"id":4}}"#, config: users).rejection == nil, "a nested member of that name is another field")
+        #expect(parse(#"{"config":{"table":"bronze.t"},"data":[{"id":1,"id":2}]}"#).rejection == nil, "an append row is stored as written")
+        for line in [#"{"id":1,"id":2}"#, #"{"id":null,"x":"é","id":2}"#] {
+            #expect(Array(line.utf8).withUnsafeBytes { SendLineCheck.problem($0, mergeKey: "id") }?.code == .invalidRow, "\(line)")
+        }
+    }
+
     @Test func rowLimitIsFiftyThousand() throws {
         let row = #"{"a":1}"#
         let fits = #"{"config":{"table":"bronze.t"},"data":["# + Array(repeating: row, count: 50_000).joined(separator: ",") + "]}"
