@@ -543,6 +543,7 @@ public struct IntakeLineParser {
         if let problem = TableName.problem(with: table) {
             throw IntakeRejection(.invalidTable, problem)
         }
+        let table = TableName.canonical(table)
         guard tags.utf8.count <= maxTagBytes else {
             throw IntakeRejection(
                 .invalidConfig,

@@ -152,7 +152,8 @@ public struct AgentConfiguration: Sendable, Equatable {
 
     /// The defaults configured for `table`, if any.
     public func tableDefaults(for table: String) -> TableDefaults? {
-        tables.first { $0.name == table }
+        let name = TableName.canonical(table)
+        return tables.first { TableName.canonical($0.name) == name }
     }
 }
 

@@ -1,4 +1,4 @@
-/// A Stream API table name: `namespace.table` or `LAKE.namespace.table`.
+/// A Stream API table name: `namespace.table` or `LAKE.namespace.table`, two spellings of one table.
 ///
 /// Each part is an identifier: a letter or underscore, then letters, digits or underscores.
 public enum TableName {
@@ -11,7 +11,18 @@ public enum TableName {
         for part in parts where !isIdentifier(part) {
             return "table \"\(name)\" has an invalid part \"\(part)\" (letters, digits and _ only, not starting with a digit)"
         }
+        if parts.count == 3, parts[0].uppercased() != "LAKE" {
+            return
+                "table \"\(name)\" names the catalog \"\(parts[0])\"; the Stream API writes to LAKE only: use \"\(parts[1]).\(parts[2])\""
+        }
         return nil
+    }
+
+    /// The one spelling of a valid `name` the agent keeps: `namespace.table`, without `LAKE.`. Both
+    /// spellings are one table, so they share one queue (merge order) and one `[[table]]` entry.
+    public static func canonical(_ name: String) -> String {
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 3 && parts[0].uppercased() == "LAKE" ? "\(parts[1]).\(parts[2])" : name
     }
 
     public static func isValid(_ name: String) -> Bool { problem(with: name) == nil }

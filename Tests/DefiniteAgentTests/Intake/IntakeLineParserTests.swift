@@ -94,7 +94,7 @@ struct IntakeLineParserTests {
     @Test func requestBodyWithRowsAndTags() throws {
         let outcome = parse(#"{"ack":"r1","config":{"table":"LAKE.bronze.t","tags":{"src":"app"}},"data":[{"x":1},{"x":2}]}"#)
         #expect(outcome.rejection == nil)
-        #expect(outcome.batch.targets == [SpoolTarget(table: "LAKE.bronze.t", mode: .append)])
+        #expect(outcome.batch.targets == [SpoolTarget(table: "bronze.t", mode: .append)], "one spelling of the table")
         #expect(outcome.batch.tagRuns == [[SpoolBatch.TagRun(record: 0, offset: 0, tags: #"{"src":"app"}"#)]])
         #expect(outcome.batch.counts == [2])
         #expect(outcome.stored == "{\"x\":1}\n{\"x\":2}\n")
@@ -283,6 +283,19 @@ struct IntakeLineParserTests {
         for line in [#"{"id":1,"id":2}"#, #"{"id":null,"x":"é","id":2}"#] {
             #expect(Array(line.utf8).withUnsafeBytes { SendLineCheck.problem($0, mergeKey: "id") }?.code == .invalidRow, "\(line)")
         }
+    }
+
+    /// `LAKE.ns.table` and `ns.table` are one table: they were two queues (no merge order between them),
+    /// and `[[table]]` defaults did not apply to the `LAKE.` spelling (key-less rows went into a merge
+    /// table as appends). Another catalog than LAKE is refused.
+    @Test func bothSpellingsOfATableAreOneTarget() throws {
+        let lake = parse(#"{"config":{"table":"LAKE.bronze.users"},"data":[{"name":"x"}]}"#)
+        #expect(lake.rejection?.code == .missingPrimaryKey, "the [[table]] merge default applies")
+        let upserts = parse(#"{"config":{"table":"lake.bronze.users"},"data":[{"id":1}]}"#)
+        #expect(upserts.batch.targets == [SpoolTarget(table: "bronze.users", mode: .merge, primaryKey: "id")])
+        let other = try #require(parse(#"{"config":{"table":"other.bronze.users"},"data":[{"id":1}]}"#).rejection)
+        #expect(other.code == .invalidTable && other.message.hasSuffix(#"the Stream API writes to LAKE only: use "bronze.users""#))
+        #expect(TableName.canonical("LAKE.bronze.events") == "bronze.events" && TableName.canonical("bronze.events") == "bronze.events")
     }
 
     @Test func rowLimitIsFiftyThousand() throws {
