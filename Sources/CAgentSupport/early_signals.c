@@ -17,6 +17,9 @@ int cagent_catch_early_signals(void) {
     action.sa_handler = remember;
     action.sa_flags = SA_RESTART;
     sigemptyset(&action.sa_mask);
+    /* A write to a closed pipe or socket is an error to handle, never a reason to die (before the first
+       socket, SwiftNIO has not set this yet: a stderr pipe whose reader went away killed the start-up). */
+    signal(SIGPIPE, SIG_IGN);
     int hooked = 0;
     for (unsigned i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
         if (sigaction(signals[i], &action, NULL) == 0) hooked++;

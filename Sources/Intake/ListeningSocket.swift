@@ -193,7 +193,7 @@ package enum SocketPath {
         guard info.st_mode & S_IFMT == S_IFSOCK else {
             throw StartupError(.pathUnusable, part: part, "a file that is not a socket is in the way; remove it or configure another path")
         }
-        guard isAnswering(path, kind: kind) else {
+        guard !isStale(path, kind: kind) else {
             unlink(path)
             return
         }
@@ -208,12 +208,15 @@ package enum SocketPath {
         throw StartupError(.pathInUse, part: part, "another process is listening on it (is definite-agent already running?)")
     }
 
-    /// Whether a socket of `kind` at `path` takes connections (or datagrams).
-    static func isAnswering(_ path: String, kind: SocketKind) -> Bool {
+    /// Whether the socket at `path` is left by a process that ended: connecting to it is refused. A socket
+    /// that takes the connection, or refuses it for any other reason (`EPROTOTYPE`: a live socket of the
+    /// other kind, another program's or this daemon's own on another listener), is in use and stays.
+    static func isStale(_ path: String, kind: SocketKind) -> Bool {
         let fd = socket(AF_UNIX, kind.socketType | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        return withAddress(of: path) { connect(fd, $0, $1) == 0 } ?? false
+        let connected = withAddress(of: path) { connect(fd, $0, $1) == 0 } ?? true
+        return !connected && errno == ECONNREFUSED
     }
 
     /// Calls `body` with `path` as a socket address (for `bind` or `connect`); `nil` when the path does not

@@ -151,8 +151,16 @@ package enum SpoolDatabase {
     ///   WAL under us. Later opens (the delivery readers, the CLI's) rely on SQLite's own `SQLITE_NOTADB`
     ///   and on the `application_id` check instead.
     private static func checkNotForeign(path: String) throws(SpoolError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        // Non-blocking: a FIFO at the path would otherwise hold the start-up (and its SIGTERM) for ever.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { return }
+        do {
+            try FileSystem.requireRegularFile(fd)
+        } catch {
+            close(fd)
+            throw SpoolError(
+                .notASpool, path: path, "\(error), so not a definite-agent spool; it was left untouched. Set [spool] path to a file")
+        }
         var header = [UInt8](repeating: 0, count: 16)
         let count = header.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         close(fd)

@@ -117,6 +117,27 @@ def test_newer_schema_version_is_refused_and_left_untouched(tmp_path):
     print("newer schema:", output.strip().splitlines()[-1])
 
 
+def test_a_fifo_at_the_spool_or_key_path_is_refused_at_once(tmp_path):
+    """A FIFO (or a hung mount behaving like one) at the spool path, or at `[api] key_file`: opening it blocked
+    the start-up for ever, and SIGTERM, recorded by the early handler, could not end it. Refused now, with what
+    is wrong."""
+    agent = make_agent(tmp_path / "agent")
+    os.mkfifo(agent.spool_path)
+    code, output = start_expecting_failure(agent)
+    assert code == SPOOL_EXIT, (code, output)
+    assert_clear_error(code, output, agent.spool_path, what=["a fifo, not a regular file"], todo=["set [spool] path"])
+
+    keyed = make_agent(tmp_path / "keyed")
+    key = tmp_path / "key"
+    os.mkfifo(key)
+    config = Path(keyed.config_path).read_text()
+    assert "[api]" not in config, config
+    Path(keyed.config_path).write_text(config + f'\n[api]\nkey_file = "{key}"\n')
+    code, output = start_expecting_failure(keyed)
+    assert code is not None and code != 0, output
+    assert str(key) in output and "a FIFO, not a regular file" in output, output
+
+
 def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path):
     agent = make_agent(tmp_path / "agent")
     payload = b"precious operator data, not a database\n" * 200

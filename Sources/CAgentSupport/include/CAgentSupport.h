@@ -35,7 +35,7 @@ unsigned long cagent_describe_crash(
 /// Catches SIGTERM, SIGINT, SIGHUP and SIGUSR1 from the start of `run` until the daemon's own handling
 /// (a dispatch signal source, which replaces this handler) takes each over, and remembers which came:
 /// left to their default action, any of them would end the process during start-up. Returns how many
-/// signals were hooked.
+/// signals were hooked. Also ignores SIGPIPE from then on (a closed pipe is an error to handle).
 int cagent_catch_early_signals(void);
 
 /// Whether `signo` arrived while only ``cagent_catch_early_signals`` was catching it; forgets it.

@@ -156,6 +156,16 @@ public enum ConfigurationLoader {
                     "\(host) is not a loopback address; the local Stream API has no TLS. Set http_allow_remote = true to accept it anyway")
             }
         }
+        // Two listeners on one path: the second would fail to start, or (a socket of the other kind) once
+        // took the path from the first.
+        var listenerPaths: [String: ConfigKey] = [config.intake.socket: .intakeSocket]
+        for (key, path) in [
+            (ConfigKey.intakeHTTPSocket, config.intake.httpSocket), (.intakeDatagramSocket, config.intake.datagramSocket ?? ""),
+        ]
+        where !path.isEmpty {
+            if let first = listenerPaths[path] { throw fail(key, "\"\(path)\" is also \(first.name); each listener needs its own path") }
+            listenerPaths[path] = key
+        }
         guard config.intake.maxLineBytes >= .kibibytes(1), config.intake.maxLineBytes <= .gibibytes(1) else {
             throw fail(.intakeMaxLineBytes, "must be between 1KiB and 1GiB")
         }
@@ -163,7 +173,7 @@ public enum ConfigurationLoader {
         var seen = Set<String>()
         for table in config.tables {
             if let problem = TableName.problem(with: table.name) { throw fail(table: "name", problem) }
-            guard seen.insert(table.name).inserted else {
+            guard seen.insert(TableName.canonical(table.name)).inserted else {
                 throw fail(table: "name", "table \"\(table.name)\" is listed twice")
             }
         }

@@ -6,14 +6,19 @@ import SystemPackage
 package struct SystemCallError: Error, CustomStringConvertible, Sendable, Equatable {
     /// The error number, as swift-system names it (`.noSuchFileOrDirectory`, …).
     package var errno: Errno
+    /// Said instead of the system's text, when the number alone would mislead.
+    package var detail: String?
 
     /// The error of the last failed call (`errno`), or `code`.
-    package init(_ code: Int32 = Glibc.errno) { errno = Errno(rawValue: code) }
+    package init(_ code: Int32 = Glibc.errno, detail: String? = nil) {
+        errno = Errno(rawValue: code)
+        self.detail = detail
+    }
 
     /// The raw `errno` value.
     package var code: Int32 { errno.rawValue }
 
-    package var description: String { errno.description }
+    package var description: String { detail ?? errno.description }
 }
 
 /// The few file operations the daemon and its commands need, on the system calls themselves (the
@@ -25,11 +30,13 @@ package enum FileSystem {
         return getgrnam(name).map { $0.pointee.gr_gid }
     }
 
-    /// The whole file at `path`.
+    /// The whole file at `path`, which must be a regular file: a FIFO, a device or a socket (a mistyped
+    /// path, a secret mount gone wrong) would block the read for ever, or never end it.
     package static func contents(of path: String) throws(SystemCallError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw SystemCallError() }
         defer { close(fd) }
+        try requireRegularFile(fd)
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
@@ -40,6 +47,17 @@ package enum FileSystem {
                 throw SystemCallError()
             }
             bytes.append(contentsOf: chunk[..<count])
+        }
+    }
+
+    /// Throws unless the open descriptor `fd` is a regular file.
+    package static func requireRegularFile(_ fd: Int32) throws(SystemCallError) {
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw SystemCallError() }
+        let kind = info.st_mode & S_IFMT
+        guard kind == S_IFREG else {
+            let what = kind == S_IFDIR ? "a directory" : kind == S_IFIFO ? "a FIFO" : kind == S_IFSOCK ? "a socket" : "a device"
+            throw SystemCallError(EINVAL, detail: "it is \(what), not a regular file")
         }
     }
 

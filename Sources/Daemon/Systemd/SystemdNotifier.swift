@@ -24,10 +24,14 @@ public struct SystemdNotifier: Sendable {
     public var isEnabled: Bool { address != nil }
 
     /// Sends `state` (newline-separated `KEY=VALUE` assignments). Returns whether it was sent.
+    ///
+    /// Never blocks: the socket is non-blocking, and a message the receiver's full queue cannot take (a
+    /// stalled manager, a proxy that stopped reading) is not sent, as `sd_notify` is best effort. A blocking
+    /// send once held the daemon's stop (`STOPPING=1`) for ever.
     @discardableResult
     public func notify(_ state: String) -> Bool {
         guard let address else { return false }
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         let payload = Array(state.utf8)

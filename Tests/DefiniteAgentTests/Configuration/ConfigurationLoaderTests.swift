@@ -149,6 +149,9 @@ struct ConfigurationLoaderTests {
         ("[metrics]\nlisten = \"nowhere\"", "metrics.listen", .invalidValue),
         ("[service]\ndrain_timeout = \"soon\"", "service.drain_timeout", .invalidValue),
         ("[intake]\nallow_uids = [\"root\"]", "intake.allow_uids", .wrongType),
+        ("[intake]\nsocket = \"/run/a.sock\"\nhttp_socket = \"/run/a.sock\"", "intake.http_socket", .invalidValue),
+        ("[intake]\nhttp_socket = \"/run/a.sock\"\ndatagram_socket = \"/run/a.sock\"", "intake.datagram_socket", .invalidValue),
+        ("[[table]]\nname = \"bronze.u\"\n[[table]]\nname = \"LAKE.bronze.u\"", "table.name", .invalidValue),
     ])
     func badValuesNameTheirKey(text: String, key: String, code: ConfigurationError.Code) throws {
         let error = try #require(loadError(text))

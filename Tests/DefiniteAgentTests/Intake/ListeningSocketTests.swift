@@ -29,13 +29,20 @@ struct ListeningSocketTests {
 
     func isCloseOnExec(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) & FD_CLOEXEC != 0 }
 
+    /// Whether a socket of `kind` at `path` takes a connection.
+    func answers(_ path: String, kind: SocketKind) -> Bool {
+        let fd = socket(AF_UNIX, kind.socketType | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(fd) }
+        return SocketPath.withAddress(of: path) { connect(fd, $0, $1) == 0 } ?? false
+    }
+
     @Test func aSocketTheDaemonBindsIsCloseOnExecListeningAndHasItsMode() throws {
         let path = directory + "/a.sock"
         let socket = try unix(path)
         defer { socket.discard() }
         #expect(isCloseOnExec(socket.fd))
         #expect(SocketKind.stream.isReady(socket.fd))
-        #expect(SocketPath.isAnswering(path, kind: .stream))
+        #expect(answers(path, kind: .stream))
         #expect(socket.ownedPath == path)
         var info = stat()
         #expect(stat(path, &info) == 0 && info.st_mode & 0o777 == 0o660)
@@ -53,7 +60,7 @@ struct ListeningSocketTests {
         close(first.fd)  // a crash: the file stays, nothing listens
         let second = try unix(path)
         defer { second.discard() }
-        #expect(SocketPath.isAnswering(path, kind: .stream))
+        #expect(answers(path, kind: .stream))
     }
 
     @Test(arguments: [SocketKind.stream, .datagram])
@@ -65,7 +72,20 @@ struct ListeningSocketTests {
         #expect(error?.code == .pathInUse)
         #expect(error?.description.contains("another process is listening on it") == true)
         #expect(error?.description.contains(path) == true)
-        #expect(SocketPath.isAnswering(path, kind: kind), "the other socket keeps its path")
+        #expect(answers(path, kind: kind), "the other socket keeps its path")
+    }
+
+    /// A live socket of the other kind refuses the connection with EPROTOTYPE, not ECONNREFUSED: it was
+    /// taken for stale and unlinked (another program's socket, or the daemon's own HTTP socket when
+    /// `datagram_socket` named the same path), and its clients found nothing there.
+    @Test(arguments: [SocketKind.stream, .datagram])
+    func aLiveSocketOfTheOtherKindIsInUseAndLeftAlone(kind: SocketKind) throws {
+        let path = directory + "/other-kind.sock"
+        let other = try unix(path, kind: kind == .stream ? .datagram : .stream)
+        defer { other.discard() }
+        let error = #expect(throws: StartupError.self) { try unix(path, kind: kind) }
+        #expect(error?.code == .pathInUse)
+        #expect(answers(path, kind: kind == .stream ? .datagram : .stream), "the other socket keeps its path")
     }
 
     @Test func aPathHeldByASocketPassedToThisProcessSaysSo() throws {

@@ -86,7 +86,6 @@ struct StreamListenerTests {
             #expect(read(client, &byte, 1) == 0, "the connection was closed on quiescing")
         }
         #expect(!FileManager.default.fileExists(atPath: path))
-        #expect(!SocketPath.isAnswering(path, kind: .stream))
         try await shutDown()
     }
 

@@ -90,6 +90,20 @@ struct SystemdNotifierTests {
         #expect(socket.received().isEmpty)
     }
 
+    /// A receiver that stopped reading (a stalled manager, a notify proxy; outside systemd the queue holds
+    /// 10 datagrams): a send once blocked, and `STOPPING=1` held the daemon's stop for ever. It is not sent.
+    @Test func aReceiverThatDoesNotReadNeverBlocksASend() async throws {
+        let socket = try NotifySocket(path: try makeTemporaryDirectory("notify") + "/notify.sock")
+        let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": socket.address])
+        let sent = await Task.detached {
+            var sent = 0
+            for _ in 0..<10_000 where notifier.notify("WATCHDOG=1") { sent += 1 }
+            return sent
+        }.value
+        #expect(sent > 0 && sent < 10_000, "the queue filled, and the sends after it returned")
+        #expect(!notifier.notify("STOPPING=1"))
+    }
+
     @Test(arguments: [
         [:],
         ["NOTIFY_SOCKET": ""],
