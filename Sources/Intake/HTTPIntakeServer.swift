@@ -31,7 +31,7 @@ package struct HTTPIntakeServer: ConnectionPipeline {
         return bootstrap.childChannelInitializer { channel in
             let configuration = settings.current
             return channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                try channel.pipeline.syncOperations.configureLocalHTTPServer()
                 try channel.pipeline.syncOperations.addHandler(StopNotice(), position: .first)
                 try channel.pipeline.syncOperations.addHandler(
                     HTTPIntakeHandler(
@@ -68,3 +68,31 @@ final class StopNotice: ChannelInboundHandler, RemovableChannelHandler {
 
 /// The daemon began to stop (see ``StopNotice``).
 struct DaemonStopping: Sendable {}
+
+extension ChannelPipeline.SynchronousOperations {
+    /// NIO's HTTP/1.1 server pipeline with its protocol error handler (a request it cannot parse is
+    /// answered 400 and closed), behind ``ParserErrorsOfClosedConnections``: a request head cut off when
+    /// the connection closed (a slow client at a stop, a keep-alive client's next request) is not answered,
+    /// since nobody is there. NIO's error handler answered it, through a pipeline handler that had already
+    /// finished quiescing, and the debug build stopped with "Wrote in quiescing completed state" at every
+    /// stop that found such a client.
+    package func configureLocalHTTPServer() throws {
+        try configureHTTPServerPipeline(withErrorHandling: false)
+        try addHandler(ParserErrorsOfClosedConnections())
+        try addHandler(HTTPServerProtocolErrorHandler())
+    }
+}
+
+/// Drops an HTTP parser error on a connection that is no longer active: the bytes it could not parse were
+/// left when the connection closed, and there is no one to answer. See
+/// ``NIOCore/ChannelPipeline/SynchronousOperations/configureLocalHTTPServer()``.
+package final class ParserErrorsOfClosedConnections: ChannelInboundHandler, RemovableChannelHandler {
+    package typealias InboundIn = NIOAny
+
+    package init() {}
+
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is HTTPParserError, !context.channel.isActive { return }
+        context.fireErrorCaught(error)
+    }
+}

@@ -156,6 +156,32 @@ def test_every_listener_combination_starts_answers_and_stops_with_exit_0(tmp_pat
         assert agent.status()["datagrams"]["received"] == 1
 
 
+def test_sigterm_with_http_clients_in_the_middle_of_a_request_head_exits_0(tmp_path):
+    """A metrics scrape or local Stream API request whose head has not all arrived when the stop begins (a slow
+    client, a keep-alive client's next request): NIO's protocol error handler answered the cut-off head after
+    the connection had finished quiescing, and the debug build stopped with SIGILL ("Wrote in quiescing
+    completed state"), every time."""
+    listeners = Listeners(tmp_path / "agent", http_listen=True, metrics=True)
+    agent = listeners.agent().start()
+    clients = []
+    try:
+        for port, head in ((listeners.metrics_port, b"GE"), (listeners.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "),
+                           (listeners.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /hea")):
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            client.sendall(head)
+            clients.append(client)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.connect(agent.http_socket_path)
+        unix.sendall(b"POST /v2/stream HTTP/1.1\r\nHo")
+        clients.append(unix)
+        time.sleep(0.3)  # the agent has read them
+        agent.stop_and_assert_clean(within=DRAIN + 2)
+        assert "crashed" not in agent.log(), agent.log()[-2000:]
+    finally:
+        for client in clients:
+            client.close()
+
+
 # -- a listener that cannot start ---------------------------------------------------------------------------------
 
 def hold_stream(path: str) -> socket.socket:

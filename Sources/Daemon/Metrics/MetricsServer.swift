@@ -54,7 +54,7 @@ struct MetricsServer: ConnectionPipeline {
         let (blocking, readiness) = (self.blocking, self.readiness)
         return bootstrap.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                try channel.pipeline.syncOperations.configureLocalHTTPServer()
                 try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(blocking: blocking, render: render, readiness: readiness))
             }
         }
