@@ -9,12 +9,14 @@ import ServiceLifecycle
     import Glibc
 #endif
 
-/// A stream ``ListeningSocket`` served by NIO until its part of the daemon is stopped.
+/// A stream ``ListeningSocket`` served by NIO until the daemon stops.
 ///
-/// Stopping gracefully, it stops accepting and tells every connection to finish (NIO's quiescing: each
-/// gets `ChannelShouldQuiesceEvent`, answers what it read and closes), and waits for them up to the drain
-/// deadline. Cancelled (stopping at once), it stops accepting and waits for nothing; connections still open
-/// are closed with the event loops. Either way the path the daemon bound is removed.
+/// When the daemon's stop begins (for every listener at once, or at its own part's turn, whichever comes
+/// first), it stops accepting and tells every connection to finish (NIO's quiescing: each gets
+/// `ChannelShouldQuiesceEvent`, answers what it read and closes), waits for them up to the drain deadline,
+/// then for its part's turn to stop. Cancelled (stopping at once), it stops accepting and waits for
+/// nothing; connections still open are closed with the event loops. Either way the path the daemon bound
+/// is removed.
 ///
 /// One quiescing helper per listening socket: NIO's `ServerQuiescingHelper` follows a single server
 /// channel (sharing one between two sockets left the second accepting forever, and SIGTERM hung).
@@ -50,26 +52,34 @@ struct ServedListener: Sendable {
         self.socket = socket
     }
 
-    /// Serves until the part is stopped, then stops as the type describes. Returns early, without a stop,
-    /// only if the socket closed by itself.
-    func serve(drainDeadline: DrainDeadline, logger: Logger) async {
+    /// Serves until the daemon's stop begins (`stopAccepting`, or this part's own stop), then stops as the
+    /// type describes. Returns early, without a stop, only if the socket closed by itself.
+    func serve(drainDeadline: DrainDeadline, stopAccepting: CompletionSignal, logger: Logger) async {
         let closed = CompletionSignal()
         channel.closeFuture.whenComplete { _ in closed.signal() }
         let drained = CompletionSignal()
         let quiesced = channel.eventLoop.makePromise(of: Void.self)
         quiesced.futureResult.whenComplete { _ in drained.signal() }
         await withGracefulShutdownHandler {
-            _ = await closed.wait()
-        } onGracefulShutdown: { [quiesce] in
-            quiesce.initiateShutdown(promise: quiesced)
+            await withTaskGroup(of: Void.self) { race in
+                race.addTask { _ = await closed.wait() }
+                race.addTask { _ = await stopAccepting.wait() }
+                await race.next()
+                race.cancelAll()
+            }
+        } onGracefulShutdown: {
+            stopAccepting.signal()
         }
-        if Task.isShuttingDownGracefully, !Task.isCancelled {
+        if stopAccepting.hasHappened, !closed.hasHappened, !Task.isCancelled {
+            quiesce.initiateShutdown(promise: quiesced)
             let drainedInTime = await drained.wait(until: drainDeadline.instant)
             if !drainedInTime, !Task.isCancelled {
                 logger.warning(
                     "connections still open at the drain deadline are closed unanswered (nothing unanswered was acknowledged)",
                     metadata: ["listener": "\(socket.part)"])
             }
+            // The part ends at its turn of the stop, as the service group orders them.
+            try? await gracefulShutdown()
         }
         // Stopping at once (or the socket closed by itself): no new connections, whatever is open goes
         // with the event loops.

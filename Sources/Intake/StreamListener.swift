@@ -47,12 +47,20 @@ package struct ListenerEnvironment: Sendable {
     let eventLoops: any EventLoopGroup
     /// Where file, name-resolution and SQLite work goes.
     let blocking: NIOThreadPool
+    /// Signalled when the daemon's stop begins: every listener stops accepting then, at once, and drains
+    /// its connections to the shared deadline (rather than each in its turn of the stop, which left the
+    /// last ones accepting, and acknowledging, until the first had drained).
+    let stopAccepting: CompletionSignal
     let logger: Logger
 
-    package init(passedSockets: PassedSockets, eventLoops: any EventLoopGroup, blocking: NIOThreadPool, logger: Logger) {
+    package init(
+        passedSockets: PassedSockets, eventLoops: any EventLoopGroup, blocking: NIOThreadPool,
+        stopAccepting: CompletionSignal = CompletionSignal(), logger: Logger
+    ) {
         self.passedSockets = passedSockets
         self.eventLoops = eventLoops
         self.blocking = blocking
+        self.stopAccepting = stopAccepting
         self.logger = logger
     }
 }
@@ -82,16 +90,17 @@ package struct StreamListener<Pipeline: ConnectionPipeline>: DaemonPart {
         let served = try await ServedListener(
             socket, backlog: pipeline.backlog, bootstrap: pipeline.configure(ServerBootstrap(group: group)), group: group)
         environment.logger.info("listening", metadata: ["part": "\(part)", "on": "\(socket.location)"])
-        return Running(served: served, part: part, logger: environment.logger)
+        return Running(served: served, part: part, stopAccepting: environment.stopAccepting, logger: environment.logger)
     }
 
     private struct Running: RunningPart {
         let served: ServedListener
         let part: DaemonPartKind
+        let stopAccepting: CompletionSignal
         let logger: Logger
 
         func run(drainDeadline: DrainDeadline) async throws {
-            await served.serve(drainDeadline: drainDeadline, logger: logger)
+            await served.serve(drainDeadline: drainDeadline, stopAccepting: stopAccepting, logger: logger)
             logger.info("stopped", metadata: ["part": "\(part)"])
         }
     }

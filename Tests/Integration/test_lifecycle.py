@@ -182,6 +182,41 @@ def test_sigterm_with_http_clients_in_the_middle_of_a_request_head_exits_0(tmp_p
             client.close()
 
 
+def test_at_sigterm_every_listener_stops_accepting_at_once_while_open_connections_drain(tmp_path):
+    """The stop signalled listeners one at a time, in reverse start order, each draining in its turn: with a
+    slow client on the local Stream API address, the intake socket went on accepting and acknowledging new
+    writers until the drain deadline (the log said "no new connections"), and the listeners after it got no
+    drain time at all. Now every listener stops accepting as the stop begins, and all drain together."""
+    listeners = Listeners(tmp_path / "agent", http_listen=True, metrics=True)
+    agent = listeners.agent().start()
+    slow = socket.create_connection(("127.0.0.1", listeners.http_port), timeout=10)
+    try:
+        slow.sendall(b"POST /v2/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        time.sleep(0.3)
+        with agent.connect() as early:  # a writer connected before the stop, mid-conversation
+            assert early.request('{"n":1,"ack":"before"}')["ok"]
+            started = time.monotonic()
+            agent.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: "SIGTERM: stopping" in agent.log_since_start(), 5, message="the stop began")
+            time.sleep(0.3)
+            # A new writer is not taken: the intake socket no longer accepts.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as late:
+                late.settimeout(5)
+                try:
+                    late.connect(agent.socket_path)
+                    late.sendall(b'{"n":2,"ack":"late"}\n')
+                    answer = late.recv(4096)
+                except OSError:
+                    answer = b""
+            assert b'"ok":true' not in answer, f"a writer that connected after SIGTERM was acknowledged: {answer!r}"
+        code, _ = wait_exit(agent.process, within=DRAIN + 3)
+        assert code == 0, agent.log_since_start()
+        assert time.monotonic() - started < DRAIN + 2
+    finally:
+        slow.close()
+    assert [r.get("n") for r in agent.spooled_records()] == [1]
+
+
 # -- a listener that cannot start ---------------------------------------------------------------------------------
 
 def hold_stream(path: str) -> socket.socket:

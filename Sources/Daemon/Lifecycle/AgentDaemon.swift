@@ -148,7 +148,9 @@ public struct AgentDaemon: Sendable {
         func address(_ role: PassedSockets.Role, path: String) -> ListenerAddress {
             passedSockets[role].map(ListenerAddress.passed) ?? .path(path, mode: configuration.intake.socketMode)
         }
-        let environment = ListenerEnvironment(passedSockets: passedSockets, eventLoops: eventLoops, blocking: blocking, logger: logger)
+        let environment = ListenerEnvironment(
+            passedSockets: passedSockets, eventLoops: eventLoops, blocking: blocking, stopAccepting: supervisor.stopAccepting,
+            logger: logger)
         let unfinishedInput = UnfinishedInputBudget()
         func listener<Pipeline: ConnectionPipeline>(_ kind: DaemonPartKind, _ address: ListenerAddress, _ pipeline: Pipeline)
             -> any DaemonPart

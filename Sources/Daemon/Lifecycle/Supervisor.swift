@@ -20,6 +20,8 @@ final class Supervisor: Sendable {
     }
 
     let parts: [DaemonPartKind]
+    /// Signalled when a stop begins (a signal, a failure): every listener stops accepting at once.
+    let stopAccepting = CompletionSignal()
     private let drainTimeout: Duration
     private let state: Mutex<State>
     private let logger: Logger
@@ -114,6 +116,7 @@ final class Supervisor: Sendable {
     private func log(_ action: LifecycleStateMachine.FailureAction, after what: String) {
         switch action {
         case .stopStartedParts(let deadline), .hastenStop(let deadline):
+            stopAccepting.signal()
             logger.notice(
                 "stopping the parts already started, in reverse order, after \(what)",
                 metadata: ["within": "\(max(.zero, deadline - .now))"])
@@ -127,6 +130,7 @@ final class Supervisor: Sendable {
         let action = state.withLock { $0.machine.shutdownSignalled(at: .now) }
         switch action {
         case .stopGracefully(let deadline):
+            stopAccepting.signal()
             logger.info(
                 "\(signal): stopping; no new connections, answering what was read, delivery drains",
                 metadata: ["drain_within": "\(max(.zero, deadline - .now))"])
