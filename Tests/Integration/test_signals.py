@@ -80,6 +80,21 @@ linger = "50ms"
             agent.finish()
 
 
+def test_a_reload_stuck_reading_does_not_hold_the_stop(tmp_path):
+    """A SIGHUP whose reload blocks (a key or configuration on a hung mount; here a test hook makes it wait
+    60 s): the handling was awaited inside the operator-signals part, which then could not stop, so every
+    listener went on accepting and the process was killed by the stop's last resort 21 s later. The stop no
+    longer waits for it; a SIGUSR1 behind it waits its turn."""
+    agent = Agent(tmp_path / "agent", env={"DEFINITE_AGENT_TEST_RELOAD_DELAY_MS": "60000"},
+                  extra_config='[service]\ndrain_timeout = "2s"\n').start()
+    agent.process.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    agent.process.send_signal(signal.SIGUSR1)
+    send(agent, [{"i": 1}])
+    agent.stop_and_assert_clean(within=5)
+    assert "SIGUSR1" not in agent.log(), "the SIGUSR1 was handled before the SIGHUP it came after"
+
+
 def test_sigusr1_delivers_now_ignoring_linger(tmp_path):
     with Emulator() as emu:
         agent = Agent(tmp_path / "agent", env={"DEFINITE_API_KEY": emu.api_key}, extra_config=f"""

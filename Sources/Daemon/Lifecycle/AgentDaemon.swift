@@ -194,7 +194,7 @@ public struct AgentDaemon: Sendable {
             case .operatorSignals:
                 return SignalService(
                     configurationPath: configurationPath, settings: settings, key: key, delivery: delivery.loop,
-                    notifier: notifier, blocking: blocking, logger: logger)
+                    notifier: notifier, logger: logger)
             case .intakeState:
                 return IntakeStateReporter(
                     capacity: writer.capacity, readiness: readiness, spoolPath: configuration.spool.path,

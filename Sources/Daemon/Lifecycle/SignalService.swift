@@ -1,10 +1,12 @@
 import CAgentSupport
 import Core
 import Delivery
+import FoundationEssentials
 import Logging
 import NIOConcurrencyHelpers
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 #if canImport(Glibc)
@@ -20,15 +22,20 @@ import UnixSignals
 ///   running. systemd hears `RELOADING=1` and then `READY=1`.
 /// - SIGUSR1: deliver everything pending now, ignoring `[batch] linger` and any backoff.
 ///
-/// Reloading reads files: it runs on the blocking thread pool, not on the cooperative pool.
+/// Reloading reads files: it runs on a thread of its own (``SignalHandling``), never awaited, so a
+/// reload stuck on a file (a hung mount) cannot hold the daemon's stop.
 struct SignalService: DaemonPart {
     let configurationPath: String?
     let settings: LiveConfiguration
     let key: APIKeyBox
     let delivery: DeliveryLoop
     let notifier: SystemdNotifier
-    let blocking: NIOThreadPool
     let logger: Logger
+
+    /// Test hook (`DEFINITE_AGENT_TEST_RELOAD_DELAY_MS`): each SIGHUP's reload first waits this long, as a
+    /// read from a hung mount would, to show the stop does not wait for it.
+    static let testReloadDelay: Duration? = ProcessInfo.processInfo.environment["DEFINITE_AGENT_TEST_RELOAD_DELAY_MS"]
+        .flatMap(Int.init).map { .milliseconds($0) }
 
     /// Traps the signals (from here on a SIGHUP no longer waits, blocked, for the daemon to be up).
     func start() async throws -> any RunningPart {
@@ -40,12 +47,46 @@ struct SignalService: DaemonPart {
         let signals: UnixSignalsSequence
 
         func run(drainDeadline: DrainDeadline) async throws {
+            let handling = SignalHandling { signal in service.handle(signal) }
             // One that came during start-up, caught until now (see AgentDaemon.catchEarlySignals()).
             for (number, signal) in [(SIGHUP, UnixSignal.sighup), (SIGUSR1, .sigusr1)] where cagent_take_early_signal(number) != 0 {
-                try? await service.blocking.runIfActive { service.handle(signal) }
+                handling.submit(signal)
             }
             for await signal in signals.cancelOnGracefulShutdown() {
-                try? await service.blocking.runIfActive { service.handle(signal) }
+                handling.submit(signal)
+            }
+        }
+    }
+
+    /// Handles signals one at a time, in the order they came, on a thread started for them (`signals`) and
+    /// ended when none waits. Submitting never waits, and the daemon's stop does not wait for the thread:
+    /// the SIGHUP handling was awaited in the part, and a reload stuck reading a file kept the part from
+    /// stopping, so every listener went on accepting until the process was killed 21 s later.
+    private final class SignalHandling: Sendable {
+        private let handle: @Sendable (UnixSignal) -> Void
+        private let queue = Mutex<(waiting: [UnixSignal], running: Bool)>(([], false))
+
+        init(_ handle: @escaping @Sendable (UnixSignal) -> Void) {
+            self.handle = handle
+        }
+
+        func submit(_ signal: UnixSignal) {
+            let start = queue.withLock { queue in
+                queue.waiting.append(signal)
+                defer { queue.running = true }
+                return !queue.running
+            }
+            guard start else { return }
+            NamedThread.start("signals") { [self] in
+                while let next = queue.withLock({ queue -> UnixSignal? in
+                    guard !queue.waiting.isEmpty else {
+                        queue.running = false
+                        return nil
+                    }
+                    return queue.waiting.removeFirst()
+                }) {
+                    handle(next)
+                }
             }
         }
     }
@@ -54,6 +95,7 @@ struct SignalService: DaemonPart {
         switch signal {
         case .sighup:
             notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
+            if let delay = Self.testReloadDelay { NamedThread.sleep(for: delay) }
             reload()
             notifier.notify("READY=1")
         case .sigusr1:
