@@ -217,6 +217,25 @@ def test_at_sigterm_every_listener_stops_accepting_at_once_while_open_connection
     assert [r.get("n") for r in agent.spooled_records()] == [1]
 
 
+def test_a_second_daemon_on_the_same_spool_exits_71_before_touching_it(tmp_path):
+    """A stray second `run` on the same configuration resumed the running daemon's open batches and sent them
+    (the API got them twice, or they were recorded delivered under the running daemon's feet) before it failed
+    on the intake socket. The spool's lock file keeps it off, naming the daemon that holds it."""
+    agent = Agent(tmp_path / "agent").start()
+    try:
+        second = subprocess.run([agent_binary(), "run", "--config", agent.config_path], capture_output=True, text=True,
+                                env=agent.env, timeout=30)
+        assert second.returncode == 71, second
+        assert f"another definite-agent (pid {agent.process.pid}) runs on this spool" in second.stderr, second.stderr
+        assert "spool open" not in second.stderr and "resuming" not in second.stderr, second.stderr
+        with agent.connect() as conn:
+            assert conn.request('{"n":1,"ack":"still"}')["ok"], "the running daemon was disturbed"
+    finally:
+        agent.stop_and_assert_clean(within=DRAIN + 10)
+    # Once it stopped, the next one starts.
+    Agent(tmp_path / "agent").start().stop_and_assert_clean(within=DRAIN + 10)
+
+
 # -- a listener that cannot start ---------------------------------------------------------------------------------
 
 def hold_stream(path: str) -> socket.socket:

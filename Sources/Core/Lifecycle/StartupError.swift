@@ -28,6 +28,8 @@ public struct StartupError: Error, CustomStringConvertible, Sendable {
         public static let addressUnusable = Code("startup.address_unusable")
         /// A socket systemd passed is not of the kind its name says.
         public static let passedSocketUnusable = Code("startup.passed_socket_unusable")
+        /// Another daemon runs on the spool (it holds the spool's lock file).
+        public static let spoolInUse = Code("startup.spool_in_use")
     }
 
     /// `EX_OSERR` from sysexits.h.

@@ -124,6 +124,7 @@ public struct AgentDaemon: Sendable {
         let settings = LiveConfiguration(configuration)
         let logger = self.logger
         // SQLite, files and the key: on the blocking pool, not the cooperative one.
+        let lock = try await blocking.runIfActive { try SpoolLock(spoolPath: configuration.spool.path) }
         let writer = try await blocking.runIfActive {
             try SpoolWriter(
                 path: configuration.spool.path, durability: configuration.spool.durability,
@@ -160,7 +161,7 @@ public struct AgentDaemon: Sendable {
         let implementations = try supervisor.parts.map { (kind: DaemonPartKind) throws -> any DaemonPart in
             switch kind {
             case .writer:
-                return SpoolWriterService(writer: writer)
+                return SpoolWriterService(writer: writer, lock: lock)
             case .checkpointer:
                 return SpoolCheckpointerService(writer: writer)
             case .delivery:

@@ -4,8 +4,10 @@ import Spool
 
 /// The ``SpoolWriter``'s thread, as a part of the daemon. It starts first and stops last (after intake and
 /// delivery, which commit through it): on stop it commits what is queued, checkpoints the WAL and closes.
+/// It holds the spool's ``SpoolLock`` for as long as the daemon runs.
 struct SpoolWriterService: DaemonPart, RunningPart {
     let writer: SpoolWriter
+    let lock: SpoolLock
 
     func start() async throws -> any RunningPart {
         writer.start()
