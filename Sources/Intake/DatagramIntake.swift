@@ -41,6 +41,9 @@ package struct DatagramIntakeServer: DaemonPart {
     }
 
     private struct Running: RunningPart {
+        /// How long a stop waits for the receiving thread: it ends within a commit once told to.
+        static let stopBound = Duration.seconds(2)
+
         let socket: ListeningSocket
         let receiver: DatagramReceiver
         let part: DaemonPartKind
@@ -56,11 +59,15 @@ package struct DatagramIntakeServer: DaemonPart {
                 stop.signal()
             }
             receiver.stop()
-            // The thread ends at once, once its last batches committed; it owns the socket until then
-            // (stopping at once, it keeps it until the process ends). Then the last counts are written.
-            if await receiver.ended.wait() {
+            // The thread ends at once, once its last batches committed; it owns the socket until then.
+            // Stopping at once too, it is waited for (briefly, whatever the cancellation): its batches'
+            // promises complete on an event loop, and the loops shut down once the parts returned; a
+            // thread still submitting then leaked a promise (a crash in debug builds).
+            let receiver = receiver
+            let ended = await Task.detached { await receiver.ended.wait(until: .now + Self.stopBound) }.value
+            if ended {
                 close(socket.fd)
-                await receiver.persistCounters()
+                if !Task.isCancelled { await receiver.persistCounters() }
             }
             socket.removeOwnedPath()
             logger.info("stopped", metadata: ["part": "\(part)"])

@@ -100,7 +100,12 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             body.clear()
             unfinished.release()
             answered = false
-            if let early = check(head) { respond(context: context, head: head, early, close: false) }
+            if let early = check(head) {
+                respond(context: context, head: head, early, close: false)
+            } else if head.headers[canonicalForm: "Expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+                // curl and libcurl ask before a body over 1 MB, and wait a second for the answer.
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            }
         case .body(var part):
             guard !answered, let head else { return }
             body.writeBuffer(&part)
@@ -212,22 +217,23 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         let contentType = head.headers["Content-Type"].first?.lowercased() ?? "application/json"
         let query = Self.queryItems(head.uri)
         let result: Result<ParsedLine.Accepted, IntakeRejection>
-        var wait = false
+        let waits: Result<Bool, IntakeRejection>
         if contentType.contains("ndjson") {
-            wait = query["wait"] == "true"
-            result = parser.target(query: query).flatMap { target in
+            waits = Self.asksToWait(query: query)
+            result = waits.flatMap { _ in parser.target(query: query) }.flatMap { target in
                 bytes.withUnsafeBytes { parser.parse(ndjson: $0, target: target, into: &batch) }
             }
         } else if bytes.first(where: { !Self.isWhitespace($0) }) == UInt8(ascii: "[") {
             // A bare array of rows, config in the query parameters (Fluent Bit's `format json`, Vector).
-            wait = query["wait"] == "true"
-            result = parser.target(query: query).flatMap { target in
+            waits = Self.asksToWait(query: query)
+            result = waits.flatMap { _ in parser.target(query: query) }.flatMap { target in
                 bytes.withUnsafeBytes { parser.parse(array: $0, target: target, into: &batch) }
             }
         } else {
-            wait = bytes.withUnsafeBytes(Self.asksToWait)
-            result = bytes.withUnsafeBytes { parser.parse(body: $0, into: &batch) }.result
+            waits = bytes.withUnsafeBytes(Self.asksToWait)
+            result = waits.flatMap { _ in bytes.withUnsafeBytes { parser.parse(body: $0, into: &batch) }.result }
         }
+        let wait = (try? waits.get()) ?? false
         switch result {
         case .failure(let rejection):
             respond(context: context, head: head, Self.failure(rejection, table: batch.targets.first?.table), close: false)
@@ -274,10 +280,27 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Whether a JSON request body's `config` says `"wait": true`. Only the `config` object is decoded: a
     /// body of 10 MB of rows decoded whole would take several times that in memory.
-    static func asksToWait(_ body: UnsafeRawBufferPointer) -> Bool {
+    static func asksToWait(_ body: UnsafeRawBufferPointer) -> Result<Bool, IntakeRejection> {
         // Not JSON: the parser refuses the body and says why.
-        guard let config = JSONScanner.valueOfMember("config", in: body) else { return false }
-        return (try? JSONValue.parse(UnsafeRawBufferPointer(rebasing: body[config])))?["wait"] == .bool(true)
+        guard let config = JSONScanner.valueOfMember("config", in: body),
+            let value = try? JSONValue.parse(UnsafeRawBufferPointer(rebasing: body[config]))
+        else { return .success(false) }
+        switch value["wait"] {
+        case nil, .null?, .bool(false)?: return .success(false)
+        case .bool(true)?: return .success(true)
+        case let other?:
+            // A "true" in quotes once meant no wait at all, without a word.
+            return .failure(IntakeRejection(.invalidConfig, "config.wait must be true or false, not \(JSONCompactor.render(other))"))
+        }
+    }
+
+    /// `wait` of an NDJSON body's or a bare array's query: `true` or `1`, `false` or `0`.
+    static func asksToWait(query: [String: String]) -> Result<Bool, IntakeRejection> {
+        switch query["wait"] {
+        case nil, "", "false", "0": .success(false)
+        case "true", "1": .success(true)
+        case let other?: .failure(IntakeRejection(.invalidConfig, "the wait query parameter must be true or false, not \"\(other)\""))
+        }
     }
 
     // MARK: Waiting for the API
@@ -397,10 +420,51 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     static func queryItems(_ uri: String) -> [String: String] {
-        guard let components = URLComponents(string: uri), let items = components.queryItems else { return [:] }
+        guard let start = uri.firstIndex(of: "?") else { return [:] }
+        let text = uri[uri.index(after: start)...].prefix { $0 != "#" }
         var query: [String: String] = [:]
-        for item in items { query[item.name] = item.value ?? "" }
+        for item in text.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            query[formDecoded(parts[0])] = parts.count > 1 ? formDecoded(parts[1]) : ""
+        }
         return query
+    }
+
+    /// A query name or value as HTML forms (Python's `urlencode`, `requests`' `params=`) encode it: `+` is a
+    /// space, `%XX` a byte. Each item on its own: one stray character does not change how the others read
+    /// (Foundation's parser gave up decoding the whole query for one `|`). A `%` not followed by two hex
+    /// digits stays as it is.
+    static func formDecoded(_ text: Substring) -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var input = text.utf8[...]
+        while let byte = input.popFirst() {
+            switch byte {
+            case UInt8(ascii: "+"):
+                bytes.append(UInt8(ascii: " "))
+            case UInt8(ascii: "%"):
+                if input.count >= 2, let high = hexValue(input[input.startIndex]),
+                    let low = hexValue(input[input.index(after: input.startIndex)])
+                {
+                    bytes.append(high << 4 | low)
+                    input = input.dropFirst(2)
+                } else {
+                    bytes.append(byte)
+                }
+            default:
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 }
 

@@ -260,7 +260,8 @@ public struct IntakeLineParser {
             if let text = query["tags"], !text.isEmpty {
                 let value = Array(text.utf8).withUnsafeBytes { try? JSONValue.parse($0) }
                 guard case .object(let members)? = value else {
-                    throw IntakeRejection(.invalidConfig, "the tags query parameter must be a JSON object")
+                    let shown = text.count > 80 ? text.prefix(80) + "…" : Substring(text)
+                    throw IntakeRejection(.invalidConfig, "the tags query parameter must be a JSON object; it reads \(shown)")
                 }
                 if !members.isEmpty { tags = JSONCompactor.render(.object(members)) }
             }

@@ -269,6 +269,12 @@ package enum SpoolDatabase {
         if error.isDiskFull {
             return SpoolError(.storage, path: path, "the disk is full (\(error.message))", cause: error)
         }
+        if error.isBusy {
+            return SpoolError(
+                .cannotOpen, path: path,
+                "another process held the spool locked for over 10 s (\(error.message)): an sqlite3 shell in a transaction, a backup tool? Let it finish, then try again",
+                cause: error)
+        }
         return SpoolError(.cannotOpen, path: path, error.description, cause: error)
     }
 }

@@ -221,3 +221,24 @@ def test_a_gzip_body_of_several_members_is_read_whole_and_trailing_bytes_are_ref
     assert status == 400 and answer["errors"] == [
         "the body has 16 bytes after the end of its gzip data that do not start another gzip member; nothing was stored"], answer
     assert len(agent.spooled_records("bronze.members")) == 4
+
+
+def test_a_client_that_expects_100_continue_is_told_to_go_on_at_once(agent):
+    """curl and libcurl send `Expect: 100-continue` before a body over 1 MB and wait a second for the answer:
+    every large request took a second longer."""
+    import socket
+
+    body = b'{"config":{"table":"bronze.expect"},"data":[{"i":1}]}'
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(agent.http_socket_path)
+        sock.sendall(b"POST /v2/stream HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        interim = sock.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+        sock.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert agent.spooled_records("bronze.expect") == [{"i": 1}]

@@ -131,4 +131,14 @@ extension DeliveryLedgerTests {
         #expect(try after.scalar("PRAGMA user_version") == version)
         #expect(try after.scalar("SELECT count(*) FROM dead_letters") == 1, "nothing was purged")
     }
+
+    /// A spool another process keeps locked past the busy timeout (SQLITE_BUSY, 5: an sqlite3 shell in a transaction): the
+    /// error said "database is locked" under the code for an unusable file; it now says what to do.
+    @Test func aSpoolLockedByAnotherProcessSaysSo() {
+        let error = SpoolDatabase.classify(
+            SQLiteError(code: 5, extendedCode: 5, message: "database is locked", context: "executing PRAGMA"), path: "/s.db")
+        #expect(error.code == .cannotOpen)
+        #expect(error.message.hasPrefix("another process held the spool locked for over 10 s (database is locked)"))
+        #expect(error.message.hasSuffix("Let it finish, then try again"))
+    }
 }
