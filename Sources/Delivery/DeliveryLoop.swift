@@ -232,7 +232,19 @@ package final class DeliveryLoop: @unchecked Sendable {
     private func handle(_ event: Event, now: DeliveryMachine.Now) {
         switch event {
         case .read(let id, let outcome, let records):
-            guard chains[id] != nil else { return }
+            guard let chain = chains[id] else { return }
+            if case .readFailed(let error) = outcome {
+                // The machine pauses the table a second and reads again; the operator hears of it here.
+                let targetID: Int64? =
+                    switch chain.step {
+                    case .cut(let cut): cut.targetID
+                    case .load(let load): load.targetID
+                    default: nil
+                    }
+                logOnce(
+                    -3, "cannot read rows from the spool; the table waits and is read again every second",
+                    ["table": "\(targetID.flatMap(machine.table(of:)) ?? "?")", "error": "\(error)"])
+            }
             chains[id]!.records = records
             reserve(id, bytes: records.bytes.count)
             if !records.isEmpty { bytesPerRow = bytesPerRow * 0.8 + Double(records.bytes.count) / Double(records.count) * 0.2 }
@@ -240,6 +252,7 @@ package final class DeliveryLoop: @unchecked Sendable {
         case .reread(let id, let records):
             guard let chain = chains[id] else { return }
             guard let records else {
+                logOnce(-3, "cannot read a batch's rows back from the spool; trying again")
                 if case .send = chain.step {
                     advance(id, .noAnswer("the batch's rows could not be read back from the spool"), now: now)
                 } else {

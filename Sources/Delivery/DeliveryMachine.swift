@@ -658,7 +658,9 @@ struct DeliveryMachine {
             return nil
         }
         let batch = target.batches[index]
-        if let appended = held.oldestAppendedAt, now.date.timeIntervalSince1970 - appended > settings.maxAge.seconds {
+        // Rows expire for failing, not for waiting: a batch older than max_age goes once more (after a week
+        // without an API key, a stopped daemon, a revoked key) and expires only if that fails too.
+        if batch.failures > 0, let appended = held.oldestAppendedAt, now.date.timeIntervalSince1970 - appended > settings.maxAge.seconds {
             let effect = held.isolation.expire(
                 BatchIsolation.Refusal(
                     status: nil, reason: "expired: not delivered within retry.max_age (\(settings.maxAge))", errors: [], requestID: nil))

@@ -259,6 +259,30 @@ struct DeliveryMachineTests {
         #expect(simulation.spool[1]!.batches.isEmpty)
     }
 
+    /// Rows older than `retry.max_age` that were never tried (no API key for a week, a stopped daemon) went
+    /// straight to the dead letters as "expired" once a key came, without one request. They go once more;
+    /// only a failure then expires them.
+    @Test func rowsOlderThanMaxAgeAreTriedOnceBeforeTheyExpire() {
+        let settings = DeliverySimulation.settings(initial: 1000, max: 1000, maxAge: .seconds(10))
+        let waited = simulation(rows: 4, settings: settings)
+        waited.hasKey = false
+        waited.runUntilQuiet(limit: 50)
+        waited.advance(by: .seconds(60))
+        waited.hasKey = true
+        waited.runUntilQuiet()
+        expectDrained(waited)
+        #expect(waited.deadLetters.isEmpty && waited.requests.map(\.status) == [200])
+
+        let failing = simulation(rows: 4, settings: settings) { $0.forced = [503] }
+        failing.hasKey = false
+        failing.runUntilQuiet(limit: 50)
+        failing.advance(by: .seconds(60))
+        failing.hasKey = true
+        failing.runUntilQuiet()
+        #expect(failing.requests.map(\.status) == [503])
+        #expect(failing.deadLetters.map { $0.failure.reason.hasPrefix("expired") } == [true])
+    }
+
     @Test func anAppendBatchPartlyRejectedWithoutNamesIsKeptWholeAsPartialOnce() {
         let simulation = simulation(rows: 10, bad: [2, 7]) { $0.refusal = .rows }
         simulation.runUntilQuiet()
