@@ -124,12 +124,15 @@ public struct AgentDaemon: Sendable {
         let settings = LiveConfiguration(configuration)
         let logger = self.logger
         // SQLite, files and the key: on the blocking pool, not the cooperative one.
-        let lock = try await blocking.runIfActive { try SpoolLock(spoolPath: configuration.spool.path) }
-        let writer = try await blocking.runIfActive {
-            try SpoolWriter(
+        // One daemon per spool: locked before it is opened (or, a new one, as soon as it is made), so a second
+        // daemon stops before it migrates the spool or resumes any batch of it.
+        let (lock, writer) = try await blocking.runIfActive {
+            let early = try SpoolLock.take(spoolPath: configuration.spool.path)
+            let writer = try SpoolWriter(
                 path: configuration.spool.path, durability: configuration.spool.durability,
                 maxBytes: configuration.spool.maxBytes.bytes, diskReserve: configuration.spool.diskReserve?.bytes,
                 access: try SpoolAccess(configuration: configuration.spool), logger: logger)
+            return (try early ?? SpoolLock.take(spoolPath: configuration.spool.path), writer)
         }
         logger.info(
             "spool open",

@@ -7,7 +7,7 @@ import Spool
 /// It holds the spool's ``SpoolLock`` for as long as the daemon runs.
 struct SpoolWriterService: DaemonPart, RunningPart {
     let writer: SpoolWriter
-    let lock: SpoolLock
+    let lock: SpoolLock?
 
     func start() async throws -> any RunningPart {
         writer.start()
