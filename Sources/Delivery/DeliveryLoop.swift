@@ -545,7 +545,7 @@ package final class DeliveryLoop: @unchecked Sendable {
                 ])
         }
         let error = change.lastError ?? ""
-        if let state = change.state?.kind, [.backingOff, .heldTableNotFound, .authFailing].contains(state) {
+        if let state = change.state?.kind, [.backingOff, .heldTableNotFound, .heldRefusingRows, .authFailing].contains(state) {
             if failing[change.targetID] == nil { failing[change.targetID] = (state, .now) }
         } else if change.succeededAt != nil, let failure = failing.removeValue(forKey: change.targetID) {
             logger.notice(
@@ -571,6 +571,10 @@ package final class DeliveryLoop: @unchecked Sendable {
                     : "the Stream API refused the API key; delivery is paused for every table, intake continues", ["error": "\(error)"])
         case .heldTableNotFound?:
             logOnce(change.targetID, "table not found; holding this table, the others keep flowing", ["table": "\(table)"])
+        case .heldRefusingRows?:
+            logOnce(
+                change.targetID, "the API refuses row after row for the same reason; holding this table, the others keep flowing",
+                ["table": "\(table)", "error": "\(error)"])
         case .isolating? where !change.deadLetters.isEmpty || change.progress != nil:
             logOnce(
                 change.targetID, "the API refused rows of a batch; isolating them while the rest is delivered",

@@ -192,6 +192,10 @@ struct DeliveryMachine {
         var notBefore: ContinuousClock.Instant?
         /// Consecutive transient failures of the batch: the backoff exponent.
         var failures = 0
+        /// Rows of the batch the API refused alone one after the other, with nothing written between, and
+        /// the reason it gave the last time (see ``DeliveryMachine/refusedAloneBeforeHolding``).
+        var refusedAlone = 0
+        var refusedAloneFor: String?
         /// The parts as the spool has them (empty: one whole part).
         var recordedParts: [DeliveryLedger.Part]
         var holder: Holder = .free
@@ -626,13 +630,44 @@ struct DeliveryMachine {
                 change.lastError = error
                 if target.batches[index].firstFailedAt == nil { target.batches[index].firstFailedAt = now.date }
             }
+            let hold = holdIfEveryRowIsRefused(
+                &target.batches[index], request: request, verdict: verdict, effect: effect, answer: answer, now: now)
+            if let hold { target.pausedUntil = hold.instant }
             target.batches[index].holder = .working(held)
             targets[send.targetID] = target
-            return .record(
-                record(
-                    effect, targetID: send.targetID, index: index, attempts: attempts,
-                    warnings: answer.warnings, status: status, error: error, into: change, now: now))
+            var step = record(
+                effect, targetID: send.targetID, index: index, attempts: attempts,
+                warnings: answer.warnings, status: status, error: error, into: change, now: now)
+            if let hold, step.change.finished == nil {
+                step.change.state = .heldRefusingRows(until: hold.date)
+                step.change.lastError =
+                    "the API refused the last \(target.batches[index].refusedAlone) rows each alone for the same reason (\(answer.summary)); holding the table, then trying the next row. A schema change? Fix the table or the writer; the refused rows are dead letters to replay"
+            }
+            return .record(step)
         }
+    }
+
+    /// How many rows of a batch the API may refuse alone, one after the other and for the same reason,
+    /// before the target is held. When every row is refused (a schema change), isolation costs two requests
+    /// and a dead letter per row: for a 50,000-row batch, 100,000 requests and entries, and a merge table
+    /// blocked meanwhile. Held, the target tries one more row after each wait (growing as backoff does).
+    static let refusedAloneBeforeHolding = 8
+
+    /// Counts a refusal of one row alone (or resets the count when rows were written) and returns until
+    /// when the target is to be held, if it is to be.
+    private mutating func holdIfEveryRowIsRefused(
+        _ batch: inout OpenBatch, request: BatchIsolation.Request, verdict: DeliveryVerdict, effect: BatchIsolation.Effect,
+        answer: StreamAPIResponse, now: Now
+    ) -> Now? {
+        if !effect.delivered.isEmpty {
+            (batch.refusedAlone, batch.refusedAloneFor) = (0, nil)
+            return nil
+        }
+        guard case .refused = verdict, request.seqs.count == 1, !effect.rejected.isEmpty else { return nil }
+        batch.refusedAlone = batch.refusedAloneFor == answer.summary ? batch.refusedAlone + 1 : 1
+        batch.refusedAloneFor = answer.summary
+        guard batch.refusedAlone >= Self.refusedAloneBeforeHolding else { return nil }
+        return now + settings.retry.delay(attempt: batch.refusedAlone - Self.refusedAloneBeforeHolding + 3, using: &random)
     }
 
     /// An answer as `last_error` and the logs give it: the status and the API's errors, and for a 2xx that

@@ -16,6 +16,10 @@ public enum TargetState: Sendable, Equatable {
     case isolating
     /// The API answered 404 for the table: this target waits; the others keep flowing.
     case heldTableNotFound(until: Date)
+    /// Isolating bad rows, the API refused row after row alone for the same reason (a schema change, a
+    /// column the rows no longer fit): rather than dead-letter the whole table a row at a time, this
+    /// target waits, then tries the next row; the others keep flowing.
+    case heldRefusingRows(until: Date)
     /// No API key, or the API refused it: every target waits (`until` is the next try, if any).
     case authFailing(until: Date?)
 
@@ -26,6 +30,7 @@ public enum TargetState: Sendable, Equatable {
         case backingOff = "backing off"
         case isolating = "isolating bad rows"
         case heldTableNotFound = "held: table not found"
+        case heldRefusingRows = "held: the API refuses every row"
         case authFailing = "auth failing"
     }
 
@@ -36,6 +41,7 @@ public enum TargetState: Sendable, Equatable {
         case .backingOff: .backingOff
         case .isolating: .isolating
         case .heldTableNotFound: .heldTableNotFound
+        case .heldRefusingRows: .heldRefusingRows
         case .authFailing: .authFailing
         }
     }
@@ -43,7 +49,7 @@ public enum TargetState: Sendable, Equatable {
     /// When the state ends by itself (the next attempt), if it does.
     public var until: Date? {
         switch self {
-        case .backingOff(let until), .heldTableNotFound(let until): until
+        case .backingOff(let until), .heldTableNotFound(let until), .heldRefusingRows(let until): until
         case .authFailing(let until): until
         case .idle, .delivering, .isolating: nil
         }
@@ -52,7 +58,7 @@ public enum TargetState: Sendable, Equatable {
     /// Whether this state means the target's rows are not moving (for health checks and `STATUS=`).
     public var isHeld: Bool {
         switch self {
-        case .heldTableNotFound, .authFailing: true
+        case .heldTableNotFound, .heldRefusingRows, .authFailing: true
         case .idle, .delivering, .backingOff, .isolating: false
         }
     }
@@ -70,6 +76,7 @@ public enum TargetState: Sendable, Equatable {
         case .backingOff: self = .backingOff(until: date ?? .distantPast)
         case .isolating: self = .isolating
         case .heldTableNotFound: self = .heldTableNotFound(until: date ?? .distantPast)
+        case .heldRefusingRows: self = .heldRefusingRows(until: date ?? .distantPast)
         case .authFailing: self = .authFailing(until: date)
         }
     }

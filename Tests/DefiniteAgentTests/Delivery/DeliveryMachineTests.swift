@@ -283,6 +283,31 @@ struct DeliveryMachineTests {
         #expect(failing.deadLetters.map { $0.failure.reason.hasPrefix("expired") } == [true])
     }
 
+    /// Every row refused (a schema change): isolation cost two requests and a dead letter per row, at full
+    /// speed, and blocked a merge table meanwhile. After 8 rows refused alone in a row for the same reason,
+    /// the target is held, then tries one more row after each wait; the other targets keep flowing.
+    @Test func aTableWhoseEveryRowIsRefusedIsHeldAfterEightRowsRefusedAlone() {
+        let simulation = DeliverySimulation(settings: DeliverySimulation.settings(initial: 1000, max: 8000), seed: 3, workers: 2)
+        let broken = simulation.addTarget(Self.append)
+        let fine = simulation.addTarget(Self.append)
+        simulation.append(broken, (0..<64).map { _ in Row(bad: true) })
+        simulation.append(fine, (0..<8).map { _ in Row() })
+        run(simulation) { simulation.spool[broken]!.state.kind == .heldRefusingRows }
+        let brokenRequests = simulation.requests.filter { $0.targetID == broken }
+        #expect(
+            brokenRequests.count <= 6 + 2 * DeliveryMachine.refusedAloneBeforeHolding, "\(brokenRequests.count) requests before the hold")
+        #expect(simulation.deadLetters.count == DeliveryMachine.refusedAloneBeforeHolding)
+        #expect(simulation.spool[broken]!.lastError?.hasPrefix("the API refused the last 8 rows each alone for the same reason") == true)
+        // While held (at least retry.initial), nothing goes for it; the other target is delivered.
+        let before = brokenRequests.count
+        for _ in 0..<20 { for worker in 0..<2 { _ = simulation.act(worker) } }
+        #expect(simulation.requests.filter { $0.targetID == broken }.count == before, "a request went for the held table")
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.spool[fine]!.left.values.allSatisfy { $0 == .delivered })
+        #expect(simulation.deadLetters.flatMap(\.seqs).count == 64, "held, not dropped: every row is refused alone in the end")
+    }
+
     @Test func anAppendBatchPartlyRejectedWithoutNamesIsKeptWholeAsPartialOnce() {
         let simulation = simulation(rows: 10, bad: [2, 7]) { $0.refusal = .rows }
         simulation.runUntilQuiet()
