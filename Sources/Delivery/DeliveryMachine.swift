@@ -230,6 +230,8 @@ struct DeliveryMachine {
         /// Consecutive holds (404, refused key): the exponent of the wait.
         var failures = 0
         var missingKeyNoted = false
+        /// The reason of the last 422 the API gave a request of this target, until a request is written.
+        var invalidFor: String?
 
         var inFlight: Int { batches.count { $0.holder != .free } + (cutting ? 1 : 0) }
         var hasWork: Bool { logEnd > assignedEnd || !batches.isEmpty }
@@ -622,10 +624,23 @@ struct DeliveryMachine {
             target.failures += 1
             target.pausedUntil = until.instant
             return wait(.heldTableNotFound(until: until.date), error: error, status: status)
+        case .invalid where target.invalidFor == answer.summary:
+            // The same 422 a second time: the API refuses this table's requests as such (a tag or key it
+            // does not take), not these rows. Dead-lettering every batch would empty the table into the dead
+            // letters at full speed; it waits instead, like a 404, and the operator hears why.
+            let until = now + settings.retry.delay(attempt: target.failures + 3, using: &random)
+            target.failures += 1
+            target.pausedUntil = until.instant
+            return wait(
+                .heldRefusingRows(until: until.date),
+                error:
+                    "\(error); the API refused this table's requests twice in a row for this reason, so the table is held, the others keep flowing",
+                status: status)
         case .delivered, .partlyRejected, .refused, .tooLarge, .invalid:
             target.failures = 0
             target.batches[index].failures = 0
             let effect = held.isolation.resolve(request, verdict: verdict, status: status ?? 0, answer: answer, mode: send.target.mode)
+            if case .invalid = verdict { target.invalidFor = answer.summary } else if !effect.delivered.isEmpty { target.invalidFor = nil }
             if !effect.rejected.isEmpty {
                 change.lastError = error
                 if target.batches[index].firstFailedAt == nil { target.batches[index].firstFailedAt = now.date }

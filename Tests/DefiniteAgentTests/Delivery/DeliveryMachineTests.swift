@@ -308,6 +308,22 @@ struct DeliveryMachineTests {
         #expect(simulation.deadLetters.flatMap(\.seqs).count == 64, "held, not dropped: every row is refused alone in the end")
     }
 
+    /// A 422 is about the request, not its rows (a tag or key the API does not take): when it comes again for
+    /// the table's next request, with the same reason, every batch would follow into the dead letters at full
+    /// speed. The first batch is dead-lettered; then the table is held, and flows again once fixed.
+    @Test func theSame422TwiceInARowHoldsTheTableInsteadOfDeadLetteringEveryBatch() {
+        let simulation = simulation(rows: 30, settings: DeliverySimulation.settings(maxRows: 10, initial: 1000, max: 1000)) {
+            $0.forced = [422, 422, 422]
+        }
+        run(simulation) { simulation.spool[1]!.state.kind == .heldRefusingRows }
+        #expect(simulation.deadLetters.map(\.seqs.count) == [10], "only the first batch went to the dead letters")
+        #expect(simulation.spool[1]!.lastError?.contains("refused this table's requests twice in a row") == true)
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.map(\.status).prefix(3) == [422, 422, 422])
+        #expect(simulation.deadLetters.count == 1 && simulation.lake[1]!.count == 20)
+    }
+
     @Test func anAppendBatchPartlyRejectedWithoutNamesIsKeptWholeAsPartialOnce() {
         let simulation = simulation(rows: 10, bad: [2, 7]) { $0.refusal = .rows }
         simulation.runUntilQuiet()
