@@ -141,6 +141,23 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// The credentials of an `Authorization: Bearer …` header (the scheme in any case, blanks around ignored,
+    /// as RFC 9110 has it); `nil` for none or another scheme.
+    static func bearerToken(_ header: String?) -> String? {
+        guard let header else { return nil }
+        let parts = blanksTrimmed(header[...]).split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(blanksTrimmed(parts[1]))
+    }
+
+    /// `text` without the spaces and tabs around it.
+    static func blanksTrimmed(_ text: Substring) -> Substring {
+        let isBlank: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+        var trimmed = text.drop(while: isBlank)
+        while let last = trimmed.last, isBlank(last) { trimmed = trimmed.dropLast() }
+        return trimmed
+    }
+
     /// Why a `Content-Encoding: gzip` body could not be inflated, as the answer.
     static func rejection(inflating error: any Error) -> IntakeRejection {
         let gzip = error as? Gzip.Error
@@ -171,15 +188,15 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 table: nil)
         }
         guard head.method == .POST else {
-            return Self.failure(IntakeRejection(.methodNotAllowed, "use POST"), table: nil)
+            var answer = Self.failure(IntakeRejection(.methodNotAllowed, "use POST"), table: nil)
+            answer.headers.append(("Allow", "POST"))
+            return answer
         }
-        if let token = configuration.intake.httpToken {
-            let given = head.headers["Authorization"].first ?? ""
-            guard given == "Bearer \(token)" else {
-                return Self.failure(
-                    IntakeRejection(.unauthorized, "invalid or missing API key: send Authorization: Bearer <[intake] http_token>"),
-                    table: nil)
-            }
+        if let token = configuration.intake.httpToken, Self.bearerToken(head.headers["Authorization"].first) != token {
+            var answer = Self.failure(
+                IntakeRejection(.unauthorized, "invalid or missing API key: send Authorization: Bearer <[intake] http_token>"), table: nil)
+            answer.headers.append(("WWW-Authenticate", "Bearer"))
+            return answer
         }
         if let length = head.headers["Content-Length"].first.flatMap(Int.init), length > StreamAPILimits.maxBodyBytes {
             var answer = Self.failure(
@@ -196,7 +213,8 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         var bytes = Array(body.readableBytesView)
         body = ByteBuffer()
         unfinished.release()  // handled within this tick
-        let encoding = head.headers["Content-Encoding"].first?.lowercased()
+        var encoding = head.headers["Content-Encoding"].first.map { Self.blanksTrimmed($0[...]).lowercased() }
+        if encoding == "x-gzip" { encoding = "gzip" }  // the older name, which RFC 9110 keeps as an alias
         if encoding == "gzip" {
             do {
                 bytes = try Gzip.decompress(bytes, limit: StreamAPILimits.maxBodyBytes)

@@ -150,6 +150,15 @@ struct HTTPIntakeHandlerTests {
         #expect(HTTPIntakeHandler.formDecoded("caf%C3%A9%2b") == "café+")
     }
 
+    /// RFC 9110: the auth scheme is case-insensitive and blanks around a header's value are not part of it.
+    @Test func theBearerTokenIsReadAsRFC9110WritesIt() {
+        #expect(HTTPIntakeHandler.bearerToken("Bearer s3cret") == "s3cret")
+        #expect(HTTPIntakeHandler.bearerToken("  bearer   s3cret  ") == "s3cret")
+        #expect(HTTPIntakeHandler.bearerToken("Basic s3cret") == nil && HTTPIntakeHandler.bearerToken(nil) == nil)
+        #expect(HTTPIntakeHandler.bearerToken("Bearer") == nil)
+        #expect(HTTPIntakeHandler.blanksTrimmed(" \tgzip ") == "gzip")
+    }
+
     @Test func aGzipBodyIsInflatedBeforeItIsParsed() async throws {
         let spool = try TestSpool("http-handler")
         defer { spool.shutDown() }
@@ -202,7 +211,7 @@ struct HTTPIntakeHandlerTests {
 
         try await send(Self.request("GET", "/v2/stream"), to: http)
         let wrongMethod = try await response(&http)
-        #expect(wrongMethod.status == 405)
+        #expect(wrongMethod.status == 405 && wrongMethod.header("Allow") == "POST")
         #expect(try wrongMethod.error == "use POST")
 
         try await send(Self.post(#"{"config":{"table":"bronze.h"},"data":{"a":1}}"#), to: http)
@@ -340,12 +349,13 @@ struct HTTPIntakeHandlerTests {
         var http = try await connection(spool, configuration: config)
         let body = #"{"config":{"table":"bronze.t"},"data":{"a":1}}"#
 
-        for authorization in [nil, "Bearer wrong", "s3cret", "bearer s3cret"] {
+        for authorization in [nil, "Bearer wrong", "s3cret", "Basic s3cret"] {
             var headers = [("Content-Type", "application/json")]
             if let authorization { headers.append(("Authorization", authorization)) }
             try await send(Self.post(body, headers: headers), to: http)
             let refused = try await response(&http)
             #expect(refused.status == 401, "Authorization: \(authorization ?? "none")")
+            #expect(refused.header("WWW-Authenticate") == "Bearer")
             #expect(try refused.error == "invalid or missing API key: send Authorization: Bearer <[intake] http_token>")
         }
         // Health probes carry no token.
@@ -354,7 +364,10 @@ struct HTTPIntakeHandlerTests {
 
         try await send(Self.post(body, headers: [("Content-Type", "application/json"), ("Authorization", "Bearer s3cret")]), to: http)
         #expect(try await response(&http).status == 200)
-        #expect(try spool.pending() == ["bronze.t": 1])
+        // The scheme in any case (RFC 9110).
+        try await send(Self.post(body, headers: [("Content-Type", "application/json"), ("Authorization", "bearer s3cret")]), to: http)
+        #expect(try await response(&http).status == 200)
+        #expect(try spool.pending() == ["bronze.t": 2])
         try await finish(http)
     }
 
