@@ -41,6 +41,8 @@ struct DeliveryMachine {
         var appendConcurrency: Int
         var retry: RetryPolicy
         var maxAge: HumanDuration
+        /// NDJSON bodies carry their config and tags in the URL: a URL too long (414) is about the rows' tags.
+        var tagsInURL: Bool
 
         init(_ configuration: AgentConfiguration) {
             maxRows = configuration.batch.maxRows
@@ -51,6 +53,7 @@ struct DeliveryMachine {
             appendConcurrency = max(1, configuration.batch.concurrency)
             retry = RetryPolicy(configuration.retry)
             maxAge = configuration.retry.maxAge
+            tagsInURL = configuration.batch.format == .ndjson
         }
     }
 
@@ -192,6 +195,8 @@ struct DeliveryMachine {
         var notBefore: ContinuousClock.Instant?
         /// Consecutive transient failures of the batch: the backoff exponent.
         var failures = 0
+        /// The batch was sent since the daemon started (answered or not; a missing key is no attempt).
+        var tried = false
         /// Rows of the batch the API refused alone one after the other, with nothing written between, and
         /// the reason it gave the last time (see ``DeliveryMachine/refusedAloneBeforeHolding``).
         var refusedAlone = 0
@@ -571,6 +576,11 @@ struct DeliveryMachine {
         else { return nil }
         held.inFlight = nil
         target.batches[index].attempts += 1
+        if case .answered = outcome {
+            target.batches[index].tried = true
+        } else if case .noAnswer = outcome {
+            target.batches[index].tried = true
+        }
         let attempts = target.batches[index].attempts
         var change = DeliveryLedger.Change(targetID: send.targetID)
 
@@ -590,7 +600,8 @@ struct DeliveryMachine {
         let error: String
         switch outcome {
         case .answered(let code, let body, let retryAfter):
-            verdict = DeliveryVerdict(status: code, answer: body, retryAfter: retryAfter, sentRows: request.seqs.count)
+            verdict = DeliveryVerdict(
+                status: code, answer: body, retryAfter: retryAfter, sentRows: request.seqs.count, tagsInURL: settings.tagsInURL)
             (answer, status) = (body, code)
             error = Self.describe(status: code, answer: body, sentRows: request.seqs.count)
         case .noAnswer(let message):
@@ -709,8 +720,9 @@ struct DeliveryMachine {
         }
         let batch = target.batches[index]
         // Rows expire for failing, not for waiting: a batch older than max_age goes once more (after a week
-        // without an API key, a stopped daemon, a revoked key) and expires only if that fails too.
-        if batch.failures > 0, let appended = held.oldestAppendedAt, now.date.timeIntervalSince1970 - appended > settings.maxAge.seconds {
+        // without an API key, or with the daemon stopped) and expires only if that fails too, as it does after
+        // any failure since (a hold on a 404, a refused key, a repeated 422 included).
+        if batch.tried, let appended = held.oldestAppendedAt, now.date.timeIntervalSince1970 - appended > settings.maxAge.seconds {
             let effect = held.isolation.expire(
                 BatchIsolation.Refusal(
                     status: nil, reason: "expired: not delivered within retry.max_age (\(settings.maxAge))", errors: [], requestID: nil))

@@ -10,7 +10,7 @@ enum DeliveryVerdict: Sendable, Equatable {
     case partlyRejected(count: Int, named: [RowError]?)
     /// 400: nothing was written. `named` lists the rows the errors blame, if any (possibly not all of them).
     case refused(named: [RowError])
-    /// 413 (or 414, 431: a URL or headers too long, as an NDJSON body's tags make it): the request is too
+    /// 413 (or, when the tags travel in the URL, 414 and 431: a URL or headers too long): the request is too
     /// large; its halves may not be.
     case tooLarge
     /// 422: the request is invalid as a request (e.g. merge without a key); sending it again cannot help.
@@ -30,8 +30,8 @@ enum DeliveryVerdict: Sendable, Equatable {
         var message: String
     }
 
-    /// Classifies an answer to a request of `sentRows` rows.
-    init(status: Int, answer: StreamAPIResponse, retryAfter: Double?, sentRows: Int) {
+    /// Classifies an answer to a request of `sentRows` rows, whose tags went in the URL when `tagsInURL`.
+    init(status: Int, answer: StreamAPIResponse, retryAfter: Double?, sentRows: Int, tagsInURL: Bool = false) {
         switch status {
         case 200..<300:
             guard let rejected = answer.rejected(of: sentRows) else {
@@ -46,7 +46,11 @@ enum DeliveryVerdict: Sendable, Equatable {
             self = .partlyRejected(count: rejected, named: named.count == rejected ? named : nil)
         case 400:
             self = .refused(named: Self.rowErrors(answer.errors, rows: sentRows))
-        case 413, 414, 431:
+        case 413:
+            self = .tooLarge
+        case 414 where tagsInURL, 431 where tagsInURL:
+            // Fewer rows carry fewer tag runs; otherwise (a proxy's limit on a header of ours) the rows are not
+            // the cause, and the request waits as for any other failure.
             self = .tooLarge
         case 422:
             self = .invalid

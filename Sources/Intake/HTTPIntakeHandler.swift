@@ -102,7 +102,9 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             answered = false
             if let early = check(head) {
                 respond(context: context, head: head, early, close: false)
-            } else if head.headers[canonicalForm: "Expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            } else if head.version != .http1_0,
+                head.headers[canonicalForm: "Expect"].contains(where: { $0.lowercased() == "100-continue" })
+            {
                 // curl and libcurl ask before a body over 1 MB, and wait a second for the answer.
                 context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
             }

@@ -204,8 +204,9 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
             return
         }
         input.moveReaderIndex(forwardBy: consumed)
-        // Only an unfinished line counts: whole lines waiting are at most what one read brought in.
-        guard unfinished.resize(to: full ? 0 : input.readableBytes) else {
+        // Everything carried counts: an unfinished line, or whole lines waiting for the next burst (which may
+        // end in the start of another line, and sit in the storage of an earlier one).
+        guard unfinished.resize(to: input.readableBytes) else {
             refuseUnfinishedLine(context: context) { [limit = unfinished.limit] line in
                 IntakeRejection(
                     .busy,

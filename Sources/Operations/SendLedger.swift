@@ -125,8 +125,8 @@ struct SendLedger {
 
     /// What a lost connection means for the lines in flight on it.
     enum Loss: Equatable, Sendable {
-        /// The agent closed after refusing a line too long: it read nothing after that line, so the lines
-        /// behind it go again without any risk of being stored twice.
+        /// The agent closed after refusing a line (too long, or `busy`): it read nothing after that line, so
+        /// the lines behind it go again without any risk of being stored twice.
         case afterLineTooLong(resent: Int)
         /// The connection ended otherwise: the agent may have stored some of these before it went.
         case unexpected(unanswered: Int)
@@ -241,8 +241,11 @@ struct SendLedger {
             if let ack, ack != String(head.line) {
                 return .outOfStep("the reply for line \(ack) arrived where line \(head.line)'s was due")
             }
-            refusalClosesConnection = code == IntakeRejection.Code.lineTooLong.rawValue
-            if status == 507, waitsForRoom {
+            // `busy` (the agent holds as much unfinished input as it keeps) also closes the connection after
+            // the refused line, and means retry: its lines wait as for a full spool.
+            let busy = code == IntakeRejection.Code.busy.rawValue
+            refusalClosesConnection = code == IntakeRejection.Code.lineTooLong.rawValue || busy
+            if status == 507 || busy, waitsForRoom {
                 waiting.append(head)
                 for row in head.rows where waitedLines.insert(row.line).inserted { totals.waitedForRoom += 1 }
                 return .waitingForRoom(line: head.line)

@@ -342,16 +342,20 @@ public struct DeadLetterStore {
         var done = Purge()
         for transaction in Self.transactions(planned, maxBytes: bytesPerTransaction) {
             do {
-                try withDatabase(write: true) { db in
+                let purged = try withDatabase(write: true) { db in
                     let delete = try db.prepared("DELETE FROM dead_letters WHERE id = ?1")
+                    var purged = Purge()
                     for entry in transaction {
                         delete.bind(1, entry.id)
                         try delete.step()
                         delete.reset()
                         // An entry replayed or purged by another command meanwhile is not counted.
-                        if db.changes == 1 { (done.entries, done.rows) = (done.entries + 1, done.rows + entry.rows) }
+                        if db.changes == 1 { (purged.entries, purged.rows) = (purged.entries + 1, purged.rows + entry.rows) }
                     }
+                    return purged
                 }
+                // Counted once committed: a transaction rolled back purged nothing.
+                (done.entries, done.rows) = (done.entries + purged.entries, done.rows + purged.rows)
             } catch {
                 throw Self.interrupted(error, after: done.entries, rows: done.rows, "purged")
             }

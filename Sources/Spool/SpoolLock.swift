@@ -16,15 +16,18 @@ package struct SpoolLock: Sendable {
     private let fd: Int32
 
     /// Takes the lock on the spool file at `path`; `nil` when there is nothing to lock yet (no file: the
-    /// spool is about to be made, lock it after) or the file cannot be opened (the spool's own open then
-    /// says why, as it always has). Throws, naming the holder's process, when another daemon holds it.
+    /// spool is about to be made, lock it after) or the file cannot be opened or locked (the spool's own
+    /// open then says why, as it always has; a filesystem without `flock` runs without the lock). Throws,
+    /// naming the holder's process, when another daemon holds it.
+    ///
+    /// A descriptor opened here is never closed, even on failure: this may run after SQLite opened the file
+    /// (a new spool), and closing it would release SQLite's locks.
     package static func take(spoolPath path: String) throws(StartupError) -> SpoolLock? {
         var fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK)
         if fd < 0, errno == EACCES || errno == EROFS { fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
         guard fd >= 0 else { return nil }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let code = errno
-            close(fd)  // nothing else of this process has the file open yet
             guard code == EWOULDBLOCK else { return nil }
             throw StartupError(
                 .spoolInUse, part: "spool \(path)",

@@ -281,6 +281,13 @@ struct DeliveryMachineTests {
         failing.runUntilQuiet()
         #expect(failing.requests.map(\.status) == [503])
         #expect(failing.deadLetters.map { $0.failure.reason.hasPrefix("expired") } == [true])
+
+        // A hold is a failure too: a table the API does not have expires once its rows are old enough.
+        let missing = simulation(rows: 4, settings: settings)
+        missing.api.missingTables = [1]
+        missing.runUntilQuiet()
+        #expect(missing.requests.allSatisfy { $0.status == 404 } && !missing.requests.isEmpty)
+        #expect(missing.deadLetters.map { $0.failure.reason.hasPrefix("expired") } == [true])
     }
 
     /// Every row refused (a schema change): isolation cost two requests and a dead letter per row, at full

@@ -91,11 +91,15 @@ struct StreamAPIResponseTests {
         #expect(answer(#"{"success":false,"rejected_rows":5,"successful_rows":0}"#).rejected(of: 5) == 5)
     }
 
-    /// A URL or headers too long (an NDJSON body's tags travel in the URL) can never pass as they are: like
-    /// a 413, the request is split, where a transient failure repeated it until `retry.max_age`.
-    @Test func aURLOrHeadersTooLongAreTooLargeNotTransient() {
+    /// A URL or headers too long when an NDJSON body's tags travel in the URL can never pass as they are:
+    /// like a 413, the request is split, where a transient failure repeated it until `retry.max_age`. With
+    /// the tags in a JSON body the rows are not the cause (a proxy's limit), and the request waits.
+    @Test func aURLOrHeadersTooLongAreTooLargeWhenTheTagsGoInTheURL() {
         for status in [413, 414, 431] {
-            #expect(DeliveryVerdict(status: status, answer: answer(""), retryAfter: nil, sentRows: 4) == .tooLarge, "\(status)")
+            #expect(DeliveryVerdict(status: status, answer: answer(""), retryAfter: nil, sentRows: 4, tagsInURL: true) == .tooLarge)
+        }
+        for status in [414, 431] {
+            #expect(DeliveryVerdict(status: status, answer: answer(""), retryAfter: nil, sentRows: 4) == .transient(retryAfter: nil))
         }
     }
 

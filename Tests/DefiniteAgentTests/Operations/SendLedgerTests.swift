@@ -153,6 +153,26 @@ struct SendLedgerTests {
         #expect(ledger.totals.acceptedRecords == 7 && ledger.totals.waitedForRoom == 4 && ledger.totals.roomRetries == 2)
     }
 
+    /// `busy` (503: the agent holds as much unfinished input as it keeps) means nothing was stored and the
+    /// agent closes after it: the line waits and goes again, with no warning about duplicates (the agent read
+    /// nothing after it). It was counted as rejected for good.
+    @Test func aLineRefusedBusyWaitsAndGoesAgainAfterTheClose() {
+        var ledger = Self.ledger()
+        var input = Array(1...3)
+        _ = Self.write(&ledger, fresh: &input)
+        _ = ledger.receive(Self.accepted(1))
+        #expect(ledger.receive(.refused(ack: "2", status: 503, code: "busy", message: "…")) == .waitingForRoom(line: 2))
+        #expect(ledger.connectionLost() == .afterLineTooLong(resent: 1))
+        #expect(ledger.totals.rejectedLines == 0)
+        var none: [Int] = []
+        #expect(Self.write(&ledger, fresh: &none).isEmpty, "nothing goes while a line waits for room")
+        #expect(ledger.mayRetryRoomAfterWaiting)
+        ledger.retryWaitingLines()
+        #expect(Self.write(&ledger, fresh: &none) == [2, 3], "in order: the waiting line, then the one the agent never read")
+        for line in [2, 3] { _ = ledger.receive(Self.accepted(line)) }
+        #expect(ledger.isSettled && ledger.totals.acceptedRecords == 3)
+    }
+
     @Test func theWaitForRoomGrowsToItsBound() {
         var ledger = Self.ledger()
         var input = [1]
