@@ -136,7 +136,8 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     private let writer: SpoolWriter
     private let budget: IntakeMemoryBudget
-    /// This connection's unfinished line, counted with every connection's (``UnfinishedInputBudget``).
+    /// What this connection carries (`carried`: its unfinished line, or lines waiting for the next burst),
+    /// counted with every connection's (``UnfinishedInputBudget``).
     private var unfinished: UnfinishedInputShare
     private let logger: Logger
     private let maxLineBytes: Int
@@ -217,7 +218,7 @@ final class IntakeConnectionHandler: ChannelDuplexHandler, RemovableChannelHandl
         }
         guard input.readableBytes > 0 else { return }
         if full {
-            carried = input  // whole lines (at most what one read brought in) wait as they are
+            carried = input  // whole lines (and perhaps the start of another) wait as they are
             carriedNewlineFree = 0
         } else if consumed == 0 {
             carried = input  // all of it is one line still arriving: keep (and later grow) it as is

@@ -2,7 +2,8 @@ import Core
 import Synchronization
 
 /// Input that connections hold before they can handle it, across every listener: the start of a line
-/// whose newline has not arrived, a local Stream API request body not yet complete.
+/// whose newline has not arrived (and lines read past a burst's limit), a local Stream API request body
+/// not yet complete.
 ///
 /// Each is bounded per connection (`[intake] max_line_bytes`, the API's 10 MB body), but not the number
 /// of connections: without this bound, a hundred writers each in the middle of a long line held over a
