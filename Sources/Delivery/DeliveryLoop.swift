@@ -252,7 +252,7 @@ package final class DeliveryLoop: @unchecked Sendable {
         case .reread(let id, let records):
             guard let chain = chains[id] else { return }
             guard let records else {
-                logOnce(-3, "cannot read a batch's rows back from the spool; trying again")
+                logOnce(-4, "cannot read a batch's rows back from the spool; trying again")
                 if case .send = chain.step {
                     advance(id, .noAnswer("the batch's rows could not be read back from the spool"), now: now)
                 } else {

@@ -658,13 +658,14 @@ struct DeliveryMachine {
             }
             let hold = holdIfEveryRowIsRefused(
                 &target.batches[index], request: request, verdict: verdict, effect: effect, answer: answer, now: now)
-            if let hold { target.pausedUntil = hold.instant }
             target.batches[index].holder = .working(held)
             targets[send.targetID] = target
             var step = record(
                 effect, targetID: send.targetID, index: index, attempts: attempts,
                 warnings: answer.warnings, status: status, error: error, into: change, now: now)
+            // A batch that ended with that row holds nothing: its count starts again with the next.
             if let hold, step.change.finished == nil {
+                targets[send.targetID]?.pausedUntil = hold.instant
                 step.change.state = .heldRefusingRows(until: hold.date)
                 step.change.lastError =
                     "the API refused the last \(target.batches[index].refusedAlone) rows each alone for the same reason (\(answer.summary)); holding the table, then trying the next row. A schema change? Fix the table or the writer; the refused rows are dead letters to replay"

@@ -215,8 +215,7 @@ package enum SocketPath {
         let fd = socket(AF_UNIX, kind.socketType | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        let connected = withAddress(of: path) { connect(fd, $0, $1) == 0 } ?? true
-        return !connected && errno == ECONNREFUSED
+        return withAddress(of: path) { connect(fd, $0, $1) != 0 && errno == ECONNREFUSED } ?? false
     }
 
     /// Calls `body` with `path` as a socket address (for `bind` or `connect`); `nil` when the path does not
