@@ -276,7 +276,7 @@ struct SendSession {
                 if !toldAboutWaiting {
                     toldAboutWaiting = true
                     printError(
-                        "the agent has no room (507 spool_full, or 503 busy): waiting for room and sending those lines again, with backoff (--no-wait: count them as rejected instead)"
+                        "the agent's spool is full (507 spool_full; or 503 busy: it holds as much unfinished input as it keeps): waiting for room and sending those lines again, with backoff (--no-wait: count them as rejected instead)"
                     )
                 }
             case .split(let line, let lines, let code):
