@@ -206,3 +206,37 @@ drain_timeout = "1s"
             assert emu.scalar("SELECT count(DISTINCT i) FROM lake.bronze.slow") == 50
         finally:
             agent.finish()
+
+
+def test_a_sighup_during_start_up_reloads_without_announcing_the_daemon_ready_early(tmp_path):
+    """A SIGHUP caught during start-up is handled once the operator-signals part starts, before the notifier
+    (the last part) sends READY=1. It sent RELOADING=1 and READY=1 itself, so systemd heard "ready" before
+    every part was up. The start is held here by an sqlite3 shell's exclusive lock on the spool."""
+    address = str(tmp_path / "notify.sock")
+    receiver = NotifyReceiver(address)
+    agent = Agent(tmp_path / "agent", env={"NOTIFY_SOCKET": address})
+    # A spool for the shell to lock: made by a first start.
+    agent.start()
+    assert agent.stop() == 0
+    receiver.messages.clear()
+    holder = sqlite3.connect(agent.spool_path, timeout=10, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        agent.spawn()
+        time.sleep(1.0)  # the start waits on the lock (the early signal handler is in place by now)
+        agent.process.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        holder.execute("COMMIT")
+        receiver.wait_for("READY=1")
+        time.sleep(0.5)
+        messages = [m for _, m in receiver.messages]
+        first_ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
+        assert "STATUS=" in messages[first_ready], f"the first READY=1 is not the notifier's: {messages}"
+        assert not any("RELOADING=1" in m for m in messages[:first_ready]), messages
+        assert "SIGHUP: configuration reloaded" in agent.log_since_start(), agent.log_since_start()
+        agent.process.send_signal(signal.SIGTERM)
+        assert agent.process.wait(timeout=20) == 0
+    finally:
+        holder.close()
+        agent.finish()
+        receiver.stop()

@@ -198,7 +198,7 @@ public struct AgentDaemon: Sendable {
             case .operatorSignals:
                 return SignalService(
                     configurationPath: configurationPath, settings: settings, key: key, delivery: delivery.loop,
-                    notifier: notifier, logger: logger)
+                    notifier: notifier, isReady: { supervisor.isReady }, logger: logger)
             case .intakeState:
                 return IntakeStateReporter(
                     capacity: writer.capacity, readiness: readiness, spoolPath: configuration.spool.path,

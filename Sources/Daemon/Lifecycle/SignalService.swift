@@ -30,6 +30,9 @@ struct SignalService: DaemonPart {
     let key: APIKeyBox
     let delivery: DeliveryLoop
     let notifier: SystemdNotifier
+    /// Whether the daemon told systemd it is ready: a SIGHUP before that (replayed from start-up) reloads
+    /// without `RELOADING=1`/`READY=1`, which would announce the daemon ready before every part is up.
+    let isReady: @Sendable () -> Bool
     let logger: Logger
 
     /// Test hook (`DEFINITE_AGENT_TEST_RELOAD_DELAY_MS`): each SIGHUP's reload first waits this long, as a
@@ -94,10 +97,11 @@ struct SignalService: DaemonPart {
     private func handle(_ signal: UnixSignal) {
         switch signal {
         case .sighup:
-            notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
+            let tellSystemd = isReady()
+            if tellSystemd { notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())") }
             if let delay = Self.testReloadDelay { NamedThread.sleep(for: delay) }
             reload()
-            notifier.notify("READY=1")
+            if tellSystemd { notifier.notify("READY=1") }
         case .sigusr1:
             logger.info("SIGUSR1: delivering everything pending now")
             delivery.flushNow()

@@ -16,6 +16,8 @@ final class Supervisor: Sendable {
         var waiting: [Int: CheckedContinuation<Bool, Never>] = [:]
         /// Parts told to stop (or cancelled) before their turn came.
         var withdrawn: Set<Int> = []
+        /// Every part started (the notifier, last, sent `READY=1`).
+        var ready = false
         var errors: [Int: any Error] = [:]
     }
 
@@ -85,6 +87,7 @@ final class Supervisor: Sendable {
     func started(_ part: Int) {
         let (action, next) = state.withLock { state -> (LifecycleStateMachine.StartedAction, CheckedContinuation<Bool, Never>?) in
             let action = state.machine.started(part)
+            if action == .ready { state.ready = true }
             guard case .startNext(let next) = action else { return (action, nil) }
             return (action, state.waiting.removeValue(forKey: next))
         }
@@ -143,6 +146,9 @@ final class Supervisor: Sendable {
         }
         return action
     }
+
+    /// Whether every part started: the daemon is ready, and told systemd so.
+    var isReady: Bool { state.withLock { $0.ready } }
 
     /// The deadline every part stopping gracefully works to.
     var drainDeadline: DrainDeadline {
