@@ -236,6 +236,35 @@ def test_a_second_daemon_on_the_same_spool_exits_71_before_touching_it(tmp_path)
     Agent(tmp_path / "agent").start().stop_and_assert_clean(within=DRAIN + 10)
 
 
+def test_sigterm_while_the_spool_is_locked_at_start_up_exits_0_promptly(tmp_path):
+    """An sqlite3 shell holding the spool in a transaction makes the start-up wait (SQLite's 10 s busy
+    timeout). A SIGTERM then was only recorded: the daemon waited the lock out and exited 65. The step in
+    progress is now left behind after a moment, and the daemon exits 0 (nothing was acknowledged yet)."""
+    import sqlite3
+
+    agent = Agent(tmp_path / "agent")
+    agent.start()
+    assert agent.stop() == 0
+    holder = sqlite3.connect(agent.spool_path, timeout=10, isolation_level=None)
+    # In WAL mode only the exclusive locking mode keeps other connections from even reading.
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+    try:
+        process = agent.spawn()
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        code, took = wait_exit(process, within=5)
+        assert code == 0, agent.log_since_start()
+        assert took < 3, f"took {took:.1f} s"
+        assert "stopped during start-up" in agent.log_since_start()
+    finally:
+        holder.close()
+    # The spool is whole: the next start takes it.
+    agent.start()
+    assert agent.stop() == 0
+
+
 # -- a listener that cannot start ---------------------------------------------------------------------------------
 
 def hold_stream(path: str) -> socket.socket:

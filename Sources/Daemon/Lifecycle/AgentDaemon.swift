@@ -70,7 +70,11 @@ public struct AgentDaemon: Sendable {
         let supervisor = Supervisor(
             parts: DaemonPartKind.startOrder(configuration), drainTimeout: configuration.service.drainTimeout.duration, logger: logger)
         let group = ServiceGroupHandle()
-        let parts = Task { try await runParts(supervisor: supervisor, group: group) }
+        let partsEnded = CompletionSignal()
+        let parts = Task {
+            defer { partsEnded.signal() }
+            try await runParts(supervisor: supervisor, group: group)
+        }
         let signals = Task {
             func answer(_ name: String) async {
                 switch supervisor.shutdownSignalled(name) {
@@ -85,11 +89,42 @@ public struct AgentDaemon: Sendable {
             }
             for await signal in shutdownSignals { await answer("\(signal)".uppercased()) }
         }
+        // A stop asked for while a start-up step still blocks (a spool another process keeps locked, a long
+        // recovery): the step cannot be interrupted, so after a moment for it to end it is left behind and the
+        // process ends. Nothing was acknowledged yet, and whatever the step was writing is a transaction
+        // SQLite rolls back, as after kill -9.
+        if await Self.firstOf(partsEnded, group.stoppedBeforeItRan) === group.stoppedBeforeItRan,
+            await !partsEnded.wait(until: .now + Self.startUpStepGrace)
+        {
+            signals.cancel()
+            logger.notice("stopped during start-up, leaving the start-up step in progress (nothing was acknowledged yet)")
+            return
+        }
         let result = await parts.result
         signals.cancel()
         if let error = supervisor.exitError { throw error }
         if case .failure(let error) = result, !(error is CancellationError) { throw error }
         logger.info("stopped cleanly")
+    }
+
+    /// How long a stop asked for during start-up waits for the step in progress before leaving it.
+    static let startUpStepGrace = Duration.seconds(1)
+
+    /// The first of `a` and `b` to happen.
+    private static func firstOf(_ a: CompletionSignal, _ b: CompletionSignal) async -> CompletionSignal {
+        await withTaskGroup(of: CompletionSignal.self) { race in
+            race.addTask {
+                _ = await a.wait()
+                return a
+            }
+            race.addTask {
+                _ = await b.wait()
+                return b
+            }
+            let first = await race.next() ?? a
+            race.cancelAll()
+            return first
+        }
     }
 
     /// Opens the spool, makes the parts and runs them as one service group; returns when the group is done
@@ -238,6 +273,8 @@ private final class ServiceGroupHandle: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Happens when a stop is asked for before the group exists (start-up is still opening the spool).
+    let stoppedBeforeItRan = CompletionSignal()
 
     func install(_ group: ServiceGroup) async {
         let requested = state.withLock { state in
@@ -252,6 +289,7 @@ private final class ServiceGroupHandle: Sendable {
             state.shutdownRequested = true
             return state.group
         }
-        await group?.triggerGracefulShutdown()
+        guard let group else { return stoppedBeforeItRan.signal() }
+        await group.triggerGracefulShutdown()
     }
 }
