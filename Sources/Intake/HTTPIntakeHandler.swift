@@ -232,6 +232,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
 
+        // A UTF-8 byte order mark (Windows tools write one) is not part of the JSON (RFC 8259 lets a parser
+        // ignore it): it was refused as "unexpected byte 0xef".
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
+
         var parser = IntakeLineParser(configuration: configuration)
         var batch = SpoolBatch()
         let contentType = head.headers["Content-Type"].first?.lowercased() ?? "application/json"

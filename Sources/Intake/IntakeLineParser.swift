@@ -188,12 +188,14 @@ public struct IntakeLineParser {
         let before = batch.records[index].count
         var rows = 0
         var start = 0
+        var lineNumber = 0
         var failure: IntakeRejection?
         while start < body.count, failure == nil {
             let end = body[start...].firstIndex(of: UInt8(ascii: "\n")) ?? body.count
             var line = UnsafeRawBufferPointer(rebasing: body[start..<end])
             if line.last == UInt8(ascii: "\r") { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
             start = end + 1
+            lineNumber += 1
             guard line.contains(where: { $0 != 0x20 && $0 != 0x09 }) else { continue }
             guard rows < StreamAPILimits.maxRowsPerRequest else {
                 failure = IntakeRejection(
@@ -207,7 +209,8 @@ public struct IntakeLineParser {
                 scanner.skipWhitespace()
                 guard scanner.isAtEnd else { throw Self.rejection(for: scanner.unexpected("end of line after the row"), row: rows) }
             } catch {
-                failure = error
+                // Blank lines are not rows: say which line of the body it is, beside its place in `data`.
+                failure = IntakeRejection(error.code, "line \(lineNumber) of the body, " + error.message)
             }
             rows += 1
         }

@@ -138,6 +138,30 @@ struct HTTPIntakeHandlerTests {
         try await finish(http)
     }
 
+    /// An NDJSON error named the row by its place among the rows only (`data[1]`), which is not the line
+    /// an editor shows when blank lines come before it; and a body starting with a UTF-8 byte order mark
+    /// (Windows tools write one) was refused as "unexpected byte 0xef".
+    @Test func anNDJSONErrorNamesItsLineAndAByteOrderMarkIsSkipped() async throws {
+        let spool = try TestSpool("http-handler")
+        defer { spool.shutDown() }
+        var http = try await connection(spool)
+        let ndjson = [("Content-Type", "application/x-ndjson")]
+
+        try await send(Self.post("{\"a\":1}\n\n\n{\"a\":tru}\n", "/v2/stream?table=bronze.nd", headers: ndjson), to: http)
+        let refused = try await response(&http)
+        #expect(refused.status == 400)
+        let error = try refused.error ?? ""
+        #expect(error.hasPrefix("line 4 of the body, data[1]: invalid JSON at byte 5"), "\(error)")
+
+        let bom = "\u{FEFF}"
+        try await send(Self.post(bom + "{\"a\":1}\n", "/v2/stream?table=bronze.nd", headers: ndjson), to: http)
+        #expect(try await response(&http).status == 200)
+        try await send(Self.post(bom + #"{"config":{"table":"bronze.j"},"data":{"b":1}}"#), to: http)
+        #expect(try await response(&http).status == 200)
+        #expect(try spool.pending() == ["bronze.nd": 1, "bronze.j": 1])
+        try await finish(http)
+    }
+
     /// Query parameters as forms encode them: Python's `urlencode` writes a space as `+` (and `json.dumps`
     /// puts one after every `:`), which was read as a `+`; and one character Foundation's parser did not
     /// like (`|`) turned off decoding for every parameter.
