@@ -576,10 +576,9 @@ struct DeliveryMachine {
         else { return nil }
         held.inFlight = nil
         target.batches[index].attempts += 1
-        if case .answered = outcome {
-            target.batches[index].tried = true
-        } else if case .noAnswer = outcome {
-            target.batches[index].tried = true
+        switch outcome {
+        case .answered, .noAnswer: target.batches[index].tried = true
+        default: break
         }
         let attempts = target.batches[index].attempts
         var change = DeliveryLedger.Change(targetID: send.targetID)
@@ -824,27 +823,32 @@ struct DeliveryMachine {
     /// (merge reads come with keys; other reads send every row).
     private static func lastWrites(_ read: ReadResult) -> (live: [Int64], supersededBy: [Int64: [Int64]]) {
         guard !read.keys.isEmpty, read.keys.count == read.seqs.count else { return (read.seqs, [:]) }
-        let kept = lastWritePerKey(read.keys)
+        let (kept, earlier) = lastWritePerKey(read.keys)
         guard kept.count < read.seqs.count else { return (read.seqs, [:]) }
-        var lastWrite: [ArraySlice<UInt8>: Int64] = [:]
-        for index in kept { if let key = read.keys[index] { lastWrite[key] = read.seqs[index] } }
         var supersededBy: [Int64: [Int64]] = [:]
-        for (index, seq) in read.seqs.enumerated() {
-            guard let key = read.keys[index], let last = lastWrite[key], last != seq else { continue }
-            supersededBy[last, default: []].append(seq)
-        }
+        for (last, indexes) in earlier { supersededBy[read.seqs[last]] = indexes.map { read.seqs[$0] } }
         return (kept.map { read.seqs[$0] }, supersededBy)
     }
 
     /// Indexes of the rows to send for a merge batch: for each primary key value only the last write, in
     /// order (upserts applied in order give exactly that, and the API refuses a key twice in one request).
-    /// Rows without a key are all kept (the API rejects them, and they are dead-lettered).
-    static func lastWritePerKey<Key: Hashable>(_ keys: [Key?]) -> [Int] {
+    /// Rows without a key are all kept (the API rejects them, and they are dead-lettered). `supersededBy`
+    /// gives, for a kept row, the indexes of the earlier writes of its key, in order.
+    static func lastWritePerKey<Key: Hashable>(_ keys: [Key?]) -> (kept: [Int], supersededBy: [Int: [Int]]) {
         var last: [Key: Int] = [:]
         for (index, key) in keys.enumerated() {
             if let key { last[key] = index }
         }
-        return keys.indices.filter { index in keys[index].map { last[$0] == index } ?? true }
+        var kept: [Int] = []
+        var supersededBy: [Int: [Int]] = [:]
+        for (index, key) in keys.enumerated() {
+            guard let key, let lastIndex = last[key], lastIndex != index else {
+                kept.append(index)
+                continue
+            }
+            supersededBy[lastIndex, default: []].append(index)
+        }
+        return (kept, supersededBy)
     }
 }
 

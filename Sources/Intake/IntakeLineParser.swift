@@ -581,13 +581,15 @@ public struct IntakeLineParser {
         )
     }
 
-    private static func fieldTooLarge(_ name: String, bytes: Int, row: Int?) -> IntakeRejection {
+    /// A field of `bytes` (compact JSON) over the Stream API's limit.
+    package static func fieldTooLarge(_ name: String, bytes: Int, row: Int?) -> IntakeRejection {
         IntakeRejection(
             .fieldTooLarge,
             "\(prefix(row))field \"\(name)\" is \(bytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field")
     }
 
-    private static func repeatedKey(_ key: String, at offset: Int, row: Int?) -> IntakeRejection {
+    /// A merge row whose primary key member comes again at `offset`.
+    package static func repeatedKey(_ key: String, at offset: Int, row: Int?) -> IntakeRejection {
         IntakeRejection(
             .invalidRow, "\(prefix(row))primary key \"\(key)\" appears twice (again at byte \(offset)); a merge row must have it once")
     }

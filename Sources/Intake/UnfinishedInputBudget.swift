@@ -10,9 +10,10 @@ import Synchronization
 /// gigabyte. (Batches handed to the spool writer have their own bound, ``IntakeMemoryBudget``.)
 ///
 /// A connection whose unfinished input would take the total past its limit (``limit(maxLineBytes:)``, for
-/// the `[intake] max_line_bytes` it was opened with) is refused rather than made to wait: waiting connections would each hold bytes the others need, and none could finish. The line
-/// or request that did not fit is answered `busy` (503: nothing of it was stored, retry) and its
-/// connection closes; the others are not disturbed.
+/// the `[intake] max_line_bytes` it was opened with) is refused rather than made to wait: waiting
+/// connections would each hold bytes the others need, and none could finish. The line or request that did
+/// not fit is answered `busy` (503: nothing of it was stored, retry) and its connection closes; the others
+/// are not disturbed.
 package final class UnfinishedInputBudget: Sendable {
     /// The default: room for several maximum lines or bodies at once, far above what writers of ordinary
     /// records hold (a few KiB per connection).

@@ -56,11 +56,7 @@ enum SendLineCheck {
         try scanner.beginObject()
         while let name = try scanner.nextMember() {
             if let mergeKey, scanner.string(name, equals: mergeKey) {
-                if keySeen {
-                    return IntakeRejection(
-                        .invalidRow,
-                        "primary key \"\(mergeKey)\" appears twice (again at byte \(name.start - 1)); a merge row must have it once")
-                }
+                if keySeen { return IntakeLineParser.repeatedKey(mergeKey, at: name.start - 1, row: nil) }
                 keySeen = true
                 keyPresent = scanner.peek() != UInt8(ascii: "n")
             }
@@ -69,10 +65,7 @@ enum SendLineCheck {
             try scanner.skipValue(depth: 2, maxDepth: StreamAPILimits.maxDepth)
             let bytes = scanner.position - valueStart - (scanner.whitespace - whitespaceBefore)
             if bytes > StreamAPILimits.maxFieldBytes {
-                return IntakeRejection(
-                    .fieldTooLarge,
-                    "field \"\(scanner.decode(name))\" is \(bytes) bytes; the Stream API allows at most \(StreamAPILimits.maxFieldBytes) per field"
-                )
+                return IntakeLineParser.fieldTooLarge(scanner.decode(name), bytes: bytes, row: nil)
             }
         }
         guard keyPresent else {
