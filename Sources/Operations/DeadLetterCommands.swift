@@ -26,7 +26,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List dead-letter entries, oldest first.")
         @OptionGroup var global: GlobalOptions
-        @Option(help: "Only this table.") var table: String?
+        @Option(help: "Only this table (\"ns.table\" or \"LAKE.ns.table\", the same rows).") var table: String?
         @Flag(help: "Print a JSON array.") var json = false
 
         func run() async throws {
@@ -87,7 +87,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
 
     struct Selection: ParsableArguments {
         @Option(name: .customLong("id"), parsing: .upToNextOption, help: "Entry ids.") var ids: [Int64] = []
-        @Option(help: "Every entry of this table.") var table: String?
+        @Option(help: "Every entry of this table (\"ns.table\" or \"LAKE.ns.table\", the same rows).") var table: String?
         @Flag(help: "Every entry.") var all = false
 
         func validate() throws {
@@ -139,7 +139,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete entries for good.")
         @OptionGroup var global: GlobalOptions
         @Option(name: .customLong("id"), parsing: .upToNextOption, help: "Entry ids.") var ids: [Int64] = []
-        @Option(help: "Every entry of this table.") var table: String?
+        @Option(help: "Every entry of this table (\"ns.table\" or \"LAKE.ns.table\", the same rows).") var table: String?
         @Flag(help: "Every entry.") var all = false
         @Option(help: "Entries whose last failure is older than this, e.g. \"7d\".") var olderThan: String?
         @Flag(help: "Confirm: purged rows cannot be recovered.") var yes = false
@@ -172,7 +172,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 pipe): the output is then incomplete, and nothing exported should be purged.
                 """)
         @OptionGroup var global: GlobalOptions
-        @Option(help: "Only this table.") var table: String?
+        @Option(help: "Only this table (\"ns.table\" or \"LAKE.ns.table\", the same rows).") var table: String?
         @Flag(help: "Only rows known to be rejected by the API: leave out partial entries (they hold rows it wrote) and expired rows.")
         var rejectedOnly = false
 
@@ -202,7 +202,7 @@ struct QueueCommand: AsyncParsableCommand {
     struct Peek: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The oldest pending rows of each target, with their age and batch state.")
         @OptionGroup var global: GlobalOptions
-        @Option(help: "Only this table.") var table: String?
+        @Option(help: "Only this table (\"ns.table\" or \"LAKE.ns.table\", the same rows).") var table: String?
         @Option(help: "Rows per target (at least 1).") var limit = 10
         @Flag(help: "One JSON object per line.") var json = false
 

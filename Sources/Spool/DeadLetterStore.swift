@@ -42,7 +42,7 @@ public struct DeadLetterStore {
                 let list = ids.map(String.init).joined(separator: ",")
                 return ("d.id IN (\(list.isEmpty ? "NULL" : list))", { _ in })
             case .table(let table):
-                return ("t.table_name = ?1", { $0.bind(1, table) })
+                return (TableNameFilter.condition(column: "t.table_name", parameter: 1), { $0.bind(1, TableNameFilter.bound(table)) })
             case .all:
                 return ("1", { _ in })
             case .olderThan(let age):
@@ -94,10 +94,10 @@ public struct DeadLetterStore {
             let select = try db.prepared(
                 """
                 SELECT \(Self.columns) FROM dead_letters d JOIN targets t ON t.id = d.target_id
-                WHERE ?1 IS NULL OR t.table_name = ?1 ORDER BY d.id
+                WHERE \(TableNameFilter.condition(column: "t.table_name", parameter: 1)) ORDER BY d.id
                 """)
             defer { select.reset() }
-            select.bind(1, table)
+            select.bind(1, TableNameFilter.bound(table))
             var entries: [Entry] = []
             while try select.step() { entries.append(try Self.entry(select, withRecords: false)) }
             return entries
@@ -129,11 +129,11 @@ public struct DeadLetterStore {
             let select = try db.prepared(
                 """
                 SELECT \(Self.columns), d.records FROM dead_letters d JOIN targets t ON t.id = d.target_id
-                WHERE d.id > ?3 AND (?1 IS NULL OR t.table_name = ?1) AND (?2 = 0 OR (d.partial = 0 AND d.http_status IS NOT NULL))
+                WHERE d.id > ?3 AND \(TableNameFilter.condition(column: "t.table_name", parameter: 1)) AND (?2 = 0 OR (d.partial = 0 AND d.http_status IS NOT NULL))
                 ORDER BY d.id
                 """)
             defer { select.reset() }
-            select.bind(1, table)
+            select.bind(1, TableNameFilter.bound(table))
             select.bind(2, rejectedOnly ? 1 : 0)
             select.bind(3, id)
             var entries: [Entry] = []

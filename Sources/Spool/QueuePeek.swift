@@ -21,8 +21,9 @@ public enum QueuePeek {
             try db.execute("BEGIN")
             defer { try? db.execute("COMMIT") }
             let targets = try db.prepared(
-                "SELECT id, table_name, delivered_seq FROM targets WHERE ?1 IS NULL OR table_name = ?1 ORDER BY table_name, id")
-            targets.bind(1, table)
+                "SELECT id, table_name, delivered_seq FROM targets WHERE \(TableNameFilter.condition(column: "table_name", parameter: 1)) ORDER BY table_name, id"
+            )
+            targets.bind(1, TableNameFilter.bound(table))
             var list: [(Int64, String, Int64)] = []
             while try targets.step() { list.append((targets.int64(0), targets.string(1) ?? "", targets.int64(2))) }
             targets.reset()

@@ -98,6 +98,28 @@ extension DeliveryLedgerTests {
         #expect(try store.list().isEmpty)
     }
 
+    /// `--table` takes a table in either spelling, and finds the rows of a target a release before the
+    /// canonical `ns.table` stored as `LAKE.ns.table`: `dlq list --table LAKE.bronze.events` once found
+    /// nothing there, and neither did `--table bronze.events` on the old spelling.
+    @Test func aTableIsSelectedByEitherSpellingOfItsName() async throws {
+        let (writer, path) = try await deadLetters(3, of: 4)
+        writer.shutdown()
+        let store = DeadLetterStore(path: path)
+        for stored in ["bronze.events", "LAKE.bronze.events"] {
+            try SQLiteConnection(path: path, mode: .readWrite).execute("UPDATE targets SET table_name = '\(stored)'")
+            for typed in ["bronze.events", "LAKE.bronze.events", "lake.bronze.events"] {
+                #expect(try store.list(table: typed).count == 3, "\(typed) selects \(stored)")
+                #expect(try store.export(table: typed, after: 0).count == 3)
+                #expect(try QueuePeek.read(path: path, table: typed, limit: 5).map(\.seq) == [3])
+            }
+            for other in ["bronze.event", "LAKE.bronze", "silver.bronze.events", "xlake.bronze.events"] {
+                #expect(try store.list(table: other).isEmpty, "\(other) is another table")
+                #expect(try QueuePeek.read(path: path, table: other, limit: 5).isEmpty)
+            }
+        }
+        #expect(try store.purge(.table("bronze.events"), bytesPerTransaction: 1).entries == 3)
+    }
+
     /// The CLI never migrates: the daemon of the release that wrote the spool may still run (a package
     /// upgraded, the service not yet restarted). It once failed with "no such column"; it now says what
     /// to do and changes nothing, and `status` still reads the spool.
