@@ -146,12 +146,7 @@ public struct IntakeLineParser {
                 }
                 guard configs <= 1, datas <= 1 else {
                     return ParsedLine(
-                        ackRange: nil,
-                        result: .failure(
-                            IntakeRejection(
-                                .invalidJSON,
-                                "the body has a second \"\(configs > 1 ? "config" : "data")\" member at byte \(name.start - 1); send each once"
-                            )))
+                        ackRange: nil, result: .failure(Self.repeatedEnvelopeMember(configs > 1 ? "config" : "data", at: name.start - 1)))
                 }
                 try scanner.skipValue(depth: 1, maxDepth: 64)
             }
@@ -289,6 +284,11 @@ public struct IntakeLineParser {
         var deferredDataBytes = 0
         var plainKeyPresent = false
         var plainKeySeen = false
+        /// Where a second `"data"` or `"config"` member starts: a plain record may repeat a field, a request
+        /// may not. It is refused at the end of the line, once its `"ack"` is known wherever it stands.
+        var secondData: Int?
+        var secondConfig: Int?
+        var configSeen = false
         let plainKey = defaultPrimaryKey
         members.removeAll(keepingCapacity: true)
 
@@ -313,13 +313,21 @@ public struct IntakeLineParser {
                     ack = value.start..<value.end
                     continue
                 }
-                if s.string(name, is: "config"), s.peek() == UInt8(ascii: "{"), rowsTarget == nil {
+                let isConfig = s.string(name, is: "config")
+                if isConfig {
+                    // JSON parsers disagree on which of two members counts: the rows would go to one table here
+                    // and to another by the API's reading, and the local Stream API refuses it too.
+                    if configSeen { secondConfig = secondConfig ?? memberStart }
+                    configSeen = true
+                }
+                if isConfig, s.peek() == UInt8(ascii: "{"), rowsTarget == nil {
                     try s.skipValue(depth: 1, maxDepth: 32)
                     rowsTarget = try resolveConfig(UnsafeRawBufferPointer(rebasing: line[valueStart..<s.position]))
                     continue
                 }
                 if s.string(name, is: "data") {
-                    if let target = rowsTarget, rowsAccepted == nil {
+                    if rowsAccepted != nil || deferredData != nil { secondData = secondData ?? memberStart }
+                    if let target = rowsTarget, rowsAccepted == nil, secondData == nil {
                         // The config came first (the usual order): validate and append the rows in this pass.
                         let index = batch.index(for: target)
                         appended = (index, batch.records[index].count, batch.counts[index])
@@ -348,6 +356,8 @@ public struct IntakeLineParser {
             guard s.isAtEnd else { throw s.unexpected("end of line after the JSON object") }
 
             if let target = rowsTarget {
+                if let secondConfig { throw Self.repeatedEnvelopeMember("config", at: secondConfig) }
+                if let secondData { throw Self.repeatedEnvelopeMember("data", at: secondData) }
                 if let rowsAccepted { return rowsAccepted }
                 guard let deferredData else {
                     throw IntakeRejection(.invalidConfig, "the request has a config but no \"data\" (an object or an array of objects)")
@@ -592,6 +602,11 @@ public struct IntakeLineParser {
     package static func repeatedKey(_ key: String, at offset: Int, row: Int?) -> IntakeRejection {
         IntakeRejection(
             .invalidRow, "\(prefix(row))primary key \"\(key)\" appears twice (again at byte \(offset)); a merge row must have it once")
+    }
+
+    /// A request with a second `config` or `data` member (starting at `offset`).
+    private static func repeatedEnvelopeMember(_ name: String, at offset: Int) -> IntakeRejection {
+        IntakeRejection(.invalidJSON, "the request has a second \"\(name)\" member at byte \(offset); send each once")
     }
 
     private static func missingKey(_ key: String, row: Int?) -> IntakeRejection {

@@ -206,6 +206,35 @@ struct IntakeLineParserTests {
         #expect(parse(#"{"a":1,"data":[1,2]}"#).stored == "{\"a\":1,\"data\":[1,2]}\n")
     }
 
+    /// A request line with a second `data` or `config` member stored one and dropped the other without a
+    /// word (which one depended on their order), where the API's parser may well keep the other. It is
+    /// refused, whatever the order, with its ack id and nothing stored; a plain record may still repeat a
+    /// field named `data`, like any other field.
+    @Test func aRequestLineWithASecondDataOrConfigIsRefused() throws {
+        for line in [
+            #"{"config":{"table":"bronze.t"},"data":[{"a":1}],"data":[{"a":2}],"ack":"7"}"#,
+            #"{"data":[{"a":1}],"config":{"table":"bronze.t"},"data":{"a":2},"ack":"7"}"#,
+            #"{"data":[{"a":1}],"data":[{"a":2}],"config":{"table":"bronze.t"},"ack":"7"}"#,
+            #"{"ack":"7","data":{"a":1},"data":{"a":2},"config":{"table":"bronze.t"}}"#,
+        ] {
+            let outcome = parse(line)
+            #expect(outcome.rejection?.code == .invalidJSON, "\(line)")
+            #expect(outcome.rejection?.message.contains(#"a second "data" member at byte "#) == true, "\(line)")
+            #expect(outcome.ack == "7" && outcome.stored.isEmpty && outcome.batch.counts.allSatisfy { $0 == 0 }, "\(line)")
+        }
+        let configs = parse(#"{"config":{"table":"bronze.t"},"data":[{"a":1}],"config":{"table":"bronze.u"},"ack":"7"}"#)
+        #expect(
+            configs.rejection == IntakeRejection(.invalidJSON, #"the request has a second "config" member at byte 48; send each once"#))
+        #expect(configs.ack == "7" && configs.stored.isEmpty)
+        for line in [
+            #"{"config":{"table":"bronze.t"},"config":"bronze.u","data":[{"a":1}]}"#,
+            #"{"config":null,"data":[{"a":1}],"config":{"table":"bronze.t"}}"#,
+        ] {
+            #expect(parse(line).rejection?.message.contains(#"a second "config" member at byte "#) == true, "\(line)")
+        }
+        #expect(parse(#"{"a":1,"data":1,"data":2}"#).stored == "{\"a\":1,\"data\":1,\"data\":2}\n")
+    }
+
     /// A local Stream API body whose `config` is not an object was a plain record in the default table
     /// (answered 200); and with two `config` or `data` members, which counted depended on their order.
     @Test func aBodyNeedsOneConfigObjectAndOneData() throws {
@@ -224,7 +253,7 @@ struct IntakeLineParserTests {
         #expect(body(#"{"config":null,"data":[{"id":1}]}"#)?.message.contains("found null at byte 10") == true)
         #expect(
             body(#"{"config":{"table":"bronze.t"},"data":[{"a":1}],"config":{"table":"bronze.u"}}"#)
-                == IntakeRejection(.invalidJSON, #"the body has a second "config" member at byte 48; send each once"#))
+                == IntakeRejection(.invalidJSON, #"the request has a second "config" member at byte 48; send each once"#))
         #expect(body(#"{"data":[{"a":1}],"config":{"table":"bronze.t"},"data":[]}"#)?.message.contains(#"second "data""#) == true)
         #expect(body(#"{"data":[{"id":1}]}"#)?.code == .invalidConfig)
     }
