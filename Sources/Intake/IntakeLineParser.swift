@@ -403,7 +403,7 @@ public struct IntakeLineParser {
             i += 1
         }
         batch.records[index].append(UInt8(ascii: "}"))
-        try Self.checkRowSize(batch.records[index].count - before, row: nil)
+        try Self.checkRowSize(batch.records[index].count - before, tagBytes: target.tags.utf8.count, row: nil)
         batch.records[index].append(UInt8(ascii: "\n"))
         batch.counts[index] += 1
         return .init(targetIndex: index, records: 1, bytes: batch.records[index].count - before)
@@ -484,7 +484,7 @@ public struct IntakeLineParser {
                     name: name, scanner: s, valueBytes: s.position - valueStart - (s.whitespace - whitespaceAtValue), row: label)
             }
             guard keyPresent else { throw Self.missingKey(target.primaryKey, row: label) }
-            try Self.checkRowSize(s.position - start - (s.whitespace - whitespaceBefore), row: row)
+            try Self.checkRowSize(s.position - start - (s.whitespace - whitespaceBefore), tagBytes: target.tags.utf8.count, row: row)
             JSONCompactor.append(s.bytes, start..<s.position, whitespace: s.whitespace - whitespaceBefore, to: &output)
             output.append(UInt8(ascii: "\n"))
         } catch {
@@ -582,12 +582,14 @@ public struct IntakeLineParser {
         throw fieldTooLarge(scanner.decode(name), bytes: valueBytes, row: row)
     }
 
-    /// A row of `bytes` (compact JSON) that no request could carry.
-    package static func checkRowSize(_ bytes: Int, row: Int?) throws(IntakeRejection) {
-        guard bytes > StreamAPILimits.maxRowBytes else { return }
+    /// A row of `bytes` (compact JSON) that no request could carry, with `tagBytes` of tags (its target's:
+    /// a JSON body carries them beside the rows, and the envelope's allowance leaves them out).
+    package static func checkRowSize(_ bytes: Int, tagBytes: Int = 0, row: Int?) throws(IntakeRejection) {
+        let limit = StreamAPILimits.maxRowBytes - tagBytes
+        guard bytes > limit else { return }
         throw IntakeRejection(
             .rowTooLarge,
-            "\(prefix(row))the row is \(bytes) bytes as compact JSON; a Stream API request of at most \(StreamAPILimits.maxBodyBytes) bytes can carry at most \(StreamAPILimits.maxRowBytes) of it"
+            "\(prefix(row))the row is \(bytes) bytes as compact JSON; a Stream API request of at most \(StreamAPILimits.maxBodyBytes) bytes can carry at most \(limit) of it\(tagBytes > 0 ? " beside its \(tagBytes) bytes of tags" : "")"
         )
     }
 

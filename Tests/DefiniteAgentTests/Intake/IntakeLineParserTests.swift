@@ -279,6 +279,22 @@ struct IntakeLineParserTests {
         #expect(inData.rejection?.code == .rowTooLarge && inData.rejection?.message.hasPrefix("data[1]: the row is ") == true)
         #expect(inData.batch.records.allSatisfy { $0.isEmpty }, "all or nothing")
         #expect(Array(over.utf8).withUnsafeBytes { SendLineCheck.problem($0) }?.code == .rowTooLarge, "send checks it too")
+
+        // A JSON body carries the tags beside the rows: a row that fits alone may not fit with them.
+        let base = String(fits.dropLast())
+        let nearly = base + #","p":""# + String(repeating: "p", count: StreamAPILimits.maxRowBytes - 100 - base.utf8.count - 8) + #""}"#
+        #expect(nearly.utf8.count == StreamAPILimits.maxRowBytes - 100)
+        func tagged(_ tags: Int) -> String {
+            #"{"config":{"table":"bronze.t","tags":{"t":"\#(String(repeating: "x", count: tags))"}},"data":\#(nearly)}"#
+        }
+        let fitsWithTags = parse(tagged(100 - 8)).rejection
+        #expect(fitsWithTags == nil, "100 bytes of tags")
+        let refusedWithTags = parse(tagged(100 - 7)).rejection
+        let withTags = try #require(refusedWithTags)
+        #expect(
+            withTags.message
+                == "the row is 9998876 bytes as compact JSON; a Stream API request of at most 10000000 bytes can carry at most 9998875 of it beside its 101 bytes of tags"
+        )
     }
 
     /// Tags go with every request of their rows (in the URL, for NDJSON bodies): large ones made each row a
