@@ -30,24 +30,30 @@ final class AgentSocket {
             let reason =
                 result == nil
                 ? "the socket path is too long (at most \(UnixSocketAddress.maxPathBytes) bytes)" : SystemCallError().description
-            Glibc.close(fd)
+            // Every stored property is set: deinit runs and closes the descriptor (closing it here too closed
+            // it twice, and the second close could hit a descriptor another thread had opened meanwhile).
             throw ConnectError(description: reason)
         }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
     }
 
-    deinit { Glibc.close(fd) }
+    deinit { if fd >= 0 { Glibc.close(fd) } }
 
-    /// Waits until the socket can be read, or written when `writing`, or `timeout` passed. Returns whether
-    /// reading (or learning that the agent closed) and writing are possible now.
-    func wait(writing: Bool, timeout: Duration) -> (readable: Bool, writable: Bool) {
-        var entry = pollfd(fd: fd, events: Int16(POLLIN) | (writing ? Int16(POLLOUT) : 0), revents: 0)
+    /// Waits until the socket can be read, or written when `writing`, or `input` (another descriptor) can be
+    /// read, or `timeout` passed. Returns whether reading the socket (or learning that the agent closed) and
+    /// writing it are possible now.
+    func wait(writing: Bool, input: Int32? = nil, timeout: Duration) -> (readable: Bool, writable: Bool) {
+        var entries = [
+            pollfd(fd: fd, events: Int16(POLLIN) | (writing ? Int16(POLLOUT) : 0), revents: 0),
+            pollfd(fd: input ?? -1, events: Int16(POLLIN), revents: 0),
+        ]
         let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        let ready = poll(&entry, 1, milliseconds)
+        let ready = poll(&entries, 2, milliseconds)
         guard ready > 0 else { return (false, false) }
         // A hang-up or an error is learnt by reading: the replies before it are read first.
-        let endOrError = entry.revents & (Int16(POLLHUP) | Int16(POLLERR)) != 0
-        return (entry.revents & Int16(POLLIN) != 0 || endOrError, entry.revents & Int16(POLLOUT) != 0)
+        let events = entries[0].revents
+        let endOrError = events & (Int16(POLLHUP) | Int16(POLLERR)) != 0
+        return (events & Int16(POLLIN) != 0 || endOrError, events & Int16(POLLOUT) != 0)
     }
 
     /// Writes as much of `bytes` as the socket takes now: the count written, 0 when it takes nothing now,

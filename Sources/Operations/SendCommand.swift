@@ -122,7 +122,7 @@ struct SendCommand: ParsableCommand {
         print(summary)
         if let first = totals.refusedForRoom.first, let last = totals.refusedForRoom.last {
             printError(
-                "\(totals.refusedForRoom.count) lines refused because the agent's spool is full (507 spool_full), lines \(first)–\(last); send them again later, or leave out --no-wait to wait for room"
+                "\(totals.refusedForRoom.count) lines refused because the agent's spool is full (507 spool_full) or it holds as much unfinished input as it keeps (503 busy), lines \(first)–\(last); send them again later, or leave out --no-wait to wait for room"
             )
         }
         if totals.waitedForRoom > 0 {
@@ -176,6 +176,10 @@ struct SendSession {
     private var lineNumber = 0
     private var inputEnded = false
     private var toldAboutWaiting = false
+    /// Replies read on the current connection, and connections lost in a row without one (since when).
+    private var repliesOnConnection = 0
+    private var fruitlessLosses = 0
+    private var fruitlessSince: ContinuousClock.Instant?
     private var toldAboutSplitting = false
 
     init(path: String, socket: AgentSocket, input: LineReader, ledger: SendLedger, mergeKey: String?) {
@@ -194,6 +198,23 @@ struct SendSession {
             case .outOfStep(let problem):
                 return giveUp("\(problem); stopping", unreachable: false)
             case .connectionLost:
+                // A connection lost before any reply (a program that accepts and closes, an agent that fails
+                // every start) is made again after a pause that doubles, and given up after the patience: it
+                // once spun at full speed, hundreds of thousands of connections, forever.
+                if repliesOnConnection > 0 {
+                    fruitlessSince = nil
+                } else {
+                    let since = fruitlessSince ?? .now
+                    fruitlessSince = since
+                    guard ContinuousClock.now - since < Self.reconnectPatience else {
+                        return giveUp(
+                            "the agent at \(path) closed every connection without an answer for \(Self.reconnectPatience)",
+                            unreachable: true)
+                    }
+                    Self.pause(min(.milliseconds(100) * Int(1 << min(fruitlessLosses, 6)), .seconds(5)))
+                }
+                fruitlessLosses = repliesOnConnection > 0 ? 0 : fruitlessLosses + 1
+                repliesOnConnection = 0
                 switch ledger.connectionLost() {
                 case .afterLineTooLong:
                     break  // nothing after the long line was read: sending it again stores it once
@@ -232,8 +253,11 @@ struct SendSession {
             }
             while output.count - written < Self.outputBytes, ledger.mayWrite {
                 // Fresh lines are read before the ledger is asked: reading may refuse lines locally. The
-                // input is waited for only when nothing else is left to write.
-                var fresh = ledger.hasLinesToSendAgain ? nil : readRequest(mayBlock: written == output.count)
+                // input is waited for only when nothing else is left to write and no reply is due; with
+                // replies due it is waited for together with them (below), so that a connection the agent
+                // closed is noticed while the input is quiet.
+                var fresh =
+                    ledger.hasLinesToSendAgain ? nil : readRequest(mayBlock: written == output.count && ledger.isSettled)
                 guard let request = ledger.next(fresh: { fresh.take() }) else { break }
                 output.append(contentsOf: request.bytes)
             }
@@ -243,9 +267,10 @@ struct SendSession {
                 ledger.retryWaitingLines()
                 continue
             }
-            let ready = socket.wait(writing: written < output.count, timeout: .seconds(1))
+            let waitsForInput = written == output.count && ledger.mayWrite && !inputEnded && !ledger.hasLinesToSendAgain
+            let ready = socket.wait(writing: written < output.count, input: waitsForInput ? input.fd : nil, timeout: .seconds(1))
             if ready.writable {
-                guard let n = socket.send(output[written...]) else { return .connectionLost }
+                guard let n = socket.send(output[written...]) else { return readRepliesLeft(&replies) }
                 written += n
             }
             if ready.readable {
@@ -255,6 +280,29 @@ struct SendSession {
             }
         }
     }
+
+    /// The agent closed the connection while requests were being written. The replies it sent before it
+    /// went are read first: the acks of lines it stored, and the refusal that made it close (a line too
+    /// long, `busy`). Without them every line in flight went again, and those already stored were stored
+    /// twice (once per reconnection: seven times behind seven long lines). Reading stops at the end of
+    /// the connection, or after ``repliesLeftPatience`` without a byte.
+    private mutating func readRepliesLeft(_ replies: inout [UInt8]) -> Ending {
+        var quietSince = ContinuousClock.now
+        while ContinuousClock.now - quietSince < Self.repliesLeftPatience {
+            guard socket.wait(writing: false, timeout: Self.repliesLeftPatience).readable else { continue }
+            let received = socket.receive(into: &replies)
+            if let problem = handleReplies(in: &replies) { return .outOfStep(problem) }
+            switch received {
+            case .bytes: quietSince = .now
+            case .wouldBlock: continue
+            case .closed: return .connectionLost
+            }
+        }
+        return .connectionLost
+    }
+
+    /// How long replies are waited for on a connection that refused a write (the agent closes it at once).
+    static let repliesLeftPatience = Duration.seconds(5)
 
     /// Handles every complete reply line in `buffer`; returns a problem that ends the session, if any.
     private mutating func handleReplies(in buffer: inout [UInt8]) -> String? {
@@ -266,11 +314,13 @@ struct SendSession {
             guard let reply = Self.reply(line) else {
                 return "the agent sent a reply send does not understand: \(String(decoding: line.prefix(200), as: UTF8.self))"
             }
+            repliesOnConnection += 1
             switch ledger.receive(reply) {
             case .accepted:
                 break
             case .rejected(let lines, let status, let code, let message):
-                guard status != 507 || code != IntakeRejection.Code.spoolFull.rawValue else { break }
+                // Lines refused for room are summed up in one line at the end.
+                guard status != 507, code != IntakeRejection.Code.busy.rawValue else { break }
                 for line in lines { printError("line \(line): \(status): \(message)") }
             case .waitingForRoom:
                 if !toldAboutWaiting {
@@ -299,6 +349,7 @@ struct SendSession {
     private mutating func readRequest(mayBlock: Bool) -> SendLedger.Request? {
         let maxBytes = ledger.maxRequestBytes
         let maxLines = ledger.batches ? Self.requestLines : 1
+        let mergeKey = mergeKey
         var builder: SendRequestFormat.Builder?
         var lines = 0
         while !inputEnded, lines < maxLines {

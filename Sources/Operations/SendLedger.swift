@@ -250,13 +250,14 @@ struct SendLedger {
                 for row in head.rows where waitedLines.insert(row.line).inserted { totals.waitedForRoom += 1 }
                 return .waitingForRoom(line: head.line)
             }
-            if head.rows.count > 1, refusalClosesConnection || Self.rowCodes.contains(code) {
+            // `busy` (with --no-wait) is about the agent's memory, not these lines: they are refused for room.
+            if head.rows.count > 1, !busy, refusalClosesConnection || Self.rowCodes.contains(code) {
                 split(head, closing: refusalClosesConnection)
                 return .split(line: head.line, lines: head.rows.count, code: code)
             }
             let lines = head.rows.map(\.line)
             totals.rejectedLines += lines.count
-            if status == 507 { totals.refusedForRoom += lines }
+            if status == 507 || busy { totals.refusedForRoom += lines }
             return .rejected(lines: lines, status: status, code: code, message: message)
         }
     }

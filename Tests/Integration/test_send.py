@@ -7,6 +7,7 @@ with the reason. Every daemon ends with SIGTERM and must exit 0."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +53,59 @@ def test_a_line_over_max_line_bytes_is_reported_and_every_other_line_lands_in_or
     assert "line 51: 413" in stderr and "max_line_bytes" in stderr, stderr
     assert "not confirmed" not in stderr and "twice" not in stderr, stderr
     assert [r["i"] for r in agent.spooled_records()] == [i for i in range(100) if i != 50]
+
+
+def test_lines_acknowledged_before_a_long_line_closed_the_connection_are_not_sent_again(make_agent, tmp_path):
+    """The agent answers the requests it read before the long line, then closes. send, still writing, used to
+    take the refused write for the end and send every request in flight again without reading those
+    answers: thousands of lines stored twice, and as many more times as long lines followed."""
+    agent = make_agent(extra_config='max_line_bytes = "64KiB"')
+    count, long_lines = 150_000, {60_000, 100_000}
+    records = [{"i": i, "pad": "p" * (200_000 if i in long_lines else 60)} for i in range(count)]
+    result = agent.cli("send", str(write_lines(tmp_path / "records.ndjson", records)))
+    assert result.stdout.decode().strip() == f"accepted {count - 2}, rejected 2", result.stderr.decode()[-2000:]
+    assert "twice" not in result.stderr.decode(), result.stderr.decode()[-2000:]
+    stored = [r["i"] for r in agent.spooled_records()]
+    assert len(stored) == len(set(stored)), f"{len(stored) - len(set(stored))} lines stored twice"
+    assert stored == [i for i in range(count) if i not in long_lines]
+
+
+def test_send_paces_its_reconnects_to_a_socket_that_closes_every_connection_unanswered(make_agent, tmp_path):
+    """A program that accepts and closes at once (not the agent, or an agent failing every start): send used
+    to reconnect at full speed, hundreds of thousands of connections a minute. Now each connection lost
+    without an answer waits twice as long before the next (0.1 s, 0.2 s, ...), and after a minute send gives
+    up with exit 69."""
+    agent = make_agent()
+    path = str(tmp_path / "closer.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(64)
+    connections = []
+
+    def accept_and_close():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            connections.append(time.monotonic())
+            connection.close()
+
+    threading.Thread(target=accept_and_close, daemon=True).start()
+    process = subprocess.Popen([agent_binary(), "send", "--config", agent.config_path, "--socket", path],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        process.stdin.write(b'{"a":1}\n' * 10)
+        process.stdin.flush()
+        time.sleep(3)
+        assert process.poll() is None, "send still tries"
+        # 0.1 + 0.2 + 0.4 + 0.8 s apart: 5 in 3 s. Fewer means send did not notice its connections end while
+        # its input was quiet (it once waited for more input first, with replies due).
+        assert 4 <= len(connections) <= 8, f"{len(connections)} connections in 3 s"
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
+        server.close()
 
 
 def test_send_reconnects_across_an_agent_restart_and_accounts_for_every_line(make_agent, tmp_path):

@@ -173,6 +173,21 @@ struct SendLedgerTests {
         #expect(ledger.isSettled && ledger.totals.acceptedRecords == 3)
     }
 
+    /// With --no-wait, `busy` refuses a request's lines for room, like a full spool: they are summed up once
+    /// at the end. It used to be taken for a refusal of one of its rows, so the request was split and sent
+    /// again, with a warning that every line would go alone from then on.
+    @Test func withoutWaitingARequestRefusedBusyIsRefusedForRoomNotSplit() {
+        var ledger = Self.ledger(waitsForRoom: false)
+        Self.write(&ledger, requests: [Self.request([1, 2, 3]), Self.request([4, 5])])
+        #expect(
+            ledger.receive(.refused(ack: "1", status: 503, code: "busy", message: "…"))
+                == .rejected(lines: [1, 2, 3], status: 503, code: "busy", message: "…"))
+        #expect(ledger.connectionLost() == .afterLineTooLong(resent: 2))
+        #expect(ledger.totals.rejectedLines == 3 && ledger.totals.refusedForRoom == [1, 2, 3])
+        #expect(ledger.batches && ledger.maxRequestBytes == 64 << 10, "requests keep their size")
+        #expect(Self.resent(&ledger).map { $0.rows.map(\.line) } == [[4, 5]])
+    }
+
     @Test func theWaitForRoomGrowsToItsBound() {
         var ledger = Self.ledger()
         var input = [1]
