@@ -24,13 +24,22 @@ package struct HTTPIntakeServer: ConnectionPipeline {
 
     package var backlog: Int32 { 256 }
 
+    /// Connections each listener of the local Stream API keeps open at most (see ``HTTPConnectionBounds``).
+    package static let maxConnections = 1024
+    /// How long a connection may go without a byte read or written (longer when `wait_timeout` is).
+    package static let idleTimeout = TimeAmount.seconds(120)
+
     package func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
         let (settings, writer, readiness, confirmations, unfinishedInput, logger) = (
             settings, writer, readiness, confirmations, unfinishedInput, logger
         )
+        let bounds = HTTPConnectionBounds(maxConnections: Self.maxConnections, listener: "the local Stream API", logger: logger)
         return bootstrap.childChannelInitializer { channel in
             let configuration = settings.current
             return channel.eventLoop.makeCompletedFuture {
+                // A request with `config.wait = true` is quiet until its answer, for up to `wait_timeout`.
+                let idle = max(Self.idleTimeout, .milliseconds(Int64(configuration.intake.waitTimeout.milliseconds)) + .seconds(30))
+                guard try bounds.apply(to: channel, idleTimeout: idle) else { return }
                 try channel.pipeline.syncOperations.configureLocalHTTPServer()
                 try channel.pipeline.syncOperations.addHandler(StopNotice(), position: .first)
                 try channel.pipeline.syncOperations.addHandler(

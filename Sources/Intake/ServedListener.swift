@@ -27,7 +27,9 @@ struct ServedListener: Sendable {
 
     /// Hands `socket` to NIO with `bootstrap`'s child channel settings (the bootstrap must not set a server
     /// channel initializer: this type adds its own). On failure the socket is discarded.
-    init(_ socket: ListeningSocket, backlog: Int32, bootstrap: ServerBootstrap, group: any EventLoopGroup) async throws(StartupError) {
+    init(
+        _ socket: ListeningSocket, backlog: Int32, bootstrap: ServerBootstrap, group: any EventLoopGroup, logger: Logger
+    ) async throws(StartupError) {
         let quiesce = ServerQuiescingHelper(group: group)
         let channel: any Channel
         do {
@@ -35,6 +37,8 @@ struct ServedListener: Sendable {
                 try await bootstrap
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            DescriptorReserve(listeningSocket: socket.fd, part: socket.part, logger: logger))
                         try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                     }
                 }

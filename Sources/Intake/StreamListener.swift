@@ -88,7 +88,8 @@ package struct StreamListener<Pipeline: ConnectionPipeline>: DaemonPart {
         let socket = try await address.makeSocket(kind: .stream, backlog: pipeline.backlog, part: part, environment: environment)
         let group = environment.eventLoops
         let served = try await ServedListener(
-            socket, backlog: pipeline.backlog, bootstrap: pipeline.configure(ServerBootstrap(group: group)), group: group)
+            socket, backlog: pipeline.backlog, bootstrap: pipeline.configure(ServerBootstrap(group: group)), group: group,
+            logger: environment.logger)
         environment.logger.info("listening", metadata: ["part": "\(part)", "on": "\(socket.location)"])
         return Running(served: served, part: part, stopAccepting: environment.stopAccepting, logger: environment.logger)
     }

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -284,3 +286,64 @@ def test_a_waiting_request_whose_body_was_still_arriving_at_the_stop_is_answered
         assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["committed"] is False
         assert time.monotonic() - started < 5, "answered only at the drain deadline"
         assert agent.process.wait(timeout=30) == 0
+
+
+def daemon_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_answers_a_client_never_reads_do_not_pile_up_in_the_daemon(tmp_path):
+    """A client pipelining requests without reading the answers: the daemon once wrote every answer into
+    memory regardless (1.8 GB in 15 s from two clients). Now it stops reading such a connection until its
+    answers are read, as the line protocol does; other clients are served meanwhile."""
+    agent = Agent(tmp_path / "agent").start()
+    try:
+        rss_before = agent.rss_kib()
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(agent.http_socket_path)
+        client.settimeout(0.5)
+        request = b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+        deadline = time.monotonic() + 4
+        sent = 0
+        while time.monotonic() < deadline:
+            try:
+                sent += client.send(request)
+            except (socket.timeout, BlockingIOError):
+                pass  # the daemon stopped reading: what a client that does not read its answers should see
+        grown_mib = (agent.rss_kib() - rss_before) / 1024
+        assert grown_mib < 64, f"the daemon grew by {grown_mib:.0f} MiB for {sent / 1e6:.0f} MB of requests nobody read answers of"
+        other = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", agent.http_socket_path,
+                                "http://localhost/readyz"], capture_output=True, timeout=30)
+        assert other.stdout == b"200"
+        client.close()
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_connections_holding_every_descriptor_neither_spin_the_daemon_nor_outlast_their_release(tmp_path):
+    """Connections that never send hold the daemon's descriptors. With none left, its accept was retried at
+    once, forever: a core at 100 % until they went. Now the listener frees a descriptor it keeps in reserve,
+    closes the connections waiting in its backlog and says so; once the held connections close, requests are
+    served again."""
+    agent = Agent(tmp_path / "agent").start()
+    try:
+        subprocess.run(["prlimit", f"--pid={agent.process.pid}", "--nofile=96:96"], check=True)
+        held = []
+        for _ in range(120):
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.connect(agent.http_socket_path)  # the backlog takes what the daemon cannot accept
+            held.append(connection)
+        time.sleep(1)
+        before = daemon_cpu_seconds(agent.process.pid)
+        time.sleep(3)
+        spent = daemon_cpu_seconds(agent.process.pid) - before
+        assert spent < 0.5, f"the daemon used {spent:.2f} s of CPU in 3 s with its descriptors gone"
+        assert "no file descriptor left (open files limit 96)" in agent.log()
+        for connection in held:
+            connection.close()
+        served = subprocess.run(["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket",
+                                 agent.http_socket_path, "http://localhost/readyz"], capture_output=True, timeout=30)
+        assert served.stdout == b"200"
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]

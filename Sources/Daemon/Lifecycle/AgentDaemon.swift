@@ -229,7 +229,7 @@ public struct AgentDaemon: Sendable {
                     kind, try ListenerAddress(listen: listen, mode: configuration.intake.socketMode),
                     MetricsServer(
                         registry: metricsRegistry, spoolPath: configuration.spool.path, capacity: writer.capacity,
-                        blocking: blocking, readiness: readiness))
+                        blocking: blocking, readiness: readiness, logger: logger))
             case .operatorSignals:
                 return SignalService(
                     configurationPath: configurationPath, settings: settings, key: key, delivery: delivery.loop,

@@ -24,6 +24,8 @@ struct MetricsServer: ConnectionPipeline {
     let blocking: NIOThreadPool
     /// Answers `GET /readyz` (nil: always ready).
     var readiness: IntakeReadiness?
+    /// Says when the endpoint holds its most connections.
+    var logger: Logger?
 
     /// Bootstraps swift-metrics with Prometheus. Call once, before any instrument is used.
     static func bootstrap() -> PrometheusCollectorRegistry {
@@ -45,6 +47,10 @@ struct MetricsServer: ConnectionPipeline {
 
     var backlog: Int32 { 64 }
 
+    /// Scrapers and probes keep few connections, each busy at its interval (see ``HTTPConnectionBounds``).
+    static let maxConnections = 64
+    static let idleTimeout = TimeAmount.seconds(60)
+
     func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
         let render: @Sendable () -> [UInt8] = { [registry, spoolPath, capacity] in
             if let delay = Self.testScrapeDelay { NamedThread.sleep(for: delay) }
@@ -52,8 +58,10 @@ struct MetricsServer: ConnectionPipeline {
             return registry.emitToBuffer()
         }
         let (blocking, readiness) = (self.blocking, self.readiness)
+        let bounds = HTTPConnectionBounds(maxConnections: Self.maxConnections, listener: "the metrics endpoint", logger: logger)
         return bootstrap.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
+                guard try bounds.apply(to: channel, idleTimeout: Self.idleTimeout) else { return }
                 try channel.pipeline.syncOperations.configureLocalHTTPServer()
                 try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(blocking: blocking, render: render, readiness: readiness))
             }

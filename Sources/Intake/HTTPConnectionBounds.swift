@@ -1,0 +1,102 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// What one HTTP listener's connections may hold, so that clients that never read their answers, never
+/// send, or never leave cannot take the daemon's memory or descriptors (and with them every other listener
+/// and delivery) from the rest.
+///
+/// - A connection whose answers are not read is not read either (NIO's `BackPressureHandler`): its answers
+///   wait in at most a socket buffer and a write buffer's worth of memory. Unread answers once piled up
+///   without bound (1.8 GB in 15 s from two pipelining clients).
+/// - A connection with nothing read or written for its idle time is closed.
+/// - At most ``maxConnections`` are open at once; one more is closed as soon as it is accepted, and the
+///   refusals are logged at most once a minute.
+package struct HTTPConnectionBounds: Sendable {
+    package let maxConnections: Int
+    private let open: ConnectionCount
+
+    /// `listener` names the listener in the log line of refused connections.
+    package init(maxConnections: Int, listener: String, logger: Logger?) {
+        self.maxConnections = maxConnections
+        open = ConnectionCount(listener: listener, logger: logger)
+    }
+
+    /// Admits `channel` (counted until it closes) and adds the handlers of the bounds to its pipeline, with
+    /// `idleTimeout`; or, over ``maxConnections``, adds a handler that closes it at once. Returns whether it
+    /// was admitted.
+    @discardableResult
+    package func apply(to channel: any Channel, idleTimeout: TimeAmount) throws -> Bool {
+        guard open.admit(channel, limit: maxConnections) else {
+            try channel.pipeline.syncOperations.addHandler(CloseOnActive())
+            return false
+        }
+        try channel.pipeline.syncOperations.addHandler(BackPressureHandler(), position: .first)
+        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
+        try channel.pipeline.syncOperations.addHandler(CloseWhenIdle())
+        return true
+    }
+}
+
+/// Open connections of one listener, counted across event loops.
+private final class ConnectionCount: Sendable {
+    private struct State {
+        var open = 0
+        var refusedSinceLog = 0
+        var lastLog: NIODeadline?
+    }
+
+    private let state = NIOLockedValueBox(State())
+    private let listener: String
+    private let logger: Logger?
+
+    init(listener: String, logger: Logger?) {
+        self.listener = listener
+        self.logger = logger
+    }
+
+    func admit(_ channel: any Channel, limit: Int) -> Bool {
+        let (admitted, refusedToLog) = state.withLockedValue { state -> (Bool, Int?) in
+            guard state.open >= limit else {
+                state.open += 1
+                return (true, nil)
+            }
+            state.refusedSinceLog += 1
+            let now = NIODeadline.now()
+            guard state.lastLog.map({ now - $0 >= .seconds(60) }) ?? true else { return (false, nil) }
+            state.lastLog = now
+            defer { state.refusedSinceLog = 0 }
+            return (false, state.refusedSinceLog)
+        }
+        if admitted {
+            channel.closeFuture.whenComplete { [state] _ in state.withLockedValue { $0.open -= 1 } }
+        } else if let refused = refusedToLog {
+            logger?.warning(
+                "\(listener) holds its most connections (\(limit)); closed \(refused) new ones since the last such line. Clients that keep connections open without requests? Each closes after its idle time",
+                metadata: ["listener": "\(listener)"])
+        }
+        return admitted
+    }
+}
+
+/// Closes a connection over its listener's limit as soon as it is active.
+private final class CloseOnActive: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.close(promise: nil)
+    }
+}
+
+/// Closes a connection when ``NIOCore/IdleStateHandler`` says nothing was read or written for its time.
+private final class CloseWhenIdle: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
