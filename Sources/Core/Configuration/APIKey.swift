@@ -25,7 +25,9 @@ public enum APIKeySource {
             return try read(path: path, key: "api.key_file", location: config.keyFileLocation)
         }
         if let value = environment["DEFINITE_API_KEY"], !value.trimmingWhitespace().isEmpty {
-            return APIKey(secret: value.trimmingWhitespace(), source: "$DEFINITE_API_KEY")
+            let secret = value.trimmingWhitespace()
+            try check(secret, source: "$DEFINITE_API_KEY", key: nil, location: nil)
+            return APIKey(secret: secret, source: "$DEFINITE_API_KEY")
         }
         if let directory = environment["CREDENTIALS_DIRECTORY"] {
             let path = directory + "/api-key"
@@ -56,6 +58,38 @@ public enum APIKeySource {
         guard !secret.isEmpty else {
             throw ConfigurationError(.missingKey, key: key, line: location?.line, file: location?.file, "the API key file \(path) is empty")
         }
+        try check(secret, source: "the API key file \(path)", key: key, location: location)
         return APIKey(secret: secret, source: path)
+    }
+
+    /// The most an API key may take: far more than any token, far less than a header libcurl refuses.
+    public static let maxKeyBytes = 4096
+
+    /// A key goes into the `Authorization` header as it is: a line break in it would send what follows as
+    /// headers of its own (a second key of a file kept during a rotation, to the API and any proxy), a NUL
+    /// would cut it, and a megabyte made every request fail with "Out of memory". It must be one token of
+    /// printable ASCII. The error names the byte, never the key.
+    static func check(_ secret: String, source: String, key: String?, location: ConfigurationLocation?) throws(ConfigurationError) {
+        let bytes = secret.utf8
+        guard bytes.count <= maxKeyBytes else {
+            throw ConfigurationError(
+                .invalidValue, key: key, line: location?.line, file: location?.file,
+                "\(source) holds \(bytes.count) bytes; an API key is at most \(maxKeyBytes) (is it the right file?)")
+        }
+        if let offset = bytes.firstIndex(where: { $0 < 0x21 || $0 > 0x7E }).map({ bytes.distance(from: bytes.startIndex, to: $0) }) {
+            let byte = bytes[bytes.index(bytes.startIndex, offsetBy: offset)]
+            let what =
+                switch byte {
+                case 0x0A, 0x0D: "a line break"
+                case 0x20, 0x09: "a space"
+                case 0x00: "a NUL byte"
+                case 0x80...: "a byte that is not ASCII"
+                default: "a control character"
+                }
+            throw ConfigurationError(
+                .invalidValue, key: key, line: location?.line, file: location?.file,
+                "\(source) holds \(what) at byte \(offset) of the key; an API key is one line of printable ASCII without spaces (one key per file)"
+            )
+        }
     }
 }

@@ -72,6 +72,40 @@ struct APIKeyTests {
         }
     }
 
+    /// The key goes into a header as it is: a second line became a header of its own (sent to the API and
+    /// any proxy), a NUL cut it, a megabyte made every request fail with "Out of memory". Each is refused
+    /// at start and at reload, naming the byte and never the key; a trailing line break is only trimmed.
+    @Test func aKeyThatIsNotOneTokenOfPrintableASCIIIsRefusedWithoutShowingIt() throws {
+        func load(file contents: String) throws(ConfigurationError) -> APIKey? {
+            let path = try! temporaryFile(contents)
+            defer { unlink(path) }
+            var api = AgentConfiguration.API()
+            api.keyFile = path
+            return try APIKeySource.load(config: api, environment: [:])
+        }
+        #expect(try load(file: "sk-SECRET-one\n")?.secret == "sk-SECRET-one")
+        #expect(try load(file: "  sk-SECRET-one\r\n")?.secret == "sk-SECRET-one")
+        for (contents, what) in [
+            ("sk-SECRET-two\nX-Injected: yes\n", "a line break at byte 13"),
+            ("sk-SECRET-two\r\nsk-SECRET-old", "a line break at byte 13"),
+            ("sk-SECRET\u{0}tail", "a NUL byte at byte 9"),
+            ("Bearer sk-SECRET", "a space at byte 6"),
+            ("sk-SECRÉT", "a byte that is not ASCII at byte 7"),
+            (String(repeating: "k", count: 4097), "4097 bytes"),
+        ] {
+            do {
+                _ = try load(file: contents)
+                Issue.record("\(what): accepted")
+            } catch {
+                #expect(error.code == .invalidValue && error.message.contains(what), "\(error.message)")
+                #expect(!error.message.contains("SECRET") && !error.message.contains("kkkk"), "the key is never shown")
+            }
+        }
+        #expect(throws: ConfigurationError.self) {
+            try APIKeySource.load(config: AgentConfiguration.API(), environment: ["DEFINITE_API_KEY": "sk-one\nX-Injected: 1"])
+        }
+    }
+
     @Test func groupReadableKeyFileIsFlagged() throws {
         let path = try temporaryFile("secret")
         defer { unlink(path) }
