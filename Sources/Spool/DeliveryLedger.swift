@@ -246,14 +246,26 @@ package struct DeliveryLedger: Sendable {
     }
 
     /// Returns the entry's bytes (what it adds to the stored total).
+    ///
+    /// Entry ids are never given twice: each is one more than any the spool ever gave (the highest kept in
+    /// `counters` as `dead_letters_last_id`), not one more than the highest still there. An operator acts on
+    /// ids from an earlier `dlq list`: after a purge or replay of the last entry, the next dead letter (of
+    /// another table, say) took its id, and `dlq purge --id` with the old listing deleted it.
     private static func insertDeadLetter(_ failure: Failure, rows: SpooledRecords, targetID: Int64, now: Double, db: SQLiteConnection)
         throws -> Int
     {
         let insert = try db.prepared(
             """
-            INSERT INTO dead_letters (target_id, first_seq, record_count, byte_count, records, reason, http_status, errors,
+            INSERT INTO dead_letters (id, target_id, first_seq, record_count, byte_count, records, reason, http_status, errors,
                                       warnings, request_id, attempts, partial, first_failed_at, last_failed_at, tags)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+            VALUES (1 + max(coalesce((SELECT max(id) FROM dead_letters), 0),
+                            coalesce((SELECT value FROM counters WHERE name = 'dead_letters_last_id'), 0)),
+                    ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+            """)
+        let remember = try db.prepared(
+            """
+            INSERT INTO counters (name, value) VALUES ('dead_letters_last_id', last_insert_rowid())
+            ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)
             """)
         insert.bind(1, targetID)
         insert.bind(2, rows.seqs.first ?? 0)
@@ -274,6 +286,8 @@ package struct DeliveryLedger: Sendable {
             try insert.step()
             insert.reset()
         }
+        try remember.step()
+        remember.reset()
         return rows.bytes.count
     }
 

@@ -98,6 +98,28 @@ extension DeliveryLedgerTests {
         #expect(try store.list().isEmpty)
     }
 
+    /// Operators act on ids from an earlier `dlq list`. The next entry once took the id of the last one
+    /// purged or replayed, so a second `dlq purge --id` from that listing deleted rows nobody had looked at.
+    @Test func anEntryIdIsNeverGivenTwice() async throws {
+        let (writer, path) = try await deadLetters(3, of: 6)
+        defer { writer.shutdown() }
+        let store = DeadLetterStore(path: path)
+        func deadLetter(_ seq: Int64) throws {
+            let (targetID, rows) = try rows(seq..<(seq + 1), of: path)
+            var change = DeliveryLedger.Change(targetID: targetID)
+            change.deadLetters = [Self.refused([seq])]
+            try DeliveryLedger(writer: writer).apply(change, records: rows)
+        }
+        #expect(try store.list().map(\.id) == [1, 2, 3])
+        #expect(try store.purge(.ids([3])).entries == 1)
+        try deadLetter(3)
+        #expect(try store.list().map(\.id) == [1, 2, 4])
+        #expect(try store.purge(.ids([3])).missing == [3], "the purged id stays gone")
+        #expect(try store.replay(.all).entries == 3)
+        try deadLetter(4)
+        #expect(try store.list().map(\.id) == [5])
+    }
+
     /// `--table` takes a table in either spelling, and finds the rows of a target a release before the
     /// canonical `ns.table` stored as `LAKE.ns.table`: `dlq list --table LAKE.bronze.events` once found
     /// nothing there, and neither did `--table bronze.events` on the old spelling.
