@@ -152,8 +152,8 @@ public struct AgentConfiguration: Sendable, Equatable {
 
     /// The defaults configured for `table`, if any.
     public func tableDefaults(for table: String) -> TableDefaults? {
-        let name = TableName.canonical(table)
-        return tables.first { TableName.canonical($0.name) == name }
+        let name = TableName.caseFolded(table)
+        return tables.first { TableName.caseFolded($0.name) == name }
     }
 }
 

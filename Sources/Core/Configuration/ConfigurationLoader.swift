@@ -173,8 +173,8 @@ public enum ConfigurationLoader {
         var seen = Set<String>()
         for table in config.tables {
             if let problem = TableName.problem(with: table.name) { throw fail(table: "name", problem) }
-            guard seen.insert(TableName.canonical(table.name)).inserted else {
-                throw fail(table: "name", "table \"\(table.name)\" is listed twice")
+            guard seen.insert(TableName.caseFolded(table.name)).inserted else {
+                throw fail(table: "name", "table \"\(table.name)\" is listed twice (names differ at most in case or LAKE., as in the lake)")
             }
         }
 

@@ -25,6 +25,12 @@ public enum TableName {
         return parts.count == 3 && parts[0].uppercased() == "LAKE" ? "\(parts[1]).\(parts[2])" : name
     }
 
+    /// What two names of one lake table have in common: the canonical name with its ASCII letters in lower
+    /// case. The lake (DuckLake) does not tell `bronze.Users` from `bronze.users`, so neither do the
+    /// `[[table]]` defaults: a merge table's entry spelt one way once left requests spelt the other way
+    /// appending, three rows for one key. Queues keep the name as written.
+    public static func caseFolded(_ name: String) -> String { canonical(name).lowercased() }
+
     public static func isValid(_ name: String) -> Bool { problem(with: name) == nil }
 
     package static func isIdentifier(_ part: Substring) -> Bool {

@@ -152,6 +152,7 @@ struct ConfigurationLoaderTests {
         ("[intake]\nsocket = \"/run/a.sock\"\nhttp_socket = \"/run/a.sock\"", "intake.http_socket", .invalidValue),
         ("[intake]\nhttp_socket = \"/run/a.sock\"\ndatagram_socket = \"/run/a.sock\"", "intake.datagram_socket", .invalidValue),
         ("[[table]]\nname = \"bronze.u\"\n[[table]]\nname = \"LAKE.bronze.u\"", "table.name", .invalidValue),
+        ("[[table]]\nname = \"bronze.Users\"\n[[table]]\nname = \"bronze.users\"", "table.name", .invalidValue),
     ])
     func badValuesNameTheirKey(text: String, key: String, code: ConfigurationError.Code) throws {
         let error = try #require(loadError(text))

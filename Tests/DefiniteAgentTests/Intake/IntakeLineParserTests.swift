@@ -107,6 +107,18 @@ struct IntakeLineParserTests {
         #expect(outcome.stored == "{\"id\":5,\"v\":\"a\"}\n")
     }
 
+    /// The lake does not tell `bronze.Users` from `bronze.users`: a `[[table]]` entry spelt one way once left
+    /// requests spelt another way appending, three rows for one key. Its defaults apply to every spelling;
+    /// the queue keeps the name as written.
+    @Test func tableDefaultsApplyWhateverTheCaseOfTheName() {
+        for table in ["bronze.USERS", "lake.Bronze.Users"] {
+            let outcome = parse(#"{"data":{"id":5},"config":{"table":"\#(table)"}}"#)
+            #expect(outcome.rejection == nil)
+            #expect(
+                outcome.batch.targets == [SpoolTarget(table: TableName.canonical(table), mode: .merge, primaryKey: "id")], "\(table)")
+        }
+    }
+
     @Test func plainRecordMayHaveAFieldNamedData() {
         let outcome = parse(#"{"data":[1,2],"other":3}"#)
         #expect(outcome.rejection == nil)
