@@ -104,10 +104,7 @@ package enum SpoolDatabase {
     /// `status`, whose queries read only what every version has, accepts it, so an operator can look at
     /// a spool between a package upgrade and the daemon's restart.
     static func openForReading(path: String, acceptingOlderSchema: Bool = false) throws(SpoolError) -> SQLiteConnection {
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw SpoolError(
-                .missing, path: path, "no spool file here; the daemon creates it at its first start (check [spool] path and --config)")
-        }
+        try checkPresent(path, missing: "no spool file here; the daemon creates it at its first start (check [spool] path and --config)")
         return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readOnly)
             // Readers stream through the log once; a small page cache keeps each connection's memory low.
@@ -122,9 +119,7 @@ package enum SpoolDatabase {
     /// locking makes the two take turns). A spool an earlier release wrote is refused
     /// (``SpoolError/Code/olderSchema``): only the daemon migrates.
     static func openForMaintenance(path: String) throws(SpoolError) -> SQLiteConnection {
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw SpoolError(.missing, path: path, "no spool file here; check [spool] path and --config")
-        }
+        try checkPresent(path, missing: "no spool file here; check [spool] path and --config")
         return try mapErrors(path: path, .cannotOpen) {
             let db = try SQLiteConnection(path: path, mode: .readWrite)
             try db.execute("\(busyTimeout); PRAGMA synchronous = FULL")
@@ -132,6 +127,25 @@ package enum SpoolDatabase {
             try checkIdentity(db, path: path, allowEmpty: false)
             try checkMigrated(db, path: path)
             return db
+        }
+    }
+
+    /// Throws ``SpoolError/Code/missing`` with `missing` when nothing is at `path`. A path the caller may not
+    /// look at is not "missing": it was reported so ("no spool file here", "the daemon never ran") to an
+    /// operator without access to the spool's directory, while the daemon ran and delivered.
+    private static func checkPresent(_ path: String, missing: String) throws(SpoolError) {
+        var info = stat()
+        guard stat(path, &info) != 0 else { return }
+        let error = SystemCallError()
+        switch error.code {
+        case ENOENT:
+            throw SpoolError(.missing, path: path, missing)
+        case EACCES:
+            throw SpoolError(
+                .cannotOpen, path: path,
+                "permission denied on the spool's directory; run the command as the user the daemon runs as (sudo -u definite-agent …)")
+        default:
+            throw SpoolError(.cannotOpen, path: path, "cannot look at the spool: \(error)")
         }
     }
 

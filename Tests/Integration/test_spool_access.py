@@ -100,3 +100,28 @@ def test_a_spool_that_cannot_be_narrowed_stops_the_start_with_the_fix(loose_umas
         assert mode(str(spool)) == 0o644
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_command_that_may_not_look_at_the_spool_says_so_rather_than_that_there_is_none():
+    """An operator without access to the spool's directory was told "no spool file here" and, by `status
+    --check`, "the daemon never ran", while the daemon ran and delivered."""
+    setpriv = shutil.which("setpriv")
+    if os.getuid() != 0 or not setpriv:
+        pytest.skip("needs root and setpriv to run a command as another user")
+    directory = Path(tempfile.mkdtemp(prefix="spool-access-"))
+    try:
+        directory.chmod(0o755)
+        private = directory / "private"
+        private.mkdir(mode=0o700)
+        agent = Agent(directory / "agent", spool_path=str(private / "spool.db")).start()
+        try:
+            for command in (["status", "--check"], ["status", "--json"], ["dlq", "list"], ["queue", "peek"]):
+                result = subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", agent_binary(),
+                                         *command, "--config", agent.config_path], capture_output=True, timeout=60)
+                said = (result.stdout + result.stderr).decode()
+                assert result.returncode == 65, (command, result.returncode, said)
+                assert "permission denied on the spool's directory" in said and "never ran" not in said, (command, said)
+        finally:
+            assert agent.stop() == 0, agent.log()[-3000:]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
