@@ -227,7 +227,7 @@ struct QueueCommand: AsyncParsableCommand {
                     print("\(row.table)\tseq \(row.seq)\t\(row.ageSeconds.fixed(1))s\t\(batch)\t\(row.record)")
                 }
             }
-            if rows.isEmpty { print("nothing pending") }
+            if rows.isEmpty, !json { print("nothing pending") }
         }
     }
 }

@@ -48,7 +48,8 @@ struct StatusCommand: AsyncParsableCommand {
         do {
             status = try SpoolStatus.read(path: path)
         } catch  where check && error.code == .missing {
-            print("unhealthy: the daemon never ran on \(path) (no spool file)")
+            let problem = "the daemon never ran on \(path) (no spool file)"
+            print(json ? "{\"healthy\":false,\"problems\":[\(JSONCompactor.quote(problem))]}" : "unhealthy: \(problem)")
             throw ExitCode(1)
         } catch {
             printError("error: \(error)")

@@ -85,3 +85,20 @@ def test_a_tcp_listener_without_a_token_is_warned_about_at_start_and_by_config_c
         assert agent.stop() == 0, agent.log()[-3000:]
     guarded = Agent(tmp_path / "guarded", extra_config=f'http_listen = "127.0.0.1:{port}"\nhttp_token = "t0ken"')
     assert b"warning" not in guarded.cli("config", "check").stderr
+
+
+def test_json_output_is_json_also_when_there_is_nothing_to_show(tmp_path):
+    """`status --check --json` on a spool not made yet printed its verdict as text, and `queue peek --json`
+    printed "nothing pending": a script parsing them failed on exactly the answers it watches for."""
+    agent = Agent(tmp_path / "agent")
+    result = agent.cli("status", "--check", "--json")
+    assert result.returncode == 1
+    answer = json.loads(result.stdout)
+    assert answer["healthy"] is False and "never ran" in answer["problems"][0], answer
+    agent.start()
+    try:
+        peek = agent.cli("queue", "peek", "--json")
+        assert peek.returncode == 0 and peek.stdout == b"", peek.stdout
+        assert agent.cli("queue", "peek").stdout.decode().strip() == "nothing pending"
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
