@@ -8,5 +8,5 @@ MemoryTuning.apply()
 GlobalExecutor.install()
 // `run`: SIGTERM, SIGINT and SIGHUP are caught from here on, not after the arguments are parsed (in
 // between, any of them ended the process by signal).
-if CommandLine.arguments.dropFirst().first == "run" { AgentDaemon.catchEarlySignals() }
+if CommandLine.arguments.dropFirst().first == "run" { AgentDaemon.catchEarlySignals() } else { CommandOutput.checkAtExit() }
 await DefiniteAgentCommand.runFromCommandLine()

@@ -3,6 +3,7 @@ warnings), through the real binary. Every daemon ends with SIGTERM and must exit
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
 
-from agent_harness import Agent, wait_until  # noqa: E402
+from agent_harness import Agent, agent_binary, wait_until  # noqa: E402
 from harness import Emulator  # noqa: E402
 
 
@@ -100,5 +101,21 @@ def test_json_output_is_json_also_when_there_is_nothing_to_show(tmp_path):
         peek = agent.cli("queue", "peek", "--json")
         assert peek.returncode == 0 and peek.stdout == b"", peek.stdout
         assert agent.cli("queue", "peek").stdout.decode().strip() == "nothing pending"
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_a_command_whose_output_could_not_be_written_exits_74(tmp_path):
+    """`status`, `dlq list` and `queue peek` to a full disk exited 0 with nothing written: `status --json >
+    f && …` went on. Every command now checks its output at exit (`dlq export` already did)."""
+    agent = Agent(tmp_path / "agent").start()
+    try:
+        for command in (["status"], ["status", "--json"], ["dlq", "list", "--json"], ["queue", "peek"], ["config", "check"]):
+            with open("/dev/full", "w") as full:
+                result = subprocess.run([agent_binary(), *command, "--config", agent.config_path], stdout=full,
+                                        stderr=subprocess.PIPE, timeout=60)
+            assert result.returncode == 74, (command, result.returncode, result.stderr.decode())
+            assert "the output could not be written: No space left on device" in result.stderr.decode()
+        assert agent.cli("status").returncode == 0
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]

@@ -38,6 +38,11 @@ unsigned long cagent_describe_crash(
 /// signals were hooked. Also ignores SIGPIPE from then on (a closed pipe is an error to handle).
 int cagent_catch_early_signals(void);
 
+/// At exit, flushes standard output and, if anything written to it was lost (a full disk, `> /dev/full`,
+/// a closed descriptor), says so on standard error and ends the process with 74 (EX_IOERR): a command whose
+/// output went nowhere must not exit 0. For the commands, not the daemon. Returns 0 once registered.
+int cagent_check_output_at_exit(void);
+
 /// Whether `signo` arrived while only ``cagent_catch_early_signals`` was catching it; forgets it.
 int cagent_take_early_signal(int signo);
 
