@@ -87,3 +87,20 @@ def test_metrics_on_a_unix_socket(tmp_path):
         assert m["definite_agent_spool_bytes"] > 0
     finally:
         agent.finish()
+
+
+def test_every_counter_and_histogram_is_there_at_zero_before_the_first_event(tmp_path):
+    """`rate()` and `absent()` alerts need a series before its first event: http_requests_total and both
+    latency histograms appeared only once something happened."""
+    path = str(tmp_path / "metrics.sock")
+    agent = Agent(tmp_path / "agent", extra_config=f'[metrics]\nlisten = "{path}"').start()
+    try:
+        out = subprocess.run(["curl", "-sf", "--unix-socket", path, "http://localhost/metrics"], capture_output=True, timeout=10)
+        m = parse(out.stdout.decode())
+        for status in ("200", "400", "401", "404", "413", "422", "429", "500", "503", "transport_error"):
+            assert m[f'definite_agent_http_requests_total{{status="{status}"}}'] == 0, status
+        for histogram in ("definite_agent_ack_latency_seconds", "definite_agent_delivery_latency_seconds"):
+            assert m[f"{histogram}_count"] == 0 and m[f"{histogram}_sum"] == 0, histogram
+        assert m["definite_agent_intake_lines_total"] == 0 and m["definite_agent_records_delivered_total"] == 0
+    finally:
+        agent.finish()

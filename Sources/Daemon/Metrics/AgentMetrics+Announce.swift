@@ -15,6 +15,12 @@ extension AgentMetrics {
         ] {
             counter.increment(by: 0)
         }
+        // The statuses the reference documents, and no answer at all; others appear when they first come.
+        for status in ["200", "400", "401", "404", "413", "422", "429", "500", "503", "transport_error"] {
+            httpRequests(status).increment(by: 0)
+        }
+        // A timer's histogram is made with the timer, empty: it is there before the first observation.
+        _ = (ackLatency, deliveryLatency)
         for reason in IntakeRefusal.Reason.allCases { intakeRefusing(reason).record(0) }
         spoolMaxBytes.record(limit)
         buildInfo.record(1)
