@@ -186,7 +186,7 @@ struct StatusReport {
     func table(spool: String) -> String {
         var out = "daemon: \(daemonLine)\n"
         if let refusal = intakeRefusal {
-            out += "intake refused: \(refusal.summary), since \(Self.timestamp(refusal.since)); writers get 507\n"
+            out += "intake refused: \(refusal.summary), since \(Self.timestamp(refusal.since)); requests that do not fit get 507\n"
         }
         out += "spool \(spool): \(status.pending) pending (\(ByteSize(bytes: status.pendingBytes))), \(status.deadLetters) dead letters\n"
         if status.datagrams.received > 0 {
