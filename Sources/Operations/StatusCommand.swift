@@ -204,7 +204,7 @@ struct StatusReport {
                 table, mode, "\(t.pending)", ByteSize(bytes: t.pendingBytes).description,
                 t.oldestAgeSeconds.map { $0.fixed(1) + "s" } ?? "-", "\(t.deadLetters)",
                 Self.state(t) + (stateUntil(t).map { " until \(Self.timestamp(Date(timeIntervalSince1970: $0)))" } ?? ""),
-                t.lastSuccessAt.map { Self.timestamp(Date(timeIntervalSince1970: $0)) } ?? "-", t.lastError ?? "-",
+                t.lastSuccessAt.map { Self.timestamp(Date(timeIntervalSince1970: $0)) } ?? "-", t.lastError.map(Self.oneLine) ?? "-",
             ]
         }
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
@@ -217,6 +217,20 @@ struct StatusReport {
 
     static func timestamp(_ date: Date) -> String {
         DeadLetterCommand.timestamp(date)
+    }
+
+    /// `text` on one line of the table: line breaks, tabs and other control characters (a proxy's HTML
+    /// page as the last error) become spaces, runs of them one. `--json` keeps the text as it is.
+    static func oneLine(_ text: String) -> String {
+        var out = ""
+        var lastWasSpace = false
+        for scalar in text.unicodeScalars {
+            let space = scalar.value < 0x20 || scalar.value == 0x7F || scalar == " "
+            if space, lastWasSpace { continue }
+            out.unicodeScalars.append(space ? " " : scalar)
+            lastWasSpace = space
+        }
+        return out.trimmingWhitespace()
     }
 
     /// "45s", "12m 05s", "3h 05m", "2d 04h".

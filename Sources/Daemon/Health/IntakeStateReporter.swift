@@ -130,7 +130,8 @@ final class IntakeStateReporter: DaemonPart, RunningPart {
             switch refusal.reason {
             case .maxBytes:
                 logger.warning(
-                    "intake refused: the spool is full ([spool] max_bytes); requests that do not fit get 507 until delivery frees space", metadata: metadata)
+                    "intake refused: the spool is full ([spool] max_bytes); requests that do not fit get 507 until delivery frees space",
+                    metadata: metadata)
             case .diskReserve:
                 logger.error(
                     "intake refused: the disk holding the spool is full; requests that do not fit get 507 until delivery frees space in the spool",

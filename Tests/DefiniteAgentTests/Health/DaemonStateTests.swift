@@ -82,6 +82,17 @@ struct DaemonStateTests {
         #expect(report.json(problems: nil).contains("\"state_until\":null"))
     }
 
+    /// A proxy's HTML page as the last error broke the table's one row per table.
+    @Test func aLastErrorOfManyLinesTakesOneRowOfTheTable() {
+        var t = target("bronze.a", pending: 1, age: 1)
+        t.lastError = "502 Bad Gateway:\n<html>\r\n\t<body>down</body>\n</html>"
+        let report = StatusReport(status: SpoolStatus(targets: [t]), daemon: nil, now: Date())
+        let table = report.table(spool: "/x").split(separator: "\n")
+        #expect(table.last?.hasSuffix("502 Bad Gateway: <html> <body>down</body> </html>") == true, "\(table)")
+        #expect(table.filter { $0.hasPrefix("bronze.a") }.count == 1 && !table.contains { $0.hasPrefix("<") })
+        #expect(report.json(problems: nil).contains(#"502 Bad Gateway:\n<html>"#), "JSON keeps the text")
+    }
+
     @Test func durationsReadAsOperatorsWriteThem() {
         #expect(StatusReport.duration(45.9) == "45s")
         #expect(StatusReport.duration(725) == "12m 05s")
