@@ -362,6 +362,10 @@ struct SendSession {
                     return false  // the next request's first line
                 }
                 lineNumber += 1
+                if lineNumber == 1, line.starts(with: [0xEF, 0xBB, 0xBF]) {
+                    // A UTF-8 byte order mark before the first line (an editor's, on Windows) is not part of it.
+                    line = UnsafeRawBufferPointer(rebasing: line.dropFirst(3))
+                }
                 if line.first.map({ $0 == 0x20 || $0 == 0x09 }) ?? true, line.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { return true }
                 if let problem = SendLineCheck.problem(line, mergeKey: mergeKey) {
                     ledger.rejectLocally()

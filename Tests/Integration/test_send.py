@@ -231,3 +231,14 @@ def test_send_without_a_table_or_a_default_table_says_so(make_agent):
     agent = make_agent(default_table=None)
     result = agent.cli("send", input=b'{"d":1}\n')
     assert result.returncode == 64 and b"default_table" in result.stderr, result.stderr
+
+
+def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(make_agent, tmp_path):
+    """Files saved by some editors start with a UTF-8 byte order mark; the first line was refused as "each
+    line must be a JSON object"."""
+    agent = make_agent()
+    path = tmp_path / "bom.ndjson"
+    path.write_bytes(b'\xef\xbb\xbf{"i":0}\n{"i":1}\n')
+    result = agent.cli("send", str(path))
+    assert result.returncode == 0 and result.stdout.decode().strip() == "accepted 2, rejected 0", result.stderr.decode()
+    assert [r["i"] for r in agent.spooled_records()] == [0, 1]
