@@ -22,3 +22,7 @@ static void check_output(void) {
 int cagent_check_output_at_exit(void) {
     return atexit(check_output);
 }
+
+void cagent_output_error_reported(void) {
+    clearerr(stdout);
+}

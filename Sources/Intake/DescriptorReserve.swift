@@ -10,11 +10,13 @@ import NIOCore
 ///
 /// With every descriptor taken (connections held open by clients, up to the open-files limit), `accept`
 /// fails with EMFILE and leaves the connection in the backlog: the socket stays readable, NIO tries again
-/// at once, and one core spins until descriptors come back (NIO's `AcceptBackoffHandler` cannot help: the
-/// channel never stops asking to read). This handler keeps one descriptor in reserve; on EMFILE or ENFILE it
-/// frees it, accepts and closes the waiting connections (those clients see the connection close, as from
-/// a server that is full), and takes it again: the backlog empties and the socket stops waking the loop.
-/// Said in the log at most once a minute.
+/// at once, and one core spins until descriptors come back. (NIO's `AcceptBackoffHandler` cannot help:
+/// after a failed accept the channel still has a read pending, so it stays registered for reading and the
+/// loop wakes at once; tried, it spun as before.) This handler keeps one descriptor in reserve; on EMFILE
+/// or ENFILE it frees it, accepts and closes the waiting connections (those clients see the connection
+/// close, as from a server that is full), and takes it again: the backlog empties and the socket stops
+/// waking the loop. Should another thread take the freed descriptor first, the backlog waits for the next
+/// failure, when the reserve is taken again if a descriptor is free. Said in the log at most once a minute.
 final class DescriptorReserve: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
@@ -41,6 +43,7 @@ final class DescriptorReserve: ChannelInboundHandler, RemovableChannelHandler {
             context.fireErrorCaught(error)
             return
         }
+        if reserve < 0 { reserve = Self.takeReserve() }
         if reserve >= 0 {
             Glibc.close(reserve)
             reserve = -1

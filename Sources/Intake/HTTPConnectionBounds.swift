@@ -22,19 +22,25 @@ package struct HTTPConnectionBounds: Sendable {
         open = ConnectionCount(listener: listener, logger: logger)
     }
 
-    /// Admits `channel` (counted until it closes) and adds the handlers of the bounds to its pipeline, with
-    /// `idleTimeout`; or, over ``maxConnections``, adds a handler that closes it at once. Returns whether it
-    /// was admitted.
-    @discardableResult
-    package func apply(to channel: any Channel, idleTimeout: TimeAmount) throws -> Bool {
+    /// Admits `channel`, counted until it closes; over ``maxConnections``, adds a handler that closes it as
+    /// soon as it is active and returns false (add nothing else then).
+    package func admit(_ channel: any Channel) throws -> Bool {
         guard open.admit(channel, limit: maxConnections) else {
             try channel.pipeline.syncOperations.addHandler(CloseOnActive())
             return false
         }
-        try channel.pipeline.syncOperations.addHandler(BackPressureHandler(), position: .first)
-        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
-        try channel.pipeline.syncOperations.addHandler(CloseWhenIdle())
         return true
+    }
+
+    /// Adds the bounds' handlers to an admitted connection's pipeline, once its own handlers are in: the
+    /// back-pressure and the idle timer next to the socket, where they see every read and write, and the
+    /// closing at the end, so that a handler before it may keep a connection with a request in progress
+    /// (a `wait = true` request waiting for the API's commit) by not passing the idle event on.
+    package func bound(_ channel: any Channel, idleTimeout: TimeAmount) throws {
+        let backPressure = BackPressureHandler()
+        try channel.pipeline.syncOperations.addHandler(backPressure, position: .first)
+        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout), position: .after(backPressure))
+        try channel.pipeline.syncOperations.addHandler(CloseWhenIdle(), position: .last)
     }
 }
 

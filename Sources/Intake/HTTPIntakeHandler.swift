@@ -42,6 +42,8 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var unfinished: UnfinishedInputShare
     /// Set once this request was answered early (auth, route, size): the rest of it is ignored.
     private var answered = false
+    /// A whole request is being stored or waits for the API's commit: from its end to its answer.
+    private var processing = false
     /// The daemon stops: a request that asks to wait for the API's commit is answered as soon as its
     /// rows are durable, without waiting.
     private var stopping = false
@@ -59,6 +61,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Nothing read or written for a while (``HTTPConnectionBounds``): not idle while a whole request is
+        // being stored or waits for the API's commit, up to `wait_timeout` (its answer would be lost, and the
+        // client would send its rows again). A request whose body stops arriving is idle.
+        if event is IdleStateHandler.IdleStateEvent, processing { return }
         // The daemon stops: a request still waiting for the API is answered now (its rows are durable).
         if event is DaemonStopping {
             stopping = true
@@ -138,7 +144,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         case .end:
             guard let head else { return }
-            if !answered { process(context: context, head: head) }
+            if !answered {
+                processing = true
+                process(context: context, head: head)
+            }
             self.head = nil
         }
     }
@@ -375,6 +384,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, _ answer: Answer, close: Bool) {
         answered = true
+        processing = false
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "application/json")
         headers.add(name: "Content-Length", value: "\(answer.body.utf8.count)")

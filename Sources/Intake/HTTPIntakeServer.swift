@@ -26,7 +26,7 @@ package struct HTTPIntakeServer: ConnectionPipeline {
 
     /// Connections each listener of the local Stream API keeps open at most (see ``HTTPConnectionBounds``).
     package static let maxConnections = 1024
-    /// How long a connection may go without a byte read or written (longer when `wait_timeout` is).
+    /// How long a connection may go without a byte read or written, unless a request is in progress.
     package static let idleTimeout = TimeAmount.seconds(120)
 
     package func configure(_ bootstrap: ServerBootstrap) -> ServerBootstrap {
@@ -38,14 +38,15 @@ package struct HTTPIntakeServer: ConnectionPipeline {
             let configuration = settings.current
             return channel.eventLoop.makeCompletedFuture {
                 // A request with `config.wait = true` is quiet until its answer, for up to `wait_timeout`.
-                let idle = max(Self.idleTimeout, .milliseconds(Int64(configuration.intake.waitTimeout.milliseconds)) + .seconds(30))
-                guard try bounds.apply(to: channel, idleTimeout: idle) else { return }
+                guard try bounds.admit(channel) else { return }
                 try channel.pipeline.syncOperations.configureLocalHTTPServer()
                 try channel.pipeline.syncOperations.addHandler(StopNotice(), position: .first)
                 try channel.pipeline.syncOperations.addHandler(
                     HTTPIntakeHandler(
                         configuration: configuration, writer: writer, readiness: readiness, confirmations: confirmations,
                         unfinishedInput: unfinishedInput, logger: logger))
+                // The handler keeps a connection whose request is being stored or waits for the API's commit.
+                try bounds.bound(channel, idleTimeout: Self.idleTimeout)
             }
         }
     }

@@ -29,6 +29,8 @@ struct DeadLetterCommand: AsyncParsableCommand {
         @Option(help: "Only this table (\"ns.table\" or \"LAKE.ns.table\", the same rows).") var table: String?
         @Flag(help: "Print a JSON array.") var json = false
 
+        func validate() throws { try validateTable(table) }
+
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path
             let entries = try await reportingErrors { try DeadLetterStore(path: path).list(table: table) }
@@ -93,6 +95,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
         func validate() throws {
             let chosen = (ids.isEmpty ? 0 : 1) + (table == nil ? 0 : 1) + (all ? 1 : 0)
             guard chosen == 1 else { throw ValidationError("choose exactly one of --id, --table or --all") }
+            try validateTable(table)
         }
 
         var value: DeadLetterStore.Selection {
@@ -147,6 +150,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
         func validate() throws {
             let chosen = (ids.isEmpty ? 0 : 1) + (table == nil ? 0 : 1) + (all ? 1 : 0) + (olderThan == nil ? 0 : 1)
             guard chosen == 1 else { throw ValidationError("choose exactly one of --id, --table, --all or --older-than") }
+            try validateTable(table)
             if let olderThan, HumanDuration(parsing: olderThan) == nil {
                 throw ValidationError("--older-than \"\(olderThan)\" is not a duration such as \"7d\"")
             }
@@ -175,6 +179,8 @@ struct DeadLetterCommand: AsyncParsableCommand {
         @Option(help: "Only this table (\"ns.table\" or \"LAKE.ns.table\", the same rows).") var table: String?
         @Flag(help: "Only rows known to be rejected by the API: leave out partial entries (they hold rows it wrote) and expired rows.")
         var rejectedOnly = false
+
+        func validate() throws { try validateTable(table) }
 
         func run() async throws {
             let path = try global.loadConfiguration().0.spool.path
@@ -208,6 +214,7 @@ struct QueueCommand: AsyncParsableCommand {
 
         func validate() throws {
             guard limit >= 1 else { throw ValidationError("--limit must be at least 1") }
+            try validateTable(table)
         }
 
         func run() async throws {
@@ -230,4 +237,10 @@ struct QueueCommand: AsyncParsableCommand {
             if rows.isEmpty, !json { print("nothing pending") }
         }
     }
+}
+
+/// A `--table` that cannot name a table is a usage error, not a filter that matches nothing (or, read as
+/// `LAKE.ns.table`'s short form, the rows of another table).
+func validateTable(_ table: String?) throws {
+    if let table, let problem = TableName.problem(with: table) { throw ValidationError("--table: \(problem)") }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Core
+import Daemon
 import FoundationEssentials
 import Glibc
 import Logging
@@ -45,6 +46,7 @@ func writeOutput(_ bytes: [UInt8], exporting what: String) throws {
         try FileSystem.write(bytes, to: STDOUT_FILENO)
     } catch {
         printError("error: cannot write \(what) to standard output: \(error); the output is incomplete")
+        CommandOutput.errorReported()
         throw ExitCode(EX_IOERR)
     }
 }

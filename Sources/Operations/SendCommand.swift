@@ -218,7 +218,8 @@ struct SendSession {
                 switch ledger.connectionLost() {
                 case .afterLineTooLong:
                     break  // nothing after the long line was read: sending it again stores it once
-                case .unexpected(let unanswered) where unanswered > 0:
+                case .unexpected(let unanswered) where unanswered > 0 && fruitlessLosses <= 1:
+                    // Said once for connections lost one after another without an answer.
                     printError(
                         "warning: the connection to the agent ended with \(unanswered) lines unanswered; reconnecting to send them again (any the agent had stored before it went are stored twice)"
                     )

@@ -8,7 +8,8 @@ enum TableNameFilter {
     /// for every table when the parameter is NULL. Bind ``bound(_:)``.
     static func condition(column: String, parameter: Int) -> String {
         let p = "?\(parameter)"
-        return "(\(p) IS NULL OR \(column) = \(p) OR (\(column) LIKE 'lake.%' AND substr(\(column), 6) = \(p)))"
+        // Only a name of three parts starts with the catalog: `lake.events` is table `events` of namespace `lake`.
+        return "(\(p) IS NULL OR \(column) = \(p) OR (\(column) LIKE 'lake.%.%' AND substr(\(column), 6) = \(p)))"
     }
 
     /// What to bind for `table` as the operator typed it: its canonical name.

@@ -97,11 +97,14 @@ def test_send_paces_its_reconnects_to_a_socket_that_closes_every_connection_unan
     try:
         process.stdin.write(b'{"a":1}\n' * 10)
         process.stdin.flush()
-        time.sleep(3)
+        # 0.1, 0.2, 0.4 s apart. Fewer than 4 means send did not notice its connections end while its input
+        # was quiet (it once waited for more input first, with replies due).
+        wait_until(lambda: len(connections) >= 4, timeout=15, message=f"{len(connections)} connections")
+        time.sleep(1)
         assert process.poll() is None, "send still tries"
-        # 0.1 + 0.2 + 0.4 + 0.8 s apart: 5 in 3 s. Fewer means send did not notice its connections end while
-        # its input was quiet (it once waited for more input first, with replies due).
-        assert 4 <= len(connections) <= 8, f"{len(connections)} connections in 3 s"
+        gaps = [later - earlier for earlier, later in zip(connections, connections[1:])]
+        assert len(connections) <= 7 and gaps[0] >= 0.09, f"{len(connections)} connections, {gaps}"
+        assert all(later > 1.5 * earlier for earlier, later in zip(gaps, gaps[1:])), f"the pauses double: {gaps}"
     finally:
         process.kill()
         process.communicate(timeout=10)

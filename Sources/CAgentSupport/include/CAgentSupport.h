@@ -43,6 +43,9 @@ int cagent_catch_early_signals(void);
 /// output went nowhere must not exit 0. For the commands, not the daemon. Returns 0 once registered.
 int cagent_check_output_at_exit(void);
 
+/// Forgets standard output's error: the command said it already, the check at exit need not again.
+void cagent_output_error_reported(void);
+
 /// Whether `signo` arrived while only ``cagent_catch_early_signals`` was catching it; forgets it.
 int cagent_take_early_signal(int signo);
 

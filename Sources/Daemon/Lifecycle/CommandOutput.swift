@@ -9,4 +9,9 @@ public enum CommandOutput {
     public static func checkAtExit() {
         _ = cagent_check_output_at_exit()
     }
+
+    /// The command said its output failed (and exits 74): the check at exit does not say it again.
+    public static func errorReported() {
+        cagent_output_error_reported()
+    }
 }

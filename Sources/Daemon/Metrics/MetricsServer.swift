@@ -61,9 +61,10 @@ struct MetricsServer: ConnectionPipeline {
         let bounds = HTTPConnectionBounds(maxConnections: Self.maxConnections, listener: "the metrics endpoint", logger: logger)
         return bootstrap.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                guard try bounds.apply(to: channel, idleTimeout: Self.idleTimeout) else { return }
+                guard try bounds.admit(channel) else { return }
                 try channel.pipeline.syncOperations.configureLocalHTTPServer()
                 try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(blocking: blocking, render: render, readiness: readiness))
+                try bounds.bound(channel, idleTimeout: Self.idleTimeout)
             }
         }
     }

@@ -208,6 +208,18 @@ struct CommandValidationTests {
         #expect(try #require(refusal(["config", "check", "--config"])).message.contains("Missing value for '--config <path>'"))
     }
 
+    /// A `--table` that cannot name a table matched nothing, or, read as the short form of `LAKE.ns.table`,
+    /// another table's rows (`--table events` and the table `lake.events`): it is a usage error.
+    @Test func aTableOptionMustNameATable() throws {
+        for command in [
+            ["dlq", "list"], ["dlq", "export"], ["dlq", "replay"], ["dlq", "purge", "--yes"], ["queue", "peek"],
+        ] {
+            let message = try #require(refusal(command + ["--table", "events"]), "\(command)").message
+            #expect(message.contains(#"--table: table "events" must be "namespace.table""#), "\(command): \(message)")
+            #expect(refusal(command + ["--table", "LAKE.bronze.events"]) == nil, "\(command)")
+        }
+    }
+
     @Test func unknownCommandsAreRefused() throws {
         #expect(try #require(refusal(["frobnicate"])).message.contains("Unexpected argument 'frobnicate'"))
         #expect(try #require(refusal(["queue", "poke"])).message.contains("Unexpected argument 'poke'"))
