@@ -130,12 +130,21 @@ package enum SpoolDatabase {
         }
     }
 
-    /// Throws ``SpoolError/Code/missing`` with `missing` when nothing is at `path`. A path the caller may not
+    /// Throws ``SpoolError/Code/missing`` with `missing` when nothing is at `path`, and
+    /// ``SpoolError/Code/notASpool`` when something other than a file is. A path the caller may not
     /// look at is not "missing": it was reported so ("no spool file here", "the daemon never ran") to an
     /// operator without access to the spool's directory, while the daemon ran and delivered.
     private static func checkPresent(_ path: String, missing: String) throws(SpoolError) {
         var info = stat()
-        guard stat(path, &info) != 0 else { return }
+        guard stat(path, &info) != 0 else {
+            // A directory at the path was "disk I/O error (SQLite code 10)".
+            do {
+                try FileSystem.requireRegularFile(mode: info.st_mode)
+            } catch {
+                throw SpoolError(.notASpool, path: path, "\(error), so not a spool; set [spool] path to a file")
+            }
+            return
+        }
         let error = SystemCallError()
         switch error.code {
         case ENOENT:

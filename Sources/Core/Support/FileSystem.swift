@@ -54,7 +54,12 @@ package enum FileSystem {
     package static func requireRegularFile(_ fd: Int32) throws(SystemCallError) {
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw SystemCallError() }
-        let kind = info.st_mode & S_IFMT
+        try requireRegularFile(mode: info.st_mode)
+    }
+
+    /// Throws unless `mode` (a `stat`'s `st_mode`) is a regular file's, saying what it is instead.
+    package static func requireRegularFile(mode: mode_t) throws(SystemCallError) {
+        let kind = mode & S_IFMT
         guard kind == S_IFREG else {
             let what = kind == S_IFDIR ? "a directory" : kind == S_IFIFO ? "a FIFO" : kind == S_IFSOCK ? "a socket" : "a device"
             throw SystemCallError(EINVAL, detail: "it is \(what), not a regular file")

@@ -208,6 +208,20 @@ struct SpoolTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == contents)
     }
 
+    /// The commands said "disk I/O error (SQLite code 10)" for a directory at the spool's path.
+    @Test func theCommandsSayWhatIsAtTheSpoolsPathWhenItIsNotAFile() throws {
+        let path = directory + "/spool.db"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+        for open in [{ _ = try SpoolDatabase.openForReading(path: path) }, { _ = try SpoolDatabase.openForMaintenance(path: path) }] {
+            #expect {
+                try open()
+            } throws: {
+                let error = $0 as? SpoolError
+                return error?.code == .notASpool && error?.message.hasPrefix("it is a directory, not a regular file") == true
+            }
+        }
+    }
+
     @Test func aForeignSQLiteDatabaseIsRefused() throws {
         let path = directory + "/other.db"
         let other = try SQLiteConnection(path: path, mode: .readWrite)
