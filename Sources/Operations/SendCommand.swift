@@ -178,6 +178,8 @@ struct SendSession {
     private var toldAboutWaiting = false
     /// Replies read on the current connection, and connections lost in a row without one (since when).
     private var repliesOnConnection = 0
+    /// Replies read in the whole session that were the agent's.
+    private var repliesUnderstood = 0
     private var fruitlessLosses = 0
     private var fruitlessSince: ContinuousClock.Instant?
     private var toldAboutSplitting = false
@@ -196,7 +198,9 @@ struct SendSession {
             case .finished:
                 return Outcome(totals: ledger.totals)
             case .outOfStep(let problem):
-                return giveUp("\(problem); stopping", unreachable: false)
+                // What answers at the path is not the agent when its very first reply makes no sense: 69, as
+                // for a socket nobody listens on, not 1 ("some records rejected").
+                return giveUp("\(problem); stopping", unreachable: repliesUnderstood == 0)
             case .connectionLost:
                 // A connection lost before any reply (a program that accepts and closes, an agent that fails
                 // every start) is made again after a pause that doubles, and given up after the patience: it
@@ -313,9 +317,14 @@ struct SendSession {
             let line = buffer[start..<newline]
             start = newline + 1
             guard let reply = Self.reply(line) else {
-                return "the agent sent a reply send does not understand: \(String(decoding: line.prefix(200), as: UTF8.self))"
+                let shown = String(decoding: line.prefix(200), as: UTF8.self)
+                if repliesUnderstood == 0 {
+                    return "what answers at \(path) is not the agent (is it the agent's socket? see --socket); it said: \(shown)"
+                }
+                return "the agent sent a reply send does not understand: \(shown)"
             }
             repliesOnConnection += 1
+            repliesUnderstood += 1
             switch ledger.receive(reply) {
             case .accepted:
                 break

@@ -245,3 +245,27 @@ def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(make_agent, t
     result = agent.cli("send", str(path))
     assert result.returncode == 0 and result.stdout.decode().strip() == "accepted 2, rejected 0", result.stderr.decode()
     assert [r["i"] for r in agent.spooled_records()] == [0, 1]
+
+
+def test_send_to_a_socket_that_answers_but_is_not_the_agent_exits_69(make_agent, tmp_path):
+    """A --socket that another program answers on (an HTTP server, say) exited 1, "some records rejected",
+    as if the agent had refused lines: it is not the agent, as when nobody listens (69)."""
+    agent = make_agent()
+    path = str(tmp_path / "other.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+
+    def answer_like_a_web_server():
+        connection, _ = server.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        time.sleep(2)
+        connection.close()
+
+    threading.Thread(target=answer_like_a_web_server, daemon=True).start()
+    result = subprocess.run([agent_binary(), "send", "--config", agent.config_path, "--socket", path], input=b'{"a":1}\n',
+                            capture_output=True, timeout=60)
+    server.close()
+    assert result.returncode == 69, (result.returncode, result.stderr.decode())
+    assert f"what answers at {path} is not the agent" in result.stderr.decode()
