@@ -25,6 +25,14 @@ def spool_files(agent: Agent) -> list[str]:
     return [p for p in (agent.spool_path, agent.spool_path + "-wal", agent.spool_path + "-shm") if os.path.exists(p)]
 
 
+def setpriv_or_skip() -> str:
+    """`setpriv`, to run the daemon or a command as `nobody`; the test is skipped without it or root."""
+    setpriv = shutil.which("setpriv")
+    if os.getuid() != 0 or not setpriv:
+        pytest.skip("needs root and setpriv to run a process as another user")
+    return setpriv
+
+
 @pytest.fixture
 def loose_umask():
     old = os.umask(0o022)
@@ -81,9 +89,7 @@ def test_a_group_gets_0640_and_the_files(tmp_path, loose_umask):
 
 def test_a_spool_that_cannot_be_narrowed_stops_the_start_with_the_fix(loose_umask):
     """Run as `nobody` on a 0644 spool root owns: nobody can neither narrow it nor should it run on it."""
-    setpriv = shutil.which("setpriv")
-    if os.getuid() != 0 or not setpriv:
-        pytest.skip("needs root and setpriv to run the daemon as another user")
+    setpriv = setpriv_or_skip()
     directory = Path(tempfile.mkdtemp(prefix="spool-access-"))
     try:
         directory.chmod(0o777)
@@ -105,9 +111,7 @@ def test_a_spool_that_cannot_be_narrowed_stops_the_start_with_the_fix(loose_umas
 def test_a_command_that_may_not_look_at_the_spool_says_so_rather_than_that_there_is_none():
     """An operator without access to the spool's directory was told "no spool file here" and, by `status
     --check`, "the daemon never ran", while the daemon ran and delivered."""
-    setpriv = shutil.which("setpriv")
-    if os.getuid() != 0 or not setpriv:
-        pytest.skip("needs root and setpriv to run a command as another user")
+    setpriv = setpriv_or_skip()
     directory = Path(tempfile.mkdtemp(prefix="spool-access-"))
     try:
         directory.chmod(0o755)
