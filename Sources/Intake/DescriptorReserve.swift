@@ -1,5 +1,5 @@
+import Core
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 
 #if canImport(Glibc)
@@ -25,7 +25,7 @@ final class DescriptorReserve: ChannelInboundHandler, RemovableChannelHandler {
     private let logger: Logger
     private var reserve: Int32
     private var closedSinceLog = 0
-    private var lastLog: NIODeadline?
+    private let closingLog = LogRateLimiter(interval: .seconds(60))
 
     init(listeningSocket: Int32, part: String, logger: Logger) {
         self.listeningSocket = listeningSocket
@@ -59,9 +59,7 @@ final class DescriptorReserve: ChannelInboundHandler, RemovableChannelHandler {
         }
         reserve = Self.takeReserve()
         closedSinceLog += closed
-        let now = NIODeadline.now()
-        guard lastLog.map({ now - $0 >= .seconds(60) }) ?? true else { return }
-        lastLog = now
+        guard closingLog.admit() != nil else { return }
         var limit = rlimit()
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         logger.warning(

@@ -1,3 +1,4 @@
+import Core
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -46,13 +47,8 @@ package struct HTTPConnectionBounds: Sendable {
 
 /// Open connections of one listener, counted across event loops.
 private final class ConnectionCount: Sendable {
-    private struct State {
-        var open = 0
-        var refusedSinceLog = 0
-        var lastLog: NIODeadline?
-    }
-
-    private let state = NIOLockedValueBox(State())
+    private let open = NIOLockedValueBox(0)
+    private let refusalLog = LogRateLimiter(interval: .seconds(60))
     private let listener: String
     private let logger: Logger?
 
@@ -62,23 +58,16 @@ private final class ConnectionCount: Sendable {
     }
 
     func admit(_ channel: any Channel, limit: Int) -> Bool {
-        let (admitted, refusedToLog) = state.withLockedValue { state -> (Bool, Int?) in
-            guard state.open >= limit else {
-                state.open += 1
-                return (true, nil)
-            }
-            state.refusedSinceLog += 1
-            let now = NIODeadline.now()
-            guard state.lastLog.map({ now - $0 >= .seconds(60) }) ?? true else { return (false, nil) }
-            state.lastLog = now
-            defer { state.refusedSinceLog = 0 }
-            return (false, state.refusedSinceLog)
+        let admitted = open.withLockedValue { open in
+            guard open < limit else { return false }
+            open += 1
+            return true
         }
         if admitted {
-            channel.closeFuture.whenComplete { [state] _ in state.withLockedValue { $0.open -= 1 } }
-        } else if let refused = refusedToLog {
+            channel.closeFuture.whenComplete { [open] _ in open.withLockedValue { $0 -= 1 } }
+        } else if let heldBack = refusalLog.admit() {
             logger?.warning(
-                "\(listener) holds its most connections (\(limit)); closed \(refused) new ones since the last such line. Clients that keep connections open without requests? Each closes after its idle time",
+                "\(listener) holds its most connections (\(limit)); closed \(heldBack + 1) new ones since the last such line. Clients that keep connections open without requests? Each closes after its idle time",
                 metadata: ["listener": "\(listener)"])
         }
         return admitted

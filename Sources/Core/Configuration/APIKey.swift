@@ -76,8 +76,7 @@ public enum APIKeySource {
                 .invalidValue, key: key, line: location?.line, file: location?.file,
                 "\(source) holds \(bytes.count) bytes; an API key is at most \(maxKeyBytes) (is it the right file?)")
         }
-        if let offset = bytes.firstIndex(where: { $0 < 0x21 || $0 > 0x7E }).map({ bytes.distance(from: bytes.startIndex, to: $0) }) {
-            let byte = bytes[bytes.index(bytes.startIndex, offsetBy: offset)]
+        if let (offset, byte) = bytes.enumerated().first(where: { $0.element < 0x21 || $0.element > 0x7E }) {
             let what =
                 switch byte {
                 case 0x0A, 0x0D: "a line break"
