@@ -22,7 +22,9 @@ package typealias APIKeyBox = NIOLockedValueBox<APIKey?>
 ///   estimate (the rows asked for times the bytes per row seen lately, with a margin), then by what was read.
 ///   Once a request's body is built its rows' bytes are let go (the body, a fraction of them gzipped, is
 ///   what a request in flight holds); they are read again only when needed (isolating refused rows,
-///   dead-lettering them), so more requests fit in flight in the same memory.
+///   dead-lettering them), so more requests fit in flight in the same memory;
+/// - buffers of rows already sent, kept for the next reads while batches keep coming (``RowBufferPool``):
+///   at most one per worker, none once nothing is in progress.
 ///
 /// It learns of new rows from the writer after each commit (``SpoolWriter/observeAppends(_:)``), not by
 /// polling; a read of the spool's targets every ``pollInterval`` catches rows another process put back
@@ -80,6 +82,8 @@ package final class DeliveryLoop: @unchecked Sendable {
     private let workers: DeliveryWorkers
     private let multi: HTTPMultiClient
     private let finished = CompletionSignal()
+    /// Buffers of rows already sent, for the next reads while batches keep coming.
+    private let rowBuffers = RowBufferPool(limit: workerCount)
 
     private let inbox = NIOLockedValueBox<[Event]>([])
     private let heartbeat = NIOLockedValueBox(ContinuousClock.now)
@@ -207,6 +211,7 @@ package final class DeliveryLoop: @unchecked Sendable {
             machine.reconfigure(.init(settings.current))
             retryRecords(now: now)
             admit(now: now)
+            if chains.isEmpty { rowBuffers.drain() }
             pollIfDue(now: now)
             busy.withLockedValue { $0 = !chains.isEmpty }
             for completion in multi.run(timeout: timeout(now: now)) { answered(completion) }
@@ -295,7 +300,7 @@ package final class DeliveryLoop: @unchecked Sendable {
             case .request(let request):
                 AgentMetrics.bytesSent.increment(by: Int64(request.body.count))
                 multi.start(request, id: id)
-                chains[id]!.records.releaseBytes()
+                recycle(chains[id]!.records.releaseBytes())
                 reserve(id, bytes: chains[id]!.records.footprint + request.body.count)
             case .unsent(let outcome):
                 advance(id, outcome, now: now)
@@ -342,7 +347,8 @@ package final class DeliveryLoop: @unchecked Sendable {
         guard let chain = chains[id] else { return }
         guard let next = machine.complete(chain.step, with: outcome, now: now) else {
             reservedBytes -= chain.reserved
-            chains[id] = nil
+            let records = chains.removeValue(forKey: id)?.records
+            if let records, records.holdsBytes { recycle(records.bytes) }
             return
         }
         chains[id]!.step = next
@@ -352,6 +358,12 @@ package final class DeliveryLoop: @unchecked Sendable {
     /// What reading `rows` rows is expected to hold, at most `limit`.
     private func expectedBytes(rows: Int64, limit: Int) -> Int {
         min(limit, Int(Double(max(rows, 1)) * bytesPerRow * 1.5) + 4096)
+    }
+
+    /// Keeps the buffer of rows a chain let go for a later read, if a batch under the current
+    /// `[batch] max_bytes` would fit it.
+    private func recycle(_ buffer: [UInt8]) {
+        rowBuffers.recycle(buffer, maxCapacity: 2 * settings.current.batch.maxBytes.bytes)
     }
 
     private func reserve(_ id: Int, bytes: Int) {
@@ -369,7 +381,7 @@ package final class DeliveryLoop: @unchecked Sendable {
             workers.submit { [self] reader in
                 let (outcome, records) = Self.read(
                     reader, targetID: batch.targetID, from: batch.range.lowerBound, end: batch.range.upperBound,
-                    maxRows: .max, maxBytes: .max, maxTagBytes: .max, primaryKey: nil, separator: separator)
+                    maxRows: .max, maxBytes: .max, maxTagBytes: .max, primaryKey: nil, separator: separator, reusing: rowBuffers.take())
                 guard case .read = outcome else { return post(.reread(chain: id, nil)) }
                 post(.reread(chain: id, records))
             }
@@ -382,7 +394,8 @@ package final class DeliveryLoop: @unchecked Sendable {
             workers.submit { [self] reader in
                 let (outcome, records) = Self.read(
                     reader, targetID: cut.targetID, from: cut.from, end: cut.end, maxRows: cut.maxRows,
-                    maxBytes: cut.maxBytes, maxTagBytes: cut.maxTagBytes, primaryKey: primaryKey, separator: separator)
+                    maxBytes: cut.maxBytes, maxTagBytes: cut.maxTagBytes, primaryKey: primaryKey, separator: separator,
+                    reusing: rowBuffers.take())
                 post(.read(chain: id, outcome, records))
             }
         case .load(let load):
@@ -393,7 +406,7 @@ package final class DeliveryLoop: @unchecked Sendable {
                 let (outcome, records) = Self.read(
                     reader, targetID: load.targetID, from: load.batch.range.lowerBound,
                     end: load.batch.range.upperBound, maxRows: .max, maxBytes: .max, maxTagBytes: .max,
-                    primaryKey: primaryKey, separator: separator)
+                    primaryKey: primaryKey, separator: separator, reusing: rowBuffers.take())
                 post(.read(chain: id, outcome, records))
             }
         case .register(let record), .record(let record):
@@ -444,12 +457,12 @@ package final class DeliveryLoop: @unchecked Sendable {
     /// Reads a batch's rows (and, for merge, each row's key) on a worker's connection.
     private static func read(
         _ reader: SpoolReader, targetID: Int64, from: Int64, end: Int64, maxRows: Int, maxBytes: Int,
-        maxTagBytes: Int, primaryKey: String?, separator: UInt8
+        maxTagBytes: Int, primaryKey: String?, separator: UInt8, reusing buffer: consuming [UInt8]
     ) -> (DeliveryMachine.Outcome, SpooledRecords) {
         do {
             let (records, next) = try reader.read(
                 targetID: targetID, from: from, end: end, maxRows: maxRows, maxBytes: maxBytes,
-                maxTagBytes: maxTagBytes, separator: separator)
+                maxTagBytes: maxTagBytes, separator: separator, reusing: consume buffer)
             var result = DeliveryMachine.ReadResult(seqs: records.seqs, next: next, bytes: records.bytes.count)
             if let first = records.seqs.first { result.oldestAppendedAt = try reader.appendedAt(targetID: targetID, seq: first) }
             if let primaryKey {

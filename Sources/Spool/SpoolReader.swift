@@ -116,10 +116,12 @@ package final class SpoolReader {
     /// stopping before `maxRows` records, `maxBytes` stored bytes or `maxTagBytes` of tags (each run of tagged
     /// records with other tags counts its tags and 32 bytes) would be passed; at least one record is read.
     /// Seqs inside delivered ranges are skipped. Each record is followed by `separator` (see
-    /// ``SpooledRecords``). Returns the records and the seq after the last one read.
+    /// ``SpooledRecords``). The records' bytes go into `storage` when nothing else holds it (an earlier
+    /// batch's buffer, whose pages are already in memory). Returns the records and the seq after the last
+    /// one read.
     package func read(
         targetID: Int64, from requested: Int64, end: Int64, maxRows: Int, maxBytes: Int,
-        maxTagBytes: Int = .max, separator: UInt8 = UInt8(ascii: ",")
+        maxTagBytes: Int = .max, separator: UInt8 = UInt8(ascii: ","), reusing storage: consuming [UInt8] = []
     ) throws(SQLiteError) -> (SpooledRecords, next: Int64) {
         // Everything below delivered_seq has left the queue, including parts of a batch delivered or
         // dead-lettered on an earlier attempt and since folded into the position: never read it again.
@@ -137,9 +139,9 @@ package final class SpoolReader {
         while try ranges.step() { skip.append(ranges.int64(0)..<ranges.int64(1)) }
         ranges.reset()
 
-        var records = SpooledRecords(separator: separator)
+        var records = SpooledRecords(separator: separator, storage: consume storage)
         // Size the buffer once for a full batch rather than doubling into twice its size.
-        if maxBytes < 64 << 20 { records.bytes.reserveCapacity(maxBytes + 4096) }
+        if maxBytes < 64 << 20, records.bytes.capacity < maxBytes + 4096 { records.bytes.reserveCapacity(maxBytes + 4096) }
         var next = from
         let select = try db.prepared(
             """

@@ -23,19 +23,26 @@ public struct SpooledRecords: Sendable {
 
     public init() {}
 
-    /// Records to be followed by `separator` (`,` or `\n`).
-    package init(separator: UInt8) {
+    /// Records to be followed by `separator` (`,` or `\n`), their bytes written into `storage` (emptied, its
+    /// capacity kept when nothing else holds it) rather than into a buffer of their own.
+    package init(separator: UInt8, storage: consuming [UInt8] = []) {
         self.separator = separator
+        bytes = consume storage
+        bytes.removeAll(keepingCapacity: true)
     }
 
     /// Whether the rows' bytes are here (``releaseBytes()`` drops them).
     public private(set) var holdsBytes = true
 
     /// Drops the rows' bytes, keeping their seqs, sizes and tags: enough to account for rows delivered,
-    /// not to send them or dead-letter them again.
-    package mutating func releaseBytes() {
-        bytes = []
-        holdsBytes = false
+    /// not to send them or dead-letter them again. Returns the buffer that held them, for reuse.
+    @discardableResult
+    package mutating func releaseBytes() -> [UInt8] {
+        defer {
+            bytes = []
+            holdsBytes = false
+        }
+        return bytes
     }
 
     /// Memory these records hold, roughly.
