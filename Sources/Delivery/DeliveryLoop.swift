@@ -102,8 +102,8 @@ package final class DeliveryLoop: @unchecked Sendable {
     private var lastPoll = ContinuousClock.now
     private var polling = false
     private var lastLogged: [Int64: ContinuousClock.Instant] = [:]
-    /// Targets in a failure state (backing off, held, auth failing), since when: "delivery resumed" is
-    /// logged when rows of theirs go again.
+    /// Targets in a failure state (backing off, held, auth failing): the latest, and since when one has
+    /// lasted; "delivery resumed" is logged when rows of theirs go again.
     private var failing: [Int64: (state: TargetState.Kind, since: ContinuousClock.Instant)] = [:]
 
     /// Reads the spool's targets and open batches (so: not on the cooperative pool).
@@ -559,7 +559,8 @@ package final class DeliveryLoop: @unchecked Sendable {
         }
         let error = change.lastError ?? ""
         if let state = change.state?.kind, [.backingOff, .heldTableNotFound, .heldRefusingRows, .authFailing].contains(state) {
-            if failing[change.targetID] == nil { failing[change.targetID] = (state, .now) }
+            // "delivery resumed" names the state it leaves, and the time since delivery first failed.
+            failing[change.targetID] = (state, failing[change.targetID]?.since ?? .now)
         } else if change.succeededAt != nil, let failure = failing.removeValue(forKey: change.targetID) {
             logger.notice(
                 "delivery resumed",

@@ -288,6 +288,8 @@ public struct IntakeLineParser {
         /// may not. It is refused at the end of the line, once its `"ack"` is known wherever it stands.
         var secondData: Int?
         var secondConfig: Int?
+        /// Where a second `"ack"` member starts: the reply could answer only one of the two ids.
+        var secondAck: Int?
         var configSeen = false
         let plainKey = defaultPrimaryKey
         members.removeAll(keepingCapacity: true)
@@ -310,6 +312,7 @@ public struct IntakeLineParser {
                         throw IntakeRejection(.invalidJSON, "\"ack\" must be a string")
                     }
                     let value = try s.scanString()
+                    if ack != nil { secondAck = secondAck ?? memberStart }
                     ack = value.start..<value.end
                     continue
                 }
@@ -354,6 +357,7 @@ public struct IntakeLineParser {
             }
             s.skipWhitespace()
             guard s.isAtEnd else { throw s.unexpected("end of line after the JSON object") }
+            if let secondAck { throw Self.repeatedAck(at: secondAck) }
 
             if let target = rowsTarget {
                 if let secondConfig { throw Self.repeatedEnvelopeMember("config", at: secondConfig) }
@@ -609,6 +613,13 @@ public struct IntakeLineParser {
     /// A request with a second `config` or `data` member (starting at `offset`).
     private static func repeatedEnvelopeMember(_ name: String, at offset: Int) -> IntakeRejection {
         IntakeRejection(.invalidJSON, "the request has a second \"\(name)\" member at byte \(offset); send each once")
+    }
+
+    /// A line with two `"ack"` members is answered once, with the last (the one JSON parsers keep), so a
+    /// client waiting for the other would never hear of its line: refused, and nothing stored.
+    private static func repeatedAck(at offset: Int) -> IntakeRejection {
+        IntakeRejection(
+            .invalidJSON, "the line has a second \"ack\" member at byte \(offset); give each line one (the reply carries the last)")
     }
 
     private static func missingKey(_ key: String, row: Int?) -> IntakeRejection {

@@ -166,6 +166,8 @@ struct SendSession {
     static let requestLines = 2_000
     /// Requests are written while less than this is waiting to be written.
     static let outputBytes = 256 << 10
+    /// How long replies may be due without a byte from the agent before send says it is still waiting.
+    static let replyPatience = Duration.seconds(20)
 
     let path: String
     private var socket: AgentSocket
@@ -183,6 +185,9 @@ struct SendSession {
     private var fruitlessLosses = 0
     private var fruitlessSince: ContinuousClock.Instant?
     private var toldAboutSplitting = false
+    /// When the agent last sent a byte, or when replies became due after none were: a silence is said once.
+    private var heardAt = ContinuousClock.now
+    private var toldAboutSilence = false
 
     init(path: String, socket: AgentSocket, input: LineReader, ledger: SendLedger, mergeKey: String?) {
         self.path = path
@@ -282,7 +287,29 @@ struct SendSession {
                 let received = socket.receive(into: &replies)
                 if let problem = handleReplies(in: &replies) { return .outOfStep(problem) }
                 if case .closed = received { return .connectionLost }
+                if case .bytes = received { heardAt = .now }
             }
+            reportSilence()
+        }
+    }
+
+    /// Says once on stderr that the agent has not answered for ``replyPatience`` while lines wait for its
+    /// replies (an agent that stopped reading or answering: the lines may still be stored, so send keeps
+    /// waiting), and again after it answered and fell silent once more.
+    private mutating func reportSilence() {
+        guard ledger.awaitsReplies else {
+            heardAt = .now
+            toldAboutSilence = false
+            return
+        }
+        let quiet = ContinuousClock.now - heardAt
+        if quiet < Self.replyPatience {
+            toldAboutSilence = false
+        } else if !toldAboutSilence {
+            toldAboutSilence = true
+            printError(
+                "warning: no reply from the agent at \(path) for \(Int(quiet.components.seconds)) s with \(ledger.unanswered) lines waiting for one; still waiting (Ctrl-C stops: lines not confirmed may or may not be stored)"
+            )
         }
     }
 

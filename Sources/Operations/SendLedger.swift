@@ -296,7 +296,7 @@ struct SendLedger {
 
     /// The connection ended: every line in flight goes again, in order, before anything new.
     mutating func connectionLost() -> Loss {
-        let unanswered = inFlight.reduce(0) { $0 + $1.rows.count }
+        let unanswered = self.unanswered
         // Requests made before the agent refused one as too long are made to fit what was learnt since.
         again = Deque((Array(inFlight) + Array(again)).flatMap(regrouped).sorted { $0.line < $1.line })
         inFlight.removeAll()
@@ -319,6 +319,12 @@ struct SendLedger {
 
     /// Nothing in flight, to send again or waiting: done once the input is exhausted too.
     var isSettled: Bool { inFlight.isEmpty && again.isEmpty && waiting.isEmpty }
+
+    /// Whether lines were handed over and wait for the agent's reply.
+    var awaitsReplies: Bool { !inFlight.isEmpty }
+
+    /// Lines handed over and waiting for the agent's reply.
+    var unanswered: Int { inFlight.reduce(0) { $0 + $1.rows.count } }
 
     /// Lines handed over and not yet answered for good (in flight, to go again, waiting for room).
     var unconfirmed: Int {

@@ -514,6 +514,23 @@ def test_404_holds_that_table_only_and_recovers_once_it_exists(make_emulator, ma
     assert later["state"] == "idle" and later["last_error"] is None and later["dead_letters"] == 0
 
 
+def test_delivery_resumed_names_the_state_it_leaves(make_emulator, make_agent):
+    """A table that backed off (503), was then held (404) and then delivered: the recovery is logged once,
+    after the state it left, not the first one it entered."""
+    emu = make_emulator(auto_create=False)
+    emu.control(force={"status": 503, "count": 2})
+    agent = make_agent(emu.stream_url)
+    send(agent, [{"i": i} for i in range(10)], "bronze.later", tag="l")
+    wait_until(lambda: (table_status(agent, "bronze.later") or {}).get("state") == "held: table not found", 15,
+               message="bronze.later held")
+    assert [r["status"] for r in emu.requests()][:3] == [503, 503, 404]  # forced answers name no table
+    emu.create_table("bronze.later", {"i": "BIGINT"})
+    wait_delivered(agent, timeout=20)
+    assert sorted(lake_values(emu, "bronze.later", "i")) == list(range(10))
+    resumed = [line for line in agent.log().splitlines() if "delivery resumed" in line]
+    assert len(resumed) == 1 and "held: table not found" in resumed[0] and "backing off" not in resumed[0], resumed
+
+
 def test_413_splits_and_a_single_row_still_too_large_is_dead_lettered(emu, make_agent):
     emu.control(force={"status": 413, "count": 1})
     agent = make_agent(emu.stream_url)

@@ -7,6 +7,7 @@ with the reason. Every daemon ends with SIGTERM and must exit 0."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -40,6 +41,15 @@ def make_agent(tmp_path):
 def write_lines(path: Path, records: list[dict | str]) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
     return path
+
+
+def serve_elsewhere(path: str, serve) -> socket.socket:
+    """A Unix stream socket at `path` that is not the agent: `serve(server)` runs on a thread of its own."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(64)
+    threading.Thread(target=serve, args=(server,), daemon=True).start()
+    return server
 
 
 def test_a_line_over_max_line_bytes_is_reported_and_every_other_line_lands_in_order(make_agent, tmp_path):
@@ -77,12 +87,9 @@ def test_send_paces_its_reconnects_to_a_socket_that_closes_every_connection_unan
     up with exit 69."""
     agent = make_agent()
     path = str(tmp_path / "closer.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(64)
     connections = []
 
-    def accept_and_close():
+    def accept_and_close(server):
         while True:
             try:
                 connection, _ = server.accept()
@@ -91,7 +98,7 @@ def test_send_paces_its_reconnects_to_a_socket_that_closes_every_connection_unan
             connections.append(time.monotonic())
             connection.close()
 
-    threading.Thread(target=accept_and_close, daemon=True).start()
+    server = serve_elsewhere(path, accept_and_close)
     process = subprocess.Popen([agent_binary(), "send", "--config", agent.config_path, "--socket", path],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -252,20 +259,57 @@ def test_send_to_a_socket_that_answers_but_is_not_the_agent_exits_69(make_agent,
     as if the agent had refused lines: it is not the agent, as when nobody listens (69)."""
     agent = make_agent()
     path = str(tmp_path / "other.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(4)
 
-    def answer_like_a_web_server():
+    def answer_like_a_web_server(server):
         connection, _ = server.accept()
         connection.recv(65536)
         connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
         time.sleep(2)
         connection.close()
 
-    threading.Thread(target=answer_like_a_web_server, daemon=True).start()
+    server = serve_elsewhere(path, answer_like_a_web_server)
     result = subprocess.run([agent_binary(), "send", "--config", agent.config_path, "--socket", path], input=b'{"a":1}\n',
                             capture_output=True, timeout=60)
     server.close()
     assert result.returncode == 69, (result.returncode, result.stderr.decode())
     assert f"what answers at {path} is not the agent" in result.stderr.decode()
+
+
+def test_send_says_when_the_agent_has_not_answered_for_a_while(make_agent, tmp_path):
+    """A socket that takes lines and never answers (an agent that hangs) left send waiting without a word:
+    after a while it says so on stderr, and keeps waiting; SIGTERM ends it."""
+    agent = make_agent()
+    path = str(tmp_path / "silent.sock")
+    connections = []
+
+    def read_and_never_answer(server):
+        connection, _ = server.accept()
+        connections.append(connection)
+        while connection.recv(65536):
+            pass
+
+    server = serve_elsewhere(path, read_and_never_answer)
+    send = subprocess.Popen([agent_binary(), "send", "--config", agent.config_path, "--socket", path],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        send.stdin.write(b'{"a":1}\n{"a":2}\n{"a":3}\n')
+        send.stdin.close()
+        started = time.monotonic()
+        stderr = b""
+        while b"no reply from the agent" not in stderr and time.monotonic() - started < 40:
+            if select.select([send.stderr], [], [], 1.0)[0]:
+                stderr += send.stderr.read1(4096)
+        elapsed = time.monotonic() - started
+        message = stderr.decode()
+        assert f"warning: no reply from the agent at {path} for 20 s with 3 lines waiting for one; still waiting" in message, message
+        assert 19 <= elapsed < 30, elapsed
+        assert send.poll() is None, "send gave up on lines that may have been stored"
+        send.terminate()
+        assert send.wait(timeout=10) == -15
+    finally:
+        if send.poll() is None:
+            send.kill()
+            send.wait()
+        for connection in connections:
+            connection.close()
+        server.close()

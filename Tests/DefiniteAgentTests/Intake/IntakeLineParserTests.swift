@@ -247,6 +247,22 @@ struct IntakeLineParserTests {
         #expect(parse(#"{"a":1,"data":1,"data":2}"#).stored == "{\"a\":1,\"data\":1,\"data\":2}\n")
     }
 
+    /// A line with two `"ack"` members was stored and acknowledged with the last id only: a client waiting
+    /// for the first never heard of its line. It is refused (the reply carries the last id), nothing stored,
+    /// for a plain record and a request alike.
+    @Test func aLineWithASecondAckIsRefused() throws {
+        let plain = parse(#"{"i":15,"ack":"a","ack":"b"}"#)
+        #expect(
+            plain.rejection
+                == IntakeRejection(
+                    .invalidJSON, #"the line has a second "ack" member at byte 18; give each line one (the reply carries the last)"#))
+        #expect(plain.ack == "b" && plain.stored.isEmpty && plain.batch.counts.allSatisfy { $0 == 0 })
+        let request = parse(#"{"ack":"a","config":{"table":"bronze.t"},"data":[{"a":1},{"a":2}],"ack":"b"}"#)
+        #expect(request.rejection?.message.contains(#"a second "ack" member at byte 66"#) == true)
+        #expect(request.ack == "b" && request.stored.isEmpty && request.batch.counts.allSatisfy { $0 == 0 })
+        #expect(parse(#"{"i":15,"ack":"a"}"#).rejection == nil)
+    }
+
     /// A local Stream API body whose `config` is not an object was a plain record in the default table
     /// (answered 200); and with two `config` or `data` members, which counted depended on their order.
     @Test func aBodyNeedsOneConfigObjectAndOneData() throws {
