@@ -1,7 +1,5 @@
 import Foundation
 import Logging
-import NIOCore
-import NIOPosix
 import Testing
 
 @testable import Core
@@ -49,10 +47,7 @@ struct RowBufferPoolTests {
         var parser = IntakeLineParser(configuration: config)
         var batch = SpoolBatch()
         for i in 0..<count { _ = parser.parse(line: Array(#"{"i":\#(i)}"#.utf8), into: &batch) }
-        #expect(writer.capacity.reserve(batch.totalBytes))
-        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
-        writer.submit(batch, promise: promise)
-        try await promise.futureResult.get()
+        try await writer.spoolAndWait(batch)
         return (path, try #require(try SpoolReader(path: path).targets().first).id)
     }
 

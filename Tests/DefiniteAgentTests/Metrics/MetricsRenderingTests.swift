@@ -109,10 +109,7 @@ extension MetricsSuites {
                 let parsed = parser.parse(line: Array(line.utf8), into: &batch)
                 if case .failure(let rejection) = parsed.result { Issue.record("\(rejection)") }
             }
-            #expect(spool.writer.capacity.reserve(batch.totalBytes))  // as intake does before it submits
-            let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
-            spool.writer.submit(batch, promise: promise)
-            try await promise.futureResult.get()
+            try await spool.writer.spoolAndWait(batch)
 
             MetricsServer.refreshGauges(spoolPath: spool.path, capacity: spool.writer.capacity)
 

@@ -30,10 +30,7 @@ struct DeliveryLedgerTests {
         var parser = IntakeLineParser(configuration: config)
         var batch = SpoolBatch()
         for i in 0..<count { _ = parser.parse(line: Array("{\"i\":\(i)}".utf8), into: &batch) }
-        #expect(writer.capacity.reserve(batch.totalBytes))
-        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
-        writer.submit(batch, promise: promise)
-        try await promise.futureResult.get()
+        try await writer.spoolAndWait(batch)
         return (writer, path)
     }
 
@@ -157,10 +154,7 @@ struct DeliveryLedgerTests {
         var parser = IntakeLineParser(configuration: config)
         var batch = SpoolBatch()
         _ = parser.parse(line: Array(#"{"i":99}"#.utf8), into: &batch)
-        #expect(writer.capacity.reserve(batch.totalBytes))
-        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
-        writer.submit(batch, promise: promise)
-        try await promise.futureResult.get()
+        try await writer.spoolAndWait(batch)
         #expect(try capacityMatchesTheDatabase(writer, path))
         #expect(writer.capacity.storedBytes < held)
     }

@@ -54,10 +54,7 @@ struct TagRunsTests {
         writer.start()
         defer { writer.shutdown() }
         let intake = batch(Self.lines)
-        #expect(writer.capacity.reserve(intake.totalBytes))
-        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
-        writer.submit(intake, promise: promise)
-        try await promise.futureResult.get()
+        try await writer.spoolAndWait(intake)
 
         let reader = try SpoolReader(path: path)
         let target = try #require(try reader.targets().first { $0.target.table == "bronze.t" })

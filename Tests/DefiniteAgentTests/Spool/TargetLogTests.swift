@@ -33,10 +33,7 @@ struct TargetLogTests {
     }
 
     func commit(_ batch: SpoolBatch, to writer: SpoolWriter) async throws {
-        #expect(writer.capacity.reserve(batch.totalBytes))
-        let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
-        writer.submit(batch, promise: promise)
-        try await promise.futureResult.get()
+        try await writer.spoolAndWait(batch)
     }
 
     func fileSize(_ path: String) -> Int {
