@@ -40,15 +40,17 @@ final class AgentSocket {
     deinit { if fd >= 0 { Glibc.close(fd) } }
 
     /// Waits until the socket can be read, or written when `writing`, or `input` (another descriptor) can be
-    /// read, or `timeout` passed. Returns whether reading the socket (or learning that the agent closed) and
-    /// writing it are possible now.
-    func wait(writing: Bool, input: Int32? = nil, timeout: Duration) -> (readable: Bool, writable: Bool) {
+    /// read, or `interrupt` can be read (a signal came: ``CommandInterruption/descriptor``), or `timeout`
+    /// passed. Returns whether reading the socket (or learning that the agent closed) and writing it are
+    /// possible now.
+    func wait(writing: Bool, input: Int32? = nil, interrupt: Int32 = -1, timeout: Duration) -> (readable: Bool, writable: Bool) {
         var entries = [
             pollfd(fd: fd, events: Int16(POLLIN) | (writing ? Int16(POLLOUT) : 0), revents: 0),
             pollfd(fd: input ?? -1, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0),
         ]
         let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        let ready = poll(&entries, 2, milliseconds)
+        let ready = poll(&entries, 3, milliseconds)
         guard ready > 0 else { return (false, false) }
         // A hang-up or an error is learnt by reading: the replies before it are read first.
         let events = entries[0].revents
@@ -116,10 +118,11 @@ struct LineReader {
     }
 
     /// Calls `body` with the next line (without its newline; valid only during the call) and returns
-    /// `.line`; or returns `.end` at the end of the input, or `.wouldBlock` when `blocking` is false and
-    /// the input has no whole line ready now. When `body` returns false the line is left unread: the next
-    /// call hands it out again.
-    mutating func next(blocking: Bool, _ body: (UnsafeRawBufferPointer) -> Bool) -> Next {
+    /// `.line`; or returns `.end` at the end of the input, or `.wouldBlock` when the input has no whole line
+    /// ready now and `blocking` is false or `interrupt` (``CommandInterruption/descriptor``) became readable
+    /// while it waited for one. When `body` returns false the line is left unread: the next call hands it
+    /// out again.
+    mutating func next(blocking: Bool, interrupt: Int32 = -1, _ body: (UnsafeRawBufferPointer) -> Bool) -> Next {
         while true {
             let found: Int? = buffer.withUnsafeBytes { raw in
                 guard searched < end,
@@ -142,10 +145,8 @@ struct LineReader {
                 if buffer.withUnsafeBytes({ body(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }) { start = end }
                 return .line
             }
-            if !blocking {
-                var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                if poll(&entry, 1, 0) == 0 { return .wouldBlock }
-            }
+            var entries = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0)]
+            if poll(&entries, 2, blocking ? -1 : 0) <= 0 || entries[0].revents == 0 { return .wouldBlock }
             fill()
         }
     }

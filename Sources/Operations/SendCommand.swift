@@ -1,5 +1,6 @@
 import ArgumentParser
 import Core
+import Daemon
 import FoundationEssentials
 import Glibc
 import Intake
@@ -28,7 +29,9 @@ struct SendCommand: ParsableCommand {
             While the agent's spool is full (507) it waits and retries with backoff, saying so once; with \
             --no-wait those lines count as rejected, summed up in one line. Exits 0 only if every record is \
             durable; 1 if some were rejected; 64 on bad options; 66 if FILE cannot be read; 69 if the agent \
-            cannot be reached (for a minute, once connected).
+            cannot be reached (for a minute, once connected). Ctrl-C (SIGINT) or SIGTERM stops sending, reads \
+            the replies already due for up to 2 s, prints the summary with the line to send again from, and \
+            ends by that signal.
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -109,12 +112,15 @@ struct SendCommand: ParsableCommand {
         var session = SendSession(
             path: path, socket: socket, input: LineReader(fd: input), ledger: ledger,
             mergeKey: mergeKey)
+        // From here on Ctrl-C ends the session, not the process: the summary says what the agent confirmed.
+        CommandInterruption.catchSignals()
         let outcome = session.run()
-        try Self.report(outcome)
+        try Self.report(outcome, input: file.flatMap { $0 == "-" ? nil : $0 })
     }
 
-    /// Prints the summary and turns the outcome into the exit code.
-    static func report(_ outcome: SendSession.Outcome) throws {
+    /// Prints the summary and turns the outcome into the exit code (or, after SIGINT or SIGTERM, ends the
+    /// process by that signal). `input` is the file read, `nil` for standard input.
+    static func report(_ outcome: SendSession.Outcome, input: String?) throws {
         let totals = outcome.totals
         var summary = "accepted \(totals.acceptedRecords), rejected \(totals.rejectedLines)"
         if outcome.unconfirmed > 0 { summary += ", not confirmed \(outcome.unconfirmed)" }
@@ -127,6 +133,10 @@ struct SendCommand: ParsableCommand {
         }
         if totals.waitedForRoom > 0 {
             printError("\(totals.waitedForRoom) lines waited for room in the agent's spool (sent again \(totals.roomRetries) times)")
+        }
+        if let interruption = outcome.interruption {
+            printError(interruption.description(unconfirmed: outcome.unconfirmed, input: input))
+            CommandInterruption.end(by: interruption.signal)
         }
         if let failure = outcome.failure {
             printError("error: \(failure)")
@@ -156,6 +166,50 @@ struct SendSession {
         /// Why the session gave up before the end of the input, if it did.
         var failure: String?
         var agentUnreachable = false
+        /// Set when SIGINT or SIGTERM stopped the session.
+        var interruption: Interruption?
+    }
+
+    /// Where a session stopped by SIGINT or SIGTERM left the input.
+    struct Interruption: Equatable {
+        var signal: Int32
+        /// The last input line read (0: none).
+        var lastLineRead: Int
+        /// The first line handed over and not answered for good; every line before it was answered.
+        var firstUnconfirmedLine: Int?
+
+        /// The line to send the input again from: nothing before it is left unanswered.
+        var resumeLine: Int { firstUnconfirmedLine ?? lastLineRead + 1 }
+
+        /// What stderr says: what may be stored, what was not read, and where to go on from (`input`: the
+        /// file read, `nil` for standard input).
+        func description(unconfirmed: Int, input: String?) -> String {
+            var text = "interrupted by \(CommandInterruption.name(of: signal)) after reading \(lastLineRead) lines"
+            if unconfirmed > 0 {
+                text += "; \(unconfirmed) lines from line \(resumeLine) on were sent but not confirmed: they may or may not be stored"
+            }
+            text +=
+                "; every line before line \(resumeLine) was answered (the counts above); to finish, send the input again from line \(resumeLine) (tail -n +\(resumeLine) \(input.map(Self.shellWord) ?? "FILE"))"
+            return text
+        }
+
+        /// `path` as one word of a shell command: as it is when plain, else in single quotes.
+        static func shellWord(_ path: String) -> String {
+            let plain =
+                !path.isEmpty
+                && path.utf8.allSatisfy { byte in
+                    switch byte {
+                    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                        UInt8(ascii: "0")...UInt8(ascii: "9"):
+                        true
+                    case UInt8(ascii: "/"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "+"), UInt8(ascii: ":"),
+                        UInt8(ascii: ","), UInt8(ascii: "="), UInt8(ascii: "@"):
+                        true
+                    default: false
+                    }
+                }
+            return plain ? path : "'" + path.replacing("'", with: #"'\''"#) + "'"
+        }
     }
 
     /// A lost connection is made again for this long before giving up.
@@ -168,6 +222,10 @@ struct SendSession {
     static let outputBytes = 256 << 10
     /// How long replies may be due without a byte from the agent before send says it is still waiting.
     static let replyPatience = Duration.seconds(20)
+    /// After SIGINT or SIGTERM, how long the replies already due are read (a second signal stops at once),
+    /// and how long the agent may stay quiet meanwhile.
+    static let interruptedPatience = Duration.seconds(2)
+    static let interruptedQuiet = Duration.milliseconds(500)
 
     let path: String
     private var socket: AgentSocket
@@ -202,6 +260,8 @@ struct SendSession {
             switch exchange() {
             case .finished:
                 return Outcome(totals: ledger.totals)
+            case .interrupted(let signal):
+                return interrupted(by: signal)
             case .outOfStep(let problem):
                 // What answers at the path is not the agent when its very first reply makes no sense: 69, as
                 // for a socket nobody listens on, not 1 ("some records rejected").
@@ -221,6 +281,7 @@ struct SendSession {
                             unreachable: true)
                     }
                     Self.pause(min(.milliseconds(100) * Int(1 << min(fruitlessLosses, 6)), .seconds(5)))
+                    if let signal = CommandInterruption.signal { return interrupted(by: signal) }
                 }
                 fruitlessLosses = repliesOnConnection > 0 ? 0 : fruitlessLosses + 1
                 repliesOnConnection = 0
@@ -236,6 +297,7 @@ struct SendSession {
                     break
                 }
                 guard let socket = Self.reconnect(path: path) else {
+                    if let signal = CommandInterruption.signal { return interrupted(by: signal) }
                     return giveUp("cannot reach the agent at \(path) again after \(Self.reconnectPatience)", unreachable: true)
                 }
                 self.socket = socket
@@ -247,6 +309,7 @@ struct SendSession {
         case finished
         case connectionLost
         case outOfStep(String)
+        case interrupted(Int32)
     }
 
     /// Writes requests and reads replies on the current connection until the input is done and every line
@@ -256,6 +319,11 @@ struct SendSession {
         var written = 0
         var replies: [UInt8] = []
         while true {
+            if let signal = CommandInterruption.signal {
+                // Nothing more is written (a request cut short is not a line the agent stores).
+                readRepliesAfterInterruption(&replies)
+                return .interrupted(signal)
+            }
             if written > 0, written >= output.count / 2 {
                 // What was written goes; what was not moves to the front (at most as much as went).
                 output.removeSubrange(..<written)
@@ -278,7 +346,9 @@ struct SendSession {
                 continue
             }
             let waitsForInput = written == output.count && ledger.mayWrite && !inputEnded && !ledger.hasLinesToSendAgain
-            let ready = socket.wait(writing: written < output.count, input: waitsForInput ? input.fd : nil, timeout: .seconds(1))
+            let ready = socket.wait(
+                writing: written < output.count, input: waitsForInput ? input.fd : nil, interrupt: CommandInterruption.descriptor,
+                timeout: .seconds(1))
             if ready.writable {
                 guard let n = socket.send(output[written...]) else { return readRepliesLeft(&replies) }
                 written += n
@@ -321,7 +391,10 @@ struct SendSession {
     private mutating func readRepliesLeft(_ replies: inout [UInt8]) -> Ending {
         var quietSince = ContinuousClock.now
         while ContinuousClock.now - quietSince < Self.repliesLeftPatience {
-            guard socket.wait(writing: false, timeout: Self.repliesLeftPatience).readable else { continue }
+            guard socket.wait(writing: false, interrupt: CommandInterruption.descriptor, timeout: Self.repliesLeftPatience).readable else {
+                if CommandInterruption.signal != nil { return .connectionLost }
+                continue
+            }
             let received = socket.receive(into: &replies)
             if let problem = handleReplies(in: &replies) { return .outOfStep(problem) }
             switch received {
@@ -335,6 +408,32 @@ struct SendSession {
 
     /// How long replies are waited for on a connection that refused a write (the agent closes it at once).
     static let repliesLeftPatience = Duration.seconds(5)
+
+    /// After SIGINT or SIGTERM: the replies to lines already handed over are read for up to
+    /// ``interruptedPatience`` (until the agent is quiet for ``interruptedQuiet``, or a second signal), so
+    /// that the summary counts every line the agent answered.
+    private mutating func readRepliesAfterInterruption(_ replies: inout [UInt8]) {
+        let deadline = ContinuousClock.now + Self.interruptedPatience
+        var heard = ContinuousClock.now
+        while ledger.awaitsReplies, CommandInterruption.count < 2, ContinuousClock.now < deadline,
+            ContinuousClock.now - heard < Self.interruptedQuiet
+        {
+            guard socket.wait(writing: false, timeout: .milliseconds(100)).readable else { continue }
+            let received = socket.receive(into: &replies)
+            if handleReplies(in: &replies) != nil { return }
+            switch received {
+            case .bytes: heard = .now
+            case .wouldBlock: continue
+            case .closed: return
+            }
+        }
+    }
+
+    private func interrupted(by signal: Int32) -> Outcome {
+        Outcome(
+            totals: ledger.totals, unconfirmed: ledger.unconfirmed,
+            interruption: Interruption(signal: signal, lastLineRead: lineNumber, firstUnconfirmedLine: ledger.firstUnconfirmedLine))
+    }
 
     /// Handles every complete reply line in `buffer`; returns a problem that ends the session, if any.
     private mutating func handleReplies(in buffer: inout [UInt8]) -> String? {
@@ -391,7 +490,7 @@ struct SendSession {
         var lines = 0
         while !inputEnded, lines < maxLines {
             var full = false
-            let next = input.next(blocking: mayBlock && builder == nil) { raw -> Bool in
+            let next = input.next(blocking: mayBlock && builder == nil, interrupt: CommandInterruption.descriptor) { raw -> Bool in
                 var line = raw
                 if line.last == UInt8(ascii: "\r") { line = UnsafeRawBufferPointer(rebasing: line.dropLast()) }
                 if let builder, builder.count + line.count + 2 > maxBytes {
@@ -438,16 +537,22 @@ struct SendSession {
     private static func reconnect(path: String) -> AgentSocket? {
         let deadline = ContinuousClock.now + reconnectPatience
         var pause = Duration.milliseconds(100)
-        while true {
+        while CommandInterruption.signal == nil {
             if let socket = try? AgentSocket(path: path) { return socket }
             guard ContinuousClock.now + pause < deadline else { return nil }
             Self.pause(pause)
             pause = min(pause * 2, .seconds(5))
         }
+        return nil
     }
 
+    /// Waits `duration`, or less when SIGINT or SIGTERM comes.
     private static func pause(_ duration: Duration) {
-        NamedThread.sleep(for: duration)
+        let deadline = ContinuousClock.now + duration
+        while CommandInterruption.signal == nil, case let left = deadline - .now, left > .zero {
+            var entry = pollfd(fd: CommandInterruption.descriptor, events: Int16(POLLIN), revents: 0)
+            _ = poll(&entry, 1, Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1))
+        }
     }
 
     /// A reply line as the ledger reads it; `nil` when it is not one.

@@ -326,6 +326,13 @@ struct SendLedger {
     /// Lines handed over and waiting for the agent's reply.
     var unanswered: Int { inFlight.reduce(0) { $0 + $1.rows.count } }
 
+    /// The first line handed over and not yet answered for good, if any: every line before it is answered
+    /// (accepted or rejected), so a stopped send can be taken up again from there.
+    var firstUnconfirmedLine: Int? {
+        // Requests go in flight out of line order once some are split and sent again: look at every one.
+        [inFlight.map(\.line).min(), again.map(\.line).min(), waiting.map(\.line).min()].compactMap { $0 }.min()
+    }
+
     /// Lines handed over and not yet answered for good (in flight, to go again, waiting for room).
     var unconfirmed: Int {
         inFlight.reduce(0) { $0 + $1.rows.count } + again.reduce(0) { $0 + $1.rows.count } + waiting.reduce(0) { $0 + $1.rows.count }

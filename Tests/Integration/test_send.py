@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -306,6 +307,10 @@ def test_send_says_when_the_agent_has_not_answered_for_a_while(make_agent, tmp_p
         assert send.poll() is None, "send gave up on lines that may have been stored"
         send.terminate()
         assert send.wait(timeout=10) == -15
+        # Stopped, it still says what became of the lines: none was confirmed, and from where to send again.
+        assert send.stdout.read().decode().strip() == "accepted 0, rejected 0, not confirmed 3"
+        said = send.stderr.read().decode()
+        assert "interrupted by SIGTERM after reading 3 lines; 3 lines from line 1 on were sent but not confirmed" in said, said
     finally:
         if send.poll() is None:
             send.kill()
@@ -313,3 +318,61 @@ def test_send_says_when_the_agent_has_not_answered_for_a_while(make_agent, tmp_p
         for connection in connections:
             connection.close()
         server.close()
+
+
+def test_ctrl_c_stops_send_with_its_summary_and_the_line_to_go_on_from(make_agent):
+    """Ctrl-C (or SIGTERM) ended send at once without a word: whoever stopped a long load could not tell
+    what the agent had stored. It now prints its summary and the line to send again from, then ends by the
+    signal (a shell sees it killed by SIGINT)."""
+    agent = make_agent()
+    send = subprocess.Popen([agent_binary(), "send", "--config", agent.config_path], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        send.stdin.write(b"".join(json.dumps({"i": i}).encode() + b"\n" for i in range(100)))
+        send.stdin.flush()
+        wait_until(lambda: len(agent.spooled_records()) == 100, timeout=30, message="the lines spooled")
+        send.send_signal(signal.SIGINT)  # waiting for more input on an open stdin
+        assert send.wait(timeout=10) == -signal.SIGINT
+        assert send.stdout.read().decode().strip() == "accepted 100, rejected 0"
+        said = send.stderr.read().decode()
+        assert said.strip() == ("interrupted by SIGINT after reading 100 lines; every line before line 101 was answered "
+                                "(the counts above); to finish, send the input again from line 101 (tail -n +101 FILE)"), said
+    finally:
+        if send.poll() is None:
+            send.kill()
+            send.wait()
+
+
+def test_ctrl_c_while_send_waits_for_room_counts_what_was_stored_and_what_was_not(make_agent, tmp_path):
+    """A full spool and Ctrl-C together: send, waiting for room with lines refused, stops within moments,
+    and its counts match the spool: every line before the one it names is stored, and none it calls not
+    confirmed was stored."""
+    with Emulator(quiet=True) as emu:
+        agent = full_spool_agent(make_agent, emu)
+        path = write_lines(tmp_path / "records.ndjson", [{"i": i, "pad": "z" * 1000} for i in range(2000)])
+        send = subprocess.Popen([agent_binary(), "send", "--config", agent.config_path, str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            stderr = b""
+            started = time.monotonic()
+            while b"spool is full" not in stderr and time.monotonic() - started < 60:
+                if select.select([send.stderr], [], [], 1.0)[0]:
+                    stderr += send.stderr.read1(4096)
+            assert b"spool is full" in stderr, stderr
+            send.send_signal(signal.SIGINT)
+            assert send.wait(timeout=10) == -signal.SIGINT
+            summary = send.stdout.read().decode().strip()
+            said = (stderr + send.stderr.read()).decode()
+        finally:
+            if send.poll() is None:
+                send.kill()
+                send.wait()
+        counts = dict(part.rsplit(" ", 1) for part in summary.split(", "))
+        accepted, unconfirmed = int(counts["accepted"]), int(counts.get("not confirmed", 0))
+        assert counts["rejected"] == "0" and accepted > 0 and unconfirmed > 0, summary
+        resume = int(said.split("send the input again from line ")[1].split()[0])
+        assert f"{unconfirmed} lines from line {resume} on were sent but not confirmed" in said, said
+        stored = sorted(r["i"] for r in agent.spooled_records())
+        assert len(stored) == accepted, (len(stored), summary)
+        assert stored[:resume - 1] == list(range(resume - 1)), "a line before the one to go on from is not stored"
+        assert resume - 1 not in stored, "the line to go on from was stored"

@@ -49,6 +49,27 @@ void cagent_output_error_reported(void);
 /// Whether `signo` arrived while only ``cagent_catch_early_signals`` was catching it; forgets it.
 int cagent_take_early_signal(int signo);
 
+/// For a command that must say what it did before it ends (`send`): catches SIGINT and SIGTERM, remembers
+/// them for ``cagent_interrupt_signal`` and makes ``cagent_interrupt_descriptor`` readable (whichever thread
+/// the kernel picked to take the signal, a `poll` that includes it returns). A signal inherited as ignored
+/// stays ignored. Returns how many signals were hooked (0 also when the descriptor cannot be made).
+int cagent_catch_interrupts(void);
+
+/// The first SIGINT or SIGTERM caught by ``cagent_catch_interrupts`` (0: none yet).
+int cagent_interrupt_signal(void);
+
+/// How many SIGINTs and SIGTERMs were caught in all (a second one cuts a command's last wait short).
+int cagent_interrupt_count(void);
+
+/// A descriptor that becomes readable (for good) when the first SIGINT or SIGTERM comes; -1 before
+/// ``cagent_catch_interrupts``.
+int cagent_interrupt_descriptor(void);
+
+/// Flushes standard output and error, then ends the process by `signo` with its default action, so that
+/// the parent (a shell) sees the command killed by the signal it sent. Returns only if the signal does not
+/// end the process.
+void cagent_end_by_signal(int signo);
+
 /// Unmaps the pages of the process's read-only file mappings (code and constants of the binary and its
 /// libraries) that hold nothing of their own (no page copied on write): they stay in the page cache and
 /// map again, without reading the disk, at their next use. Start-up touches much code it never runs

@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 
 @testable import Core
@@ -349,5 +350,48 @@ struct SendLedgerTests {
         var builder = SendRequestFormat.Builder(format: Self.format, firstLine: 3, capacity: 16, buffer: buffer)
         Array(#"{"i":3}"#.utf8).withUnsafeBytes { builder.append(line: 3, record: $0) }
         #expect(builder.finish() == Self.request(3))
+    }
+
+    /// A stopped send says where to take the input up again: the first line not answered for good, wherever
+    /// it waits (in flight, to go again after a split, for room), though later lines were answered.
+    @Test func theFirstUnconfirmedLineIsWhereASendStoppedCanGoOnFrom() {
+        var ledger = Self.ledger()
+        #expect(ledger.firstUnconfirmedLine == nil)
+        Self.write(&ledger, requests: [Self.request([1, 2, 3]), Self.request([4, 5]), Self.request([6])])
+        #expect(ledger.firstUnconfirmedLine == 1)
+        // Split: lines 1–3 go again one by one, after 4–5 and 6, which are in flight.
+        _ = ledger.receive(.refused(ack: "1", status: 400, code: "missing_primary_key", message: "data[1]: primary key …"))
+        #expect(ledger.firstUnconfirmedLine == 1)
+        _ = ledger.receive(Self.accepted(4, records: 2))
+        _ = Self.resent(&ledger)
+        #expect(ledger.firstUnconfirmedLine == 1)
+        _ = ledger.receive(Self.accepted(6))
+        _ = ledger.receive(Self.accepted(1))
+        #expect(ledger.firstUnconfirmedLine == 2)
+        #expect(ledger.receive(Self.full(2)) == .waitingForRoom(line: 2))
+        _ = ledger.receive(Self.accepted(3))
+        #expect(ledger.firstUnconfirmedLine == 2 && ledger.unconfirmed == 1)
+        ledger.retryWaitingLines()
+        #expect(ledger.firstUnconfirmedLine == 2)
+        _ = Self.resent(&ledger)
+        _ = ledger.receive(Self.accepted(2))
+        #expect(ledger.firstUnconfirmedLine == nil && ledger.isSettled)
+    }
+
+    @Test func anInterruptedSendSaysWhatMayBeStoredAndWhereToGoOnFrom() {
+        let stopped = SendSession.Interruption(signal: SIGINT, lastLineRead: 120, firstUnconfirmedLine: 101)
+        #expect(stopped.resumeLine == 101)
+        #expect(
+            stopped.description(unconfirmed: 20, input: "/data/events.ndjson")
+                == "interrupted by SIGINT after reading 120 lines; 20 lines from line 101 on were sent but not confirmed: they may or may not be stored; every line before line 101 was answered (the counts above); to finish, send the input again from line 101 (tail -n +101 /data/events.ndjson)"
+        )
+        let settled = SendSession.Interruption(signal: SIGTERM, lastLineRead: 7, firstUnconfirmedLine: nil)
+        #expect(settled.resumeLine == 8)
+        #expect(
+            settled.description(unconfirmed: 0, input: nil)
+                == "interrupted by SIGTERM after reading 7 lines; every line before line 8 was answered (the counts above); to finish, send the input again from line 8 (tail -n +8 FILE)"
+        )
+        #expect(SendSession.Interruption.shellWord("my events's.ndjson") == #"'my events'\''s.ndjson'"#)
+        #expect(SendSession.Interruption.shellWord("") == "''")
     }
 }
