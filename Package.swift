@@ -99,6 +99,7 @@ let package = Package(
             dependencies: [
                 "Core",
                 "Spool",
+                "CAgentSupport",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -57,6 +57,8 @@ package final class DeliveryLoop: @unchecked Sendable {
         case appended([SpoolWriter.AppendedRange])
         case polled([SpoolReader.TargetRow])
         case flush
+        /// The configuration was reloaded: the loop goes round, so new settings (a shorter linger) apply now.
+        case reconfigured
         /// Stop by the deadline it reads (it may come closer: a second SIGTERM stops at once).
         case stop(deadline: @Sendable () -> ContinuousClock.Instant)
     }
@@ -168,9 +170,16 @@ package final class DeliveryLoop: @unchecked Sendable {
         }
     }
 
-    /// Everything pending goes now, ignoring linger and any backoff (SIGUSR1, SIGHUP).
+    /// Everything pending goes now, ignoring linger and any backoff (SIGUSR1; SIGHUP with a new key or
+    /// new `[api]` settings).
     package func flushNow() {
         post(.flush)
+    }
+
+    /// The configuration was reloaded: what is due is worked out again with the new settings at once (a
+    /// shorter linger, a different `max_rows`), without cutting a backoff or linger short.
+    package func configurationReloaded() {
+        post(.reconfigured)
     }
 
     /// Starts no new batch, and gives what is in flight until `deadline` (read again as the loop goes
@@ -320,6 +329,8 @@ package final class DeliveryLoop: @unchecked Sendable {
         case .flush:
             machine.flushNow()
             lastPoll = now.instant - Self.pollInterval
+        case .reconfigured:
+            break  // the round reconfigures the machine and works out its next wake-up
         case .stop(let deadline):
             if let earlier = stopDeadline {
                 stopDeadline = { @Sendable in min(earlier(), deadline()) }

@@ -1,3 +1,4 @@
+import CAgentSupport
 import Core
 import FoundationEssentials
 import Glibc
@@ -11,6 +12,9 @@ import Synchronization
 
 /// Datagram intake: `[intake] datagram_socket` (`SOCK_DGRAM`), one request per datagram in the line
 /// protocol's format, never answered, for programs that must never block on the agent.
+///
+/// With `[intake] allow_uids` / `allow_gids` set, only datagrams whose sender the kernel names
+/// (`SCM_CREDENTIALS`) as one of those uids or gids are taken; the others are rejected (`peer_not_allowed`).
 ///
 /// Every datagram is counted: received, rejected (invalid, with its reason in the metrics) or dropped
 /// (valid, but the spool was full or the commit failed). The totals are kept in the spool, so `status`
@@ -31,9 +35,14 @@ package struct DatagramIntakeServer: DaemonPart {
         let socket = try await address.makeSocket(kind: .datagram, backlog: 0, part: part, environment: environment)
         var bufferSize: Int32 = 4 << 20
         setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUF, &bufferSize, socklen_t(MemoryLayout<Int32>.size))
+        // Each datagram comes with its sender's uid and gid, for allow_uids / allow_gids (now or after a reload).
+        if cagent_enable_credentials(socket.fd) != 0 {
+            environment.logger.warning(
+                "the datagram socket cannot learn its senders' credentials; with [intake] allow_uids / allow_gids set every datagram is refused",
+                metadata: ["error": "\(SystemCallError())"])
+        }
         let receiver = DatagramReceiver(
-            fd: socket.fd, parser: IntakeLineParser(configuration: settings.current), writer: writer,
-            eventLoop: environment.eventLoops.next(),
+            fd: socket.fd, settings: settings, writer: writer, eventLoop: environment.eventLoops.next(),
             logger: environment.logger)
         receiver.start()
         environment.logger.info("listening", metadata: ["part": "\(part)", "on": "\(socket.location)"])
@@ -67,7 +76,12 @@ package struct DatagramIntakeServer: DaemonPart {
             let ended = await Task.detached { await receiver.ended.wait(until: .now + Self.stopBound) }.value
             if ended {
                 close(socket.fd)
-                if !Task.isCancelled { await receiver.persistCounters() }
+                // Stopping at once too (a second SIGTERM): the last counts are one small commit, and the
+                // totals in the spool must add up for good (received = spooled + rejected + dropped). Waited
+                // for within the bound, in case the writer is stuck.
+                let persisted = CompletionSignal()
+                receiver.writeDownCounters { persisted.signal() }
+                _ = await Task.detached { await persisted.wait(until: .now + Self.stopBound) }.value
             }
             socket.removeOwnedPath()
             logger.info("stopped", metadata: ["part": "\(part)"])
@@ -89,10 +103,16 @@ package struct DatagramIntakeServer: DaemonPart {
 /// ``maxBatchesInFlight`` batches await their commit it stops reading: the kernel queue fills and blocking
 /// senders wait.
 ///
-/// It adds its counts to the spool's totals at most once a second, and within a second of the last
-/// datagram: waiting for datagrams with counts not yet written, it wakes when they are due; with none, it
+/// A burst's counts go into the spool's totals in the commit of its records, so the two always agree
+/// (even when a second SIGTERM stops the daemon at once). The counts of bursts with nothing to commit (all
+/// rejected or dropped) are added at most once a second, and within a second of the last datagram:
+/// waiting for datagrams with counts not yet written, it wakes when they are due; with none, it
 /// sleeps until a datagram comes or ``stop()`` (a pipe it polls beside the socket), so an idle daemon with
 /// a datagram socket does not wake.
+///
+/// Each burst is parsed with the configuration in force when it starts: a reload (SIGHUP) that changes
+/// `[intake] default_table` or the `[[table]]` blocks applies from the next burst on, as it does to the
+/// next line-protocol connection.
 ///
 /// - Note: Thread confinement: `fd`, `parser` and `lastPersisted` are used only by the thread
 ///   (`@unchecked Sendable`); `stopping`, `counters` and `inFlight` are shared and synchronised. The stop
@@ -103,12 +123,19 @@ final class DatagramReceiver: @unchecked Sendable {
     static let maxDatagramBytes = 1 << 20
     static let maxBatchesInFlight = 4
     static let maxRequestsPerBatch = 4096
+    /// A burst also ends once its batch holds this many bytes of records: 4,096 datagrams of up to 1 MiB
+    /// each must not gather gigabytes in memory before a commit.
+    static let maxBatchBytes = 4 << 20
 
     let counters = DatagramCounters()
     /// Happens when the thread has returned (after its last batches committed).
     let ended = CompletionSignal()
     private let fd: Int32
+    private let settings: LiveConfiguration
+    /// Built from ``settings`` as of ``parserGeneration``, as are the senders allowed (`nil`: anyone).
     private var parser: IntakeLineParser
+    private var allowed: PeerAllowList?
+    private var parserGeneration: Int
     private let writer: SpoolWriter
     private let eventLoop: any EventLoop
     private let stopping = Atomic<Bool>(false)
@@ -118,10 +145,14 @@ final class DatagramReceiver: @unchecked Sendable {
     private let inFlight = InFlightLimit(DatagramReceiver.maxBatchesInFlight)
     private let logger: Logger
 
-    init(fd: Int32, parser: IntakeLineParser, writer: SpoolWriter, eventLoop: any EventLoop, logger: Logger) {
+    init(fd: Int32, settings: LiveConfiguration, writer: SpoolWriter, eventLoop: any EventLoop, logger: Logger) {
         self.fd = fd
         self.logger = logger
-        self.parser = parser
+        self.settings = settings
+        parserGeneration = settings.generation
+        let configuration = settings.current
+        parser = IntakeLineParser(configuration: configuration)
+        allowed = PeerAllowList(configuration.intake)
         self.writer = writer
         self.eventLoop = eventLoop
         var ends: [Int32] = [-1, -1]
@@ -161,8 +192,8 @@ final class DatagramReceiver: @unchecked Sendable {
     }
 
     /// ``persistCounters()`` without waiting: `done` is called once committed (at once when there is
-    /// nothing to add).
-    private func writeDownCounters(then done: @escaping @Sendable () -> Void = {}) {
+    /// nothing to add, or when the writer has stopped).
+    func writeDownCounters(then done: @escaping @Sendable () -> Void = {}) {
         let delta = counters.take()
         guard delta.received > 0 || delta.dropped > 0 else { return done() }
         writer.addToCounters(
@@ -212,18 +243,42 @@ final class DatagramReceiver: @unchecked Sendable {
     private func receive() {
         var buffer = [UInt8](repeating: 0, count: Self.maxDatagramBytes)
         while waitForDatagram() {
+            if settings.generation != parserGeneration {
+                parserGeneration = settings.generation
+                let configuration = settings.current
+                parser = IntakeLineParser(configuration: configuration)
+                allowed = PeerAllowList(configuration.intake)
+            }
             var batch = SpoolBatch()
             var requests = 0
             // A burst ends after so many datagrams, refused and dropped ones included: a flood of bad ones
             // must not keep the thread from submitting the good ones, writing its counts or seeing a stop.
-            var taken = 0
-            while taken < Self.maxRequestsPerBatch, !stopping.load(ordering: .relaxed) {
-                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT) | Int32(MSG_TRUNC)) }
+            var batchBytes = 0
+            // This burst's counts: they go into the spool's totals in the same commit as its records.
+            var burst = DatagramCounts()
+            while burst.received < Self.maxRequestsPerBatch, batchBytes < Self.maxBatchBytes, !stopping.load(ordering: .relaxed) {
+                var uid: UInt32 = .max
+                var gid: UInt32 = .max
+                let n = buffer.withUnsafeMutableBytes {
+                    cagent_recv_with_credentials(fd, $0.baseAddress, UInt($0.count), Int32(MSG_DONTWAIT) | Int32(MSG_TRUNC), &uid, &gid)
+                }
                 if n < 0 { break }  // none left (EAGAIN) or interrupted: submit what we have
-                taken += 1
-                counters.add(received: 1)
+                burst.received += 1
+                if let allowed, !allowed.admits(uid: uid, gid: gid) {
+                    burst.rejected += 1
+                    AgentMetrics.rejected(.peerNotAllowed).increment()
+                    if let heldBack = peerRefusalLog.admit() {
+                        logger.warning(
+                            "refused a datagram from a sender that is not allowed by [intake] allow_uids/allow_gids",
+                            metadata: [
+                                "uid": "\(uid == .max ? "unknown" : "\(uid)")", "gid": "\(gid == .max ? "unknown" : "\(gid)")",
+                                "similar_datagrams_not_logged": "\(heldBack)",
+                            ])
+                    }
+                    continue
+                }
                 guard n <= buffer.count else {
-                    counters.add(rejected: 1)
+                    burst.rejected += 1
                     AgentMetrics.rejected(.lineTooLong).increment()
                     logRefusal(IntakeRejection(.lineTooLong, "the datagram is \(n) bytes; at most \(Self.maxDatagramBytes) are taken"))
                     continue
@@ -234,25 +289,36 @@ final class DatagramReceiver: @unchecked Sendable {
                 switch parsed.result {
                 case .success(let accepted) where batch.admit(accepted, into: writer.capacity):
                     requests += 1
+                    batchBytes += accepted.bytes
                 case .success:
-                    counters.add(dropped: 1)
+                    burst.dropped += 1
                     AgentMetrics.rejected(.spoolFull).increment()
                     logRefusal(IntakeRejection(.spoolFull, "the spool is full ([spool] max_bytes); the datagram was dropped"))
                 case .failure(let rejection):
-                    counters.add(rejected: 1)
+                    burst.rejected += 1
                     AgentMetrics.rejected(rejection.code).increment()
                     logRefusal(rejection)
                 }
             }
-            guard requests > 0 else { continue }
+            burst.countInMetrics()
+            guard requests > 0 else {
+                // Nothing to commit: the counts wait for the next write of the totals.
+                counters.add(burst)
+                continue
+            }
+            batch.counters = burst.spoolCounters
             inFlight.acquire()
             let promise = eventLoop.makePromise(of: Void.self)
-            let (counters, inFlight, records, submitted) = (self.counters, self.inFlight, batch.totalRecords, requests)
+            let (counters, inFlight, records, submitted, counted) = (self.counters, self.inFlight, batch.totalRecords, requests, burst)
             promise.futureResult.whenComplete { [weak self] result in
                 switch result {
                 case .success: AgentMetrics.recordsSpooled.increment(by: Int64(records))
                 case .failure:
-                    counters.add(dropped: submitted)
+                    // Neither the records nor the burst's counts were committed: the records were dropped.
+                    var failed = counted
+                    failed.dropped += submitted
+                    DatagramCounts(dropped: submitted).countInMetrics()
+                    counters.add(failed)
                     // The thread may be asleep by now, its counts written: these are written at once.
                     self?.writeDownCounters()
                 }
@@ -267,6 +333,8 @@ final class DatagramReceiver: @unchecked Sendable {
     /// At most one debug line a second about refused datagrams: they are never answered, so the log is
     /// where an operator can see why.
     private let refusalLog = LogRateLimiter(interval: .seconds(1))
+    /// At most one warning a second about senders allow_uids / allow_gids do not allow.
+    private let peerRefusalLog = LogRateLimiter(interval: .seconds(1))
 
     private func logRefusal(_ rejection: IntakeRejection) {
         guard logger.logLevel <= .debug, let heldBack = refusalLog.admit() else { return }
@@ -311,25 +379,36 @@ final class InFlightLimit: @unchecked Sendable {
     }
 }
 
-/// Datagram counts not yet added to the spool's totals.
+/// Datagrams counted together: in one burst, or waiting to be added to the spool's totals.
+struct DatagramCounts: Sendable, Equatable {
+    var received = 0
+    var rejected = 0
+    var dropped = 0
+
+    /// The spool's `counters` rows these add to.
+    var spoolCounters: [String: Int] {
+        ["datagrams_received": received, "datagrams_rejected": rejected, "datagrams_dropped": dropped]
+    }
+
+    /// Adds these to the process's metrics (at once, whether or not the spool's totals have them yet).
+    func countInMetrics() {
+        if received > 0 { AgentMetrics.datagramsReceived.increment(by: Int64(received)) }
+        if rejected > 0 { AgentMetrics.datagramsRejected.increment(by: Int64(rejected)) }
+        if dropped > 0 { AgentMetrics.datagramsDropped.increment(by: Int64(dropped)) }
+    }
+}
+
+/// Datagram counts not yet added to the spool's totals: those of bursts with nothing to commit, and of
+/// batches whose commit failed (a committed batch carries its burst's counts itself).
 final class DatagramCounters: Sendable {
     private let received = Atomic<Int>(0)
     private let rejected = Atomic<Int>(0)
     private let dropped = Atomic<Int>(0)
 
-    func add(received r: Int = 0, rejected j: Int = 0, dropped d: Int = 0) {
-        if r > 0 {
-            received.add(r, ordering: .relaxed)
-            AgentMetrics.datagramsReceived.increment(by: Int64(r))
-        }
-        if j > 0 {
-            rejected.add(j, ordering: .relaxed)
-            AgentMetrics.datagramsRejected.increment(by: Int64(j))
-        }
-        if d > 0 {
-            dropped.add(d, ordering: .relaxed)
-            AgentMetrics.datagramsDropped.increment(by: Int64(d))
-        }
+    func add(_ counts: DatagramCounts) {
+        if counts.received > 0 { received.add(counts.received, ordering: .relaxed) }
+        if counts.rejected > 0 { rejected.add(counts.rejected, ordering: .relaxed) }
+        if counts.dropped > 0 { dropped.add(counts.dropped, ordering: .relaxed) }
     }
 
     /// Whether anything was counted since the last ``take()``.

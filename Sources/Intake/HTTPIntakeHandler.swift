@@ -13,6 +13,11 @@ import Synchronization
 /// `config.wait = true`, once the Stream API committed them (with their `snapshot_id`), at most
 /// `[intake] wait_timeout` later: then 202 with `"committed":false` (durable here, not yet committed there).
 ///
+/// Each request is served with the configuration in force when its head arrives (`settings`): a reload
+/// that changes `http_token` or `allow_uids` / `allow_gids` applies to the next request of a connection
+/// already open. On the Unix socket the peer (`SO_PEERCRED`, read once) must be one those lists allow,
+/// when either is set; over TCP they do not apply.
+///
 /// Bodies are refused with 413 as soon as they pass the 10 MB limit while streaming in (for gzip bodies,
 /// once the inflated size would), never buffered whole. HTTP/1.1 keep-alive and pipelining are handled by
 /// NIO's pipelining assistance: one request is processed at a time, answers go out in order.
@@ -20,7 +25,11 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let configuration: AgentConfiguration
+    private var configuration: AgentConfiguration
+    /// Read again at each request head (`nil`: `configuration` stays as given).
+    private let settings: LiveConfiguration?
+    /// The peer of a Unix-socket connection, read when it became active; `nil` over TCP.
+    private var peer: Result<PeerCredentials, any Error>?
     private let writer: SpoolWriter
     private let readiness: IntakeReadiness?
     private let confirmations: RemoteConfirmations?
@@ -49,11 +58,12 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var stopping = false
 
     init(
-        configuration: AgentConfiguration, writer: SpoolWriter, readiness: IntakeReadiness? = nil,
+        configuration: AgentConfiguration, settings: LiveConfiguration? = nil, writer: SpoolWriter, readiness: IntakeReadiness? = nil,
         confirmations: RemoteConfirmations? = nil, unfinishedInput: UnfinishedInputBudget = UnfinishedInputBudget(), logger: Logger
     ) {
         self.unfinished = UnfinishedInputShare(of: unfinishedInput, maxLineBytes: configuration.intake.maxLineBytes.bytes)
         self.configuration = configuration
+        self.settings = settings
         self.writer = writer
         self.readiness = readiness
         self.confirmations = confirmations
@@ -99,6 +109,35 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
+    func channelActive(context: ChannelHandlerContext) {
+        if context.channel.localAddress?.protocol == .unix, let provider = context.channel as? any SocketOptionProvider {
+            let credentials: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(17))  // SO_PEERCRED on Linux
+            // On the channel's own event loop this completes at once, before any read is processed.
+            credentials.assumeIsolated().whenComplete { [self] in peer = $0 }
+        }
+        context.fireChannelActive()
+    }
+
+    /// The answer for a Unix-socket peer `[intake] allow_uids` / `allow_gids` do not allow; `nil` when it
+    /// may write (or the connection is TCP, or neither list is set).
+    private func peerRefusal() -> Answer? {
+        guard let peer, let allowed = PeerAllowList(configuration.intake) else { return nil }
+        let reason: String
+        switch peer {
+        case .success(let peer) where allowed.admits(uid: peer.uid, gid: peer.gid):
+            return nil
+        case .success(let peer):
+            logger.warning(
+                "refused a request of a writer that is not allowed by [intake] allow_uids/allow_gids",
+                metadata: ["uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
+            reason = PeerAllowList.refusal(uid: peer.uid, gid: peer.gid)
+        case .failure(let error):
+            reason = "the agent cannot read this connection's credentials (\(error))"
+        }
+        return Self.failure(IntakeRejection(.peerNotAllowed, reason), table: nil)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
@@ -106,7 +145,11 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             body.clear()
             unfinished.release()
             answered = false
-            if let early = check(head) {
+            if let settings { configuration = settings.current }
+            if let refusal = peerRefusal() {
+                // Nothing of what it sends is read: the connection closes after the answer.
+                respond(context: context, head: head, refusal, close: true)
+            } else if let early = check(head) {
                 respond(context: context, head: head, early, close: false)
             } else if head.version != .http1_0,
                 head.headers[canonicalForm: "Expect"].contains(where: { $0.lowercased() == "100-continue" })

@@ -43,7 +43,8 @@ package struct HTTPIntakeServer: ConnectionPipeline {
                 try channel.pipeline.syncOperations.addHandler(StopNotice(), position: .first)
                 try channel.pipeline.syncOperations.addHandler(
                     HTTPIntakeHandler(
-                        configuration: configuration, writer: writer, readiness: readiness, confirmations: confirmations,
+                        configuration: configuration, settings: settings, writer: writer, readiness: readiness,
+                        confirmations: confirmations,
                         unfinishedInput: unfinishedInput, logger: logger))
                 // The handler keeps a connection whose request is being stored or waits for the API's commit.
                 try bounds.bound(channel, idleTimeout: Self.idleTimeout)

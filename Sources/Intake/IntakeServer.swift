@@ -31,14 +31,11 @@ package struct IntakeServer: ConnectionPipeline {
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 131_072))
             .childChannelInitializer { channel in
-                // Each connection takes the settings in force when it opens (a reload affects new ones).
+                // Each connection takes the settings in force when it opens (a reload affects new ones),
+                // but for who may write, which it checks again after a reload.
                 let configuration = settings.current
-                let (allowUIDs, allowGIDs) = (configuration.intake.allowUIDs, configuration.intake.allowGIDs)
                 return channel.eventLoop.makeCompletedFuture {
-                    if !allowUIDs.isEmpty || !allowGIDs.isEmpty {
-                        try channel.pipeline.syncOperations.addHandler(
-                            PeerCredentialsHandler(allowUIDs: allowUIDs, allowGIDs: allowGIDs, logger: logger))
-                    }
+                    try channel.pipeline.syncOperations.addHandler(PeerCredentialsHandler(settings: settings, logger: logger))
                     try channel.pipeline.syncOperations.addHandler(
                         IntakeConnectionHandler(
                             configuration: configuration, writer: writer, budget: budget, unfinishedInput: unfinishedInput,

@@ -17,9 +17,11 @@ package struct PassedSocket: Sendable, Equatable, CustomStringConvertible {
 
 /// The sockets systemd passed, sorted out for the listeners that use them.
 ///
-/// - A single passed socket is the intake socket, whatever its name: `systemd-socket-activate -l PATH`
-///   without `--fdname`, or a socket unit without `FileDescriptorName=`, passes one unnamed socket (or
-///   one named after the unit), and the line protocol is what such a setup means.
+/// - A single passed socket named `http` or `datagram` is that listener's; any other single socket is the
+///   intake socket, whatever its name: `systemd-socket-activate -l PATH` without `--fdname`, or a socket
+///   unit without `FileDescriptorName=`, passes one unnamed socket (or one named after the unit), and the
+///   line protocol is what such a setup means. (A lone `ListenDatagram=` socket named `datagram` was taken
+///   for the intake socket, and the daemon refused to start.)
 /// - With several, names decide: `intake` (the line protocol), `http` (the local Stream API) and
 ///   `datagram`. Any other name, or a name given twice, is not used: it is logged and closed, so no socket
 ///   lingers unserved with writers queueing in it.
@@ -42,7 +44,8 @@ package struct PassedSockets: Sendable, Equatable {
     package init(_ passed: [PassedSocket]) {
         all = passed
         if passed.count == 1 {
-            assigned[.intake] = passed[0]
+            let role = Role(rawValue: passed[0].name).flatMap { $0 == .intake ? nil : $0 } ?? .intake
+            assigned[role] = passed[0]
             return
         }
         for socket in passed {

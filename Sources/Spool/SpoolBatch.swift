@@ -17,6 +17,9 @@ public struct SpoolBatch: Sendable {
     /// `tagRuns[i]`: where in `records[i]` the records written with other tags start; records before the
     /// first run have none. A run may be empty (a line refused after its tags were noted).
     public private(set) var tagRuns: [[TagRun]] = []
+    /// Running totals of the spool's `counters` table to add in the same commit as these records (the
+    /// datagram counts of the burst they came in), so the totals and the records can never disagree.
+    public var counters: [String: Int] = [:]
 
     /// Records from `record` (and byte `offset`) on were written with `tags` (compact JSON; empty: none),
     /// up to the next run.

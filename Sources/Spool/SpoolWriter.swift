@@ -437,6 +437,7 @@ public final class SpoolWriter: @unchecked Sendable {
                 for (index, target) in pending.batch.targets.enumerated() where pending.batch.counts[index] > 0 {
                     if let range = try self.append(pending.batch, group: index, to: target, at: now, db: db) { ranges.append(range) }
                 }
+                if !pending.batch.counters.isEmpty { try Self.add(pending.batch.counters, db: db) }
                 pending.appended?(ranges)
             }
             for id in self.appended.keys where self.isDue(id, at: started) {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "Tests" / "Emulator"))
+sys.path.insert(0, str(ROOT / "docs" / "clients" / "python"))
 
 from agent_harness import Agent, free_port, wait_until  # noqa: E402
 from harness import Emulator  # noqa: E402
@@ -347,3 +349,49 @@ def test_connections_holding_every_descriptor_neither_spin_the_daemon_nor_outlas
         assert served.stdout == b"200"
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_allow_uids_hold_on_the_http_socket_and_a_reload_reaches_open_connections(tmp_path):
+    """`[intake] allow_uids` was checked on the line socket only: any local user who could open http.sock
+    stored records there. And a reload of `http_token` or the lists did not reach a keep-alive connection
+    already open, so a leaked token could not be revoked without a restart."""
+    from http_client import UnixHTTPConnection
+
+    body = json.dumps({"data": {"a": 1}, "config": {"table": "bronze.t"}})
+    stranger = Agent(tmp_path / "stranger", extra_config=f"allow_uids = [{os.geteuid() + 1}]").start()
+    try:
+        out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", stranger.http_socket_path, "-d", body,
+                              "http://localhost/v2/stream"], capture_output=True)
+        answer, code = out.stdout.decode().rsplit("\n", 1)
+        assert code == "403" and "is not allowed to write to this agent ([intake] allow_uids / allow_gids)" in json.loads(answer)["errors"][0], answer
+        assert stranger.status()["pending"] == 0
+    finally:
+        stranger.finish()
+
+    agent = Agent(tmp_path / "agent", extra_config='http_token = "old-token"').start()
+    try:
+        conn = UnixHTTPConnection(agent.http_socket_path, timeout=30)
+
+        def post(token: str) -> int:
+            conn.request("POST", "/v2/stream", body=body, headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+
+        assert post("old-token") == 200
+        config = Path(agent.config_path).read_text()
+        Path(agent.config_path).write_text(config.replace('http_token = "old-token"', 'http_token = "new-token"'))
+        agent.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in agent.log(), 10, message="the reload")
+        assert post("old-token") == 401, "the open connection still took the revoked token"
+        assert post("new-token") == 200
+        # The writer's own uid taken off the lists: its open connection is refused and closed.
+        Path(agent.config_path).write_text(
+            Path(agent.config_path).read_text().replace("[intake]", f"[intake]\nallow_uids = [{os.geteuid() + 1}]"))
+        agent.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: agent.log().count("configuration reloaded") == 2, 10, message="the second reload")
+        assert post("new-token") == 403
+        conn.close()
+        assert agent.status()["pending"] == 2
+    finally:
+        agent.finish()

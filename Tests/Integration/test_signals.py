@@ -27,21 +27,28 @@ def count(emu, table="sig"):
         return 0
 
 
-def test_sighup_puts_a_new_api_key_in_use_without_losing_a_record(tmp_path):
+def key_file_agent(tmp_path, emu, key: str, retry: tuple[str, str] = ("50ms", "200ms")) -> tuple[Agent, Path]:
+    """A daemon delivering to `emu` with its key in a file (holding `key`), linger 50 ms, the retry bounds
+    given; and the key file."""
     key_file = tmp_path / "api-key"
-    key_file.write_text("old-key\n")
+    key_file.write_text(key + "\n")
     key_file.chmod(0o600)
-    with Emulator(api_keys=("new-key",)) as emu:
-        agent = Agent(tmp_path / "agent", extra_config=f"""
+    agent = Agent(tmp_path / "agent", extra_config=f"""
 [api]
 url = "{emu.stream_url}"
 key_file = "{key_file}"
 [batch]
 linger = "50ms"
 [retry]
-initial = "50ms"
-max = "200ms"
+initial = "{retry[0]}"
+max = "{retry[1]}"
 """).start()
+    return agent, key_file
+
+
+def test_sighup_puts_a_new_api_key_in_use_without_losing_a_record(tmp_path):
+    with Emulator(api_keys=("new-key",)) as emu:
+        agent, key_file = key_file_agent(tmp_path, emu, "old-key")
         try:
             send(agent, [{"i": i} for i in range(100)])
             wait_until(lambda: agent.status()["tables"][0]["state"] == "auth failing", 15, message="the refused key is shown")
@@ -73,7 +80,9 @@ linger = "50ms"
         try:
             key_file.unlink()
             agent.process.send_signal(signal.SIGHUP)
-            wait_until(lambda: "keeping the one in use" in agent.log(), 10, message="the failed reload is logged")
+            wait_until(lambda: "the old configuration and key keep running" in agent.log(), 10, message="the failed reload is logged")
+            # Rejected whole: nothing of the file applied (a restart would refuse it too).
+            assert "configuration reloaded" not in agent.log()
             send(agent, [{"i": 1}])
             wait_until(lambda: count(emu) == 1, 15, message="still delivering with the old key")
         finally:
@@ -128,7 +137,7 @@ linger = "1h"
             # An invalid file: rejected, the old configuration keeps running.
             Path(agent.config_path).write_text(config.replace('linger = "1h"', 'linger = "soon"'))
             agent.process.send_signal(signal.SIGHUP)
-            wait_until(lambda: "the new configuration is invalid" in agent.log(), 10, message="the invalid file is reported")
+            wait_until(lambda: "cannot use the configuration file" in agent.log(), 10, message="the invalid file is reported")
             assert "batch.linger" in agent.log()
             send(agent, [{"i": 1}])
             time.sleep(1.0)
@@ -143,5 +152,30 @@ linger = "1h"
             wait_until(lambda: count(emu) == 2, 10, message="delivered under the new linger")
             with agent.connect() as conn:  # still on the old socket
                 assert conn.request('{"config":{"table":"bronze.sig"},"data":{"i":3},"ack":"z"}')["ok"]
+        finally:
+            agent.finish()
+
+
+def test_sighup_leaves_a_backoff_and_retry_after_alone_unless_the_key_or_api_changed(tmp_path):
+    """Every SIGHUP sent everything pending at once, as SIGUSR1 does: a configuration manager reloading
+    every few seconds hammered an API that asked, with 429 and Retry-After, for a pause. A reload that
+    changes neither the key nor [api] now leaves the backoff alone; a new key ends it (delivery was waiting
+    on the refused one)."""
+    with Emulator(api_keys=("the-key", "new-key")) as emu:
+        emu.control(force={"status": 429, "count": 1_000_000}, retry_after=30)
+        agent, key_file = key_file_agent(tmp_path, emu, "the-key", retry=("30s", "60s"))
+        try:
+            send(agent, [{"i": i} for i in range(5)])
+            wait_until(lambda: len(emu.requests()) == 1, 15, message="the first request, answered 429")
+            for _ in range(10):
+                agent.process.send_signal(signal.SIGHUP)
+                time.sleep(0.1)
+            wait_until(lambda: agent.log().count("configuration reloaded") == 10, 10, message="ten reloads")
+            time.sleep(1.0)
+            assert len(emu.requests()) == 1, "a reload that changed nothing cut the API's Retry-After short"
+            emu.control(force=None)
+            key_file.write_text("new-key\n")
+            agent.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: count(emu) == 5, 10, message="a new key: delivery goes at once")
         finally:
             agent.finish()

@@ -70,6 +70,16 @@ int cagent_interrupt_descriptor(void);
 /// end the process.
 void cagent_end_by_signal(int signo);
 
+/// Asks the kernel to attach the sender's credentials to every datagram `fd` receives (`SO_PASSCRED`).
+/// Returns 0 on success, -1 with errno set.
+int cagent_enable_credentials(int fd);
+
+/// `recvmsg` of one datagram into `buffer` (`flags` as for `recv`, e.g. `MSG_DONTWAIT | MSG_TRUNC`), with
+/// the uid and gid of the process that sent it (`SCM_CREDENTIALS`, which the kernel fills in and a sender
+/// cannot forge beyond its own ids; -1 each when none came, i.e. without ``cagent_enable_credentials``).
+/// Returns what `recvmsg` does: the datagram's length (its full length with `MSG_TRUNC`), or -1.
+long cagent_recv_with_credentials(int fd, void *buffer, unsigned long capacity, int flags, unsigned int *uid, unsigned int *gid);
+
 /// Unmaps the pages of the process's read-only file mappings (code and constants of the binary and its
 /// libraries) that hold nothing of their own (no page copied on write): they stay in the page cache and
 /// map again, without reading the disk, at their next use. Start-up touches much code it never runs

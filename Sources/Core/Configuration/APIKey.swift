@@ -48,11 +48,12 @@ public enum APIKeySource {
     private static func read(path: String, key: String?, location: ConfigurationLocation?) throws(ConfigurationError) -> APIKey {
         let contents: [UInt8]
         do {
-            contents = try FileSystem.contents(of: path)
+            contents = try FileSystem.contents(of: path, maxBytes: Self.maxKeyFileBytes)
         } catch {
+            let hint = error.code == EFBIG ? " (an API key is at most \(maxKeyBytes) bytes: is it the right file?)" : ""
             throw ConfigurationError(
                 .unusablePath, key: key, line: location?.line, file: location?.file,
-                "cannot read the API key file \(path): \(error)")
+                "cannot read the API key file \(path): \(error)\(hint)")
         }
         let secret = String(decoding: contents, as: UTF8.self).trimmingWhitespace()
         guard !secret.isEmpty else {
@@ -64,6 +65,8 @@ public enum APIKeySource {
 
     /// The most an API key may take: far more than any token, far less than a header libcurl refuses.
     public static let maxKeyBytes = 4096
+    /// The largest key file read at all (the key, and room for whitespace around it).
+    static let maxKeyFileBytes = 64 << 10
 
     /// A key goes into the `Authorization` header as it is: a line break in it would send what follows as
     /// headers of its own (a second key of a file kept during a rotation, to the API and any proxy), a NUL

@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// The configuration in force, replaced as a whole on reload (SIGHUP).
 ///
@@ -6,12 +7,17 @@ import NIOConcurrencyHelpers
 /// so one unit never sees half of an old configuration and half of a new one.
 public final class LiveConfiguration: Sendable {
     private let box: NIOLockedValueBox<AgentConfiguration>
+    private let reloads = Atomic<Int>(0)
 
     public init(_ configuration: AgentConfiguration) {
         box = NIOLockedValueBox(configuration)
     }
 
     public var current: AgentConfiguration { box.withLockedValue { $0 } }
+
+    /// How many times ``reload(_:)`` ran: a long-lived reader that keeps what it built from ``current``
+    /// (a parser) builds it again when this changed, without taking the lock on every unit of work.
+    public var generation: Int { reloads.load(ordering: .acquiring) }
 
     /// What a reload did.
     public struct Reload: Sendable, Equatable {
@@ -33,6 +39,7 @@ public final class LiveConfiguration: Sendable {
             }
             let applied = ConfigKey.all.filter { $0.reload == .atOnce && $0.differs(effective, old) }.map(\.name)
             old = effective
+            reloads.add(1, ordering: .releasing)
             return Reload(applied: applied, needRestart: needRestart)
         }
     }

@@ -8,7 +8,11 @@ package enum JSONCompactor {
             output.append(contentsOf: slice)
             return
         }
-        output.reserveCapacity(output.count + slice.count - whitespace)
+        // Room for the compact bytes, growing as `append` would (doubling): reserving exactly what this
+        // record needs made every record with whitespace (`json.dumps`'s `", "` and `": "`) copy the whole
+        // batch before it into a new buffer, quadratic in the batch.
+        let needed = output.count + slice.count - whitespace
+        if output.capacity < needed { output.reserveCapacity(max(needed, output.capacity * 2)) }
         var inString = false
         var escaped = false
         for byte in slice {

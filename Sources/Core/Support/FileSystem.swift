@@ -31,12 +31,18 @@ package enum FileSystem {
     }
 
     /// The whole file at `path`, which must be a regular file: a FIFO, a device or a socket (a mistyped
-    /// path, a secret mount gone wrong) would block the read for ever, or never end it.
-    package static func contents(of path: String) throws(SystemCallError) -> [UInt8] {
+    /// path, a secret mount gone wrong) would block the read for ever, or never end it. A file of more than
+    /// `maxBytes` is refused (`EFBIG`) before it is read: a wrong file named as a secret (a disk image, a
+    /// log) once took gigabytes of memory and many seconds to be found too large.
+    package static func contents(of path: String, maxBytes: Int = .max) throws(SystemCallError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw SystemCallError() }
         defer { close(fd) }
-        try requireRegularFile(fd)
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw SystemCallError() }
+        try requireRegularFile(mode: info.st_mode)
+        let tooLarge = { (size: Int) in SystemCallError(EFBIG, detail: "the file holds \(size) bytes, more than the \(maxBytes) taken") }
+        if info.st_size > maxBytes { throw tooLarge(Int(info.st_size)) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
@@ -47,6 +53,8 @@ package enum FileSystem {
                 throw SystemCallError()
             }
             bytes.append(contentsOf: chunk[..<count])
+            // It may grow while it is read.
+            if bytes.count > maxBytes { throw tooLarge(bytes.count) }
         }
     }
 

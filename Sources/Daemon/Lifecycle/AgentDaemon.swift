@@ -233,7 +233,7 @@ public struct AgentDaemon: Sendable {
             case .operatorSignals:
                 return SignalService(
                     configurationPath: configurationPath, settings: settings, key: key, delivery: delivery.loop,
-                    notifier: notifier, isReady: { supervisor.isReady }, logger: logger)
+                    notifier: notifier, isReady: { supervisor.isReady && !supervisor.isStopping }, logger: logger)
             case .intakeState:
                 return IntakeStateReporter(
                     capacity: writer.capacity, readiness: readiness, spoolPath: configuration.spool.path,

@@ -18,8 +18,10 @@ import UnixSignals
 /// - SIGHUP: read the configuration file and the API key again. Batch, retry, table, API and intake
 ///   settings take effect at once (intake settings for new connections); settings only a restart can
 ///   change (spool, socket path and mode, `max_in_flight`, drain bound, log level) keep their old values and
-///   are logged as such. An invalid file is rejected with a log line and the old configuration keeps
-///   running. systemd hears `RELOADING=1` and then `READY=1`.
+///   are logged as such. An invalid file, or one whose API key cannot be read, is rejected with a log line
+///   and the old configuration and key keep running. Only a new key or changed `[api]` settings end the
+///   waits of delivery (a backoff, `Retry-After`, linger): a reload that changes neither leaves them as
+///   they are. systemd hears `RELOADING=1` and then `READY=1` (not once the daemon is stopping).
 /// - SIGUSR1: deliver everything pending now, ignoring `[batch] linger` and any backoff.
 ///
 /// Reloading reads files: it runs on a thread of its own (``SignalHandling``), never awaited, so a
@@ -30,8 +32,9 @@ struct SignalService: DaemonPart {
     let key: APIKeyBox
     let delivery: DeliveryLoop
     let notifier: SystemdNotifier
-    /// Whether the daemon told systemd it is ready: a SIGHUP before that (replayed from start-up) reloads
-    /// without `RELOADING=1`/`READY=1`, which would announce the daemon ready before every part is up.
+    /// Whether the daemon told systemd it is ready and is not stopping: a SIGHUP before that (replayed from
+    /// start-up) or during the stop reloads without `RELOADING=1`/`READY=1`, which would announce the
+    /// daemon ready before every part is up, or again after `STOPPING=1`.
     let isReady: @Sendable () -> Bool
     let logger: Logger
 
@@ -112,13 +115,39 @@ struct SignalService: DaemonPart {
 
     func reload() {
         var configuration = settings.current
+        // Started on the embedded defaults, the daemon reads the default file once it exists, as a
+        // restart would.
+        let configurationPath =
+            configurationPath
+            ?? (FileManager.default.fileExists(atPath: ConfigurationLoader.defaultPath) ? ConfigurationLoader.defaultPath : nil)
         if let configurationPath {
             do {
                 configuration = try ConfigurationLoader.load(path: configurationPath)
             } catch {
-                logger.error("SIGHUP: the new configuration is invalid; the old one keeps running", metadata: ["error": "\(error)"])
+                logger.error(
+                    "SIGHUP: cannot use the configuration file; the old configuration keeps running", metadata: ["error": "\(error)"])
                 return
             }
+        } else {
+            logger.info(
+                "SIGHUP: no configuration file (no --config, and \(ConfigurationLoader.defaultPath) does not exist); the embedded defaults stay"
+            )
+        }
+        // The key the new configuration names is read before anything of it applies: a file whose key
+        // cannot be read is rejected whole, as `config check` and a restart would reject it.
+        let fresh: APIKey?
+        do {
+            fresh = try APIKeySource.load(config: configuration.api)
+        } catch {
+            logger.error(
+                configurationPath == nil
+                    ? "SIGHUP: cannot read the API key; keeping the one in use"
+                    : "SIGHUP: cannot read the API key the new configuration names; the old configuration and key keep running",
+                metadata: ["error": "\(error)"])
+            return
+        }
+        var apiChanged = false
+        if configurationPath != nil {
             let outcome = settings.reload(configuration)
             if !outcome.needRestart.isEmpty {
                 logger.warning(
@@ -128,19 +157,19 @@ struct SignalService: DaemonPart {
             logger.info(
                 "SIGHUP: configuration reloaded",
                 metadata: ["applied": "\(outcome.applied.isEmpty ? "nothing changed" : outcome.applied.joined(separator: ", "))"])
+            apiChanged = outcome.applied.contains { $0.hasPrefix("api.") }
         }
-        do {
-            let fresh = try APIKeySource.load(config: settings.current.api)
-            key.withLockedValue { $0 = fresh }
-            if let fresh {
-                logger.info("SIGHUP: API key reloaded", metadata: ["source": "\(fresh.source)"])
-            } else {
-                logger.warning("SIGHUP: no API key found; delivery stays paused")
-            }
-        } catch {
-            logger.error("SIGHUP: cannot read the API key; keeping the one in use", metadata: ["error": "\(error)"])
+        let keyChanged = key.withLockedValue { held in
+            defer { held = fresh }
+            return held != fresh
         }
-        // Whatever waits on a refused key or an old setting may go now.
-        delivery.flushNow()
+        if let fresh {
+            logger.info("SIGHUP: API key reloaded", metadata: ["source": "\(fresh.source)", "changed": "\(keyChanged)"])
+        } else {
+            logger.warning("SIGHUP: no API key found; delivery stays paused")
+        }
+        // What waits on a refused key or an old API setting may go now; a reload that changed neither
+        // leaves backoffs, the API's Retry-After and linger alone (only SIGUSR1 overrides them).
+        if keyChanged || apiChanged { delivery.flushNow() } else { delivery.configurationReloaded() }
     }
 }

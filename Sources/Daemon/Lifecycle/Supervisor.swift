@@ -150,6 +150,16 @@ final class Supervisor: Sendable {
     /// Whether every part started: the daemon is ready, and told systemd so.
     var isReady: Bool { state.withLock { $0.ready } }
 
+    /// Whether the daemon is stopping (a shutdown signal, or a failure): systemd has heard `STOPPING=1`.
+    var isStopping: Bool {
+        state.withLock { state in
+            switch state.machine.phase {
+            case .stopping, .stoppingAtOnce: true
+            default: false
+            }
+        }
+    }
+
     /// The deadline every part stopping gracefully works to.
     var drainDeadline: DrainDeadline {
         DrainDeadline { [self] in

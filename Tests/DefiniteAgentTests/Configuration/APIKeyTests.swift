@@ -44,6 +44,25 @@ struct APIKeyTests {
         #expect(!String(reflecting: key).contains("sk-very-secret"))
     }
 
+    /// A wrong file named as the key (2 GiB here, sparse) was read whole before its size was checked:
+    /// gigabytes of memory and seconds on each start and SIGHUP. It is refused by its size, unread.
+    @Test func aKeyFileFarTooLargeIsRefusedWithoutBeingRead() throws {
+        let path = try temporaryFile("")
+        defer { unlink(path) }
+        #expect(truncate(path, 2 << 30) == 0)
+        var api = AgentConfiguration.API()
+        api.keyFile = path
+        do {
+            _ = try APIKeySource.load(config: api, environment: [:])
+            Issue.record("a 2 GiB key file was accepted")
+        } catch {
+            #expect(
+                error.message
+                    == "cannot read the API key file \(path): the file holds 2147483648 bytes, more than the 65536 taken (an API key is at most 4096 bytes: is it the right file?)"
+            )
+        }
+    }
+
     @Test func unreadableKeyFileIsAnErrorNotAFallback() throws {
         var api = AgentConfiguration.API()
         api.keyFile = "/nonexistent/api-key"

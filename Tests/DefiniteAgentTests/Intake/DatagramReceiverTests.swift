@@ -44,7 +44,7 @@ struct DatagramReceiverTests {
         #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &pair) == 0)
         defer { close(pair[1]) }
         var receiver: DatagramReceiver? = DatagramReceiver(
-            fd: pair[0], parser: IntakeLineParser(configuration: config), writer: writer,
+            fd: pair[0], settings: LiveConfiguration(config), writer: writer,
             eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
         let ended = receiver!.ended
         let stopPipe = [Self.pipeName(receiver!.stopPipe.read), Self.pipeName(receiver!.stopPipe.write)]
@@ -80,5 +80,50 @@ struct DatagramReceiverTests {
         }
         #expect(fcntl(pair[0], F_GETFD) >= 0)
         close(pair[0])
+    }
+
+    /// A reload that sets `[intake] default_table` and a `[[table]]` merge key applies to the next burst:
+    /// the datagram thread kept the parser it started with, so plain datagrams stayed refused and rows for
+    /// the merge table were queued as appends.
+    @Test func aReloadAppliesToTheNextBurst() async throws {
+        let path = try makeTemporaryDirectory("datagram-tests") + "/spool.db"
+        let writer = try SpoolWriter(path: path, durability: .normal, maxBytes: 1 << 30, logger: Logger(label: "test"))
+        writer.start()
+        defer { writer.shutdown() }
+        let settings = LiveConfiguration(AgentConfiguration())
+
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &pair) == 0)
+        defer { close(pair[1]) }
+        let receiver = DatagramReceiver(
+            fd: pair[0], settings: settings, writer: writer, eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: Logger(label: "test"))
+        receiver.start()
+        defer {
+            receiver.stop()
+            close(pair[0])
+        }
+        func send(_ datagram: String) {
+            #expect(Array(datagram.utf8).withUnsafeBytes { Glibc.send(pair[1], $0.baseAddress, $0.count, 0) } == datagram.utf8.count)
+        }
+        func counted(_ expected: (Int, Int, Int)) async throws {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while try SpoolStatus.read(path: path).datagrams != expected {
+                try #require(ContinuousClock.now < deadline, "the counts never reached \(expected)")
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+
+        send(#"{"k": 1}"#)  // no default table yet: refused
+        try await counted((1, 1, 0))
+        var reloaded = AgentConfiguration()
+        reloaded.intake.defaultTable = "bronze.new"
+        reloaded.tables = [.init(name: "bronze.m", mode: .merge, primaryKey: "id")]
+        _ = settings.reload(reloaded)
+        send(#"{"k": 2}"#)
+        send(#"{"config": {"table": "bronze.m"}, "data": {"id": 7}}"#)
+        try await counted((3, 1, 0))
+        let targets = try SpoolStatus.read(path: path).targets.map { "\($0.table) \($0.mode) \($0.primaryKey) \($0.pending)" }.sorted()
+        #expect(targets == ["bronze.m merge id 1", "bronze.new append  1"])
     }
 }

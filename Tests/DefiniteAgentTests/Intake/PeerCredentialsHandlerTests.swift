@@ -25,6 +25,7 @@ struct PeerCredentialsHandlerTests {
         let path: String
         let group: MultiThreadedEventLoopGroup
         let channel: any Channel
+        let settings: LiveConfiguration
 
         init(allowUIDs: [UInt32], allowGIDs: [UInt32], writer: SpoolWriter) async throws {
             var config = AgentConfiguration()
@@ -33,7 +34,8 @@ struct PeerCredentialsHandlerTests {
             config.intake.allowGIDs = allowGIDs
             path = try makeTemporaryDirectory("peer") + "/agent.sock"
             group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-            let server = IntakeServer(settings: LiveConfiguration(config), writer: writer, logger: quietLogger)
+            settings = LiveConfiguration(config)
+            let server = IntakeServer(settings: settings, writer: writer, logger: quietLogger)
             channel = try await server.configure(ServerBootstrap(group: group)).bind(unixDomainSocketPath: path).get()
         }
 
@@ -100,7 +102,9 @@ struct PeerCredentialsHandlerTests {
         defer { spool.shutDown() }
         let writer = spool.writer
         let channel = try await NIOAsyncTestingChannel.connected { pipeline in
-            try pipeline.addHandler(PeerCredentialsHandler(allowUIDs: [geteuid()], allowGIDs: [], logger: quietLogger))
+            var config = AgentConfiguration()
+            config.intake.allowUIDs = [geteuid()]
+            try pipeline.addHandler(PeerCredentialsHandler(settings: LiveConfiguration(config), logger: quietLogger))
             try pipeline.addHandler(
                 IntakeConnectionHandler(
                     configuration: AgentConfiguration(), writer: writer, budget: IntakeMemoryBudget(), logger: quietLogger))
@@ -109,5 +113,28 @@ struct PeerCredentialsHandlerTests {
         #expect(try await replies.lines(1) == [Self.refusalPrefix + #""the agent cannot read this connection's credentials"}"#])
         #expect(try await replies.waitUntilClosed())
         _ = try await channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// A reload that no longer allows a connected writer: its connection went on writing (the check was
+    /// made once, at connect). Now the lines it sent before are answered, the next ones are not read, and
+    /// the connection closes.
+    @Test func aWriterAReloadNoLongerAllowsIsLetGoAfterItsAnswers() async throws {
+        let spool = try TestSpool("peer")
+        defer { spool.shutDown() }
+        let served = try await Served(allowUIDs: [], allowGIDs: [], writer: spool.writer)
+
+        let client = try UnixClient(path: served.path)
+        try client.send(#"{"ack":"before","a":1}"# + "\n")
+        let reply = client.receive { $0.contains(UInt8(ascii: "\n")) }
+        #expect(reply.bytes.text == #"{"ack":"before","ok":true,"accepted":1}"# + "\n")
+
+        var reloaded = served.settings.current
+        reloaded.intake.allowUIDs = [geteuid() &+ 1]
+        _ = served.settings.reload(reloaded)
+        _ = client.trySend(#"{"ack":"after","a":2}"# + "\n")
+        let rest = client.receive()
+        #expect(rest.bytes.isEmpty && rest.closed, "the connection stayed open, or answered a line sent after the reload")
+        #expect(try spool.pending() == ["bronze.events": 1])
+        try await served.stop()
     }
 }

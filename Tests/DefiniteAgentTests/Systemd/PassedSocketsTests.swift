@@ -14,12 +14,22 @@ struct PassedSocketsTests {
         PassedSocket(fd: fd, name: name, path: path)
     }
 
-    @Test(arguments: ["", "unknown", "definite-agent.socket", "intake", "http", "anything"])
+    @Test(arguments: ["", "unknown", "definite-agent.socket", "intake", "anything"])
     func aSinglePassedSocketIsTheIntakeSocketWhateverItsName(name: String) {
         let passed = PassedSockets([socket(3, name, "/run/a.sock")])
         #expect(passed[.intake] == socket(3, name, "/run/a.sock"))
         #expect(passed[.http] == nil && passed[.datagram] == nil)
         #expect(passed.unused.isEmpty)
+    }
+
+    /// A lone socket named for another listener is that listener's: a socket unit with only
+    /// `ListenDatagram=` and `FileDescriptorName=datagram` made the daemon refuse to start, taking it for a
+    /// stream socket to serve the line protocol on.
+    @Test(arguments: [("http", PassedSockets.Role.http), ("datagram", .datagram)])
+    func aSinglePassedSocketNamedForAnotherListenerIsThatListeners(name: String, role: PassedSockets.Role) {
+        let passed = PassedSockets([socket(3, name, "/run/a.sock")])
+        #expect(passed[role] == socket(3, name, "/run/a.sock"))
+        #expect(passed[.intake] == nil && passed.unused.isEmpty)
     }
 
     @Test func withSeveralNamesDecideAndOtherNamesAreUnused() {
@@ -106,9 +116,9 @@ struct PassedSocketsTests {
         ])
         #expect(passed.all.map(\.fd) == [3])
         #expect(passed.all.map(\.name) == ["http"])
-        // One socket is the intake socket whatever its name.
-        #expect(passed[.intake]?.fd == 3)
-        #expect(passed[.http] == nil)
+        // One socket, named for the local Stream API: its listener's.
+        #expect(passed[.http]?.fd == 3)
+        #expect(passed[.intake] == nil)
     }
 
     @Test func emptyNamesKeepTheirPlace() {
