@@ -132,17 +132,16 @@ struct SendCommand: ParsableCommand {
             )
         }
         if totals.waitedForRoom > 0 {
-            printError("\(totals.waitedForRoom) lines waited for room in the agent's spool (sent again \(totals.roomRetries) times)")
+            let times = totals.roomRetries == 1 ? "once" : "\(totals.roomRetries) times"
+            printError("\(totals.waitedForRoom) lines waited for room in the agent's spool (sent again \(times))")
         }
-        if let interruption = outcome.interruption {
-            printError(interruption.description(unconfirmed: outcome.unconfirmed, input: input))
-            CommandInterruption.end(by: interruption.signal)
+        if let signal = outcome.interruptedBy, let stop = outcome.stop {
+            printError("interrupted by \(CommandInterruption.name(of: signal)); " + stop.description(input: input))
+            CommandInterruption.end(by: signal)
         }
         if let failure = outcome.failure {
             printError("error: \(failure)")
-            if outcome.unconfirmed > 0 {
-                printError("error: \(outcome.unconfirmed) lines were sent but not confirmed; they may or may not be spooled")
-            }
+            if let stop = outcome.stop { printError("error: " + stop.description(input: input)) }
             throw ExitCode(outcome.agentUnreachable ? 69 : 1)
         }
         if totals.rejectedLines > 0 { throw ExitCode(1) }
@@ -166,31 +165,40 @@ struct SendSession {
         /// Why the session gave up before the end of the input, if it did.
         var failure: String?
         var agentUnreachable = false
-        /// Set when SIGINT or SIGTERM stopped the session.
-        var interruption: Interruption?
+        /// The signal (SIGINT, SIGTERM) that stopped the session, if one did.
+        var interruptedBy: Int32?
+        /// Where the input stands, when the session stopped before its end (a signal, or giving up).
+        var stop: Stop?
     }
 
-    /// Where a session stopped by SIGINT or SIGTERM left the input.
-    struct Interruption: Equatable {
-        var signal: Int32
+    /// Where a session that stopped early left the input, and the line to send it again from.
+    struct Stop: Equatable {
         /// The last input line read (0: none).
         var lastLineRead: Int
         /// The first line handed over and not answered for good; every line before it was answered.
         var firstUnconfirmedLine: Int?
+        /// Lines handed over and not answered for good.
+        var unconfirmed: Int
+        /// Of those, the lines the agent refused for room (507, 503 busy) and that wait to go again: not stored.
+        var waitingForRoom: Int
 
         /// The line to send the input again from: nothing before it is left unanswered.
         var resumeLine: Int { firstUnconfirmedLine ?? lastLineRead + 1 }
 
-        /// What stderr says: what may be stored, what was not read, and where to go on from (`input`: the
-        /// file read, `nil` for standard input).
-        func description(unconfirmed: Int, input: String?) -> String {
-            var text = "interrupted by \(CommandInterruption.name(of: signal)) after reading \(lastLineRead) lines"
-            if unconfirmed > 0 {
-                text += "; \(unconfirmed) lines from line \(resumeLine) on were sent but not confirmed: they may or may not be stored"
+        /// What stderr says: what was read, what may be stored, and where to go on from (`input`: the file
+        /// read, `nil` for standard input).
+        func description(input: String?) -> String {
+            var text = "stopped after reading \(lastLineRead) lines"
+            if unconfirmed > waitingForRoom {
+                text +=
+                    "; \(unconfirmed - waitingForRoom) lines from line \(resumeLine) on were sent but not confirmed: they may or may not be stored"
             }
-            text +=
-                "; every line before line \(resumeLine) was answered (the counts above); to finish, send the input again from line \(resumeLine) (tail -n +\(resumeLine) \(input.map(Self.shellWord) ?? "FILE"))"
+            if waitingForRoom > 0 {
+                text += "; \(waitingForRoom) lines the agent refused for room (507 or 503 busy) were not stored"
+            }
+            guard resumeLine > 1 else { return text + "; no line was answered: to finish, send the whole input again" }
             return text
+                + "; every line before line \(resumeLine) was answered (the counts above); to finish, send the input again from line \(resumeLine) (tail -n +\(resumeLine) \(input.map(Self.shellWord) ?? "FILE"))"
         }
 
         /// `path` as one word of a shell command: as it is when plain, else in single quotes.
@@ -342,7 +350,8 @@ struct SendSession {
             if written == output.count, inputEnded, ledger.isSettled { return .finished }
             if ledger.mayRetryRoomAfterWaiting {
                 Self.pause(ledger.roomWait)
-                ledger.retryWaitingLines()
+                // Stopped meanwhile: the lines stay counted as waiting for room (not stored).
+                if CommandInterruption.signal == nil { ledger.retryWaitingLines() }
                 continue
             }
             let waitsForInput = written == output.count && ledger.mayWrite && !inputEnded && !ledger.hasLinesToSendAgain
@@ -430,9 +439,14 @@ struct SendSession {
     }
 
     private func interrupted(by signal: Int32) -> Outcome {
-        Outcome(
-            totals: ledger.totals, unconfirmed: ledger.unconfirmed,
-            interruption: Interruption(signal: signal, lastLineRead: lineNumber, firstUnconfirmedLine: ledger.firstUnconfirmedLine))
+        Outcome(totals: ledger.totals, unconfirmed: ledger.unconfirmed, interruptedBy: signal, stop: stop)
+    }
+
+    /// Where the input stands now.
+    private var stop: Stop {
+        Stop(
+            lastLineRead: lineNumber, firstUnconfirmedLine: ledger.firstUnconfirmedLine, unconfirmed: ledger.unconfirmed,
+            waitingForRoom: ledger.waitingForRoom)
     }
 
     /// Handles every complete reply line in `buffer`; returns a problem that ends the session, if any.
@@ -527,10 +541,12 @@ struct SendSession {
     }
 
     private mutating func giveUp(_ failure: String, unreachable: Bool) -> Outcome {
+        let stop = stop  // before the rest of the input is read (and counted as not sent)
         var unsent = 0
         while let request = readRequest(mayBlock: true) { unsent += request.rows.count }
         return Outcome(
-            totals: ledger.totals, unconfirmed: ledger.unconfirmed, unsent: unsent, failure: failure, agentUnreachable: unreachable)
+            totals: ledger.totals, unconfirmed: ledger.unconfirmed, unsent: unsent, failure: failure, agentUnreachable: unreachable,
+            stop: stop)
     }
 
     /// Connects again, waiting 0.1 s, then twice as long each time up to 5 s, for ``reconnectPatience``.

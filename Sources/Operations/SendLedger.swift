@@ -333,6 +333,9 @@ struct SendLedger {
         [inFlight.map(\.line).min(), again.map(\.line).min(), waiting.map(\.line).min()].compactMap { $0 }.min()
     }
 
+    /// Lines the agent refused for room (507, 503 busy), waiting to go again: none of them is stored.
+    var waitingForRoom: Int { waiting.reduce(0) { $0 + $1.rows.count } }
+
     /// Lines handed over and not yet answered for good (in flight, to go again, waiting for room).
     var unconfirmed: Int {
         inFlight.reduce(0) { $0 + $1.rows.count } + again.reduce(0) { $0 + $1.rows.count } + waiting.reduce(0) { $0 + $1.rows.count }

@@ -370,7 +370,7 @@ struct SendLedgerTests {
         #expect(ledger.firstUnconfirmedLine == 2)
         #expect(ledger.receive(Self.full(2)) == .waitingForRoom(line: 2))
         _ = ledger.receive(Self.accepted(3))
-        #expect(ledger.firstUnconfirmedLine == 2 && ledger.unconfirmed == 1)
+        #expect(ledger.firstUnconfirmedLine == 2 && ledger.unconfirmed == 1 && ledger.waitingForRoom == 1)
         ledger.retryWaitingLines()
         #expect(ledger.firstUnconfirmedLine == 2)
         _ = Self.resent(&ledger)
@@ -378,20 +378,25 @@ struct SendLedgerTests {
         #expect(ledger.firstUnconfirmedLine == nil && ledger.isSettled)
     }
 
-    @Test func anInterruptedSendSaysWhatMayBeStoredAndWhereToGoOnFrom() {
-        let stopped = SendSession.Interruption(signal: SIGINT, lastLineRead: 120, firstUnconfirmedLine: 101)
+    @Test func aStoppedSendSaysWhatMayBeStoredAndWhereToGoOnFrom() {
+        let stopped = SendSession.Stop(lastLineRead: 120, firstUnconfirmedLine: 101, unconfirmed: 20, waitingForRoom: 5)
         #expect(stopped.resumeLine == 101)
         #expect(
-            stopped.description(unconfirmed: 20, input: "/data/events.ndjson")
-                == "interrupted by SIGINT after reading 120 lines; 20 lines from line 101 on were sent but not confirmed: they may or may not be stored; every line before line 101 was answered (the counts above); to finish, send the input again from line 101 (tail -n +101 /data/events.ndjson)"
+            stopped.description(input: "/data/events.ndjson")
+                == "stopped after reading 120 lines; 15 lines from line 101 on were sent but not confirmed: they may or may not be stored; 5 lines the agent refused for room (507 or 503 busy) were not stored; every line before line 101 was answered (the counts above); to finish, send the input again from line 101 (tail -n +101 /data/events.ndjson)"
         )
-        let settled = SendSession.Interruption(signal: SIGTERM, lastLineRead: 7, firstUnconfirmedLine: nil)
+        let settled = SendSession.Stop(lastLineRead: 7, firstUnconfirmedLine: nil, unconfirmed: 0, waitingForRoom: 0)
         #expect(settled.resumeLine == 8)
         #expect(
-            settled.description(unconfirmed: 0, input: nil)
-                == "interrupted by SIGTERM after reading 7 lines; every line before line 8 was answered (the counts above); to finish, send the input again from line 8 (tail -n +8 FILE)"
+            settled.description(input: nil)
+                == "stopped after reading 7 lines; every line before line 8 was answered (the counts above); to finish, send the input again from line 8 (tail -n +8 FILE)"
         )
-        #expect(SendSession.Interruption.shellWord("my events's.ndjson") == #"'my events'\''s.ndjson'"#)
-        #expect(SendSession.Interruption.shellWord("") == "''")
+        let unanswered = SendSession.Stop(lastLineRead: 3, firstUnconfirmedLine: 1, unconfirmed: 3, waitingForRoom: 0)
+        #expect(
+            unanswered.description(input: nil)
+                == "stopped after reading 3 lines; 3 lines from line 1 on were sent but not confirmed: they may or may not be stored; no line was answered: to finish, send the whole input again"
+        )
+        #expect(SendSession.Stop.shellWord("my events's.ndjson") == #"'my events'\''s.ndjson'"#)
+        #expect(SendSession.Stop.shellWord("") == "''")
     }
 }

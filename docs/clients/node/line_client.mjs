@@ -14,18 +14,27 @@
 //   connect again and send every request that has no answer yet. After a line too long the agent read
 //   nothing behind it, so nothing is stored twice; after a restart, a request whose answer was lost may
 //   have been stored, and is stored again (at least once).
-// - On 507 (the agent's spool is full) wait, with a growing pause, and send again.
+// - On 507 (the agent's spool is full), 503 busy (it holds as much unfinished input as it keeps) or 503
+//   shutting_down, nothing of the record was stored: wait, with a growing pause, and send again.
+// - Give up on a connection that answers nothing for a minute (an agent that hangs): its requests go again
+//   on a new one, and after a minute without any answer the client stops.
 //
-// Prints "accepted N, refused M" and each refused record's line and reason on stderr; exits 0 when every
-// record is durable, 1 when some were refused, 69 when the agent stays unreachable for a minute.
+// Prints "accepted N, refused M" and each refused record's line and reason on stderr (a line that is not
+// JSON is refused here, without sending it); exits 0 when every record is durable, 1 when some were
+// refused, 69 when the agent stays unreachable (or silent) for a minute, saying how many records are not
+// confirmed.
 import net from "node:net";
 import { readFileSync } from "node:fs";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-// One connection: writes every request, resolves with the answers (ack id → reply) once all came or the
-// agent closed the connection.
-function round(path, requests) {
+// Refusals that store nothing and end by themselves: the record goes again after a pause.
+const RETRY_CODES = new Set(["spool_full", "busy", "shutting_down"]);
+const mustRetry = (reply) => !reply.ok && (reply.status === 507 || RETRY_CODES.has(reply.code));
+
+// One connection: writes every request, resolves with the answers (ack id → reply) once all came, the
+// agent closed the connection, or it answered nothing for `patienceMs`.
+function round(path, requests, patienceMs) {
   return new Promise((resolve) => {
     const order = requests.map(([ack]) => ack);
     const answers = new Map();
@@ -36,6 +45,7 @@ function round(path, requests) {
       resolve(answers);
     };
     socket.setEncoding("utf8");
+    socket.setTimeout(patienceMs, finish); // an agent that hangs: these go again on a new connection
     socket.on("connect", () => socket.write(requests.map(([, line]) => line).join("")));
     socket.on("data", (chunk) => {
       buffer += chunk;
@@ -60,11 +70,11 @@ export async function sendRecords(path, table, records, patienceMs = 60_000) {
   let pause = 500;
   let lastProgress = Date.now();
   while (pending.size > 0) {
-    const answers = await round(path, [...pending.entries()]);
+    const answers = await round(path, [...pending.entries()], patienceMs);
     let full = false;
     for (const [ack, reply] of answers) {
-      if (reply.status === 507) {
-        full = true; // the spool is full: this one goes again after a pause
+      if (mustRetry(reply)) {
+        full = true; // nothing was stored: this one goes again after a pause
         continue;
       }
       pending.delete(ack);
@@ -75,7 +85,9 @@ export async function sendRecords(path, table, records, patienceMs = 60_000) {
       lastProgress = Date.now(); // the agent answers (a full spool included): keep going
       if (!full) pause = 500;
     } else if (Date.now() - lastProgress > patienceMs) {
-      throw new Error(`the agent is unreachable for ${patienceMs / 1000} s; ${pending.size} records not confirmed`);
+      throw new Error(
+        `the agent is unreachable (or silent) for ${patienceMs / 1000} s; ${pending.size} records not confirmed (those already sent may be stored)`,
+      );
     }
     if (pending.size > 0 && (full || answers.size === 0)) {
       await sleep(pause);
@@ -90,16 +102,26 @@ if (!path || !table) {
   console.error("usage: node line_client.mjs SOCKET TABLE < records.ndjson");
   process.exit(64);
 }
-const records = readFileSync(0, "utf8")
+const records = [];
+let notJSON = 0;
+// A byte order mark before the first line (an editor's, on Windows) is not part of it.
+readFileSync(0, "utf8")
+  .replace(/^\uFEFF/, "")
   .split("\n")
-  .map((line, index) => [String(index + 1), line])
-  .filter(([, line]) => line.trim() !== "")
-  .map(([ack, line]) => [ack, JSON.parse(line)]);
+  .forEach((line, index) => {
+    if (line.trim() === "") return;
+    try {
+      records.push([String(index + 1), JSON.parse(line)]);
+    } catch (error) {
+      console.error(`line ${index + 1}: not JSON (${error.message}); not sent`);
+      notJSON++;
+    }
+  });
 try {
   const { accepted, refused } = await sendRecords(path, table, records);
   for (const [ack, reply] of refused) console.error(`line ${ack}: ${reply.status} ${reply.code}: ${reply.error}`);
-  console.log(`accepted ${accepted}, refused ${refused.size}`);
-  process.exit(refused.size > 0 ? 1 : 0);
+  console.log(`accepted ${accepted}, refused ${refused.size + notJSON}`);
+  process.exit(refused.size + notJSON > 0 ? 1 : 0);
 } catch (error) {
   console.error(`error: ${error.message}`);
   process.exit(69);

@@ -5,10 +5,13 @@ agent's Unix socket, or over TCP (`[intake] http_listen`).
     python3 http_client.py --unix /run/definite-agent/http.sock --table bronze.events < records.ndjson
     python3 http_client.py --url http://127.0.0.1:8787 --token "$TOKEN" --table bronze.events < records.ndjson
 
-Records go in gzipped JSON bodies (`{"data":[…],"config":{"table":…}}`) of up to 1,000 rows. A 200 means
-the rows are durable in the agent's spool (header `X-Agent-Spooled: true`); a 507 (spool full) or 503
-(stopping) is retried after `Retry-After` (or a growing pause); any other error status stops with the
-agent's message. Prints "spooled N rows"; exits 0, or 1 with the error.
+Records go in gzipped JSON bodies (`{"data":[…],"config":{"table":…}}`) of up to 1,000 rows and 8 MB
+(the Stream API takes 10 MB a body, counted before compression). A 200 means the rows are durable in the
+agent's spool (header `X-Agent-Spooled: true`); a 507 (spool full) or 503 (busy, or stopping) is retried
+after `Retry-After` (or a growing pause), and so is a connection the agent refused or closed (a restart)
+for up to a minute: a request whose answer was lost may have been stored, and is stored again (at least
+once). Any other error status stops with the agent's message. Prints "spooled N rows"; exits 0, or 1 with
+the error and the input line to send again from (every row before it is durable).
 """
 from __future__ import annotations
 
@@ -38,27 +41,54 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class StreamClient:
     """Posts batches of rows to the local Stream API on one keep-alive connection."""
 
-    def __init__(self, connection: http.client.HTTPConnection, token: str | None = None):
+    def __init__(self, connection: http.client.HTTPConnection, token: str | None = None, patience: float = 60.0):
         self.connection = connection
         self.token = token
+        self.patience = patience  # seconds of refused or lost connections before giving up
 
-    def post(self, table: str, rows: list[dict], attempts: int = 20) -> dict:
+    def post(self, table: str, rows: list[dict]) -> dict:
         body = gzip.compress(json.dumps({"data": rows, "config": {"table": table}}).encode())
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        pause = 0.5
-        for _ in range(attempts):
-            self.connection.request("POST", "/v2/stream", body=body, headers=headers)
-            response = self.connection.getresponse()
-            answer = json.loads(response.read())
+        pause, deadline = 0.5, time.monotonic() + self.patience
+        while True:
+            try:
+                self.connection.request("POST", "/v2/stream", body=body, headers=headers)
+                response = self.connection.getresponse()
+                answer = json.loads(response.read())
+            except TimeoutError as error:
+                raise RuntimeError(f"no answer within {self.connection.timeout} s; these rows may or may not be stored") from error
+            except (OSError, http.client.HTTPException) as error:
+                # Refused, reset or closed (the agent restarts): connect again. The next request reconnects.
+                self.connection.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the agent is unreachable for {self.patience:.0f} s ({error})") from error
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
             if response.status == 200:
                 return answer
             if response.status not in (503, 507):
                 raise RuntimeError(f"{response.status}: {'; '.join(answer.get('errors') or [])}")
+            # Nothing of the request was stored; the agent says when to come back.
             time.sleep(float(response.getheader("Retry-After") or pause))
             pause = min(pause * 2, 10.0)
-        raise RuntimeError(f"the agent kept answering {response.status} ({'; '.join(answer.get('errors') or [])})")
+
+
+def batches(lines: list[tuple[int, dict]], max_rows: int = 1000, max_bytes: int = 8_000_000):
+    """The rows in requests of at most `max_rows` rows and about `max_bytes` of JSON; a row larger than that
+    goes alone (the agent answers 413 if it is over the Stream API's limits)."""
+    batch, size = [], 0
+    for number, row in lines:
+        row_bytes = len(json.dumps(row).encode()) + 2
+        if batch and (len(batch) == max_rows or size + row_bytes > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append((number, row))
+        size += row_bytes
+    if batch:
+        yield batch
 
 
 def main() -> int:
@@ -75,14 +105,25 @@ def main() -> int:
         url = urlsplit(args.url)
         connection = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=60)
     client = StreamClient(connection, args.token)
-    rows = [json.loads(line) for line in sys.stdin if line.strip()]
+    lines = []
+    # utf-8-sig: a byte order mark before the first line (an editor's, on Windows) is not part of it.
+    for number, line in enumerate(open(sys.stdin.fileno(), encoding="utf-8-sig", errors="replace", closefd=False), start=1):
+        if not line.strip():
+            continue
+        try:
+            lines.append((number, json.loads(line)))
+        except ValueError as error:
+            print(f"error: line {number} is not JSON ({error}); nothing was sent", file=sys.stderr)
+            return 1
     spooled = 0
     try:
-        for start in range(0, len(rows), 1000):
-            spooled += client.post(args.table, rows[start:start + 1000])["successful_rows"]
-    except (RuntimeError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        for batch in batches(lines):
+            try:
+                spooled += client.post(args.table, [row for _, row in batch])["successful_rows"]
+            except RuntimeError as error:
+                print(f"error: {error}", file=sys.stderr)
+                print(f"spooled {spooled} rows before it; send the input again from line {batch[0][0]}", file=sys.stderr)
+                return 1
     finally:
         connection.close()
     print(f"spooled {spooled} rows")

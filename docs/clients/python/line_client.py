@@ -14,10 +14,14 @@ protocol must do, and this one does:
   connect again and send every request that has no answer yet. After a line too long, the agent read
   nothing behind it, so nothing is stored twice; after a restart, a request whose answer was lost may have
   been stored, and is stored again (at least once).
-- On 507 (the agent's spool is full) wait, with a growing pause, and send again.
+- On 507 (the agent's spool is full), 503 `busy` (it holds as much unfinished input as it keeps) or 503
+  `shutting_down`, nothing of the record was stored: wait, with a growing pause, and send again.
+- Give up on a connection that answers nothing for a minute (an agent that hangs): its requests go again
+  on a new one, and after a minute without any answer the client stops.
 
-Prints "accepted N, refused M" and each refused record's line and reason on stderr; exits 0 when every
-record is durable, 1 when some were refused, 69 when the agent stays unreachable for a minute.
+Prints "accepted N, refused M" and each refused record's line and reason on stderr (a line that is not
+JSON is refused here, without sending it); exits 0 when every record is durable, 1 when some were refused,
+69 when the agent stays unreachable (or silent) for a minute, saying how many records are not confirmed.
 """
 from __future__ import annotations
 
@@ -28,6 +32,14 @@ import socket
 import sys
 import threading
 import time
+
+
+# Refusals that store nothing and end by themselves: the record goes again after a pause.
+RETRY_CODES = {"spool_full", "busy", "shutting_down"}
+
+
+def must_retry(reply: dict) -> bool:
+    return not reply["ok"] and (reply.get("status") == 507 or reply.get("code") in RETRY_CODES)
 
 
 class LineClient:
@@ -46,8 +58,8 @@ class LineClient:
         while pending:
             answers, full = self._round(list(pending.items()))
             for ack, reply in answers.items():
-                if reply.get("status") == 507:
-                    continue  # the spool is full: this one goes again after a pause
+                if must_retry(reply):
+                    continue  # nothing was stored: this one goes again after a pause
                 del pending[ack]
                 if reply["ok"]:
                     accepted += reply["accepted"]
@@ -58,7 +70,9 @@ class LineClient:
                 if not full:
                     pause = 0.5
             elif time.monotonic() - last_progress > self.patience:
-                raise ConnectionError(f"the agent is unreachable for {self.patience:.0f} s; {len(pending)} records not confirmed")
+                raise ConnectionError(
+                    f"the agent is unreachable (or silent) for {self.patience:.0f} s; {len(pending)} records not confirmed"
+                    " (those already sent may be stored)")
             if pending and (full or not answers):
                 time.sleep(pause)
                 pause = min(pause * 2, 10.0)
@@ -69,7 +83,7 @@ class LineClient:
 
     def _round(self, requests: list[tuple[str, bytes]]) -> tuple[dict[str, dict], bool]:
         """One connection: writes every request, reads answers until all came or the agent closed.
-        Returns the answers by ack id, and whether any was a 507."""
+        Returns the answers by ack id, and whether any asked to wait (507, busy, shutting down)."""
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self.path)
@@ -85,7 +99,10 @@ class LineClient:
             pass  # the agent closed the connection: what it answered before is still read below
         answers: dict[str, dict] = {}
         while len(answers) < len(order):
-            reply = replies.get()
+            try:
+                reply = replies.get(timeout=self.patience)
+            except queue.Empty:
+                break  # no answer for a minute (an agent that hangs): these go again on a new connection
             if reply is None:
                 break  # closed: the requests without an answer go again on a new connection
             # Without an ack the reply names the request's line on this connection (1-based).
@@ -96,7 +113,7 @@ class LineClient:
             pass
         reader.join()
         sock.close()
-        return answers, any(r.get("status") == 507 for r in answers.values())
+        return answers, any(must_retry(r) for r in answers.values())
 
     @staticmethod
     def _read(sock: socket.socket, replies: queue.Queue) -> None:
@@ -117,7 +134,16 @@ def main() -> int:
     parser.add_argument("socket", help="the agent's [intake] socket")
     parser.add_argument("table", help="target table, e.g. bronze.events")
     args = parser.parse_args()
-    records = {str(n): json.loads(line) for n, line in enumerate(sys.stdin, start=1) if line.strip()}
+    records, not_json = {}, 0
+    # utf-8-sig: a byte order mark before the first line (an editor's, on Windows) is not part of it.
+    for n, line in enumerate(open(sys.stdin.fileno(), encoding="utf-8-sig", errors="replace", closefd=False), start=1):
+        if not line.strip():
+            continue
+        try:
+            records[str(n)] = json.loads(line)
+        except ValueError as error:
+            print(f"line {n}: not JSON ({error}); not sent", file=sys.stderr)
+            not_json += 1
     try:
         accepted, refused = LineClient(args.socket, args.table).send(records)
     except ConnectionError as error:
@@ -125,8 +151,8 @@ def main() -> int:
         return 69
     for ack, reply in refused.items():
         print(f"line {ack}: {reply['status']} {reply['code']}: {reply['error']}", file=sys.stderr)
-    print(f"accepted {accepted}, refused {len(refused)}")
-    return 1 if refused else 0
+    print(f"accepted {accepted}, refused {len(refused) + not_json}")
+    return 1 if refused or not_json else 0
 
 
 if __name__ == "__main__":
