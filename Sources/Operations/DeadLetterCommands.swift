@@ -19,6 +19,14 @@ struct DeadLetterCommand: AsyncParsableCommand {
         throw ExitCode(1)
     }
 
+    /// A `--table` that selects nothing is refused like an unknown `--id` (exit 1): at 3 a.m. a mistyped
+    /// table name read as "replayed 0 entries", exit 0, as if the job were done.
+    static func refuseEmpty(_ selection: DeadLetterStore.Selection, entries: Int, doing verb: String) throws {
+        guard case .table(let table) = selection, entries == 0 else { return }
+        printError("error: nothing \(verb): no dead letter for table \(table) (see dlq list)")
+        throw ExitCode(1)
+    }
+
     static func timestamp(_ date: Date) -> String {
         date.formatted(Date.ISO8601FormatStyle())
     }
@@ -124,6 +132,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 try DeadLetterStore(path: path).replay(selection.value, includeWritten: includeWritten)
             }
             try DeadLetterCommand.refuseMissing(outcome.missing, doing: "replayed")
+            try DeadLetterCommand.refuseEmpty(selection.value, entries: outcome.entries + outcome.refusedPartial.count, doing: "replayed")
             guard outcome.refusedPartial.isEmpty else {
                 let list = outcome.refusedPartial.map { "\($0.id) (\($0.rows) rows)" }.joined(separator: ", ")
                 printError(
@@ -164,6 +173,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 ? .ids(ids) : table.map { .table($0) } ?? (all ? .all : .olderThan(HumanDuration(parsing: olderThan!)!.seconds))
             let outcome = try await reportingErrors { try DeadLetterStore(path: path).purge(selection) }
             try DeadLetterCommand.refuseMissing(outcome.missing, doing: "purged")
+            try DeadLetterCommand.refuseEmpty(selection, entries: outcome.entries, doing: "purged")
             print("purged \(outcome.entries) entries (\(outcome.rows) rows)")
         }
     }

@@ -79,6 +79,20 @@ struct DiskAdmission {
         return .part(count: admitted, refusal)
     }
 
+    /// While refusing with nothing to commit (writers gave up, or wait for readiness): measures the disk
+    /// again, at most once a second, and ends the refusal once a small request would be taken (with the
+    /// margin ``admit(_:connection:)`` asks for). It ended only at the next write that fit, so a spool that
+    /// delivery had emptied still read as full in `status`, `status --check` and `/readyz`. Returns whether
+    /// the refusal ended.
+    mutating func reconsider(_ connection: SQLiteConnection) -> Bool {
+        guard isRefusing, lastMeasurement.map({ ContinuousClock.now - $0 >= .seconds(1) }) ?? true else { return false }
+        guard remeasure(connection, at: .now) != nil,
+            DiskHeadroom.stagingCost(recordBytes: pageSize, pageSize: pageSize) <= stagingBudget - reserveBytes / 4
+        else { return false }
+        isRefusing = false
+        return true
+    }
+
     /// While refusing, keeps the WAL small: delivery's bookkeeping has only the reserve to write in, and
     /// the automatic checkpoint would wait for 16 MiB of WAL. Checkpoints once the WAL holds a quarter of
     /// the reserve, or anything at all after 250 ms.

@@ -315,7 +315,10 @@ public final class SpoolWriter: @unchecked Sendable {
             heartbeat.withLockedValue { $0 = ContinuousClock.now }
 
             // Runs of appends and runs of transactions are each one commit, in queue order.
-            if jobs.isEmpty { settle(due(at: .now)) }
+            if jobs.isEmpty {
+                settle(due(at: .now))
+                if diskAdmission.reconsider(connection) { capacity.diskHasRoom() }
+            }
             var appends: [Pending] = []
             var transactions: [Transaction] = []
             func flush() {

@@ -44,6 +44,12 @@ def test_dlq_replay_and_purge_of_ids_that_do_not_exist_fail_and_touch_nothing(ag
         assert b"no dead letter with id 999" in result.stderr and b"nothing" in result.stderr, result.stderr
         assert json.loads(agent.cli("dlq", "list", "--json").stdout) == [entry], args
     assert agent.cli("dlq", "show", "999").returncode == 1
+    # A mistyped table selects nothing: refused like an unknown id (it read "replayed 0 entries", exit 0).
+    for args in (("dlq", "replay", "--table", "bronze.evnets"), ("dlq", "purge", "--table", "bronze.evnets", "--yes")):
+        result = agent.cli(*args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert b"no dead letter for table bronze.evnets" in result.stderr, result.stderr
+    assert json.loads(agent.cli("dlq", "list", "--json").stdout) == [entry]
 
     purged = agent.cli("dlq", "purge", "--id", str(entry["id"]), "--yes")
     assert purged.returncode == 0 and b"purged 1 entries" in purged.stdout, purged.stderr

@@ -177,6 +177,10 @@ def test_full_disk_recovers_once_delivery_frees_space(tmp_path, small_fs):
             assert not twice, (f"batches the API committed were sent again: {len(twice)} batches, up to "
                                f"{max(twice.values())} times; agent's last error: {table['last_error']}")
             if table["pending"] == 0:
+                # The refusal ends by itself once delivery freed the space: it used to last until the next
+                # write, so status, status --check and /readyz said "full" over an empty spool.
+                wait_until(lambda: agent.status()["intake_refused"] is None, timeout=10,
+                           message="intake refused still shown after delivery emptied the spool, with no write since")
                 with agent.connect() as conn:
                     reply = conn.request(json.dumps({"data": [{"i": -1}], "config": {"table": TABLE}, "ack": "resume"}))
                 if reply and reply["ok"]:

@@ -130,11 +130,11 @@ final class IntakeStateReporter: DaemonPart, RunningPart {
             switch refusal.reason {
             case .maxBytes:
                 logger.warning(
-                    "intake refused: the spool is full ([spool] max_bytes); requests that do not fit get 507 until delivery frees space",
+                    "intake refused: the spool is full ([spool] max_bytes); requests that do not fit get 507 until delivery frees space (dead letters count too: only `dlq replay` or `dlq purge` frees theirs)",
                     metadata: metadata)
             case .diskReserve:
                 logger.error(
-                    "intake refused: the disk holding the spool is full; requests that do not fit get 507 until delivery frees space in the spool",
+                    "intake refused: the disk holding the spool is full; requests that do not fit get 507 until delivery frees space in the spool (or other files on the disk are removed; dead letters go only with `dlq replay` or `dlq purge`)",
                     metadata: metadata)
             }
         case .ended(let refusal, let lasted):
