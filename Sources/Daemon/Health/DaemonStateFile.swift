@@ -30,19 +30,31 @@ public struct DaemonState: Sendable, Equatable {
 ///
 /// - Important: Written whole to a temporary file and renamed over, so a reader never sees half of it; with
 ///   the spool's access (``SpoolAccess``), so it says no more than the spool to whoever may not read that.
+///   The file is padded to ``paddedBytes`` (spaces after the JSON): when a full disk has no block for the
+///   temporary file, the state is written over the file in place, into the block it already has, so
+///   `status` still learns that intake is refused (it read "delivering", and `--check` said ok, while every
+///   writer got 507). A reader that finds half a state there reads again.
 public enum DaemonStateFile {
     public static func path(forSpoolAt spool: String) -> String { spool + ".daemon" }
+
+    /// The size the file is written at (at least): within one filesystem block, so that writing it over in
+    /// place needs no new one.
+    static let paddedBytes = 1024
 
     /// Writes `state` for the spool at `spoolPath`.
     public static func write(_ state: DaemonState, spoolPath: String, access: SpoolAccess) throws(SpoolError) {
         let path = path(forSpoolAt: spoolPath)
         let temporary = path + ".\(getpid()).tmp"
+        var bytes = Array(encode(state).utf8)
+        if bytes.count < paddedBytes { bytes += repeatElement(UInt8(ascii: " "), count: paddedBytes - bytes.count) }
         unlink(temporary)
-        try access.create(temporary)
         do {
-            try FileSystem.write(Array(encode(state).utf8), to: temporary)
+            try access.create(temporary)
+            try FileSystem.write(bytes, to: temporary)
         } catch {
             unlink(temporary)
+            // A full disk: the file this daemon wrote at start has its block; the state goes there.
+            if case let written = overwrite(path, with: bytes), written == 0 { return }
             throw SpoolError(.storage, path: spoolPath, "cannot write the daemon state file \(temporary): \(error)", cause: error)
         }
         guard rename(temporary, path) == 0 else {
@@ -52,13 +64,26 @@ public enum DaemonStateFile {
         }
     }
 
+    /// Writes `bytes` over the file at `path` from its start, in place (no new file, no truncation past them);
+    /// returns 0, or the `errno` of the failure.
+    private static func overwrite(_ path: String, with bytes: [UInt8]) -> Int32 {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return errno }
+        defer { close(fd) }
+        let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        return written == bytes.count ? 0 : (written < 0 ? errno : EIO)
+    }
+
     /// The state the last daemon on this spool wrote, and whether that daemon still runs; `nil` when no
     /// daemon ever ran on it with this version (or the file cannot be read by this user).
     public static func read(spoolPath: String) -> (state: DaemonState, running: Bool)? {
-        guard let data = try? FileSystem.contents(of: path(forSpoolAt: spoolPath)),
-            let state = decode(data)
-        else { return nil }
-        return (state, processStart(pid: state.pid) == state.processStart)
+        // Written over in place (a full disk), it may be caught half written: read again once.
+        for attempt in 0..<2 {
+            guard let data = try? FileSystem.contents(of: path(forSpoolAt: spoolPath)) else { return nil }
+            if let state = decode(data) { return (state, processStart(pid: state.pid) == state.processStart) }
+            if attempt == 0 { usleep(20_000) }
+        }
+        return nil
     }
 
     /// The start of process `pid` in clock ticks since boot, or `nil` when there is no such process.

@@ -40,6 +40,24 @@ struct DaemonStateTests {
         #expect(DaemonStateFile.read(spoolPath: directory + "/other.db") == nil)
     }
 
+    /// On a full disk the temporary file could not be written: `status` kept the state from before the
+    /// refusal ("delivering", `--check` ok) while every writer got 507. The state goes over the file in place.
+    @Test(.enabled(if: getuid() == 0, "mounts a small tmpfs")) func theStateIsWrittenOnAFullDiskToo() throws {
+        guard let small = try SmallFilesystem(at: directory + "/full", size: "1m") else {
+            Issue.record("could not mount a tmpfs")
+            return
+        }
+        defer { small.unmount() }
+        let spool = small.path + "/spool.db"
+        try DaemonStateFile.write(state(), spoolPath: spool, access: .ownerOnly)
+        small.fill()
+        var refused = state()
+        refused.intakeRefusal = IntakeRefusal(reason: .diskReserve, since: Date(timeIntervalSince1970: 1_700_000_000), detail: "0 B free")
+        try DaemonStateFile.write(refused, spoolPath: spool, access: .ownerOnly)
+        #expect(DaemonStateFile.read(spoolPath: spool)?.state == refused)
+        #expect(!FileManager.default.fileExists(atPath: DaemonStateFile.path(forSpoolAt: spool) + ".\(getpid()).tmp"))
+    }
+
     func target(_ table: String, pending: Int, age: Double?, state: String? = nil, until: Double? = nil) -> SpoolStatus.Target {
         SpoolStatus.Target(
             table: table, mode: .append, primaryKey: "", tags: "", pending: pending, pendingBytes: pending * 10,

@@ -70,14 +70,12 @@ struct CoalescedWritesTests {
     }
 
     @Test(.enabled(if: getuid() == 0, "mounts a small tmpfs")) func aFullDiskFailsTheCommitAndLosesNothingCommitted() throws {
-        let mountPoint = directory + "/small"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        guard run("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mountPoint]) == 0 else {
-            Issue.record("could not mount a tmpfs at \(mountPoint)")
+        guard let small = try SmallFilesystem(at: directory + "/small", size: "3m") else {
+            Issue.record("could not mount a tmpfs")
             return
         }
-        defer { _ = run("/bin/umount", ["-l", mountPoint]) }
-        let path = mountPoint + "/full.db"
+        defer { small.unmount() }
+        let path = small.path + "/full.db"
         let db = try open(path, .coalescedUntilSync)
         try db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
         var committed = 0
@@ -103,24 +101,17 @@ struct CoalescedWritesTests {
     /// zeros (a disk filled by another program, found by a black-box probe). The checkpoint must fail, and
     /// succeed once there is room, with nothing lost.
     @Test(.enabled(if: getuid() == 0, "mounts a small tmpfs")) func aCheckpointIntoAFullDiskFailsAndLosesNothing() throws {
-        let mountPoint = directory + "/checkpoint"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        guard run("/bin/mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mountPoint]) == 0 else {
-            Issue.record("could not mount a tmpfs at \(mountPoint)")
+        guard let small = try SmallFilesystem(at: directory + "/checkpoint", size: "2m") else {
+            Issue.record("could not mount a tmpfs")
             return
         }
-        defer { _ = run("/bin/umount", ["-l", mountPoint]) }
-        let path = mountPoint + "/spool.db"
+        defer { small.unmount() }
+        let path = small.path + "/spool.db"
         let db = try open(path, .coalescedUntilSync)
         try db.execute("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
         // ~40 KiB of rows: the checkpoint writes a dozen pages, one after the other, gathered in one run.
         try insert(db, rows: 10, size: 3000, from: 0)
-        // Another program fills the disk.
-        let filler = mountPoint + "/filler"
-        let fd = Glibc.open(filler, O_WRONLY | O_CREAT, 0o600)
-        let chunk = [UInt8](repeating: 7, count: 4096)
-        while chunk.withUnsafeBytes({ Glibc.write(fd, $0.baseAddress, $0.count) }) == chunk.count {}
-        close(fd)
+        let filler = small.fill()
 
         #expect(throws: SQLiteError.self, "a checkpoint into a full disk reported success") {
             try db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -128,15 +119,5 @@ struct CoalescedWritesTests {
         unlink(filler)
         try db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         try check(path, rows: 10, size: 3000)
-    }
-
-    private func run(_ executable: String, _ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return -1 }
-        process.waitUntilExit()
-        return process.terminationStatus
     }
 }
