@@ -41,6 +41,11 @@ public final class SpoolWriter: @unchecked Sendable {
     }
 
     private let connection: SQLiteConnection
+    /// The spool file this writer opened: looked at again before each commit of records (see
+    /// ``SpoolFileIdentity``).
+    private let fileIdentity: SpoolFileIdentity?
+    /// Set for good once the file at ``path`` is no longer the one open (writer thread only).
+    private var fileGone: String?
     /// Copies the WAL into the spool file beside this thread, so that commits seldom wait for it.
     private let checkpointer: SpoolCheckpointer
     /// The spool file.
@@ -124,6 +129,7 @@ public final class SpoolWriter: @unchecked Sendable {
         self.connection = connection
         self.settleInterval = settleInterval
         self.path = path
+        self.fileIdentity = SpoolFileIdentity(path: path)
         self.logger = logger
         self.diskAdmission = DiskAdmission(spoolPath: path, configuredReserve: diskReserve)
         do {
@@ -426,6 +432,13 @@ public final class SpoolWriter: @unchecked Sendable {
 
     /// Appends every batch's records in one transaction, then completes the promises.
     private func commit(_ queued: [Pending]) {
+        if let refusal = refusalForAGoneFile() {
+            for pending in queued {
+                capacity.cancelReservation(pending.batch.totalBytes)
+                pending.promise.fail(refusal)
+            }
+            return
+        }
         let batches = admitWithinDiskHeadroom(queued)
         guard !batches.isEmpty else { return }
         appended.removeAll(keepingCapacity: true)
@@ -600,6 +613,23 @@ public final class SpoolWriter: @unchecked Sendable {
         SpoolWriteError(
             .diskFull, "the disk holding the spool is full\(figures.map { " (\($0))" } ?? ""); nothing from this request was stored",
             cause: cause)
+    }
+
+    /// A refusal for every record from the moment the file at ``path`` is no longer the spool this writer
+    /// opened (removed, or replaced by another file). Records committed to the file open would be
+    /// acknowledged and then lost at the next start, which opens whatever is at the path (a removed file
+    /// took its records with it, silently, and a second daemon could open a new spool at the path meanwhile).
+    /// Said once, at critical level; writers are refused until a restart.
+    private func refusalForAGoneFile() -> SpoolWriteError? {
+        if fileGone == nil, let fileIdentity, let change = fileIdentity.change() {
+            fileGone = change
+            logger.critical(
+                "the spool file was \(change) while the daemon runs: records are refused from now on (nothing is acknowledged that is not stored); restart the daemon to open the spool at the path again (records still pending in the old file are lost)",
+                metadata: ["spool": "\(path)"])
+        }
+        guard let fileGone else { return nil }
+        return SpoolWriteError(
+            .storage, "the spool file \(path) was \(fileGone) while the agent runs; nothing is stored until it is restarted")
     }
 
     private func rejection(for error: any Error & Sendable) -> SpoolWriteError {

@@ -39,6 +39,26 @@ struct SpoolTests {
         return batch(paddedLines(first..<first + count), config: config)
     }
 
+    /// `rm spool.db*` (or a file moved over it) while the daemon ran: it went on acknowledging records into
+    /// the removed file, lost at the next start, and a second daemon could open a new spool at the path.
+    /// From the first commit after, every record is refused, saying why.
+    @Test(arguments: [false, true]) func aSpoolFileRemovedOrReplacedRefusesEveryRecordAfter(replaced: Bool) async throws {
+        let spool = try TestSpool("spool-gone")
+        defer { spool.shutDown() }
+        try await spool.writer.spoolAndWait(paddedBatch(0, 3))
+        for suffix in ["", "-wal", "-shm"] { unlink(spool.path + suffix) }
+        if replaced { #expect(FileManager.default.createFile(atPath: spool.path, contents: Data())) }
+        for attempt in 0..<2 {
+            do {
+                try await spool.writer.spoolAndWait(paddedBatch(3 + attempt, 1))
+                Issue.record("a record was acknowledged into a spool file no longer at its path")
+            } catch let error as SpoolWriteError {
+                #expect(error.code == .storage)
+                #expect(error.message.contains(replaced ? "was replaced by another file" : "was removed"), "\(error)")
+            }
+        }
+    }
+
     /// Submits `batch` and waits until it is durable.
     func commit(_ batch: SpoolBatch, to writer: SpoolWriter) async throws {
         let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
