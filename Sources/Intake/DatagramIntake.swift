@@ -184,15 +184,8 @@ final class DatagramReceiver: @unchecked Sendable {
     }
 
     /// Adds what was counted since the last call to the spool's running totals (on the writer's thread);
-    /// returns once they are committed.
-    func persistCounters() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            writeDownCounters { continuation.resume() }
-        }
-    }
-
-    /// ``persistCounters()`` without waiting: `done` is called once committed (at once when there is
-    /// nothing to add, or when the writer has stopped).
+    /// `done` is called once committed (at once when there is nothing to add, or when the writer has
+    /// stopped).
     func writeDownCounters(then done: @escaping @Sendable () -> Void = {}) {
         let delta = counters.take()
         guard delta.received > 0 || delta.dropped > 0 else { return done() }

@@ -38,10 +38,9 @@ struct RowBufferPoolTests {
     }
 
     func spoolWithRecords(_ count: Int) async throws -> (path: String, targetID: Int64) {
-        let path = try makeTemporaryDirectory("row-buffer-pool") + "/spool.db"
-        let writer = try SpoolWriter(path: path, durability: .normal, maxBytes: 1 << 30, logger: Logger(label: "test"))
-        writer.start()
-        defer { writer.shutdown() }
+        let spool = try TestSpool("row-buffer-pool")
+        defer { spool.shutDown() }
+        let (path, writer) = (spool.path, spool.writer)
         var config = AgentConfiguration()
         config.intake.defaultTable = "bronze.events"
         var parser = IntakeLineParser(configuration: config)

@@ -33,10 +33,9 @@ struct DatagramReceiverTests {
     }
 
     @Test func countsAreWrittenWhileItRunsItStopsAtOnceAndLeavesNoDescriptorOpen() async throws {
-        let path = try makeTemporaryDirectory("datagram-tests") + "/spool.db"
-        let writer = try SpoolWriter(path: path, durability: .normal, maxBytes: 1 << 30, logger: Logger(label: "test"))
-        writer.start()
-        defer { writer.shutdown() }
+        let spool = try TestSpool("datagram-tests")
+        defer { spool.shutDown() }
+        let (path, writer) = (spool.path, spool.writer)
         var config = AgentConfiguration()
         config.intake.defaultTable = "bronze.events"
 
@@ -70,7 +69,9 @@ struct DatagramReceiverTests {
         receiver!.stop()
         #expect(await ended.wait(until: .now + .seconds(2)))
         receiver!.stop()  // a second stop does no harm
-        await receiver!.persistCounters()
+        let persisted = CompletionSignal()
+        receiver!.writeDownCounters { persisted.signal() }
+        #expect(await persisted.wait(until: .now + .seconds(2)))
         receiver = nil
         // Its stop pipe goes with it, once the thread has let go of it too (the socket is the caller's).
         let released = ContinuousClock.now + .seconds(2)
@@ -86,10 +87,9 @@ struct DatagramReceiverTests {
     /// the datagram thread kept the parser it started with, so plain datagrams stayed refused and rows for
     /// the merge table were queued as appends.
     @Test func aReloadAppliesToTheNextBurst() async throws {
-        let path = try makeTemporaryDirectory("datagram-tests") + "/spool.db"
-        let writer = try SpoolWriter(path: path, durability: .normal, maxBytes: 1 << 30, logger: Logger(label: "test"))
-        writer.start()
-        defer { writer.shutdown() }
+        let spool = try TestSpool("datagram-tests")
+        defer { spool.shutDown() }
+        let (path, writer) = (spool.path, spool.writer)
         let settings = LiveConfiguration(AgentConfiguration())
 
         var pair: [Int32] = [-1, -1]
