@@ -258,8 +258,22 @@ struct SendLedger {
             let lines = head.rows.map(\.line)
             totals.rejectedLines += lines.count
             if status == 507 || busy { totals.refusedForRoom += lines }
-            return .rejected(lines: lines, status: status, code: code, message: message)
+            return .rejected(lines: lines, status: status, code: code, message: Self.inSendTerms(message, code: code))
         }
+    }
+
+    /// The agent's message as send reports it beside its own line numbers. For a line too long the agent
+    /// counts lines on the connection ("line 2 is longer than …; closing the connection"), which is neither
+    /// the input's line nor send's, and send reconnects by itself: "line 51: 413: line 2 is longer" read
+    /// as two different lines.
+    static func inSendTerms(_ message: String, code: String) -> String {
+        guard code == IntakeRejection.Code.lineTooLong.rawValue else { return message }
+        var text = Substring(message)
+        let closing = "; closing the connection"
+        if text.hasSuffix(closing) { text = text.dropLast(closing.count) }
+        let numbered = text.drop { $0 != " " }.dropFirst().drop(while: \.isNumber)
+        if text.hasPrefix("line "), numbered.hasPrefix(" is "), numbered.count < text.count - 5 { text = "the line" + numbered }
+        return String(text)
     }
 
     /// A request of several lines the agent refused as a whole goes again in parts: in requests of at most

@@ -47,8 +47,17 @@ struct StatusCommand: AsyncParsableCommand {
         let status: SpoolStatus
         do {
             status = try SpoolStatus.read(path: path)
-        } catch  where check && error.code == .missing {
-            let problem = "the daemon never ran on \(path) (no spool file)"
+        } catch  where error.code == .missing {
+            // A daemon that runs has its spool file; without one it runs on a file removed under it.
+            let problem =
+                daemon?.running == true
+                ? daemon?.state.intakeRefusal?.summary
+                    ?? "the spool file \(path) was removed while the daemon runs (pid \(daemon?.state.pid ?? 0)); restart the daemon"
+                : "the daemon never ran on \(path) (no spool file)"
+            guard check else {
+                printError(daemon?.running == true ? "error: \(problem)" : "error: \(error)")
+                throw ExitCode(SpoolError.exitCode)
+            }
             print(json ? "{\"healthy\":false,\"problems\":[\(JSONCompactor.quote(problem))]}" : "unhealthy: \(problem)")
             throw ExitCode(1)
         } catch {

@@ -34,6 +34,8 @@ public final class SpoolCapacity: Sendable {
     private struct Refusals {
         var maxBytesSince: Date?
         var disk: IntakeRefusal?
+        /// Set once, never cleared: see ``SpoolCapacity/spoolFileGone(_:)``.
+        var fileGone: IntakeRefusal?
         /// Each refusal that began counts one, so an observer that looks now and then misses none.
         var episodes = 0
         /// The refusal that began last, as it began (kept after it ends).
@@ -137,13 +139,26 @@ public final class SpoolCapacity: Sendable {
         if began { for wake in refusalBegan.withLock({ $0 }) { wake() } }
     }
 
+    /// The writer found the spool file removed or replaced (`detail`: which, and what to do): intake is
+    /// refused from now until the process ends.
+    package func spoolFileGone(_ detail: String) {
+        let began = refusals.withLock { refusals in
+            guard refusals.fileGone == nil else { return false }
+            refusals.fileGone = IntakeRefusal(reason: .spoolFileGone, since: Date(), detail: detail)
+            refusals.episodes += 1
+            refusals.latest = refusals.fileGone
+            return true
+        }
+        if began { for wake in refusalBegan.withLock({ $0 }) { wake() } }
+    }
+
     /// The writer admits intake again.
     package func diskHasRoom() {
         refusals.withLock { $0.disk = nil }
     }
 
-    /// Why intake is refused now, if it is: the disk first (it refuses every request), else `max_bytes`
-    /// while the last request it refused would still not fit.
+    /// Why intake is refused now, if it is: a spool file gone first, then the disk (both refuse every
+    /// request), else `max_bytes` while the last request it refused would still not fit.
     public var refusal: IntakeRefusal? { observe().current }
 
     /// ``refusal``, the count of refusals begun so far and the latest of them, read together.
@@ -153,7 +168,9 @@ public final class SpoolCapacity: Sendable {
         let detail = maxBytesDetail
         return refusals.withLock { refusals in
             var observation = Observation(current: nil, episodes: refusals.episodes, latest: refusals.latest)
-            if let disk = refusals.disk {
+            if let gone = refusals.fileGone {
+                observation.current = gone
+            } else if let disk = refusals.disk {
                 observation.current = disk
             } else if let since = refusals.maxBytesSince {
                 if stillFull {

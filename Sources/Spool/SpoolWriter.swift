@@ -284,7 +284,7 @@ public final class SpoolWriter: @unchecked Sendable {
             if queue.isEmpty && !stopping && !refusalBegan {
                 heartbeat.withLockedValue { $0 = nil }
                 let settling = nextSettlement().map { $0 - ContinuousClock.now }
-                if capacity.refusal != nil || diskAdmission.isRefusing {
+                if capacity.refusal?.endsWithRoom == true || diskAdmission.isRefusing {
                     condition.wait(timeout: min(.seconds(1), settling ?? .seconds(1)))
                 } else if let settling {
                     condition.wait(timeout: settling)
@@ -358,7 +358,7 @@ public final class SpoolWriter: @unchecked Sendable {
             heartbeat.withLockedValue { $0 = now }
             let dataVersion = try? connection.scalar("PRAGMA data_version")
             if resynchronizeNow || dataVersion != knownDataVersion
-                || (capacity.refusal != nil && now - lastResynchronization > .seconds(5))
+                || (capacity.refusal?.endsWithRoom == true && now - lastResynchronization > .seconds(5))
             {
                 lastResynchronization = now
                 knownDataVersion = dataVersion
@@ -623,6 +623,9 @@ public final class SpoolWriter: @unchecked Sendable {
     private func refusalForAGoneFile() -> SpoolWriteError? {
         if fileGone == nil, let fileIdentity, let change = fileIdentity.change() {
             fileGone = change
+            capacity.spoolFileGone(
+                "the spool file \(path) was \(change) while the daemon runs; restart the daemon (records still pending in the old file are lost)"
+            )
             logger.critical(
                 "the spool file was \(change) while the daemon runs: records are refused from now on (nothing is acknowledged that is not stored); restart the daemon to open the spool at the path again (records still pending in the old file are lost)",
                 metadata: ["spool": "\(path)"])

@@ -126,3 +126,34 @@ def test_a_full_spool_shows_in_the_log_status_metrics_and_readyz(tmp_path, emu):
         assert "reason=max_bytes" in leaving[0] and "refused_for=" in leaving[0], leaving
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_a_spool_file_removed_under_the_daemon_shows_in_status_readyz_and_metrics(tmp_path, emu):
+    """`rm spool.db*` while the daemon ran: records were refused (500), but `status --check` said "the daemon
+    never ran", `status` said the daemon creates the file at its first start, and `/readyz` said ready."""
+    metrics = free_port()
+    agent = start_agent(tmp_path, emu, extra=f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n')
+    try:
+        with agent.connect() as conn:
+            assert conn.request('{"i":1,"ack":"1"}')["ok"]
+            spool = Path(agent.spool_path)
+            for path in spool.parent.glob(spool.name + "*"):
+                path.unlink()
+            reply = conn.request('{"i":2,"ack":"2"}')
+            assert not reply["ok"] and reply["code"] == "storage_failed" and "was removed" in reply["error"], reply
+
+        def check():
+            return agent.cli("status", "--check")
+        wait_until(lambda: "was removed while the daemon runs" in check().stdout.decode(), timeout=10,
+                   message="status --check names the removed spool file")
+        result = check()
+        assert result.returncode == 1 and result.stdout.decode().startswith(f"unhealthy: the spool file {agent.spool_path} was removed"), result.stdout
+        plain = agent.cli("status")
+        assert plain.returncode == 65 and "was removed while the daemon runs" in plain.stderr.decode(), plain.stderr
+        assert "restart the daemon" in plain.stderr.decode(), plain.stderr
+        status, body = request(agent.http_socket_path, "GET", "/readyz")
+        assert status == 503 and "was removed while the daemon runs" in body["reason"], body
+        m = samples(requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text)
+        assert m['definite_agent_intake_refusing{reason="spool_file_gone"}'] == 1
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]

@@ -17,3 +17,10 @@ extension String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
     }
 }
+
+extension Duration {
+    /// The duration as the log shows it, to a tenth of a second: `"9.9s"` (not `"9.999682366000002 seconds"`).
+    package var loggedSeconds: String {
+        (Double(components.seconds) + Double(components.attoseconds) / 1e18).fixed(1) + "s"
+    }
+}

@@ -104,8 +104,9 @@ final class IntakeStateReporter: DaemonPart, RunningPart {
         var tracker = RefusalTracker()
         write(state)
         while !stopping.load(ordering: .relaxed) {
-            // Idle until a refusal begins (the capacity signals it); then four looks a second for its end.
-            if tracker.current == nil {
+            // Idle until a refusal begins (the capacity signals it); then four looks a second for its end,
+            // unless only a restart ends it.
+            if tracker.current?.endsWithRoom != true {
                 wake.wait()
             } else {
                 _ = wake.wait(timeout: .now() + .milliseconds(250))
@@ -136,6 +137,8 @@ final class IntakeStateReporter: DaemonPart, RunningPart {
                 logger.error(
                     "intake refused: the disk holding the spool is full; requests that do not fit get 507 until delivery frees space in the spool (or other files on the disk are removed; dead letters go only with `dlq replay` or `dlq purge`)",
                     metadata: metadata)
+            case .spoolFileGone:
+                break  // The writer said it at critical level as it found it.
             }
         case .ended(let refusal, let lasted):
             AgentMetrics.intakeRefusing(refusal.reason).record(0)

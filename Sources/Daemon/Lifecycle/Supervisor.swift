@@ -122,7 +122,7 @@ final class Supervisor: Sendable {
             stopAccepting.signal()
             logger.notice(
                 "stopping the parts already started, in reverse order, after \(what)",
-                metadata: ["within": "\(max(.zero, deadline - .now))"])
+                metadata: ["within": "\(max(.zero, deadline - .now).loggedSeconds)"])
         case .none:
             break
         }
@@ -136,7 +136,7 @@ final class Supervisor: Sendable {
             stopAccepting.signal()
             logger.info(
                 "\(signal): stopping; no new connections, answering what was read, delivery drains",
-                metadata: ["drain_within": "\(max(.zero, deadline - .now))"])
+                metadata: ["drain_within": "\(max(.zero, deadline - .now).loggedSeconds)"])
         case .stopAtOnce:
             logger.warning(
                 "\(signal) during the stop: stopping at once; connections still open close unanswered (nothing unanswered was acknowledged), undelivered rows stay in the spool"

@@ -70,6 +70,7 @@ extension MetricsSuites {
                 samples("definite_agent_intake_refusing") == [
                     #"definite_agent_intake_refusing{reason="max_bytes"}"#: "0.0",
                     #"definite_agent_intake_refusing{reason="disk_reserve"}"#: "0.0",
+                    #"definite_agent_intake_refusing{reason="spool_file_gone"}"#: "0.0",
                 ])
             #expect(type(of: "definite_agent_spool_max_bytes") == ["# TYPE definite_agent_spool_max_bytes gauge"])
             #expect(samples("definite_agent_spool_max_bytes") == ["definite_agent_spool_max_bytes": "123456789.0"])

@@ -108,7 +108,7 @@ struct SendLedgerTests {
         #expect(Self.write(&ledger, fresh: &input).count == 100)
         for line in 1...50 { _ = ledger.receive(Self.accepted(line)) }
         let event = ledger.receive(.refused(ack: nil, status: 413, code: "line_too_long", message: "line 51 is longer than …"))
-        #expect(event == .rejected(lines: [51], status: 413, code: "line_too_long", message: "line 51 is longer than …"))
+        #expect(event == .rejected(lines: [51], status: 413, code: "line_too_long", message: "the line is longer than …"))
         #expect(ledger.connectionLost() == .afterLineTooLong(resent: 49))
         var none: [Int] = []
         #expect(Self.write(&ledger, fresh: &none) == Array(52...100))
@@ -323,6 +323,19 @@ struct SendLedgerTests {
         #expect(Self.resent(&ledger) == [Self.request(2)])
         _ = ledger.receive(Self.accepted(2))
         #expect(ledger.isSettled && ledger.totals.rejectedLines == 1 && ledger.totals.acceptedRecords == 1)
+    }
+
+    /// The agent numbers a line too long by its count on the connection; send reports it under the input's.
+    @Test func aLineTooLongIsReportedWithoutTheAgentsLineNumber() {
+        var ledger = Self.ledger()
+        Self.write(&ledger, requests: [Self.request(51)])
+        let message = "line 2 is longer than [intake] max_line_bytes (1 KiB); closing the connection"
+        #expect(
+            ledger.receive(.refused(ack: nil, status: 413, code: "line_too_long", message: message))
+                == .rejected(
+                    lines: [51], status: 413, code: "line_too_long", message: "the line is longer than [intake] max_line_bytes (1 KiB)"))
+        #expect(SendLedger.inSendTerms("line 2: field x", code: "invalid_row") == "line 2: field x")
+        #expect(SendLedger.inSendTerms("lines are odd", code: "line_too_long") == "lines are odd")
     }
 
     @Test func aRequestRefusedForRoomWaitsWholeAndCountsEachLine() {

@@ -57,6 +57,12 @@ struct SpoolTests {
                 #expect(error.message.contains(replaced ? "was replaced by another file" : "was removed"), "\(error)")
             }
         }
+        // `status`, `/readyz` and the gauge learn it from the capacity, and it does not end with room.
+        let refusal = try #require(spool.writer.capacity.refusal)
+        #expect(refusal.reason == .spoolFileGone && !refusal.endsWithRoom)
+        #expect(refusal.summary.contains(replaced ? "was replaced by another file" : "was removed"), "\(refusal)")
+        spool.writer.capacity.diskHasRoom()
+        #expect(spool.writer.capacity.refusal?.reason == .spoolFileGone)
     }
 
     /// Submits `batch` and waits until it is durable.
