@@ -59,12 +59,21 @@ func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
         printError("error: \(error)")
         throw ExitCode(ConfigurationError.exitCode)
     } catch let error as SpoolError {
-        printError("error: \(error)")
+        printError("error: \(removedUnderADaemon(error) ?? error.description)")
         throw ExitCode(SpoolError.exitCode)
     } catch let error as StartupError {
         printError("error: \(error)")
         throw ExitCode(StartupError.exitCode)
     }
+}
+
+/// For a spool file that is missing while a daemon runs on its path (its state file says so): the daemon
+/// runs on a file removed under it ("no spool file here; check [spool] path" would send the operator to
+/// the configuration).
+func removedUnderADaemon(_ error: SpoolError) -> String? {
+    guard error.code == .missing, let daemon = DaemonStateFile.read(spoolPath: error.path), daemon.running else { return nil }
+    return daemon.state.intakeRefusal?.summary
+        ?? "the spool file \(error.path) was removed while the daemon runs (pid \(daemon.state.pid)); restart the daemon"
 }
 
 /// `--log-level trace|debug|…|critical`: swift-log's own levels, listed in `--help` and completions.

@@ -48,16 +48,11 @@ struct StatusCommand: AsyncParsableCommand {
         do {
             status = try SpoolStatus.read(path: path)
         } catch  where error.code == .missing {
-            // A daemon that runs has its spool file; without one it runs on a file removed under it.
-            let problem =
-                daemon?.running == true
-                ? daemon?.state.intakeRefusal?.summary
-                    ?? "the spool file \(path) was removed while the daemon runs (pid \(daemon?.state.pid ?? 0)); restart the daemon"
-                : "the daemon never ran on \(path) (no spool file)"
             guard check else {
-                printError(daemon?.running == true ? "error: \(problem)" : "error: \(error)")
+                printError("error: \(removedUnderADaemon(error) ?? error.description)")
                 throw ExitCode(SpoolError.exitCode)
             }
+            let problem = removedUnderADaemon(error) ?? "the daemon never ran on \(path) (no spool file)"
             print(json ? "{\"healthy\":false,\"problems\":[\(JSONCompactor.quote(problem))]}" : "unhealthy: \(problem)")
             throw ExitCode(1)
         } catch {

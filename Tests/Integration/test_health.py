@@ -151,6 +151,9 @@ def test_a_spool_file_removed_under_the_daemon_shows_in_status_readyz_and_metric
         plain = agent.cli("status")
         assert plain.returncode == 65 and "was removed while the daemon runs" in plain.stderr.decode(), plain.stderr
         assert "restart the daemon" in plain.stderr.decode(), plain.stderr
+        for command in (["queue", "peek"], ["dlq", "list"]):
+            other = agent.cli(*command)
+            assert other.returncode == 65 and "was removed while the daemon runs" in other.stderr.decode(), (command, other.stderr)
         status, body = request(agent.http_socket_path, "GET", "/readyz")
         assert status == 503 and "was removed while the daemon runs" in body["reason"], body
         m = samples(requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text)
