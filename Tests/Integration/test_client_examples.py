@@ -137,6 +137,30 @@ def test_line_client_example_sends_again_what_the_agent_refused_as_busy_and_refu
 
 
 @pytest.mark.parametrize("language", ["python", "node"])
+def test_line_client_example_gives_up_on_an_agent_that_hangs(tmp_path, language):
+    """An agent that hangs takes a connection and neither reads nor answers. The examples give up after
+    their patience (a minute by default, 2 s here) with 69 and the count not confirmed; the Python one waited
+    forever in its write once the input was larger than the socket's buffers."""
+    import socket
+
+    path = str(tmp_path / "agent.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)  # accepted by the kernel, never read
+    records = "".join(json.dumps({"i": i, "pad": "x" * 200}) + "\n" for i in range(20_000))
+    try:
+        started = time.monotonic()
+        result = subprocess.run([*interpreter(language), example(language, "line"), "--patience", "2", path, "bronze.t"],
+                                input=records.encode(), capture_output=True, timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert result.returncode == 69, (result.returncode, result.stderr)
+    assert "silent) for 2 s; 20000 records not confirmed" in result.stderr.decode(), result.stderr
+    assert elapsed < 30, elapsed
+
+
+@pytest.mark.parametrize("language", ["python", "node"])
 def test_http_client_example_carries_on_across_an_agent_restart(tmp_path, language):
     """A restart closed the connection and removed the socket for a moment: the examples stopped with
     "No such file or directory" (or ECONNRESET), without a word on what was already stored."""

@@ -2,6 +2,7 @@
 // A client of definite-agent's line protocol (its Unix stream socket), with Node's standard library only.
 //
 //     node line_client.mjs /run/definite-agent/agent.sock bronze.events < records.ndjson
+//     node line_client.mjs --patience 10 SOCKET TABLE < records.ndjson    # give up after 10 s of silence
 //
 // Each record goes as one request line with an ack id (its line number in the input). What a client of the
 // protocol must do, and this one does:
@@ -16,8 +17,8 @@
 //   have been stored, and is stored again (at least once).
 // - On 507 (the agent's spool is full), 503 busy (it holds as much unfinished input as it keeps) or 503
 //   shutting_down, nothing of the record was stored: wait, with a growing pause, and send again.
-// - Give up on a connection that answers nothing for a minute (an agent that hangs): its requests go again
-//   on a new one, and after a minute without any answer the client stops.
+// - Give up on a connection that answers nothing for a minute (an agent that hangs; `--patience`): its
+//   requests go again on a new one, and after a minute without any answer the client stops.
 //
 // Prints "accepted N, refused M" and each refused record's line and reason on stderr (a line that is not
 // JSON is refused here, without sending it); exits 0 when every record is durable, 1 when some were
@@ -97,9 +98,16 @@ export async function sendRecords(path, table, records, patienceMs = 60_000) {
   return { accepted, refused };
 }
 
-const [path, table] = process.argv.slice(2);
-if (!path || !table) {
-  console.error("usage: node line_client.mjs SOCKET TABLE < records.ndjson");
+const args = process.argv.slice(2);
+let patienceSeconds = 60;
+const flag = args.indexOf("--patience");
+if (flag >= 0) {
+  patienceSeconds = Number(args[flag + 1]);
+  args.splice(flag, 2);
+}
+const [path, table] = args;
+if (!path || !table || !(patienceSeconds > 0)) {
+  console.error("usage: node line_client.mjs [--patience SECONDS] SOCKET TABLE < records.ndjson");
   process.exit(64);
 }
 const records = [];
@@ -118,7 +126,7 @@ readFileSync(0, "utf8")
     }
   });
 try {
-  const { accepted, refused } = await sendRecords(path, table, records);
+  const { accepted, refused } = await sendRecords(path, table, records, patienceSeconds * 1000);
   for (const [ack, reply] of refused) console.error(`line ${ack}: ${reply.status} ${reply.code}: ${reply.error}`);
   console.log(`accepted ${accepted}, refused ${refused.size + notJSON}`);
   process.exit(refused.size + notJSON > 0 ? 1 : 0);

@@ -2,6 +2,7 @@
 """A client of definite-agent's line protocol (its Unix stream socket), with the standard library only.
 
     python3 line_client.py /run/definite-agent/agent.sock bronze.events < records.ndjson
+    python3 line_client.py --patience 10 SOCKET TABLE < records.ndjson    # give up after 10 s of silence
 
 Each record goes as one request line with an ack id (its line number in the input). What a client of the
 protocol must do, and this one does:
@@ -16,12 +17,13 @@ protocol must do, and this one does:
   been stored, and is stored again (at least once).
 - On 507 (the agent's spool is full), 503 `busy` (it holds as much unfinished input as it keeps) or 503
   `shutting_down`, nothing of the record was stored: wait, with a growing pause, and send again.
-- Give up on a connection that answers nothing for a minute (an agent that hangs): its requests go again
-  on a new one, and after a minute without any answer the client stops.
+- Give up on a connection that answers nothing, or takes nothing, for a minute (an agent that hangs; the
+  `--patience`): its requests go again on a new one, and after a minute without any answer the client stops.
 
 Prints "accepted N, refused M" and each refused record's line and reason on stderr (a line that is not
 JSON is refused here, without sending it); exits 0 when every record is durable, 1 when some were refused,
-69 when the agent stays unreachable (or silent) for a minute, saying how many records are not confirmed.
+69 when the agent stays unreachable (or silent) for a minute (`--patience`), saying how many records are not
+confirmed.
 """
 from __future__ import annotations
 
@@ -93,6 +95,9 @@ class LineClient:
         reader = threading.Thread(target=self._read, args=(sock, replies), daemon=True)
         reader.start()
         order = [ack for ack, _ in requests]
+        # An agent that hangs reads nothing either: without a timeout, a write larger than the socket's
+        # buffers would wait for it forever.
+        sock.settimeout(self.patience)
         try:
             sock.sendall(b"".join(data for _, data in requests))
         except OSError:
@@ -133,6 +138,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Send NDJSON records from stdin to definite-agent's line socket.")
     parser.add_argument("socket", help="the agent's [intake] socket")
     parser.add_argument("table", help="target table, e.g. bronze.events")
+    parser.add_argument("--patience", type=float, default=60.0, metavar="SECONDS",
+                        help="give up after this long without an answer (default 60)")
     args = parser.parse_args()
     records, not_json = {}, 0
     # utf-8-sig: a byte order mark before the first line (an editor's, on Windows) is not part of it.
@@ -145,7 +152,7 @@ def main() -> int:
             print(f"line {n}: not JSON ({error}); not sent", file=sys.stderr)
             not_json += 1
     try:
-        accepted, refused = LineClient(args.socket, args.table).send(records)
+        accepted, refused = LineClient(args.socket, args.table, patience=args.patience).send(records)
     except ConnectionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 69
