@@ -25,11 +25,9 @@ struct ConfigCheckCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (configuration, source) = try global.loadConfiguration()
-        let key: String
+        let loaded: APIKey?
         do {
-            key =
-                try APIKeySource.load(config: configuration.api).map { "\($0)" }
-                ?? "<not set: set [api] key_file, $DEFINITE_API_KEY or the systemd credential api-key>"
+            loaded = try APIKeySource.load(config: configuration.api)
         } catch {
             printError("error: \(error)")
             throw ExitCode(ConfigurationError.exitCode)
@@ -38,11 +36,24 @@ struct ConfigCheckCommand: AsyncParsableCommand {
             printError("error: \(problem)")
             throw ExitCode(ConfigurationError.exitCode)
         }
-        let warnings = ConfigurationWarning.all(in: configuration)
+        var warnings = ConfigurationWarning.all(in: configuration).map(\.description)
+        if let loaded, let warning = APIKeySource.exposureWarning(path: loaded.source, agentGroups: nil) { warnings.append(warning) }
+        let key = loaded.map { "\($0)" } ?? Self.keyNotSet()
         for warning in warnings { printError("warning: \(warning)") }
         print("# effective configuration, from \(source)")
         for warning in warnings { print("# warning: \(warning)") }
         print(EffectiveConfiguration.render(configuration, apiKey: key))
+    }
+
+    /// Where the key comes from when this command finds none. The package's unit passes
+    /// ``packagedCredential`` to the service (`LoadCredential=`), which only systemd reads: after the
+    /// documented install this command would otherwise say "not set" with the key in place.
+    static func keyNotSet(packagedCredential: String = "/etc/definite-agent/api-key") -> String {
+        guard access(packagedCredential, F_OK) == 0 else {
+            return "<not set: set [api] key_file, $DEFINITE_API_KEY or the systemd credential api-key>"
+        }
+        return "<not read here: systemd passes \(packagedCredential) to the service as the credential api-key (LoadCredential=); "
+            + "set [api] key_file to check it with this command>"
     }
 }
 

@@ -160,8 +160,8 @@ struct DeadLetterCommand: AsyncParsableCommand {
             let chosen = (ids.isEmpty ? 0 : 1) + (table == nil ? 0 : 1) + (all ? 1 : 0) + (olderThan == nil ? 0 : 1)
             guard chosen == 1 else { throw ValidationError("choose exactly one of --id, --table, --all or --older-than") }
             try validateTable(table)
-            if let olderThan, HumanDuration(parsing: olderThan) == nil {
-                throw ValidationError("--older-than \"\(olderThan)\" is not a duration such as \"7d\"")
+            if let olderThan, case .failure(let failure) = HumanDuration.parse(olderThan) {
+                throw ValidationError("--older-than \(failure.explanation(olderThan))")
             }
             guard yes else { throw ValidationError("purging deletes rows for good; add --yes to confirm") }
         }

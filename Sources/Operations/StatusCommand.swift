@@ -34,8 +34,8 @@ struct StatusCommand: AsyncParsableCommand {
     func validate() throws {
         if let maxAge {
             guard check else { throw ValidationError("--max-age goes with --check") }
-            guard HumanDuration(parsing: maxAge) != nil else {
-                throw ValidationError("--max-age \"\(maxAge)\" is not a duration such as \"10m\"")
+            if case .failure(let failure) = HumanDuration.parse(maxAge) {
+                throw ValidationError("--max-age \(failure.explanation(maxAge))")
             }
         }
     }
@@ -127,16 +127,19 @@ struct StatusReport {
     }
 
     /// The target's ``TargetState/Kind`` as operators read it: "idle", "delivering", "backing off",
-    /// "isolating bad rows", "held: table not found" or "auth failing".
-    static func state(_ t: SpoolStatus.Target) -> String {
-        if let state = t.deliveryState, t.pending > 0 { return state.kind.rawValue }
-        return (t.pending > 0 ? TargetState.Kind.delivering : .idle).rawValue
+    /// "isolating bad rows", "held: table not found" or "auth failing"; with no daemon running, "queued"
+    /// for rows that wait for one (the spool keeps the state the last daemon recorded: "delivering" after
+    /// a stop read as if something still moved them), or the hold it recorded.
+    func shownState(_ t: SpoolStatus.Target) -> String {
+        guard t.pending > 0 else { return TargetState.Kind.idle.rawValue }
+        if let state = t.deliveryState, isRunning || state.isHeld { return state.kind.rawValue }
+        return isRunning ? TargetState.Kind.delivering.rawValue : "queued"
     }
 
     /// When the target's state ends by itself, if that is still to come (a time already past means the
-    /// next attempt is due or under way, so it is not shown).
+    /// next attempt is due or under way, so it is not shown); nothing ends while no daemon runs.
     func stateUntil(_ t: SpoolStatus.Target) -> Double? {
-        guard t.pending > 0, let until = t.stateUntil, until > now.timeIntervalSince1970 else { return nil }
+        guard isRunning, t.pending > 0, let until = t.stateUntil, until > now.timeIntervalSince1970 else { return nil }
         return until
     }
 
@@ -158,7 +161,7 @@ struct StatusReport {
                 "\"pending_bytes\":\(t.pendingBytes)",
                 "\"oldest_age_s\":\(number(t.oldestAgeSeconds))",
                 "\"dead_letters\":\(t.deadLetters)",
-                "\"state\":\(JSONCompactor.quote(Self.state(t)))",
+                "\"state\":\(JSONCompactor.quote(shownState(t)))",
                 "\"state_until\":\(time(stateUntil(t)))",
                 "\"last_success\":\(time(t.lastSuccessAt))",
                 "\"last_error\":\(t.lastError.map(JSONCompactor.quote) ?? "null")",
@@ -207,7 +210,7 @@ struct StatusReport {
             return [
                 table, mode, "\(t.pending)", ByteSize(bytes: t.pendingBytes).description,
                 t.oldestAgeSeconds.map { $0.fixed(1) + "s" } ?? "-", "\(t.deadLetters)",
-                Self.state(t) + (stateUntil(t).map { " until \(Self.timestamp(Date(timeIntervalSince1970: $0)))" } ?? ""),
+                shownState(t) + (stateUntil(t).map { " until \(Self.timestamp(Date(timeIntervalSince1970: $0)))" } ?? ""),
                 t.lastSuccessAt.map { Self.timestamp(Date(timeIntervalSince1970: $0)) } ?? "-", t.lastError.map(Self.oneLine) ?? "-",
             ]
         }

@@ -160,3 +160,20 @@ def test_a_spool_file_removed_under_the_daemon_shows_in_status_readyz_and_metric
         assert m['definite_agent_intake_refusing{reason="spool_file_gone"}'] == 1
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]
+
+
+def test_a_stopped_daemons_tables_read_queued_not_the_state_it_left(tmp_path, emu):
+    """After a stop, `status` showed the state the last daemon recorded ("delivering", "backing off") beside
+    "daemon: not running", as if something still moved the rows."""
+    emu.control(force={"status": 503, "count": 1_000_000})
+    agent = start_agent(tmp_path, emu)
+    try:
+        with agent.connect() as conn:
+            assert conn.request('{"i":1,"ack":"1"}')["ok"]
+        wait_until(lambda: agent.status()["tables"][0]["state"] == "backing off", timeout=10, message="backing off")
+    finally:
+        assert agent.stop() == 0, agent.log()[-3000:]
+    table = agent.status()["tables"][0]
+    assert table["state"] == "queued" and table["state_until"] is None and table["pending"] == 1, table
+    text = agent.cli("status").stdout.decode()
+    assert "daemon: not running" in text and " queued " in text and "backing off" not in text, text

@@ -38,11 +38,34 @@ public enum APIKeySource {
         return nil
     }
 
-    /// Whether the key file at `path` can be read by group or others (a warning at start).
-    public static func isExposed(path: String) -> Bool {
+    /// Who else may read the key file at `path` (a warning at start and from `config check`): others, or a
+    /// group the agent does not run as; `nil` when neither. A group it runs as is the documented way to
+    /// share the file (0640 root:definite-agent, for rotation by reload), so it is not flagged.
+    /// `agentGroups`: the groups the agent runs as, `nil` when not known (a command run by the operator, who
+    /// may be root): then only others are flagged.
+    public static func exposure(path: String, agentGroups: Set<gid_t>?) -> String? {
         var info = stat()
-        guard stat(path, &info) == 0 else { return false }
-        return info.st_mode & 0o077 != 0
+        guard stat(path, &info) == 0 else { return nil }
+        let mode = String(info.st_mode & 0o777, radix: 8)
+        if info.st_mode & 0o007 != 0 { return "open to others (mode \(mode))" }
+        if info.st_mode & 0o070 != 0, let agentGroups, !agentGroups.contains(info.st_gid) {
+            return "open to group \(info.st_gid), which the agent does not run as (mode \(mode))"
+        }
+        return nil
+    }
+
+    /// The warning for a key file ``exposure(path:agentGroups:)`` finds open: what to do about it.
+    public static func exposureWarning(path: String, agentGroups: Set<gid_t>?) -> String? {
+        exposure(path: path, agentGroups: agentGroups).map {
+            "the API key file \(path) is \($0); chmod 600 it, or 640 with the group the agent runs as"
+        }
+    }
+
+    /// The groups this process runs as: its effective group and its supplementary groups.
+    public static func processGroups() -> Set<gid_t> {
+        var groups = [gid_t](repeating: 0, count: Int(max(getgroups(0, nil), 0)))
+        let count = groups.isEmpty ? 0 : getgroups(Int32(groups.count), &groups)
+        return Set(groups.prefix(Int(max(count, 0)))).union([getegid()])
     }
 
     private static func read(path: String, key: String?, location: ConfigurationLocation?) throws(ConfigurationError) -> APIKey {

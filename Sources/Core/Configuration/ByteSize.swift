@@ -70,19 +70,46 @@ public struct HumanDuration: Hashable, Comparable, Sendable, CustomStringConvert
         ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000),
     ]
 
-    /// Parses a human-readable duration; returns `nil` when the text is not one.
+    /// The longest duration the agent takes anywhere: 100 years (36500d). In nanoseconds it still fits
+    /// 64 bits, which clocks, timers and libcurl count in; a longer one stopped the process at parsing.
+    public static let maximum = HumanDuration(milliseconds: 36_500 * 86_400_000)
+
+    /// Why a text is not a duration the agent takes.
+    public enum ParseFailure: Error, Sendable, Equatable {
+        /// Not a number followed by a unit.
+        case notADuration
+        /// Longer than ``HumanDuration/maximum``.
+        case tooLong
+
+        /// What to tell the user about `text`, after its name (`retry.max_age`, `--max-age`).
+        public func explanation(_ text: String) -> String {
+            switch self {
+            case .notADuration: "\"\(text)\" is not a duration; write e.g. \"500ms\", \"30s\", \"5m\", \"2h\" or \"7d\""
+            case .tooLong: "\"\(text)\" is longer than the longest duration the agent takes, \(HumanDuration.maximum)"
+            }
+        }
+    }
+
+    /// Parses a human-readable duration; returns `nil` when the text is not one (or too long).
     public init?(parsing text: String) {
+        guard case .success(let duration) = Self.parse(text) else { return nil }
+        self = duration
+    }
+
+    /// Parses a human-readable duration, saying why when the text is not one.
+    public static func parse(_ text: String) -> Result<HumanDuration, ParseFailure> {
         let trimmed = text.trimmingWhitespace()
         for unit in Self.units where trimmed.hasSuffix(unit.suffix) {
             let digits = trimmed.dropLast(unit.suffix.count)
             // "5m" must not be read as "5" + "m" of "ms": the loop tries "ms" first.
             guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber || $0 == "." }),
                 let value = Double(digits), value >= 0
-            else { return nil }
-            self.milliseconds = Int64((value * unit.ms).rounded())
-            return
+            else { return .failure(.notADuration) }
+            let milliseconds = (value * unit.ms).rounded()
+            guard milliseconds <= Double(maximum.milliseconds) else { return .failure(.tooLong) }
+            return .success(HumanDuration(milliseconds: Int64(milliseconds)))
         }
-        return nil
+        return .failure(.notADuration)
     }
 
     public var seconds: Double { Double(milliseconds) / 1000 }

@@ -36,6 +36,8 @@ public enum ConfigurationLoader {
         var config = AgentConfiguration()
         do {
             try read(root, into: &config, locator: locator)
+            // "" turns the datagram socket off, as it does the HTTP socket.
+            if config.intake.datagramSocket == "" { config.intake.datagramSocket = nil }
             try validate(config, locator: locator)
         } catch var error {
             error.file = file
@@ -126,6 +128,15 @@ public enum ConfigurationLoader {
         guard config.api.timeout.milliseconds > 0 else { throw fail(.apiTimeout, "must be greater than 0") }
 
         guard !config.spool.path.isEmpty else { throw fail(.spoolPath, "must not be empty") }
+        // A relative path names a different file for every directory a command is run from (and the daemon
+        // runs from / under systemd): `status` or `send` from elsewhere found no spool or no socket.
+        for (key, path) in [
+            (ConfigKey.spoolPath, config.spool.path), (.intakeSocket, config.intake.socket), (.intakeHTTPSocket, config.intake.httpSocket),
+            (.intakeDatagramSocket, config.intake.datagramSocket ?? ""), (.apiKeyFile, config.api.keyFile ?? ""),
+        ]
+        where !path.isEmpty && !path.hasPrefix("/") {
+            throw fail(key, "\"\(path)\" is not an absolute path; write it from / (commands run from any directory read the same file)")
+        }
         guard config.spool.maxBytes >= .mebibytes(1) else { throw fail(.spoolMaxBytes, "must be at least 1MiB") }
         if let group = config.spool.group, FileSystem.groupID(named: group) == nil {
             throw fail(.spoolGroup, "\"\(group)\" is not a group on this machine (see `getent group`)")
@@ -139,8 +150,8 @@ public enum ConfigurationLoader {
         if let table = config.intake.defaultTable, let problem = TableName.problem(with: table) {
             throw fail(.intakeDefaultTable, problem)
         }
-        if let path = config.intake.datagramSocket, path.isEmpty || path.utf8.count > maxPath {
-            throw fail(.intakeDatagramSocket, "must be a socket path under \(maxPath + 1) bytes")
+        if let path = config.intake.datagramSocket, path.utf8.count > maxPath {
+            throw fail(.intakeDatagramSocket, "path is \(path.utf8.count) bytes; Unix socket paths must be under \(maxPath + 1)")
         }
         if config.intake.httpSocket.utf8.count > maxPath {
             throw fail(
@@ -305,10 +316,10 @@ package struct SectionReader {
 
     package mutating func duration(_ key: String) throws(ConfigurationError) -> HumanDuration? {
         guard let text = try string(key) else { return nil }
-        guard let duration = HumanDuration(parsing: text) else {
-            throw invalid(key, "\"\(text)\" is not a duration; write e.g. \"500ms\", \"30s\", \"5m\", \"2h\" or \"7d\"")
+        switch HumanDuration.parse(text) {
+        case .success(let duration): return duration
+        case .failure(let failure): throw invalid(key, failure.explanation(text))
         }
-        return duration
     }
 
     package enum SizeSetting {

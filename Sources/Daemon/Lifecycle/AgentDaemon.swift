@@ -52,8 +52,8 @@ public struct AgentDaemon: Sendable {
     func loadKey() throws(ConfigurationError) -> APIKey? {
         let key = try APIKeySource.load(config: configuration.api)
         if let key {
-            if APIKeySource.isExposed(path: key.source) {
-                logger.warning("the API key file is readable by group or others; chmod 600 it", metadata: ["path": "\(key.source)"])
+            if let warning = APIKeySource.exposureWarning(path: key.source, agentGroups: APIKeySource.processGroups()) {
+                logger.warning("\(warning)")
             }
             logger.info("API key loaded", metadata: ["source": "\(key.source)"])
         } else {

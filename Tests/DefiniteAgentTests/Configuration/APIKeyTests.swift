@@ -125,12 +125,27 @@ struct APIKeyTests {
         }
     }
 
-    @Test func groupReadableKeyFileIsFlagged() throws {
+    /// 0640 root:definite-agent is what OPERATING.md recommends for rotation by reload; the daemon warned
+    /// about it at every start ("chmod 600 it", which would lock the service user out).
+    @Test func aKeyFileOpenToOthersOrToAGroupTheAgentDoesNotRunAsIsFlagged() throws {
         let path = try temporaryFile("secret")
         defer { unlink(path) }
+        var info = stat()
+        stat(path, &info)
+        let own = info.st_gid
         chmod(path, 0o600)
-        #expect(!APIKeySource.isExposed(path: path))
+        #expect(APIKeySource.exposure(path: path, agentGroups: [own]) == nil)
         chmod(path, 0o640)
-        #expect(APIKeySource.isExposed(path: path))
+        #expect(APIKeySource.exposure(path: path, agentGroups: [own]) == nil)
+        #expect(APIKeySource.exposure(path: path, agentGroups: nil) == nil)
+        #expect(
+            APIKeySource.exposure(path: path, agentGroups: [own &+ 1]) == "open to group \(own), which the agent does not run as (mode 640)"
+        )
+        chmod(path, 0o604)
+        #expect(APIKeySource.exposure(path: path, agentGroups: nil) == "open to others (mode 604)")
+        #expect(
+            APIKeySource.exposureWarning(path: path, agentGroups: [own])
+                == "the API key file \(path) is open to others (mode 604); chmod 600 it, or 640 with the group the agent runs as")
+        #expect(APIKeySource.processGroups().contains(getegid()))
     }
 }

@@ -173,4 +173,34 @@ struct ConfigurationLoaderTests {
         #expect(error.line == 3)
         #expect(error.message.contains("\"soon\" is not a duration"))
     }
+
+    /// Relative paths named another file for each directory a command ran from: `status` or `send` run
+    /// elsewhere with the same `--config` found no spool or no socket.
+    @Test(arguments: [
+        ("[spool]\npath = \"spool.db\"", "spool.path"), ("[intake]\nsocket = \"agent.sock\"", "intake.socket"),
+        ("[intake]\nhttp_socket = \"run/http.sock\"", "intake.http_socket"),
+        ("[intake]\ndatagram_socket = \"./dgram.sock\"", "intake.datagram_socket"), ("[api]\nkey_file = \"api-key\"", "api.key_file"),
+    ])
+    func aRelativePathIsRefused(text: String, key: String) throws {
+        let error = try #require(loadError(text + "\n"))
+        #expect(error.key == key && error.line == 2, "\(error)")
+        #expect(error.message.contains("is not an absolute path"), "\(error)")
+    }
+
+    @Test func anEmptyDatagramSocketIsOffLikeAnEmptyHTTPSocket() throws {
+        let config = try ConfigurationLoader.parse("[intake]\ndatagram_socket = \"\"\nhttp_socket = \"\"\n")
+        #expect(config.intake.datagramSocket == nil && config.intake.httpSocket.isEmpty)
+    }
+
+    /// A duration past 2^63 ms stopped the process (SIGILL) in `config check` and at start, which systemd
+    /// restarted until its start limit; up to 100 years is taken, and it still fits clocks in nanoseconds.
+    @Test func aDurationTooLongIsRefusedNamingTheLongestTaken() throws {
+        for key in ["[retry]\nmax_age", "[api]\ntimeout", "[service]\ndrain_timeout"] {
+            let error = try #require(loadError("\(key) = \"106751991168d\"\n"), "\(key)")
+            #expect(error.message.contains("\"106751991168d\" is longer than the longest duration the agent takes, 36500d"), "\(error)")
+        }
+        #expect(HumanDuration(parsing: "36500d") == .maximum)
+        #expect(HumanDuration.parse("36500.5d") == .failure(.tooLong))
+        #expect(HumanDuration.parse("1e400d") == .failure(.notADuration))
+    }
 }

@@ -93,11 +93,31 @@ struct DaemonStateTests {
         let now = Date()
         let past = target("bronze.a", pending: 1, age: 1, state: "auth failing", until: now.timeIntervalSince1970 - 30)
         let future = target("bronze.b", pending: 1, age: 1, state: "auth failing", until: now.timeIntervalSince1970 + 30)
-        let report = StatusReport(status: SpoolStatus(targets: [past, future]), daemon: nil, now: now)
+        let report = StatusReport(status: SpoolStatus(targets: [past, future]), daemon: (state(), true), now: now)
         #expect(report.stateUntil(past) == nil && report.stateUntil(future) != nil)
         let text = report.table(spool: "/x")
         #expect(text.components(separatedBy: " until ").count == 2)
         #expect(report.json(problems: nil).contains("\"state_until\":null"))
+        // With no daemon running, nothing ends at any time.
+        let stopped = StatusReport(status: SpoolStatus(targets: [past, future]), daemon: (state(), false), now: now)
+        #expect(stopped.stateUntil(future) == nil && !stopped.table(spool: "/x").contains(" until "))
+    }
+
+    /// After a stop the spool keeps the state the last daemon recorded: "delivering" or "backing off" beside
+    /// "daemon: not running" read as if something still moved the rows. Holds stay: they are still the news.
+    @Test func aStoppedDaemonsRowsReadQueuedAndItsHoldsStay() {
+        let now = Date()
+        let backingOff = target("bronze.a", pending: 3, age: 1, state: "backing off", until: now.timeIntervalSince1970 + 30)
+        let delivering = target("bronze.b", pending: 1, age: 1)
+        let held = target("bronze.c", pending: 2, age: 1, state: "held: table not found", until: now.timeIntervalSince1970 + 30)
+        let empty = target("bronze.d", pending: 0, age: nil)
+        let targets = [backingOff, delivering, held, empty]
+        for daemon in [(state(), false), nil] as [(DaemonState, Bool)?] {
+            let stopped = StatusReport(status: SpoolStatus(targets: targets), daemon: daemon, now: now)
+            #expect(targets.map(stopped.shownState) == ["queued", "queued", "held: table not found", "idle"])
+        }
+        let running = StatusReport(status: SpoolStatus(targets: targets), daemon: (state(), true), now: now)
+        #expect(targets.map(running.shownState) == ["backing off", "delivering", "held: table not found", "idle"])
     }
 
     /// A proxy's HTML page as the last error broke the table's one row per table.

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import Glibc
 import Logging
 import Testing
 
@@ -164,8 +166,19 @@ struct CommandValidationTests {
         (["dlq", "purge", "--id", "4", "--table", "bronze.t", "--yes"], "choose exactly one of --id, --table, --all or --older-than"),
         (["dlq", "purge", "--all"], "purging deletes rows for good; add --yes to confirm"),
         (["dlq", "purge", "--id", "4"], "purging deletes rows for good; add --yes to confirm"),
-        (["dlq", "purge", "--older-than", "7x", "--yes"], #"--older-than "7x" is not a duration such as "7d""#),
-        (["dlq", "purge", "--older-than", "soon"], #"--older-than "soon" is not a duration such as "7d""#),
+        (
+            ["dlq", "purge", "--older-than", "7x", "--yes"],
+            #"--older-than "7x" is not a duration; write e.g. "500ms", "30s", "5m", "2h" or "7d""#
+        ),
+        (
+            ["dlq", "purge", "--older-than", "soon"],
+            #"--older-than "soon" is not a duration; write e.g. "500ms", "30s", "5m", "2h" or "7d""#
+        ),
+        // Past 2^63 ms this stopped the process (SIGILL) instead of refusing it.
+        (
+            ["dlq", "purge", "--older-than", "99999999999999d", "--yes"],
+            #"--older-than "99999999999999d" is longer than the longest duration the agent takes, 36500d"#
+        ),
     ])
     func dlqPurgeNeedsOneSelectionAndConfirmation(arguments: [String], message: String) throws {
         #expect(try #require(refusal(arguments), "\(arguments) was accepted").message == message)
@@ -192,7 +205,10 @@ struct CommandValidationTests {
         #expect(try #require(refusal(["status", "--max-age", "10m"])).message == "--max-age goes with --check")
         #expect(
             try #require(refusal(["status", "--check", "--max-age", "ten minutes"])).message
-                == #"--max-age "ten minutes" is not a duration such as "10m""#)
+                == #"--max-age "ten minutes" is not a duration; write e.g. "500ms", "30s", "5m", "2h" or "7d""#)
+        #expect(
+            try #require(refusal(["status", "--check", "--max-age", "106751991168d"])).message
+                == #"--max-age "106751991168d" is longer than the longest duration the agent takes, 36500d"#)
 
         let check = try parsed(["status", "--check", "--max-age", "10m"], as: StatusCommand.self)
         #expect(check.check && check.maxAge == "10m" && !check.json)
@@ -223,5 +239,19 @@ struct CommandValidationTests {
     @Test func unknownCommandsAreRefused() throws {
         #expect(try #require(refusal(["frobnicate"])).message.contains("Unexpected argument 'frobnicate'"))
         #expect(try #require(refusal(["queue", "poke"])).message.contains("Unexpected argument 'poke'"))
+    }
+
+    /// After the documented install (`install -m 600 KEY /etc/definite-agent/api-key`), `config check` said
+    /// the key was not set: only systemd reads that file, as the service's credential.
+    @Test func configCheckSaysAPackagedCredentialIsReadBySystemdOnly() throws {
+        let absent = "/nonexistent-\(getpid())/api-key"
+        #expect(ConfigCheckCommand.keyNotSet(packagedCredential: absent).hasPrefix("<not set: set [api] key_file"))
+        let present = FileManager.default.temporaryDirectory.path + "/credential-\(getpid())"
+        #expect(FileManager.default.createFile(atPath: present, contents: Data()))
+        defer { unlink(present) }
+        #expect(
+            ConfigCheckCommand.keyNotSet(packagedCredential: present)
+                == "<not read here: systemd passes \(present) to the service as the credential api-key (LoadCredential=); set [api] key_file to check it with this command>"
+        )
     }
 }
