@@ -41,6 +41,8 @@ struct BatchIsolation: Sendable, Equatable {
         var refusal: Refusal
         /// The rows went with others the API wrote, and it did not say which it rejected.
         var partial: Bool
+        /// For a partial rejection: how many of `seqs` the API wrote.
+        var writtenUnnamed = 0
     }
 
     /// What an answer (or a proof) resolved.
@@ -129,7 +131,9 @@ struct BatchIsolation: Sendable, Equatable {
                 : sent.count > 1
                     ? "rejected by the API (all \(sent.count) rows of the request): \(answer.summary)"
                     : "rejected by the API: \(answer.summary)"
-            effect.rejected = [Rejection(seqs: sent, refusal: refusal(reason), partial: partial)]
+            effect.rejected = [
+                Rejection(seqs: sent, refusal: refusal(reason), partial: partial, writtenUnnamed: partial ? sent.count - count : 0)
+            ]
             remove(sent)
             replaceFirstPart(with: rest.map { [Part(range: $0, refusal: nil)] } ?? [])
         case .partlyRejected(_, nil), .refused([]):

@@ -552,7 +552,9 @@ package final class DeliveryLoop: @unchecked Sendable {
         guard !committed.isEmpty || !change.deadLetters.isEmpty else { return }
         confirmations.settle(
             targetID: change.targetID, committed: committed, snapshotID: snapshotID,
-            rejected: change.deadLetters.map { ($0.seqs, $0.failure.reason) })
+            rejected: change.deadLetters.map {
+                RemoteConfirmations.Rejection(seqs: $0.seqs, reason: $0.failure.reason, writtenUnnamed: $0.writtenUnnamed)
+            })
     }
 
     /// Logs and counts what a recorded change did.
@@ -601,9 +603,14 @@ package final class DeliveryLoop: @unchecked Sendable {
                 change.targetID, "the API refuses row after row for the same reason; holding this table, the others keep flowing",
                 ["table": "\(table)", "error": "\(error)"])
         case .isolating? where !change.deadLetters.isEmpty || change.progress != nil:
+            // The change that first says "isolating" may be the answer to a half that was written: the
+            // refusal that started the search is the one its parts keep (the log said error="" mostly).
+            let refusal = change.progress?.parts.lazy.compactMap(\.refusal).first
+            let reason =
+                refusal.map { "\($0.status.map { "HTTP \($0): " } ?? "")\($0.reason)" } ?? change.deadLetters.first?.failure.reason ?? error
             logOnce(
                 change.targetID, "the API refused rows of a batch; isolating them while the rest is delivered",
-                ["table": "\(table)", "error": "\(error)"])
+                ["table": "\(table)", "error": "\(reason)"])
         default:
             break
         }

@@ -197,10 +197,6 @@ struct DeliveryMachine {
         var failures = 0
         /// The batch was sent since the daemon started (answered or not; a missing key is no attempt).
         var tried = false
-        /// Rows of the batch the API refused alone one after the other, with nothing written between, and
-        /// the reason it gave the last time (see ``DeliveryMachine/refusedAloneBeforeHolding``).
-        var refusedAlone = 0
-        var refusedAloneFor: String?
         /// The parts as the spool has them (empty: one whole part).
         var recordedParts: [DeliveryLedger.Part]
         var holder: Holder = .free
@@ -230,20 +226,47 @@ struct DeliveryMachine {
         /// Registered batches, in seq order.
         var batches: [OpenBatch] = []
         var cutting = false
-        /// A 404 hold, or a pause after a storage failure.
-        var pausedUntil: ContinuousClock.Instant?
-        /// Consecutive holds (404, refused key): the exponent of the wait.
-        var failures = 0
         var missingKeyNoted = false
-        /// The reason of the last 422 the API gave a request of this target, until a request is written.
-        var invalidFor: String?
+        /// What the API's refusals taught about the target; kept while it is idle (``RefusalMemory``).
+        var refusals = RefusalMemory()
+
+        var pausedUntil: ContinuousClock.Instant? {
+            get { refusals.pausedUntil }
+            set { refusals.pausedUntil = newValue }
+        }
+        var failures: Int {
+            get { refusals.failures }
+            set { refusals.failures = newValue }
+        }
 
         var inFlight: Int { batches.count { $0.holder != .free } + (cutting ? 1 : 0) }
         var hasWork: Bool { logEnd > assignedEnd || !batches.isEmpty }
     }
 
+    /// What the API's refusals taught about a target, which outlives its batches and its idle spells: a
+    /// table written to a few rows at a time (each batch resolved, the target idle, between two) was never
+    /// held, and every row of a schema change, or every request of a refused tag, went to the dead letters
+    /// while `status --check` said ok.
+    private struct RefusalMemory {
+        /// The reason of the last 422 the API gave a request of this target, until a request is written.
+        var invalidFor: String?
+        /// Rows the API refused alone one after the other (across batches), with nothing of the target
+        /// written between, and the reason it gave the last time (``DeliveryMachine/refusedAloneBeforeHolding``).
+        var refusedAlone = 0
+        var refusedAloneFor: String?
+        /// A hold (404, a repeated 422, rows refused alone) or a pause after a storage failure.
+        var pausedUntil: ContinuousClock.Instant?
+        /// Consecutive holds (404, refused key): the exponent of the wait.
+        var failures = 0
+
+        /// Nothing to remember: a target coming back starts as a new one would.
+        var isEmpty: Bool { invalidFor == nil && refusedAlone == 0 && pausedUntil == nil && failures == 0 }
+    }
+
     private(set) var settings: Settings
     private var targets: [Int64: TargetProgress] = [:]
+    /// The ``RefusalMemory`` of targets dropped while idle, given back when they return.
+    private var droppedRefusals: [Int64: RefusalMemory] = [:]
     /// Where each dropped target's rows were all resolved (its `assignedEnd` when it went idle): where it
     /// starts again when it comes back. Rows another process appended meanwhile (`dlq replay`) lie between
     /// this and the append that brings the target back.
@@ -289,7 +312,9 @@ struct DeliveryMachine {
                 let start = droppedAt[end.targetID] ?? end.start
                 guard end.end > start else { continue }
                 droppedAt[end.targetID] = nil
-                targets[end.targetID] = TargetProgress(id: end.targetID, target: end.target, logEnd: start, assignedEnd: start)
+                var target = TargetProgress(id: end.targetID, target: end.target, logEnd: start, assignedEnd: start)
+                target.refusals = droppedRefusals.removeValue(forKey: end.targetID) ?? RefusalMemory()
+                targets[end.targetID] = target
                 order.append(end.targetID)
             }
             let flush = flushRequested
@@ -371,6 +396,7 @@ struct DeliveryMachine {
         let gone = Set(idle)
         for id in idle {
             droppedAt[id] = targets[id]?.assignedEnd
+            if let refusals = targets[id]?.refusals, !refusals.isEmpty { droppedRefusals[id] = refusals }
             targets[id] = nil
         }
         order.removeAll { gone.contains($0) }
@@ -634,7 +660,7 @@ struct DeliveryMachine {
             target.failures += 1
             target.pausedUntil = until.instant
             return wait(.heldTableNotFound(until: until.date), error: error, status: status)
-        case .invalid where target.invalidFor == answer.summary:
+        case .invalid where target.refusals.invalidFor == answer.summary:
             // The same 422 a second time: the API refuses this table's requests as such (a tag or key it
             // does not take), not these rows. Dead-lettering every batch would empty the table into the dead
             // letters at full speed; it waits instead, like a 404, and the operator hears why.
@@ -650,24 +676,29 @@ struct DeliveryMachine {
             target.failures = 0
             target.batches[index].failures = 0
             let effect = held.isolation.resolve(request, verdict: verdict, status: status ?? 0, answer: answer, mode: send.target.mode)
-            if case .invalid = verdict { target.invalidFor = answer.summary } else if !effect.delivered.isEmpty { target.invalidFor = nil }
+            if case .invalid = verdict {
+                target.refusals.invalidFor = answer.summary
+            } else if !effect.delivered.isEmpty {
+                target.refusals.invalidFor = nil
+            }
             if !effect.rejected.isEmpty {
                 change.lastError = error
                 if target.batches[index].firstFailedAt == nil { target.batches[index].firstFailedAt = now.date }
             }
             let hold = holdIfEveryRowIsRefused(
-                &target.batches[index], request: request, verdict: verdict, effect: effect, answer: answer, now: now)
+                &target.refusals, request: request, verdict: verdict, effect: effect, answer: answer, now: now)
             target.batches[index].holder = .working(held)
             targets[send.targetID] = target
             var step = record(
                 effect, targetID: send.targetID, index: index, attempts: attempts,
                 warnings: answer.warnings, status: status, error: error, into: change, now: now)
-            // A batch that ended with that row holds nothing: its count starts again with the next.
-            if let hold, step.change.finished == nil {
+            // Held even when the batch ended with that row: the target's next rows wait (rows written a few
+            // at a time come in batches of their own).
+            if let hold {
                 targets[send.targetID]?.pausedUntil = hold.instant
                 step.change.state = .heldRefusingRows(until: hold.date)
                 step.change.lastError =
-                    "the API refused the last \(target.batches[index].refusedAlone) rows each alone for the same reason (\(answer.summary)); holding the table, then trying the next row. A schema change? Fix the table or the writer; the refused rows are dead letters to replay"
+                    "the API refused the last \(target.refusals.refusedAlone) rows each alone for the same reason (\(answer.summary)); holding the table, then trying the next row. A schema change? Fix the table or the writer; the refused rows are dead letters to replay"
             }
             return .record(step)
         }
@@ -682,18 +713,18 @@ struct DeliveryMachine {
     /// Counts a refusal of one row alone (or resets the count when rows were written) and returns until
     /// when the target is to be held, if it is to be.
     private mutating func holdIfEveryRowIsRefused(
-        _ batch: inout OpenBatch, request: BatchIsolation.Request, verdict: DeliveryVerdict, effect: BatchIsolation.Effect,
+        _ memory: inout RefusalMemory, request: BatchIsolation.Request, verdict: DeliveryVerdict, effect: BatchIsolation.Effect,
         answer: StreamAPIResponse, now: Now
     ) -> Now? {
         if !effect.delivered.isEmpty {
-            (batch.refusedAlone, batch.refusedAloneFor) = (0, nil)
+            (memory.refusedAlone, memory.refusedAloneFor) = (0, nil)
             return nil
         }
         guard case .refused = verdict, request.seqs.count == 1, !effect.rejected.isEmpty else { return nil }
-        batch.refusedAlone = batch.refusedAloneFor == answer.summary ? batch.refusedAlone + 1 : 1
-        batch.refusedAloneFor = answer.summary
-        guard batch.refusedAlone >= Self.refusedAloneBeforeHolding else { return nil }
-        return now + settings.retry.delay(attempt: batch.refusedAlone - Self.refusedAloneBeforeHolding + 3, using: &random)
+        memory.refusedAlone = memory.refusedAloneFor == answer.summary ? memory.refusedAlone + 1 : 1
+        memory.refusedAloneFor = answer.summary
+        guard memory.refusedAlone >= Self.refusedAloneBeforeHolding else { return nil }
+        return now + settings.retry.delay(attempt: memory.refusedAlone - Self.refusedAloneBeforeHolding + 3, using: &random)
     }
 
     /// An answer as `last_error` and the logs give it: the status and the API's errors, and for a 2xx that
@@ -770,7 +801,8 @@ struct DeliveryMachine {
                 failure: DeliveryLedger.Failure(
                     reason: reason, status: rejection.refusal.status, errors: rejection.refusal.errors,
                     warnings: warnings, requestID: rejection.refusal.requestID, attempts: attempts, partial: rejection.partial,
-                    firstFailedAt: batch.firstFailedAt ?? now.date))
+                    firstFailedAt: batch.firstFailedAt ?? now.date),
+                writtenUnnamed: rejection.writtenUnnamed)
         }
         if !effect.delivered.isEmpty { change.succeededAt = now.date }
         if held.isolation.isResolved {

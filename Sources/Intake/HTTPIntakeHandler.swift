@@ -456,11 +456,16 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// `config.wait = true`, and the API committed (or dead-lettered) every row: its answer, as the API
     /// would give it, with `"committed":true`.
     static func committed(rows: Int, table: String, outcome: RemoteConfirmations.Outcome) -> Answer {
+        let unknownWarning =
+            outcome.unknown == 0
+            ? nil
+            : "\(outcome.unknown) rows went in a request with other rows that the API partly rejected without saying which; whether these were written is not known (their dead letter is marked partial: see `definite-agent dlq list`)"
         let body =
             "{\"success\":\(outcome.committed > 0 || rows == 0),\"request_id\":\"\(requestID())\",\"stream_id\":null,"
             + "\"table\":\(JSONCompactor.quote(table)),\"accepted\":\(rows),\"successful_rows\":\(outcome.committed),"
             + "\"rejected_rows\":\(outcome.rejected),\"partitions\":[],\"snapshot_id\":\(outcome.snapshotID.map(JSONCompactor.quote) ?? "null"),"
-            + "\"committed\":true,\"warnings\":[],\"errors\":[\(outcome.errors.map(JSONCompactor.quote).joined(separator: ","))]}"
+            + "\"committed\":true,\"warnings\":[\(unknownWarning.map(JSONCompactor.quote) ?? "")],"
+            + "\"errors\":[\(outcome.errors.map(JSONCompactor.quote).joined(separator: ","))]}"
         return Answer(status: .ok, body: body)
     }
 

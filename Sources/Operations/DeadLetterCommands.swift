@@ -46,7 +46,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 let items = entries.map { e in
                     "{\"id\":\(e.id),\"table\":\(JSONCompactor.quote(e.table)),\"reason\":\(JSONCompactor.quote(e.reason)),"
                         + "\"status\":\(e.status.map(String.init) ?? "null"),\"rows\":\(e.rows),\"partial\":\(e.partial),"
-                        + "\"failed_at\":\"\(DeadLetterCommand.timestamp(e.lastFailedAt))\"}"
+                        + "\"failed_at\":\"\(DeadLetterCommand.timestamp(e.lastFailedAt))\",\"tags\":\(e.tags.isEmpty ? "[]" : e.tags)}"
                 }
                 print("[" + items.joined(separator: ",") + "]")
                 return
@@ -83,6 +83,7 @@ struct DeadLetterCommand: AsyncParsableCommand {
                 status:      \(e.status.map(String.init) ?? "-")
                 rows:        \(e.rows)\(e.partial ? " (partial: the whole request is kept; the API wrote some of its rows and did not say which)" : "")
                 request_id:  \(e.requestID ?? "-")
+                tags:        \(e.tagsSummary ?? "-")
                 attempts:    \(e.attempts)
                 first fail:  \(DeadLetterCommand.timestamp(e.firstFailedAt))
                 last fail:   \(DeadLetterCommand.timestamp(e.lastFailedAt))

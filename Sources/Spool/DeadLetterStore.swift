@@ -27,6 +27,25 @@ public struct DeadLetterStore {
         public var lastFailedAt: Date
         /// The rows, newline-separated compact JSON (only filled by ``show(id:)`` and ``export(table:)``).
         public var records: [UInt8] = []
+        /// The requests' `config.tags` as runs of rows, `[{"from":i,"to":j,"tags":{…}}]` (0-based rows of the
+        /// entry, `to` excluded); empty when the rows came without tags.
+        public var tags = ""
+
+        /// The tags as an operator reads them: `{"trace":"abc"}` when every row came with the same ones,
+        /// else each run with its rows (`rows 0-2 {…}, rows 3-4 {…}`); `nil` when the rows had none.
+        public var tagsSummary: String? {
+            guard !tags.isEmpty, case .array(let runs)? = try? Array(tags.utf8).withUnsafeBytes({ try JSONValue.parse($0) }) else {
+                return nil
+            }
+            let parts: [(from: Int, to: Int, tags: String)] = runs.compactMap { run in
+                guard case .number(let from)? = run["from"], case .number(let to)? = run["to"], let tags = run["tags"],
+                    let first = Int(from), let end = Int(to)
+                else { return nil }
+                return (first, end, JSONCompactor.render(tags))
+            }
+            if parts.count == 1, parts[0].from == 0, parts[0].to == self.rows { return parts[0].tags }
+            return parts.isEmpty ? nil : parts.map { "rows \($0.from)-\($0.to - 1) \($0.tags)" }.joined(separator: ", ")
+        }
     }
 
     /// Which entries a command acts on.
@@ -60,7 +79,8 @@ public struct DeadLetterStore {
 
     private static let columns = """
         d.id, t.table_name, t.mode, t.primary_key, d.first_seq, d.record_count, d.byte_count, d.reason, d.http_status,
-        coalesce(d.errors, '[]'), coalesce(d.warnings, '[]'), d.request_id, d.attempts, d.partial, d.first_failed_at, d.last_failed_at
+        coalesce(d.errors, '[]'), coalesce(d.warnings, '[]'), d.request_id, d.attempts, d.partial, d.first_failed_at, d.last_failed_at,
+        d.tags
         """
 
     private static func entry(_ row: SQLiteStatement, withRecords: Bool) throws(SQLiteError) -> Entry {
@@ -70,7 +90,7 @@ public struct DeadLetterStore {
             status: row.isNull(8) ? nil : row.int(8), errors: row.string(9) ?? "[]", warnings: row.string(10) ?? "[]",
             requestID: row.string(11), attempts: row.int(12), partial: row.int(13) != 0,
             firstFailedAt: Date(timeIntervalSince1970: row.double(14)), lastFailedAt: Date(timeIntervalSince1970: row.double(15)),
-            records: withRecords ? Array(row.blob(16)) : [])
+            records: withRecords ? Array(row.blob(17)) : [], tags: row.string(16) ?? "")
     }
 
     private func withDatabase<T>(write: Bool, _ body: (SQLiteConnection) throws -> T) throws(SpoolError) -> T {

@@ -58,9 +58,14 @@ package struct DeliveryLedger: Sendable {
         package var seqs: [Int64]
         package var failure: Failure
 
-        package init(seqs: [Int64], failure: Failure) {
+        /// How many of `seqs` the API wrote without saying which (``Failure/partial``); not stored, for the
+        /// requests that wait for the rows (``RemoteConfirmations``).
+        package var writtenUnnamed: Int
+
+        package init(seqs: [Int64], failure: Failure, writtenUnnamed: Int = 0) {
             self.seqs = seqs
             self.failure = failure
+            self.writtenUnnamed = writtenUnnamed
         }
     }
 

@@ -13,6 +13,10 @@ package final class RemoteConfirmations: Sendable {
         package var committed = 0
         /// Rows dead-lettered (refused by the API, or expired), with the reasons.
         package var rejected = 0
+        /// Rows that went in a request the API answered with rows rejected and the others written, without
+        /// saying which, when the request waited for only some of that request's rows: neither committed
+        /// nor rejected as far as anyone can tell (their dead letter is marked partial).
+        package var unknown = 0
         package var errors: [String] = []
         /// The Iceberg snapshot of the last request that committed some of them.
         package var snapshotID: String?
@@ -66,9 +70,27 @@ package final class RemoteConfirmations: Sendable {
         }
     }
 
+    /// Rows dead-lettered together, and why.
+    package struct Rejection: Sendable {
+        package var seqs: [Int64]
+        package var reason: String
+        /// How many of `seqs` the API wrote without saying which (a partial dead letter; 0 otherwise).
+        package var writtenUnnamed: Int
+
+        package init(seqs: [Int64], reason: String, writtenUnnamed: Int = 0) {
+            self.seqs = seqs
+            self.reason = reason
+            self.writtenUnnamed = writtenUnnamed
+        }
+    }
+
     /// Rows whose fate is now recorded: `committed` (with the snapshot the API gave, if any) and
     /// `rejected` (with the reason). Settles every request whose rows are all accounted for.
-    package func settle(targetID: Int64, committed: [Int64], snapshotID: String?, rejected: [(seqs: [Int64], reason: String)]) {
+    ///
+    /// Rows of a partial dead letter count as the API counted them when the request waited for all of
+    /// them (what it wrote as committed, the rest as rejected: a client that took all of them for refused
+    /// would send the written ones again); otherwise as ``Outcome/unknown``.
+    package func settle(targetID: Int64, committed: [Int64], snapshotID: String?, rejected: [Rejection]) {
         let done: [(Waiter, Outcome)] = state.withLock { state in
             guard !state.waiters.isEmpty else { return [] }
             var done: [(Waiter, Outcome)] = []
@@ -78,13 +100,23 @@ package final class RemoteConfirmations: Sendable {
                     waiter.outcome.committed += hits
                     waiter.outcome.snapshotID = snapshotID ?? waiter.outcome.snapshotID
                 }
-                for (seqs, reason) in rejected {
-                    let refused = seqs.count { waiter.seqs.contains($0) }
+                var settledHere = hits
+                for letter in rejected {
+                    let refused = letter.seqs.count { waiter.seqs.contains($0) }
                     guard refused > 0 else { continue }
-                    waiter.outcome.rejected += refused
-                    if !waiter.outcome.errors.contains(reason) { waiter.outcome.errors.append(reason) }
+                    settledHere += refused
+                    if letter.writtenUnnamed == 0 {
+                        waiter.outcome.rejected += refused
+                    } else if refused == letter.seqs.count {
+                        waiter.outcome.committed += letter.writtenUnnamed
+                        waiter.outcome.rejected += refused - letter.writtenUnnamed
+                        waiter.outcome.snapshotID = snapshotID ?? waiter.outcome.snapshotID
+                    } else {
+                        waiter.outcome.unknown += refused
+                    }
+                    if !waiter.outcome.errors.contains(letter.reason) { waiter.outcome.errors.append(letter.reason) }
                 }
-                waiter.remaining -= hits + rejected.reduce(0) { total, letter in total + letter.seqs.count { waiter.seqs.contains($0) } }
+                waiter.remaining -= settledHere
                 if waiter.remaining <= 0 {
                     state.waiters[id] = nil
                     done.append((waiter, waiter.outcome))

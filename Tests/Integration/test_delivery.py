@@ -1038,3 +1038,18 @@ def test_dlq_cli_queue_peek_shows_rows_held_by_a_404(make_emulator, make_agent):
         assert line["table"] == "bronze.later" and line["batch"] and line["attempts"] >= 1, line
         assert line["last_status"] == 404, line
     assert agent.cli("queue", "peek", "--table", "bronze.later").returncode == 0
+
+
+def test_dlq_show_and_list_give_the_requests_tags(emu, make_agent):
+    """`dlq show` ("everything known") left out the requests' config.tags, which were kept and replayed: an
+    operator could not find the trace of a failed request."""
+    emu.control(reject_marker="bad", reject_marker_mode="row")
+    agent = make_agent(emu.stream_url)
+    lines = [json.dumps({"data": [{"i": 1, "bad": 1}], "config": {"table": "bronze.traced", "tags": {"trace": "abc-123"}},
+                         "ack": "1"}).encode()]
+    assert all(r and r.get("ok") for r in pipeline(agent, lines))
+    wait_until(lambda: dead_letters(agent), 30, message="the dead letter")
+    entry = json.loads(agent.cli("dlq", "list", "--json").stdout)[0]
+    assert entry["tags"] == [{"from": 0, "to": 1, "tags": {"trace": "abc-123"}}], entry
+    shown = agent.cli("dlq", "show", str(entry["id"])).stdout.decode()
+    assert 'tags:        {"trace":"abc-123"}\n' in shown, shown

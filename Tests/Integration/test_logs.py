@@ -67,3 +67,29 @@ def test_refusals_nobody_is_told_about_are_logged_at_debug_a_line_a_second(tmp_p
     finally:
         assert quiet.stop() == 0
     assert "refused an intake line" not in quiet.log()
+
+
+def test_the_line_that_starts_isolating_bad_rows_says_what_the_api_refused(tmp_path):
+    """It said error="" nearly every time: the change that first reads "isolating" is mostly the answer to a
+    half that was written."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "Tests" / "Emulator"))
+    from harness import Emulator
+
+    with Emulator(quiet=True) as emu:
+        emu.control(reject_marker="bad", reject_marker_mode="request")
+        agent = Agent(tmp_path / "agent", env={"DEFINITE_API_KEY": emu.api_key},
+                      extra_config=f'[api]\nurl = "{emu.stream_url}"\n[batch]\nlinger = "50ms"\n').start()
+        try:
+            with agent.connect() as conn:
+                for i in range(64):
+                    assert conn.request(json.dumps({"i": i, **({"bad": 1} if i == 41 else {}), "ack": str(i)}))["ok"]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "rows dead-lettered" not in agent.log():
+                time.sleep(0.1)
+        finally:
+            assert agent.stop() == 0, agent.log()[-3000:]
+    lines = [line for line in agent.log().splitlines() if "isolating them while the rest is delivered" in line]
+    assert len(lines) == 1, agent.log()[-3000:]
+    assert 'error="HTTP 400: ' in lines[0], lines[0]

@@ -331,6 +331,48 @@ struct DeliveryMachineTests {
         #expect(simulation.deadLetters.count == 1 && simulation.lake[1]!.count == 20)
     }
 
+    /// The same with rows written a few at a time: each batch resolved and the target went idle before the
+    /// next, and with it what the refusals had taught, so no table was ever held. A probe trickled a schema
+    /// change's rows (one a request) and a refused tag (a batch every 1.5 s): every row went to the dead
+    /// letters, the table read "idle" and `status --check` said ok.
+    @Test func rowsRefusedAloneBatchAfterBatchHoldTheTableWhenWrittenOneAtATime() {
+        let simulation = DeliverySimulation(settings: DeliverySimulation.settings(initial: 1000, max: 8000), seed: 5, workers: 2)
+        let broken = simulation.addTarget(Self.append)
+        for _ in 0..<DeliveryMachine.refusedAloneBeforeHolding {
+            simulation.append(broken, [Row(bad: true)])
+            simulation.runUntilQuiet()
+        }
+        #expect(simulation.deadLetters.count == DeliveryMachine.refusedAloneBeforeHolding)
+        #expect(simulation.spool[broken]!.state.kind == .heldRefusingRows, "\(simulation.spool[broken]!.state)")
+        // The next row waits for the hold, then goes alone: refused, the hold grows; a good row ends it.
+        simulation.append(broken, [Row(bad: true)])
+        for _ in 0..<20 { for worker in 0..<2 { _ = simulation.act(worker) } }
+        #expect(simulation.requests.filter { $0.targetID == broken }.count == DeliveryMachine.refusedAloneBeforeHolding, "sent while held")
+        simulation.runUntilQuiet()
+        #expect(simulation.spool[broken]!.state.kind == .heldRefusingRows)
+        simulation.append(broken, [Row(), Row(bad: true)])
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.lake[broken]!.count == 1)
+        #expect(simulation.deadLetters.count == DeliveryMachine.refusedAloneBeforeHolding + 2)
+    }
+
+    @Test func theSame422ForTheNextBatchHoldsTheTableAlsoAfterItWentIdle() {
+        let simulation = DeliverySimulation(settings: DeliverySimulation.settings(initial: 1000, max: 1000), seed: 5, workers: 2)
+        let target = simulation.addTarget(Self.append)
+        simulation.api.forced = [422, 422, 422]
+        simulation.append(target, (0..<10).map { _ in Row() })
+        simulation.runUntilQuiet()
+        #expect(simulation.deadLetters.map(\.seqs.count) == [10])
+        simulation.append(target, (0..<10).map { _ in Row() })
+        run(simulation) { simulation.spool[target]!.state.kind == .heldRefusingRows }
+        #expect(simulation.deadLetters.count == 1, "the second batch went to the dead letters too")
+        #expect(simulation.spool[target]!.lastError?.contains("refused this table's requests twice in a row") == true)
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.lake[target]!.count == 10)
+    }
+
     @Test func anAppendBatchPartlyRejectedWithoutNamesIsKeptWholeAsPartialOnce() {
         let simulation = simulation(rows: 10, bad: [2, 7]) { $0.refusal = .rows }
         simulation.runUntilQuiet()
