@@ -61,6 +61,10 @@ package enum SpoolDatabase {
             try db.execute("PRAGMA cache_size = -512")
             try db.execute(Self.deletePolicy)
             try migrate(db, path: path)
+            // A target's state is what the running daemon's delivery found. One a stopped or killed daemon
+            // left ("backing off until …", "isolating bad rows") read as this daemon's until its first
+            // answer, though this one sends at once.
+            try db.execute("UPDATE targets SET state = NULL, state_until = NULL WHERE state IS NOT NULL OR state_until IS NOT NULL")
             return db
         }
         return (connection, accessChanges)

@@ -303,11 +303,11 @@ struct DeliveryLedgerTests {
         #expect(try db.scalar("SELECT count(*) FROM batch_parts") == 0)
         let after = try SpoolStatus.read(path: path)
         func summary(_ status: SpoolStatus) -> [String] {
-            status.targets.map {
-                "\($0.table) \($0.pending) \($0.pendingBytes) \($0.deadLetters) \($0.state ?? "-") \($0.lastError ?? "-")"
-            }
+            status.targets.map { "\($0.table) \($0.pending) \($0.pendingBytes) \($0.deadLetters) \($0.lastError ?? "-")" }
         }
         #expect(summary(after) == summary(before))
+        // The state the last daemon left is its own ("backing off"), not the new one's.
+        #expect(before.targets.map(\.state) == ["backing off", "backing off"] && after.targets.allSatisfy { $0.state == nil })
         let open = try SpoolReader(path: path).openBatches()
         #expect(open.map(\.parts) == [[], []] && open.map { $0.endSeq - $0.firstSeq } == [20, 20])
         let entries = try DeadLetterStore(path: path).list()

@@ -65,6 +65,24 @@ struct SpoolTests {
         #expect(spool.writer.capacity.refusal?.reason == .spoolFileGone)
     }
 
+    /// After a restart `status` showed the state the last daemon left ("backing off until <then>") as this
+    /// daemon's, until its first answer; the new daemon sends at once.
+    @Test func aStartForgetsTheStateTheLastDaemonLeft() async throws {
+        let spool = try TestSpool("state-left")
+        try await spool.writer.spoolAndWait(paddedBatch(0, 3))
+        spool.shutDown()
+        do {
+            let db = try SQLiteConnection(path: spool.path, mode: .readWrite)
+            try db.execute("UPDATE targets SET state = 'backing off', state_until = 4102444800")
+        }
+        #expect(try SpoolStatus.read(path: spool.path).targets.map { $0.deliveryState?.kind } == [.backingOff])
+        let writer = try SpoolWriter(path: spool.path, durability: .normal, maxBytes: 1 << 30, logger: quietLogger)
+        writer.start()
+        defer { writer.shutdown() }
+        let targets = try SpoolStatus.read(path: spool.path).targets
+        #expect(targets.map(\.deliveryState) == [nil] && targets.map(\.stateUntil) == [nil] && targets.map(\.pending) == [3])
+    }
+
     /// Submits `batch` and waits until it is durable.
     func commit(_ batch: SpoolBatch, to writer: SpoolWriter) async throws {
         let promise = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Void.self)
