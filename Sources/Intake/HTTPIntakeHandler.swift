@@ -51,6 +51,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var unfinished: UnfinishedInputShare
     /// Set once this request was answered early (auth, route, size): the rest of it is ignored.
     private var answered = false
+    /// A refused peer's answer, written: the connection closes once its request has been read.
+    private var closeWhenTheRequestEnds: EventLoopFuture<Void>?
+    /// Bytes of that request's body read and dropped.
+    private var discarded = 0
     /// A whole request is being stored or waits for the API's commit: from its end to its answer.
     private var processing = false
     /// The daemon stops: a request that asks to wait for the API's commit is answered as soon as its
@@ -147,8 +151,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             answered = false
             if let settings { configuration = settings.current }
             if let refusal = peerRefusal() {
-                // Nothing of what it sends is read: the connection closes after the answer.
-                respond(context: context, head: head, refusal, close: true)
+                // Nothing of what it sends is kept, and the connection closes once the request has come
+                // (its body, up to a bound, is read and dropped): closed at once, a client still writing
+                // its body got a broken pipe instead of its 403.
+                respond(context: context, head: head, refusal, close: false, closeWhenTheRequestEnds: true)
             } else if let early = check(head) {
                 respond(context: context, head: head, early, close: false)
             } else if head.version != .http1_0,
@@ -158,7 +164,13 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
             }
         case .body(var part):
-            guard !answered, let head else { return }
+            guard !answered, let head else {
+                if let written = closeWhenTheRequestEnds {
+                    discarded += part.readableBytes
+                    if discarded > Self.maxDiscardedBeforeClosing { written.whenComplete { _ in context.close(promise: nil) } }
+                }
+                return
+            }
             body.writeBuffer(&part)
             guard unfinished.resize(to: body.readableBytes) else {
                 // Refused as it streams in, as an oversized body is: the rest is not read.
@@ -186,6 +198,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 unfinished.release()
             }
         case .end:
+            if let written = closeWhenTheRequestEnds {
+                written.whenComplete { _ in context.close(promise: nil) }
+                return
+            }
             guard let head else { return }
             if !answered {
                 processing = true
@@ -425,7 +441,14 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         var close = false
     }
 
-    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, _ answer: Answer, close: Bool) {
+    /// Bytes of a refused request's body read and dropped before its connection closes anyway.
+    static let maxDiscardedBeforeClosing = 1 << 20
+
+    /// `closeWhenTheRequestEnds`: the answer says `Connection: close`, and the connection closes once the
+    /// request's end has been read (``maxDiscardedBeforeClosing`` at most), not at once.
+    private func respond(
+        context: ChannelHandlerContext, head: HTTPRequestHead, _ answer: Answer, close: Bool, closeWhenTheRequestEnds: Bool = false
+    ) {
         answered = true
         processing = false
         var headers = HTTPHeaders()
@@ -433,11 +456,13 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "Content-Length", value: "\(answer.body.utf8.count)")
         for (name, value) in answer.headers { headers.add(name: name, value: value) }
         let closing = close || answer.close || !head.isKeepAlive
-        if closing { headers.add(name: "Connection", value: "close") }
+        if closing || closeWhenTheRequestEnds { headers.add(name: "Connection", value: "close") }
         context.write(
             wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: answer.status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: answer.body)))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if closeWhenTheRequestEnds, !closing { self.closeWhenTheRequestEnds = written }
+        written.assumeIsolated().whenComplete { _ in
             if closing { context.close(promise: nil) }
         }
         if let refusal = answer.refusal { AgentMetrics.rejected(refusal).increment() }

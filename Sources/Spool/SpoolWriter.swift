@@ -369,11 +369,24 @@ public final class SpoolWriter: @unchecked Sendable {
 
     /// The writer thread's last act: the checkpointer stops, the WAL is copied into the file and truncated,
     /// and whoever waits for the stop hears of it.
+    /// How long the last checkpoint waits for other processes' readers of the spool.
+    static let finalCheckpointPatienceMilliseconds = 1000
+
     private func finish() {
         settle(unsettled)
         checkpointer.stop(writer: connection)
         do {
-            try connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            // Another process reading the spool (an `sqlite3` shell left open, a backup) holds the
+            // checkpoint back: waited for at most a second, not the 10 s busy timeout, which took an idle
+            // stop to its drain deadline, and said (SQLite reports it in the result row, not as an error).
+            try connection.execute("PRAGMA busy_timeout = \(Self.finalCheckpointPatienceMilliseconds)")
+            let checkpoint = try connection.prepared("PRAGMA wal_checkpoint(TRUNCATE)")
+            defer { checkpoint.reset() }
+            if try checkpoint.step(), checkpoint.int(0) != 0 {
+                logger.notice(
+                    "the spool's WAL was not copied into the spool file at the stop: another process reads the spool (an sqlite3 shell, a backup?); nothing is lost, the next start does it",
+                    metadata: ["spool": "\(path)"])
+            }
         } catch {
             logger.warning(
                 "could not checkpoint the spool at shutdown; the WAL is replayed at the next start", metadata: ["error": "\(error)"])

@@ -123,7 +123,10 @@ http_socket = "{self.http_socket_path}"
 {default}
 {extra_config}
 """)
-        self.env = dict(os.environ, **(env or {}))
+        # SwiftNIO's strict mode: what it would only print (a task scheduled on an event loop already shut
+        # down, "upgraded to a forced crash in future SwiftNIO versions") ends the daemon, which every
+        # test's exit status then shows.
+        self.env = dict(os.environ, SWIFTNIO_STRICT="1", **(env or {}))
         self.process: subprocess.Popen | None = None
         self.log_path = self.directory / "agent.log"
 

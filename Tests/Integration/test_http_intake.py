@@ -360,6 +360,28 @@ def test_connections_holding_every_descriptor_neither_spin_the_daemon_nor_outlas
         assert agent.stop() == 0, agent.log()[-3000:]
 
 
+def test_a_refused_writer_still_sending_its_body_reads_its_403(tmp_path):
+    """The 403 of a writer `allow_uids` does not allow closed the connection at once: a client that sends the
+    head and then the body (Python's http.client does) got a broken pipe instead of its answer, now and then."""
+    agent = Agent(tmp_path / "agent", extra_config=f"allow_uids = [{os.geteuid() + 1}]").start()
+    try:
+        body = b'{"data":{"a":1},"config":{"table":"bronze.t"}}'
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(agent.http_socket_path)
+        client.settimeout(10)
+        client.sendall(b"POST /v2/stream HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.3)  # the agent has answered the head
+        client.sendall(body)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        client.close()
+        assert answer.startswith(b"HTTP/1.1 403 ") and b"connection: close" in answer.lower(), answer
+        assert agent.status()["pending"] == 0
+    finally:
+        agent.finish()
+
+
 def test_allow_uids_hold_on_the_http_socket_and_a_reload_reaches_open_connections(tmp_path):
     """`[intake] allow_uids` was checked on the line socket only: any local user who could open http.sock
     stored records there. And a reload of `http_token` or the lists did not reach a keep-alive connection

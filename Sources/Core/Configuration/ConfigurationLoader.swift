@@ -206,9 +206,23 @@ public enum ConfigurationLoader {
         }
         guard config.retry.maxAge.milliseconds > 0 else { throw fail(.retryMaxAge, "must be greater than 0") }
         guard config.service.drainTimeout.milliseconds >= 0 else { throw fail(.serviceDrainTimeout, "must not be negative") }
-        if let listen = config.metrics.listen, !listen.hasPrefix("/") {
-            guard HostPort.parse(listen) != nil else {
-                throw fail(.metricsListen, "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path")
+        if let listen = config.metrics.listen {
+            // Another listener's address: `run` failed with "in use" (or "is definite-agent already
+            // running?"), about its own listener.
+            if listen.hasPrefix("/") {
+                if let first = listenerPaths[listen] {
+                    throw fail(.metricsListen, "\"\(listen)\" is also \(first.name); each listener needs its own address")
+                }
+            } else {
+                guard let metrics = HostPort.parse(listen) else {
+                    throw fail(.metricsListen, "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path")
+                }
+                if let http = config.intake.httpListen, let intake = HostPort.parse(http), intake.port == metrics.port, metrics.port != 0,
+                    intake.host == metrics.host || HostPort.isWildcard(intake.host) || HostPort.isWildcard(metrics.host)
+                {
+                    throw fail(
+                        .metricsListen, "\"\(listen)\" is also intake.http_listen (\"\(http)\"); each listener needs its own address")
+                }
             }
         }
     }
@@ -217,6 +231,9 @@ public enum ConfigurationLoader {
 
 /// `host:port` addresses in the configuration.
 package enum HostPort {
+    /// Whether `host` binds every address (`0.0.0.0`, `::`, or empty), so it overlaps any other on its port.
+    package static func isWildcard(_ host: String) -> Bool { host.isEmpty || host == "0.0.0.0" || host == "::" }
+
     package static func parse(_ text: String) -> (host: String, port: Int)? {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
             return nil

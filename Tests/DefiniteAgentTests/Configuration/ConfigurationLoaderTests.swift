@@ -187,6 +187,21 @@ struct ConfigurationLoaderTests {
         #expect(error.message.contains("is not an absolute path"), "\(error)")
     }
 
+    /// `config check` passed a metrics address another listener of the daemon has; `run` then failed with
+    /// "in use", or "is definite-agent already running?", about its own listener.
+    @Test(arguments: [
+        ("http_socket = \"/run/a/http.sock\"", "\"/run/a/http.sock\"", "intake.http_socket"),
+        ("datagram_socket = \"/run/a/d.sock\"", "\"/run/a/d.sock\"", "intake.datagram_socket"),
+        ("socket = \"/run/a/agent.sock\"", "\"/run/a/agent.sock\"", "intake.socket"),
+        ("http_listen = \"127.0.0.1:8787\"", "\"127.0.0.1:8787\"", "intake.http_listen"),
+        ("http_listen = \"127.0.0.1:8787\"\nhttp_allow_remote = true", "\"0.0.0.0:8787\"", "intake.http_listen"),
+    ])
+    func theMetricsEndpointCannotShareAnotherListenersAddress(intake: String, metrics: String, other: String) throws {
+        let error = try #require(loadError("[intake]\n\(intake)\n[metrics]\nlisten = \(metrics)\n"))
+        #expect(error.key == "metrics.listen" && error.message.contains("is also \(other)"), "\(error)")
+        #expect(loadError("[intake]\nhttp_listen = \"127.0.0.1:8787\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n") == nil)
+    }
+
     @Test func anEmptyDatagramSocketIsOffLikeAnEmptyHTTPSocket() throws {
         let config = try ConfigurationLoader.parse("[intake]\ndatagram_socket = \"\"\nhttp_socket = \"\"\n")
         #expect(config.intake.datagramSocket == nil && config.intake.httpSocket.isEmpty)
