@@ -265,8 +265,9 @@ struct DeliveryMachine {
 
     private(set) var settings: Settings
     private var targets: [Int64: TargetProgress] = [:]
-    /// The ``RefusalMemory`` of targets dropped while idle, given back when they return.
-    private var droppedRefusals: [Int64: RefusalMemory] = [:]
+    /// The ``RefusalMemory`` of targets dropped while idle, and since when, given back when they return
+    /// within `retry.max_age` (a refusal older than that says little about the table now).
+    private var droppedRefusals: [Int64: (memory: RefusalMemory, since: ContinuousClock.Instant)] = [:]
     /// Where each dropped target's rows were all resolved (its `assignedEnd` when it went idle): where it
     /// starts again when it comes back. Rows another process appended meanwhile (`dlq replay`) lie between
     /// this and the append that brings the target back.
@@ -313,7 +314,9 @@ struct DeliveryMachine {
                 guard end.end > start else { continue }
                 droppedAt[end.targetID] = nil
                 var target = TargetProgress(id: end.targetID, target: end.target, logEnd: start, assignedEnd: start)
-                target.refusals = droppedRefusals.removeValue(forKey: end.targetID) ?? RefusalMemory()
+                if let dropped = droppedRefusals.removeValue(forKey: end.targetID), now.instant - dropped.since < settings.maxAge.duration {
+                    target.refusals = dropped.memory
+                }
                 targets[end.targetID] = target
                 order.append(end.targetID)
             }
@@ -359,6 +362,11 @@ struct DeliveryMachine {
                 for index in target.batches.indices { target.batches[index].notBefore = nil }
             }
         }
+        // Idle targets' holds too: their next rows go at once (the operator fixed the table, say).
+        for id in Array(droppedRefusals.keys) {
+            droppedRefusals[id]?.memory.pausedUntil = nil
+            if droppedRefusals[id]?.memory.isEmpty == true { droppedRefusals[id] = nil }
+        }
         authPausedUntil = nil
     }
 
@@ -378,7 +386,7 @@ struct DeliveryMachine {
             authPausedUntil = nil
         }
         var idle: [Int64] = []
-        defer { drop(idle) }
+        defer { drop(idle, now: now) }
         for step in 0..<order.count {
             let id = order[(cursor + step) % order.count]
             if let work = take(id, now: now) {
@@ -391,12 +399,16 @@ struct DeliveryMachine {
     }
 
     /// Forgets targets with nothing to do; the writer's next append (or the spool) brings them back.
-    private mutating func drop(_ idle: [Int64]) {
+    private mutating func drop(_ idle: [Int64], now: Now) {
         guard !idle.isEmpty else { return }
         let gone = Set(idle)
         for id in idle {
             droppedAt[id] = targets[id]?.assignedEnd
-            if let refusals = targets[id]?.refusals, !refusals.isEmpty { droppedRefusals[id] = refusals }
+            if var refusals = targets[id]?.refusals {
+                // A hold already over is nothing to keep.
+                if let until = refusals.pausedUntil, until <= now.instant { refusals.pausedUntil = nil }
+                if !refusals.isEmpty { droppedRefusals[id] = (refusals, now.instant) }
+            }
             targets[id] = nil
         }
         order.removeAll { gone.contains($0) }

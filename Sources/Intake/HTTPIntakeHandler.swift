@@ -167,7 +167,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard !answered, let head else {
                 if let written = closeWhenTheRequestEnds {
                     discarded += part.readableBytes
-                    if discarded > Self.maxDiscardedBeforeClosing { written.whenComplete { _ in context.close(promise: nil) } }
+                    if discarded > Self.maxDiscardedBeforeClosing { closeOnce(after: written, context: context) }
                 }
                 return
             }
@@ -199,7 +199,7 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         case .end:
             if let written = closeWhenTheRequestEnds {
-                written.whenComplete { _ in context.close(promise: nil) }
+                closeOnce(after: written, context: context)
                 return
             }
             guard let head else { return }
@@ -441,6 +441,12 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         var close = false
     }
 
+    /// Closes the connection of a refused request once its answer is written (only the first call).
+    private func closeOnce(after written: EventLoopFuture<Void>, context: ChannelHandlerContext) {
+        closeWhenTheRequestEnds = nil
+        written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
     /// Bytes of a refused request's body read and dropped before its connection closes anyway.
     static let maxDiscardedBeforeClosing = 1 << 20
 
@@ -460,12 +466,17 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.write(
             wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: answer.status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: answer.body)))), promise: nil)
+        if let refusal = answer.refusal { AgentMetrics.rejected(refusal).increment() }
         let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if closeWhenTheRequestEnds, !closing { self.closeWhenTheRequestEnds = written }
+        // Also when the request said `Connection: close` (urllib sends it) or is HTTP/1.0: the client may
+        // still be writing its body.
+        if closeWhenTheRequestEnds {
+            self.closeWhenTheRequestEnds = written
+            return
+        }
         written.assumeIsolated().whenComplete { _ in
             if closing { context.close(promise: nil) }
         }
-        if let refusal = answer.refusal { AgentMetrics.rejected(refusal).increment() }
     }
 
     static func success(rows: Int, table: String) -> Answer {

@@ -113,8 +113,8 @@ struct StatusReport {
             problems.append("daemon stopping")
         }
         if let refusal = intakeRefusal { problems.append("intake refused: \(refusal.summary)") }
-        for target in status.targets where target.pending > 0 {
-            if let state = target.deliveryState, state.isHeld { problems.append("\(target.table): \(state.kind.rawValue)") }
+        for target in status.targets where isHolding(target) {
+            problems.append("\(target.table): \(target.deliveryState?.kind.rawValue ?? "")")
         }
         if let maxAge,
             let oldest = status.targets.filter({ ($0.oldestAgeSeconds ?? 0) > maxAge.seconds })
@@ -131,15 +131,24 @@ struct StatusReport {
     /// for rows that wait for one (the spool keeps the state the last daemon recorded: "delivering" after
     /// a stop read as if something still moved them), or the hold it recorded.
     func shownState(_ t: SpoolStatus.Target) -> String {
+        if isHolding(t), let state = t.deliveryState { return state.kind.rawValue }
         guard t.pending > 0 else { return TargetState.Kind.idle.rawValue }
         if let state = t.deliveryState, isRunning || state.isHeld { return state.kind.rawValue }
         return isRunning ? TargetState.Kind.delivering.rawValue : "queued"
     }
 
+    /// Whether the target is held (table not found, refusing every row, auth failing): while rows wait, or,
+    /// with the daemon running, until the hold ends even with none waiting (a table written to a row at a
+    /// time is held between its rows, and the next one will wait).
+    func isHolding(_ t: SpoolStatus.Target) -> Bool {
+        guard let state = t.deliveryState, state.isHeld else { return false }
+        return t.pending > 0 || (isRunning && (t.stateUntil ?? 0) > now.timeIntervalSince1970)
+    }
+
     /// When the target's state ends by itself, if that is still to come (a time already past means the
     /// next attempt is due or under way, so it is not shown); nothing ends while no daemon runs.
     func stateUntil(_ t: SpoolStatus.Target) -> Double? {
-        guard isRunning, t.pending > 0, let until = t.stateUntil, until > now.timeIntervalSince1970 else { return nil }
+        guard isRunning, t.pending > 0 || isHolding(t), let until = t.stateUntil, until > now.timeIntervalSince1970 else { return nil }
         return until
     }
 

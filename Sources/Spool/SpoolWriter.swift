@@ -382,7 +382,9 @@ public final class SpoolWriter: @unchecked Sendable {
             try connection.execute("PRAGMA busy_timeout = \(Self.finalCheckpointPatienceMilliseconds)")
             let checkpoint = try connection.prepared("PRAGMA wal_checkpoint(TRUNCATE)")
             defer { checkpoint.reset() }
-            if try checkpoint.step(), checkpoint.int(0) != 0 {
+            // The row: busy, frames in the WAL, frames copied. Busy with every frame copied is only the
+            // truncation held back: nothing waits for the next start then.
+            if try checkpoint.step(), checkpoint.int(0) != 0, checkpoint.int(2) < checkpoint.int(1) {
                 logger.notice(
                     "the spool's WAL was not copied into the spool file at the stop: another process reads the spool (an sqlite3 shell, a backup?); nothing is lost, the next start does it",
                     metadata: ["spool": "\(path)"])

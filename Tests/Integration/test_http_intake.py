@@ -360,16 +360,18 @@ def test_connections_holding_every_descriptor_neither_spin_the_daemon_nor_outlas
         assert agent.stop() == 0, agent.log()[-3000:]
 
 
-def test_a_refused_writer_still_sending_its_body_reads_its_403(tmp_path):
+@pytest.mark.parametrize("connection", ["", "Connection: close\r\n"])
+def test_a_refused_writer_still_sending_its_body_reads_its_403(tmp_path, connection):
     """The 403 of a writer `allow_uids` does not allow closed the connection at once: a client that sends the
-    head and then the body (Python's http.client does) got a broken pipe instead of its answer, now and then."""
+    head and then the body (Python's http.client does; urllib also says `Connection: close`) got a broken
+    pipe instead of its answer, now and then."""
     agent = Agent(tmp_path / "agent", extra_config=f"allow_uids = [{os.geteuid() + 1}]").start()
     try:
         body = b'{"data":{"a":1},"config":{"table":"bronze.t"}}'
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(agent.http_socket_path)
         client.settimeout(10)
-        client.sendall(b"POST /v2/stream HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        client.sendall(b"POST /v2/stream HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n" % (connection.encode(), len(body)))
         time.sleep(0.3)  # the agent has answered the head
         client.sendall(body)
         answer = b""

@@ -219,6 +219,7 @@ public enum ConfigurationLoader {
                 }
                 if let http = config.intake.httpListen, let intake = HostPort.parse(http), intake.port == metrics.port, metrics.port != 0,
                     intake.host == metrics.host || HostPort.isWildcard(intake.host) || HostPort.isWildcard(metrics.host)
+                        || (HostPort.isLoopback(intake.host) && HostPort.isLoopback(metrics.host))
                 {
                     throw fail(
                         .metricsListen, "\"\(listen)\" is also intake.http_listen (\"\(http)\"); each listener needs its own address")

@@ -195,6 +195,7 @@ struct ConfigurationLoaderTests {
         ("socket = \"/run/a/agent.sock\"", "\"/run/a/agent.sock\"", "intake.socket"),
         ("http_listen = \"127.0.0.1:8787\"", "\"127.0.0.1:8787\"", "intake.http_listen"),
         ("http_listen = \"127.0.0.1:8787\"\nhttp_allow_remote = true", "\"0.0.0.0:8787\"", "intake.http_listen"),
+        ("http_listen = \"localhost:8787\"", "\"127.0.0.1:8787\"", "intake.http_listen"),
     ])
     func theMetricsEndpointCannotShareAnotherListenersAddress(intake: String, metrics: String, other: String) throws {
         let error = try #require(loadError("[intake]\n\(intake)\n[metrics]\nlisten = \(metrics)\n"))

@@ -357,6 +357,39 @@ struct DeliveryMachineTests {
         #expect(simulation.deadLetters.count == DeliveryMachine.refusedAloneBeforeHolding + 2)
     }
 
+    /// What an idle target remembers ends with SIGUSR1 (the hold: the operator fixed the table) and with
+    /// retry.max_age of idleness (the reasons too: a refusal that old says little about the table now).
+    @Test func anIdleTargetsHoldEndsWithAFlushAndItsMemoryWithMaxAge() {
+        func held() -> (DeliverySimulation, Int64) {
+            let simulation = DeliverySimulation(
+                settings: DeliverySimulation.settings(initial: 60_000, max: 60_000, maxAge: .seconds(3600)), seed: 7, workers: 2)
+            let target = simulation.addTarget(Self.append)
+            for _ in 0..<DeliveryMachine.refusedAloneBeforeHolding {
+                simulation.append(target, [Row(bad: true)])
+                simulation.runUntilQuiet(limit: 200)
+            }
+            #expect(simulation.spool[target]!.state.kind == .heldRefusingRows)
+            return (simulation, target)
+        }
+        func sentAtOnce(_ simulation: DeliverySimulation, _ target: Int64) -> Bool {
+            let before = simulation.requests.count
+            simulation.append(target, [Row()])
+            simulation.advance(by: .milliseconds(200))  // past linger, well within the hold
+            for _ in 0..<20 { for worker in 0..<2 { _ = simulation.act(worker) } }
+            return simulation.requests.count > before
+        }
+        let (flushed, first) = held()
+        flushed.flush()
+        #expect(sentAtOnce(flushed, first), "the hold outlived SIGUSR1")
+        let (waited, second) = held()
+        #expect(!sentAtOnce(waited, second), "held without a flush")
+        let (forgotten, third) = held()
+        forgotten.advance(by: .seconds(3601))
+        forgotten.append(third, [Row(bad: true)])
+        forgotten.runUntilQuiet(limit: 200)
+        #expect(forgotten.spool[third]!.state.kind != .heldRefusingRows, "a refusal an hour old counted toward a hold")
+    }
+
     @Test func theSame422ForTheNextBatchHoldsTheTableAlsoAfterItWentIdle() {
         let simulation = DeliverySimulation(settings: DeliverySimulation.settings(initial: 1000, max: 1000), seed: 5, workers: 2)
         let target = simulation.addTarget(Self.append)

@@ -103,6 +103,20 @@ struct DaemonStateTests {
         #expect(stopped.stateUntil(future) == nil && !stopped.table(spool: "/x").contains(" until "))
     }
 
+    /// A table written to a row at a time is held between its rows, with none pending: `--check` said ok
+    /// there (and flagged it only while the next row waited).
+    @Test func aHoldWithNothingPendingCountsWhileItLasts() {
+        let now = Date()
+        let held = target("bronze.a", pending: 0, age: nil, state: "held: the API refuses every row", until: now.timeIntervalSince1970 + 30)
+        let over = target("bronze.b", pending: 0, age: nil, state: "held: the API refuses every row", until: now.timeIntervalSince1970 - 30)
+        let running = StatusReport(status: SpoolStatus(targets: [held, over]), daemon: (state(), true), now: now)
+        #expect(running.problems(maxAge: nil).filter { $0.hasPrefix("bronze.") } == ["bronze.a: held: the API refuses every row"])
+        #expect([held, over].map(running.shownState) == ["held: the API refuses every row", "idle"])
+        #expect(running.stateUntil(held) != nil && running.stateUntil(over) == nil)
+        let stopped = StatusReport(status: SpoolStatus(targets: [held, over]), daemon: (state(), false), now: now)
+        #expect(stopped.problems(maxAge: nil).count == 1 && [held, over].map(stopped.shownState) == ["idle", "idle"])
+    }
+
     /// After a stop the spool keeps the state the last daemon recorded: "delivering" or "backing off" beside
     /// "daemon: not running" read as if something still moved the rows. Holds stay: they are still the news.
     @Test func aStoppedDaemonsRowsReadQueuedAndItsHoldsStay() {
