@@ -517,7 +517,8 @@ package final class DeliveryLoop: @unchecked Sendable {
         return .request(
             HTTPRequest(
                 url: body.query.isEmpty ? url : url + (url.contains("?") ? "&" : "?") + body.query,
-                headers: headers, body: body.bytes, timeout: configuration.api.timeout))
+                headers: headers, body: body.bytes,
+                timeout: HumanDuration(milliseconds: configuration.api.timeout.milliseconds * Int64(send.patience))))
     }
 
     // MARK: Answers
@@ -538,7 +539,7 @@ package final class DeliveryLoop: @unchecked Sendable {
             logger.debug("request answered", metadata: ["status": "\(response.status)", "elapsed": "\(completion.elapsed)"])
         case .failure(let error):
             AgentMetrics.httpRequests("transport_error").increment()
-            outcome = .noAnswer("\(error)")
+            outcome = .noAnswer("\(error)", timedOut: error.timedOut)
             signal = .backPressure
         }
         concurrency.record(signal, roundTrip: completion.elapsed, saturated: chains[completion.id]!.saturated, now: now.instant)

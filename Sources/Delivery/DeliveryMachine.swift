@@ -109,7 +109,13 @@ struct DeliveryMachine {
         var target: SpoolTarget
         var batchID: String
         var seqs: [Int64]
+        /// How many times `[api] timeout` the request waits for its answer: doubled after each timeout of
+        /// the batch in a row, up to ``DeliveryMachine/maxPatience`` (see ``OpenBatch/timeouts``).
+        var patience = 1
     }
+
+    /// The most times `[api] timeout` a request waits for its answer after timeouts in a row (30 s: 4 min).
+    static let maxPatience = 8
 
     /// What the I/O of a step returned.
     enum Outcome: Sendable {
@@ -118,8 +124,9 @@ struct DeliveryMachine {
         case readFailed(String)
         /// `send`: the API's answer.
         case answered(status: Int, answer: StreamAPIResponse, retryAfter: Double?)
-        /// `send`: no answer (connection refused, timeout, dropped, the body could not be built).
-        case noAnswer(String)
+        /// `send`: no answer (connection refused, timeout, dropped, the body could not be built); `timedOut`
+        /// when the wait for it ran out (the API may have written the rows all the same).
+        case noAnswer(String, timedOut: Bool = false)
         /// `send`: the API key went away before the request.
         case missingKey
         /// `register` or `record`: committed.
@@ -197,6 +204,10 @@ struct DeliveryMachine {
         var failures = 0
         /// The batch was sent since the daemon started (answered or not; a missing key is no attempt).
         var tried = false
+        /// Its requests' waits for an answer that ran out, in a row. An API slower than `[api] timeout`
+        /// writes each attempt all the same: a fixed wait re-sent (and wrote) the batch after every backoff,
+        /// 50 copies of it in 15 s at a 2 s timeout. Each timeout doubles the next wait instead.
+        var timeouts = 0
         /// The parts as the spool has them (empty: one whole part).
         var recordedParts: [DeliveryLedger.Part]
         var holder: Holder = .free
@@ -637,13 +648,24 @@ struct DeliveryMachine {
         let error: String
         switch outcome {
         case .answered(let code, let body, let retryAfter):
+            target.batches[index].timeouts = 0
             verdict = DeliveryVerdict(
                 status: code, answer: body, retryAfter: retryAfter, sentRows: request.seqs.count, tagsInURL: settings.tagsInURL)
             (answer, status) = (body, code)
             error = Self.describe(status: code, answer: body, sentRows: request.seqs.count)
-        case .noAnswer(let message):
+        case .noAnswer(let message, let timedOut):
             verdict = .transient(retryAfter: nil)
-            (answer, status, error) = (StreamAPIResponse(body: []), nil, message)
+            (answer, status) = (StreamAPIResponse(body: []), nil)
+            var said = message
+            if timedOut {
+                target.batches[index].timeouts += 1
+                let next = Self.patience(afterTimeouts: target.batches[index].timeouts)
+                if next > send.patience {
+                    said +=
+                        "; the next attempt waits \(next) times [api] timeout for its answer (the API may have written these rows: a slow answer is waited for rather than the rows sent again)"
+                }
+            }
+            error = said
         case .missingKey:
             let until = now + settings.retry.delay(attempt: target.failures + 3, using: &random)
             target.failures += 1
@@ -716,6 +738,9 @@ struct DeliveryMachine {
         }
     }
 
+    /// How many times `[api] timeout` a request waits after `timeouts` timeouts of its batch in a row.
+    static func patience(afterTimeouts timeouts: Int) -> Int { min(1 << min(timeouts, 8), maxPatience) }
+
     /// How many rows of a batch the API may refuse alone, one after the other and for the same reason,
     /// before the target is held. When every row is refused (a schema change), isolation costs two requests
     /// and a dead letter per row: for a 50,000-row batch, 100,000 requests and entries, and a merge table
@@ -779,7 +804,10 @@ struct DeliveryMachine {
         case .send(let request):
             held.inFlight = request
             updateBatch(targetID, index) { $0.holder = .working(held) }
-            return .send(Send(targetID: targetID, target: target.target, batchID: batch.id, seqs: request.seqs))
+            return .send(
+                Send(
+                    targetID: targetID, target: target.target, batchID: batch.id, seqs: request.seqs,
+                    patience: Self.patience(afterTimeouts: batch.timeouts)))
         case .resolved:
             updateBatch(targetID, index) { $0.holder = .working(held) }
             return .record(

@@ -27,6 +27,8 @@ struct HTTPTransportError: Error, CustomStringConvertible, Sendable {
     var code: Int32
     var message: String
     var description: String { message }
+    /// The wait for the answer ran out (`CURLOPT_TIMEOUT_MS`): the API may have written the request.
+    var timedOut: Bool { code == Int32(CURLE_OPERATION_TIMEDOUT.rawValue) }
 }
 
 /// One request to send: where, with which headers, and the body (already compressed if it is).

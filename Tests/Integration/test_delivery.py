@@ -1053,3 +1053,16 @@ def test_dlq_show_and_list_give_the_requests_tags(emu, make_agent):
     assert entry["tags"] == [{"from": 0, "to": 1, "tags": {"trace": "abc-123"}}], entry
     shown = agent.cli("dlq", "show", str(entry["id"])).stdout.decode()
     assert 'tags:        {"trace":"abc-123"}\n' in shown, shown
+
+
+def test_an_api_slower_than_the_timeout_is_waited_for_longer_not_sent_the_batch_again_and_again(emu, make_agent):
+    """The API answers after 2.5 s and writes the rows all the same; [api] timeout is 1 s. Each attempt used
+    to wait 1 s, time out and go again after the backoff: the batch written again and again (a probe counted 50
+    copies in 15 s) until retry.max_age. Each timeout in a row now doubles the next wait (1, 2, 4 s)."""
+    emu.control(latency_ms=2500)
+    agent = make_agent(emu.stream_url, api={"timeout": "1s"})
+    send(agent, [{"i": i} for i in range(10)], chunk=10)
+    wait_delivered(agent, timeout=30)
+    values = lake_values(emu, "bronze.events", "i")
+    assert sorted(set(values)) == list(range(10)) and len(values) <= 40, sorted(values)  # 30: two timeouts, then the answer
+    assert "the next attempt waits 2 times [api] timeout for its answer" in agent.log(), agent.log()[-2000:]

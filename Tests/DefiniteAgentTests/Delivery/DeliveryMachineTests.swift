@@ -390,6 +390,21 @@ struct DeliveryMachineTests {
         #expect(forgotten.spool[third]!.state.kind != .heldRefusingRows, "a refusal an hour old counted toward a hold")
     }
 
+    /// An API slower than `[api] timeout` writes every attempt: with a fixed wait the batch went again after
+    /// each backoff until retry.max_age (a probe saw 50 copies in 15 s). Each timeout in a row doubles the next
+    /// wait, up to 8 times the timeout; an answer brings it back.
+    @Test func timeoutsInARowLengthenTheWaitForAnAnswerSoASlowAPIIsNotSentEachBatchForever() {
+        let simulation = simulation(rows: 10, settings: DeliverySimulation.settings(initial: 50, max: 50)) { $0.slowness = 3 }
+        simulation.runUntilQuiet()
+        expectDrained(simulation)
+        #expect(simulation.requests.map(\.patience) == [1, 2, 4])
+        #expect(simulation.requests.map(\.status) == [nil, nil, 200])
+        #expect(simulation.lake[1]!.values.allSatisfy { $0 == 3 }, "each row written once per attempt, three attempts")
+        #expect(DeliveryMachine.patience(afterTimeouts: 0) == 1 && DeliveryMachine.patience(afterTimeouts: 2) == 4)
+        #expect(DeliveryMachine.patience(afterTimeouts: 3) == DeliveryMachine.maxPatience)
+        #expect(DeliveryMachine.patience(afterTimeouts: 1000) == DeliveryMachine.maxPatience)
+    }
+
     @Test func theSame422ForTheNextBatchHoldsTheTableAlsoAfterItWentIdle() {
         let simulation = DeliverySimulation(settings: DeliverySimulation.settings(initial: 1000, max: 1000), seed: 5, workers: 2)
         let target = simulation.addTarget(Self.append)

@@ -73,6 +73,7 @@ struct DeliveryModelTests {
         simulation.api.retryAfter = chance(0.5) ? nil : Double(pick(1...10)) / 10
         simulation.api.noAnswerRate = chance(0.5) ? Double(pick(0...10)) / 100 : 0
         simulation.api.dropAfterCommitRate = chance(0.5) ? Double(pick(0...10)) / 100 : 0
+        simulation.api.slowness = chance(0.2) ? pick(1...12) : 0
 
         let targets = (0..<pick(1...3)).map { index in
             simulation.addTarget(

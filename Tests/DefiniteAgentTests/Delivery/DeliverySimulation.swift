@@ -61,6 +61,8 @@ final class DeliverySimulation {
         var seqs: [Int64]
         /// `nil`: no answer.
         var status: Int?
+        /// How many times `[api] timeout` it waited for its answer.
+        var patience = 1
     }
 
     /// How the fake API behaves.
@@ -83,6 +85,9 @@ final class DeliverySimulation {
         var noAnswerRate = 0.0
         /// Rows written, then no answer.
         var dropAfterCommitRate = 0.0
+        /// How many times `[api] timeout` the API takes to answer, writing the rows all the same: a request
+        /// that waits less times out after the commit (0: answers in time).
+        var slowness = 0
         var missingTables: Set<Int64> = []
         var refusesKey = false
         /// Statuses for the next requests, in order, before any other rule (`nil`: no answer). A forced
@@ -93,7 +98,7 @@ final class DeliverySimulation {
         var notStreamAPIAnswers = 0
 
         mutating func heal() {
-            (serverErrorRate, rateLimitRate, noAnswerRate, dropAfterCommitRate) = (0, 0, 0, 0)
+            (serverErrorRate, rateLimitRate, noAnswerRate, dropAfterCommitRate, slowness) = (0, 0, 0, 0, 0)
             missingTables = []
             refusesKey = false
         }
@@ -307,7 +312,7 @@ final class DeliverySimulation {
 
     private func answer(_ send: DeliveryMachine.Send) -> (DeliveryMachine.Outcome, wrote: [Int64]) {
         let target = spool[send.targetID]!
-        var request = Request(targetID: send.targetID, batchID: send.batchID, seqs: send.seqs, status: nil)
+        var request = Request(targetID: send.targetID, batchID: send.batchID, seqs: send.seqs, status: nil, patience: send.patience)
         defer { requests.append(request) }
         func roll(_ rate: Double) -> Bool { rate > 0 && Double.random(in: 0..<1, using: &random) < rate }
         func respond(_ status: Int, rejected: Int = 0, errors: [String] = []) -> DeliveryMachine.Outcome {
@@ -361,6 +366,10 @@ final class DeliverySimulation {
         if roll(api.dropAfterCommitRate) {
             for seq in written { unconfirmed[send.targetID, default: [:]][seq, default: 0] += 1 }
             return (.noAnswer("connection dropped after the commit"), [])
+        }
+        if api.slowness > send.patience {
+            for seq in written { unconfirmed[send.targetID, default: [:]][seq, default: 0] += 1 }
+            return (.noAnswer("Timeout was reached", timedOut: true), [])
         }
         return (respond(200, rejected: bad.count, errors: errors), written)
     }
