@@ -17,8 +17,30 @@ public struct ByteSize: Hashable, Comparable, Sendable, CustomStringConvertible 
         ("B", 1),
     ]
 
-    /// Parses a human-readable size; returns `nil` when the text is not one.
+    /// Why a text is not a size the agent takes.
+    public enum ParseFailure: Error, Sendable, Equatable {
+        /// Not a number, or a number followed by something other than a unit.
+        case notASize
+        /// More bytes than 64 bits count.
+        case tooLarge
+
+        /// What to tell the user about `text`, after its name.
+        public func explanation(_ text: String) -> String {
+            switch self {
+            case .notASize: "\"\(text)\" is not a size; write e.g. \"64KiB\", \"8MiB\", \"1GiB\" or \"10MB\""
+            case .tooLarge: "\"\(text)\" is larger than any size the agent can count (\(Int.max) bytes)"
+            }
+        }
+    }
+
+    /// Parses a human-readable size; returns `nil` when the text is not one (or too large).
     public init?(parsing text: String) {
+        guard case .success(let size) = Self.parse(text) else { return nil }
+        self = size
+    }
+
+    /// Parses a human-readable size, saying why when the text is not one.
+    public static func parse(_ text: String) -> Result<ByteSize, ParseFailure> {
         let trimmed = text.trimmingWhitespace()
         var number = Substring(trimmed)
         var factor = 1.0
@@ -30,10 +52,10 @@ public struct ByteSize: Hashable, Comparable, Sendable, CustomStringConvertible 
         let digits = number.trimmingWhitespace()
         guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber || $0 == "." }),
             let value = Double(digits), value >= 0
-        else { return nil }
+        else { return .failure(.notASize) }
         let total = (value * factor).rounded()
-        guard total < Double(Int.max) else { return nil }
-        self.bytes = Int(total)
+        guard total < Double(Int.max) else { return .failure(.tooLarge) }
+        return .success(ByteSize(bytes: Int(total)))
     }
 
     public static func < (lhs: ByteSize, rhs: ByteSize) -> Bool { lhs.bytes < rhs.bytes }

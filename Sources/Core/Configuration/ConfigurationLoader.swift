@@ -355,10 +355,10 @@ package struct SectionReader {
         guard let value = value(key) else { return nil }
         if let int = value.int, int >= 0 { return ByteSize(bytes: int) }
         guard let text = value.string else { throw wrongType(key, "a size such as \"8MiB\"") }
-        guard let size = ByteSize(parsing: text) else {
-            throw invalid(key, "\"\(text)\" is not a size; write e.g. \"64KiB\", \"8MiB\", \"1GiB\" or \"10MB\"")
+        switch ByteSize.parse(text) {
+        case .success(let size): return size
+        case .failure(let failure): throw invalid(key, failure.explanation(text))
         }
-        return size
     }
 
     package mutating func fileMode(_ key: String) throws(ConfigurationError) -> UInt32? {

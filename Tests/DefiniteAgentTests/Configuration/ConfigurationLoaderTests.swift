@@ -203,6 +203,13 @@ struct ConfigurationLoaderTests {
         #expect(loadError("[intake]\nhttp_listen = \"127.0.0.1:8787\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n") == nil)
     }
 
+    /// A size past 64 bits was "not a size", as if misspelt.
+    @Test func aSizeTooLargeIsSaidSo() throws {
+        let error = try #require(loadError("[spool]\nmax_bytes = \"99999999999TB\"\n"))
+        #expect(error.message.contains("\"99999999999TB\" is larger than any size the agent can count"), "\(error)")
+        #expect(ByteSize.parse("8 MiB") == .success(.mebibytes(8)) && ByteSize.parse("8 MiBs") == .failure(.notASize))
+    }
+
     @Test func anEmptyDatagramSocketIsOffLikeAnEmptyHTTPSocket() throws {
         let config = try ConfigurationLoader.parse("[intake]\ndatagram_socket = \"\"\nhttp_socket = \"\"\n")
         #expect(config.intake.datagramSocket == nil && config.intake.httpSocket.isEmpty)
