@@ -327,7 +327,12 @@ package final class DeliveryLoop: @unchecked Sendable {
                 rows.map { DeliveryMachine.LogEnd(targetID: $0.id, target: $0.target, start: $0.deliveredSeq, end: $0.nextSeq) },
                 now: now)
         case .flush:
-            machine.flushNow()
+            for targetID in machine.flushNow() {
+                // An idle table's hold ended: `status` and `--check` no longer show it.
+                var change = DeliveryLedger.Change(targetID: targetID)
+                change.state = .idle
+                ledger.apply(change, records: SpooledRecords()) { _ in }
+            }
             lastPoll = now.instant - Self.pollInterval
         case .reconfigured:
             break  // the round reconfigures the machine and works out its next wake-up

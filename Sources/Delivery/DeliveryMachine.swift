@@ -363,8 +363,10 @@ struct DeliveryMachine {
     }
 
     /// Everything pending becomes due now: linger, backoff, holds and the auth pause are waived once
-    /// (SIGUSR1, SIGHUP). Rows the next ``observe(_:now:)`` brings in are included.
-    mutating func flushNow() {
+    /// (SIGUSR1, SIGHUP). Rows the next ``observe(_:now:)`` brings in are included. Returns the idle targets
+    /// whose hold it ended: the spool still says they are held, and the caller records them idle.
+    @discardableResult
+    mutating func flushNow() -> [Int64] {
         flushRequested = true
         for id in order {
             update(id) { target in
@@ -374,11 +376,14 @@ struct DeliveryMachine {
             }
         }
         // Idle targets' holds too: their next rows go at once (the operator fixed the table, say).
-        for id in Array(droppedRefusals.keys) {
+        var released: [Int64] = []
+        for id in Array(droppedRefusals.keys) where droppedRefusals[id]?.memory.pausedUntil != nil {
             droppedRefusals[id]?.memory.pausedUntil = nil
+            released.append(id)
             if droppedRefusals[id]?.memory.isEmpty == true { droppedRefusals[id] = nil }
         }
         authPausedUntil = nil
+        return released.sorted()
     }
 
     /// No new step starts; a step that returns still gets its outcome recorded.

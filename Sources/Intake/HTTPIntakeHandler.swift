@@ -447,8 +447,10 @@ final class HTTPIntakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
-    /// Bytes of a refused request's body read and dropped before its connection closes anyway.
-    static let maxDiscardedBeforeClosing = 1 << 20
+    /// Bytes of a refused request's body read and dropped before its connection closes anyway: as much as
+    /// a request may carry, so that any client sending a body it may send reads its answer (at 1 MiB, a
+    /// 3 MB body got a broken pipe instead of its 403).
+    static let maxDiscardedBeforeClosing = StreamAPILimits.maxBodyBytes
 
     /// `closeWhenTheRequestEnds`: the answer says `Connection: close`, and the connection closes once the
     /// request's end has been read (``maxDiscardedBeforeClosing`` at most), not at once.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -1066,3 +1067,22 @@ def test_an_api_slower_than_the_timeout_is_waited_for_longer_not_sent_the_batch_
     values = lake_values(emu, "bronze.events", "i")
     assert sorted(set(values)) == list(range(10)) and len(values) <= 40, sorted(values)  # 30: two timeouts, then the answer
     assert "the next attempt waits 2 times [api] timeout for its answer" in agent.log(), agent.log()[-2000:]
+
+
+def test_rows_refused_one_at_a_time_hold_the_table_and_sigusr1_ends_the_hold(emu, make_agent):
+    """A table written a row at a time, each refused (a schema change): the batches ended with their row and
+    the table went idle between them, so it was never held, every row went to the dead letters and
+    `status --check` said ok. After 8 it is held, `--check` says so, and SIGUSR1 ends the hold in `status` too."""
+    emu.control(reject_marker="bad", reject_marker_mode="request")
+    agent = make_agent(emu.stream_url, retry={"initial": "30s", "max": "60s"})
+    for i in range(8):
+        send(agent, [{"i": i, "bad": 1}], chunk=1, tag=f"r{i}")
+        wait_until(lambda: len(dead_letters(agent)) == i + 1, 15, message=f"row {i} dead-lettered")
+    held = wait_until(lambda: table_status(agent, "bronze.events")["state"] == "held: the API refuses every row", 10,
+                      message="the table held")
+    assert held
+    check = agent.cli("status", "--check")
+    assert check.returncode == 1 and "bronze.events: held: the API refuses every row" in check.stdout.decode(), check.stdout
+    agent.process.send_signal(signal.SIGUSR1)
+    wait_until(lambda: table_status(agent, "bronze.events")["state"] == "idle", 10, message="the hold ended in status")
+    assert agent.cli("status", "--check").returncode == 0

@@ -367,7 +367,9 @@ def test_a_refused_writer_still_sending_its_body_reads_its_403(tmp_path, connect
     pipe instead of its answer, now and then."""
     agent = Agent(tmp_path / "agent", extra_config=f"allow_uids = [{os.geteuid() + 1}]").start()
     try:
-        body = b'{"data":{"a":1},"config":{"table":"bronze.t"}}'
+        # Larger than the socket's buffers (a body the agent stopped reading would block the client), and
+        # within the 10 MB a request may carry.
+        body = b'{"data":[' + b",".join([b'{"a":"' + b"x" * 990 + b'"}'] * 3000) + b'],"config":{"table":"bronze.t"}}'
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(agent.http_socket_path)
         client.settimeout(10)

@@ -189,10 +189,12 @@ final class DeliverySimulation {
         machine.observe(targetRows(), now: now)
     }
 
-    /// SIGUSR1: everything pending is due now.
-    func flush() {
-        machine.flushNow()
+    /// SIGUSR1: everything pending is due now. Returns the idle targets whose hold it ended.
+    @discardableResult
+    func flush() -> [Int64] {
+        let released = machine.flushNow()
         observe()
+        return released
     }
 
     private func targetRows() -> [SpoolReader.TargetRow] {
