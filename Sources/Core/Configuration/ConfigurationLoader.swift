@@ -169,13 +169,15 @@ public enum ConfigurationLoader {
         }
         // Two listeners on one path: the second would fail to start, or (a socket of the other kind) once
         // took the path from the first.
-        var listenerPaths: [String: ConfigKey] = [config.intake.socket: .intakeSocket]
+        var listenerPaths: [String: ConfigKey] = [FileSystem.lexicallyNormal(config.intake.socket): .intakeSocket]
         for (key, path) in [
             (ConfigKey.intakeHTTPSocket, config.intake.httpSocket), (.intakeDatagramSocket, config.intake.datagramSocket ?? ""),
         ]
         where !path.isEmpty {
-            if let first = listenerPaths[path] { throw fail(key, "\"\(path)\" is also \(first.name); each listener needs its own path") }
-            listenerPaths[path] = key
+            if let first = listenerPaths[FileSystem.lexicallyNormal(path)] {
+                throw fail(key, "\"\(path)\" is also \(first.name); each listener needs its own path")
+            }
+            listenerPaths[FileSystem.lexicallyNormal(path)] = key
         }
         guard config.intake.maxLineBytes >= .kibibytes(1), config.intake.maxLineBytes <= .gibibytes(1) else {
             throw fail(.intakeMaxLineBytes, "must be between 1KiB and 1GiB")
@@ -210,7 +212,7 @@ public enum ConfigurationLoader {
             // Another listener's address: `run` failed with "in use" (or "is definite-agent already
             // running?"), about its own listener.
             if listen.hasPrefix("/") {
-                if let first = listenerPaths[listen] {
+                if let first = listenerPaths[FileSystem.lexicallyNormal(listen)] {
                     throw fail(.metricsListen, "\"\(listen)\" is also \(first.name); each listener needs its own address")
                 }
             } else {
@@ -218,8 +220,7 @@ public enum ConfigurationLoader {
                     throw fail(.metricsListen, "\"\(listen)\" is neither host:port (e.g. \"127.0.0.1:9464\") nor an absolute socket path")
                 }
                 if let http = config.intake.httpListen, let intake = HostPort.parse(http), intake.port == metrics.port, metrics.port != 0,
-                    intake.host == metrics.host || HostPort.isWildcard(intake.host) || HostPort.isWildcard(metrics.host)
-                        || (HostPort.isLoopback(intake.host) && HostPort.isLoopback(metrics.host))
+                    HostPort.sameAddress(intake.host, metrics.host) || HostPort.isWildcard(intake.host) || HostPort.isWildcard(metrics.host)
                 {
                     throw fail(
                         .metricsListen, "\"\(listen)\" is also intake.http_listen (\"\(http)\"); each listener needs its own address")
@@ -234,6 +235,13 @@ public enum ConfigurationLoader {
 package enum HostPort {
     /// Whether `host` binds every address (`0.0.0.0`, `::`, or empty), so it overlaps any other on its port.
     package static func isWildcard(_ host: String) -> Bool { host.isEmpty || host == "0.0.0.0" || host == "::" }
+
+    /// Whether two hosts name one address: spelt alike in any case, `localhost` being `127.0.0.1` (what the
+    /// agent binds for it). `127.0.0.2` or `::1` beside `127.0.0.1` are other addresses, which bind apart.
+    package static func sameAddress(_ a: String, _ b: String) -> Bool {
+        func normal(_ host: String) -> String { host.lowercased() == "localhost" ? "127.0.0.1" : host.lowercased() }
+        return normal(a) == normal(b)
+    }
 
     package static func parse(_ text: String) -> (host: String, port: Int)? {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {

@@ -24,6 +24,13 @@ package struct SystemCallError: Error, CustomStringConvertible, Sendable, Equata
 /// The few file operations the daemon and its commands need, on the system calls themselves (the
 /// binary links no Foundation): their errors carry `errno`.
 package enum FileSystem {
+    /// `path` without empty and `.` components (`/run//a/./b.sock` is `/run/a/b.sock`), as the kernel reads
+    /// it; `..` is kept (what it leads to depends on symbolic links).
+    package static func lexicallyNormal(_ path: String) -> String {
+        let components = path.split(separator: "/", omittingEmptySubsequences: true).filter { $0 != "." }
+        return (path.hasPrefix("/") ? "/" : "") + components.joined(separator: "/")
+    }
+
     /// The group id a `[spool] group` value names: a group name, or a numeric id; `nil` if there is none.
     package static func groupID(named name: String) -> gid_t? {
         if let id = gid_t(name), getgrgid(id) != nil { return id }

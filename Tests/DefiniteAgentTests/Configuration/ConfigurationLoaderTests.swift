@@ -196,11 +196,18 @@ struct ConfigurationLoaderTests {
         ("http_listen = \"127.0.0.1:8787\"", "\"127.0.0.1:8787\"", "intake.http_listen"),
         ("http_listen = \"127.0.0.1:8787\"\nhttp_allow_remote = true", "\"0.0.0.0:8787\"", "intake.http_listen"),
         ("http_listen = \"localhost:8787\"", "\"127.0.0.1:8787\"", "intake.http_listen"),
+        ("http_listen = \"127.0.0.1:8787\"", "\"LOCALHOST:8787\"", "intake.http_listen"),
+        ("http_socket = \"/run/a/http.sock\"", "\"/run/a/./http.sock\"", "intake.http_socket"),
+        ("socket = \"/run/a/agent.sock\"", "\"/run//a/agent.sock\"", "intake.socket"),
     ])
     func theMetricsEndpointCannotShareAnotherListenersAddress(intake: String, metrics: String, other: String) throws {
         let error = try #require(loadError("[intake]\n\(intake)\n[metrics]\nlisten = \(metrics)\n"))
         #expect(error.key == "metrics.listen" && error.message.contains("is also \(other)"), "\(error)")
         #expect(loadError("[intake]\nhttp_listen = \"127.0.0.1:8787\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n") == nil)
+        // Other addresses on the same port bind apart.
+        for other in ["127.0.0.2:8787", "[::1]:8787"] {
+            #expect(loadError("[intake]\nhttp_listen = \"127.0.0.1:8787\"\n[metrics]\nlisten = \"\(other)\"\n") == nil, "\(other)")
+        }
     }
 
     /// A size past 64 bits was "not a size", as if misspelt.
