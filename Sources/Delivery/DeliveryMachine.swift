@@ -241,10 +241,12 @@ struct DeliveryMachine {
         /// What the API's refusals taught about the target; kept while it is idle (``RefusalMemory``).
         var refusals = RefusalMemory()
 
+        /// ``RefusalMemory/pausedUntil``.
         var pausedUntil: ContinuousClock.Instant? {
             get { refusals.pausedUntil }
             set { refusals.pausedUntil = newValue }
         }
+        /// ``RefusalMemory/failures``.
         var failures: Int {
             get { refusals.failures }
             set { refusals.failures = newValue }

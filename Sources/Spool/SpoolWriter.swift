@@ -367,11 +367,11 @@ public final class SpoolWriter: @unchecked Sendable {
         }
     }
 
-    /// The writer thread's last act: the checkpointer stops, the WAL is copied into the file and truncated,
-    /// and whoever waits for the stop hears of it.
     /// How long the last checkpoint waits for other processes' readers of the spool.
     static let finalCheckpointPatienceMilliseconds = 1000
 
+    /// The writer thread's last act: the checkpointer stops, the WAL is copied into the file and truncated,
+    /// and whoever waits for the stop hears of it.
     private func finish() {
         settle(unsettled)
         checkpointer.stop(writer: connection)
