@@ -557,10 +557,7 @@ package final class DeliveryLoop: @unchecked Sendable {
         let committed = change.delivered + change.superseded
         guard !committed.isEmpty || !change.deadLetters.isEmpty else { return }
         confirmations.settle(
-            targetID: change.targetID, committed: committed, snapshotID: snapshotID,
-            rejected: change.deadLetters.map {
-                RemoteConfirmations.Rejection(seqs: $0.seqs, reason: $0.failure.reason, writtenUnnamed: $0.writtenUnnamed)
-            })
+            targetID: change.targetID, committed: committed, snapshotID: snapshotID, rejected: change.deadLetters)
     }
 
     /// Logs and counts what a recorded change did.

@@ -70,27 +70,13 @@ package final class RemoteConfirmations: Sendable {
         }
     }
 
-    /// Rows dead-lettered together, and why.
-    package struct Rejection: Sendable {
-        package var seqs: [Int64]
-        package var reason: String
-        /// How many of `seqs` the API wrote without saying which (a partial dead letter; 0 otherwise).
-        package var writtenUnnamed: Int
-
-        package init(seqs: [Int64], reason: String, writtenUnnamed: Int = 0) {
-            self.seqs = seqs
-            self.reason = reason
-            self.writtenUnnamed = writtenUnnamed
-        }
-    }
-
     /// Rows whose fate is now recorded: `committed` (with the snapshot the API gave, if any) and
     /// `rejected` (with the reason). Settles every request whose rows are all accounted for.
     ///
     /// Rows of a partial dead letter count as the API counted them when the request waited for all of
     /// them (what it wrote as committed, the rest as rejected: a client that took all of them for refused
     /// would send the written ones again); otherwise as ``Outcome/unknown``.
-    package func settle(targetID: Int64, committed: [Int64], snapshotID: String?, rejected: [Rejection]) {
+    package func settle(targetID: Int64, committed: [Int64], snapshotID: String?, rejected: [DeliveryLedger.DeadLetter]) {
         let done: [(Waiter, Outcome)] = state.withLock { state in
             guard !state.waiters.isEmpty else { return [] }
             var done: [(Waiter, Outcome)] = []
@@ -114,7 +100,8 @@ package final class RemoteConfirmations: Sendable {
                     } else {
                         waiter.outcome.unknown += refused
                     }
-                    if !waiter.outcome.errors.contains(letter.reason) { waiter.outcome.errors.append(letter.reason) }
+                    let reason = letter.failure.reason
+                    if !waiter.outcome.errors.contains(reason) { waiter.outcome.errors.append(reason) }
                 }
                 waiter.remaining -= settledHere
                 if waiter.remaining <= 0 {

@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 import Testing
 
@@ -16,6 +17,15 @@ struct RemoteConfirmationsTests {
         var all: [RemoteConfirmations.Outcome] { outcomes.withLock { $0 } }
     }
 
+    /// Rows dead-lettered together for `reason`; `writtenUnnamed` of them written by the API (partial).
+    static func deadLetter(_ seqs: [Int64], _ reason: String, writtenUnnamed: Int = 0) -> DeliveryLedger.DeadLetter {
+        DeliveryLedger.DeadLetter(
+            seqs: seqs,
+            failure: DeliveryLedger.Failure(
+                reason: reason, errors: [], warnings: [], attempts: 1, partial: writtenUnnamed > 0, firstFailedAt: Date()),
+            writtenUnnamed: writtenUnnamed)
+    }
+
     @Test func aRequestIsSettledOnceEveryRowIsCommittedOrRefusedWithTheLastSnapshot() {
         let confirmations = RemoteConfirmations()
         let heard = Heard()
@@ -27,7 +37,7 @@ struct RemoteConfirmationsTests {
         #expect(heard.all.isEmpty)
         confirmations.settle(
             targetID: 1, committed: [12, 14], snapshotID: "s2",
-            rejected: [RemoteConfirmations.Rejection(seqs: [13], reason: "rejected by the API: bad")])
+            rejected: [Self.deadLetter([13], "rejected by the API: bad")])
         #expect(heard.all == [.init(committed: 4, rejected: 1, errors: ["rejected by the API: bad"], snapshotID: "s2")])
         #expect(!confirmations.awaits(targetID: 1, seqs: [10]))
     }
@@ -49,11 +59,11 @@ struct RemoteConfirmationsTests {
         let heard = Heard()
         _ = confirmations.register(targetID: 1, seqs: 0..<3, settled: heard.record)
         _ = confirmations.register(targetID: 1, seqs: 3..<5, settled: heard.record)
-        let partial = RemoteConfirmations.Rejection(seqs: [0, 1, 2], reason: "partially rejected: 1 of 3", writtenUnnamed: 2)
+        let partial = Self.deadLetter([0, 1, 2], "partially rejected: 1 of 3", writtenUnnamed: 2)
         confirmations.settle(targetID: 1, committed: [], snapshotID: "s3", rejected: [partial])
         #expect(heard.all == [.init(committed: 2, rejected: 1, errors: ["partially rejected: 1 of 3"], snapshotID: "s3")])
         // A request that waited for only some of such a request's rows cannot tell which were written.
-        let straddling = RemoteConfirmations.Rejection(seqs: [2, 3, 4, 5], reason: "partially rejected: 2 of 4", writtenUnnamed: 2)
+        let straddling = Self.deadLetter([2, 3, 4, 5], "partially rejected: 2 of 4", writtenUnnamed: 2)
         confirmations.settle(targetID: 1, committed: [], snapshotID: "s4", rejected: [straddling])
         #expect(heard.all.last == .init(committed: 0, rejected: 0, unknown: 2, errors: ["partially rejected: 2 of 4"]))
     }
